@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import decimal
+import json
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Select, String, Text, event, inspect, select
@@ -50,12 +52,29 @@ for _name in ("before_insert", "before_update", "before_delete"):
     event.listen(BemiChange, _name, _refuse_write)
 
 
+def _key_json(value: Any) -> str:
+    """A key value as to_jsonb() renders it."""
+    if isinstance(value, (datetime.date, datetime.time)):
+        value = value.isoformat()
+    elif isinstance(value, (bool, int, float, str)) or value is None:
+        pass
+    elif isinstance(value, decimal.Decimal):
+        return str(value)
+    else:
+        value = str(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
 def primary_key_text(instance: Any) -> str:
-    """The instance's primary key as the text bemi.changes stores (composite keys joined by ',')."""
+    """The instance's primary key as bemi.changes stores it: the value's text for a one-column key
+    (``42``, ``abc``), a JSON-like list for a composite one (``[42, "abc"]``)."""
     identity = inspect(instance).identity or tuple(
         getattr(instance, column.key) for column in inspect(type(instance)).primary_key
     )
-    return ",".join(str(value) for value in identity)
+    if len(identity) == 1:
+        rendered = _key_json(identity[0])
+        return json.loads(rendered) if rendered.startswith('"') else rendered
+    return "[" + ", ".join(_key_json(value) for value in identity) + "]"
 
 
 def history_query(instance: Any) -> Select[tuple[BemiChange]]:

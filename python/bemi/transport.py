@@ -2,7 +2,8 @@
 
 Two ways, chosen per statement (see README.md, "How the context travels", for the measurements):
 
-- comment: ``/*Bemi {json} Bemi*/`` appended to the write statement. No extra round trip, no state
+- comment: ``/*Bemi {json} Bemi*/`` put in front of the write statement (in front, so that it stays
+  part of the statement even if the statement ends with ';'). No extra round trip, no state
   left in the session, but every context makes a new statement text, which defeats prepared
   statement caches (asyncpg prepares every statement; psycopg 3 auto-prepares repeated ones).
 - set_context: ``SELECT bemi_set_context($1)`` once per transaction (and again if the context
@@ -55,7 +56,7 @@ def is_write(statement: str) -> bool:
 
 def comment_for(encoded: EncodedContext) -> str:
     """The comment the extension reads; ``encoded.json`` holds no '*' so it cannot end early."""
-    return f" /*Bemi {encoded.json} Bemi*/"
+    return f"/*Bemi {encoded.json} Bemi*/ "
 
 
 def _choose_transport(conn: Connection, dbapi_connection: Any) -> str:
@@ -117,7 +118,7 @@ def _before_cursor_execute(conn, cursor, statement, parameters, context, execute
     if _choose_transport(conn, dbapi_connection) == "set_context":
         if _send_set_context(conn, dbapi_connection, encoded):
             return statement, parameters
-    return statement + comment_for(encoded), parameters
+    return comment_for(encoded) + statement, parameters
 
 
 @event.listens_for(Engine, "begin")

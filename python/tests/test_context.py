@@ -36,8 +36,8 @@ def no_context():
 @pytest.mark.parametrize("value", ADVERSARIAL)
 def test_adversarial_values_stay_inside_the_json_string(value):
     comment = comment_for(encode({"v": value, value: 1}))
-    assert comment.startswith(" /*Bemi ") and comment.endswith(" Bemi*/")
-    body = comment[len(" /*Bemi ") : -len(" Bemi*/")]
+    assert comment.startswith("/*Bemi ") and comment.endswith(" Bemi*/ ")
+    body = comment[len("/*Bemi ") : -len(" Bemi*/ ")]
     assert "*" not in body and "/" not in body and "%" not in body
     assert body.isascii() and body.isprintable()
     assert json.loads(body) == {"v": value, value: 1}
