@@ -21,7 +21,10 @@ import psycopg
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# The package under test is this tree's, even when run from the repository root, where the
+# extension's bemi.so would otherwise be taken by `python -m pytest` for a module named bemi.
 sys.path.insert(0, str(REPO / "examples"))
+sys.path.insert(0, str(REPO / "python"))
 
 SERVER_SETTINGS = """
 listen_addresses = '127.0.0.1'
