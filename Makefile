@@ -1,0 +1,44 @@
+# bemi: PGXS build. C shims and C++17 core in one shared library.
+EXTENSION = bemi
+MODULE_big = bemi
+DATA = bemi--0.1.0.sql
+PGFILEDESC = "bemi - context-aware audit trail for PostgreSQL"
+
+C_SRCS   = $(wildcard src/*.c src/*/*.c)
+CXX_SRCS = $(wildcard src/*.cpp src/*/*.cpp)
+OBJS     = $(C_SRCS:.c=.o) $(CXX_SRCS:.cpp=.o)
+
+PG_CONFIG ?= pg_config
+PG_INCLUDE_SERVER := $(shell $(PG_CONFIG) --includedir-server)
+
+# PostgreSQL headers are system headers: our warnings are errors, theirs are not ours.
+PG_CPPFLAGS = -Iinclude -isystem $(PG_INCLUDE_SERVER)
+PG_CFLAGS   = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers \
+              -Wno-declaration-after-statement
+BEMI_CXXFLAGS = -std=c++17 -fPIC -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
+                -Wno-missing-field-initializers -fno-omit-frame-pointer
+SHLIB_LINK += -lfmt -lstdc++
+
+# pg_regress: one file per behaviour, on a temporary instance with our settings.
+REGRESS = boundary context comment capture images truncate plugin status misconfig
+REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/regress.conf --load-extension=bemi
+TAP_TESTS = 1
+
+# No JIT bitcode: it would need clang, and nothing here benefits from inlining into JIT code.
+override with_llvm = no
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+
+%.o: %.cpp
+	$(CXX) $(BEMI_CXXFLAGS) $(CPPFLAGS) -c -o $@ $<
+
+$(OBJS): $(wildcard include/bemi/*.h include/bemi/*.hpp src/*/*.hpp)
+
+.PHONY: test demo format
+test:
+	./test/run-all
+
+demo:
+	./demo/run

@@ -1,0 +1,158 @@
+-- bemi: context-aware audit trail. Complain if the script is sourced in psql.
+\echo Use "CREATE EXTENSION bemi" to load this file. \quit
+
+-- Tables live in the fixed schema "bemi"; user-facing functions in the extension's schema
+-- (normally public), so `SELECT bemi_set_context(...)` works without qualification.
+CREATE SCHEMA bemi;
+REVOKE ALL ON SCHEMA bemi FROM PUBLIC;
+
+-- One row per captured change. Column names follow Bemi's `changes` table.
+CREATE TABLE bemi.changes (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    primary_key    text,
+    "before"       jsonb NOT NULL DEFAULT '{}',
+    "after"        jsonb NOT NULL DEFAULT '{}',
+    context        jsonb NOT NULL DEFAULT '{}',
+    database       text NOT NULL,
+    schema         text NOT NULL,
+    "table"        text NOT NULL,
+    operation      text NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')),
+    committed_at   timestamptz NOT NULL,
+    transaction_id bigint NOT NULL,
+    position       pg_lsn NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX changes_row_history ON bemi.changes ("table", primary_key, schema, id);
+CREATE INDEX changes_committed_at ON bemi.changes USING brin (committed_at);
+CREATE INDEX changes_transaction ON bemi.changes (transaction_id, position);
+CREATE INDEX changes_context ON bemi.changes USING gin (context jsonb_path_ops);
+REVOKE ALL ON bemi.changes FROM PUBLIC;
+-- pg_dump skips extension tables unless told: the trail must survive a dump and restore.
+SELECT pg_catalog.pg_extension_config_dump('bemi.changes', '');
+
+-- The worker's progress, written in the same transaction as the rows it covers.
+-- All transactions whose commit record ends before txn_end_lsn are written; of the transaction
+-- ending at txn_end_lsn, the first txn_records changes are written (all of them if txn_complete).
+CREATE TABLE bemi.progress (
+    singleton    boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    txn_end_lsn  pg_lsn NOT NULL DEFAULT '0/0',
+    txn_records  bigint NOT NULL DEFAULT 0,
+    txn_complete boolean NOT NULL DEFAULT true,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO bemi.progress DEFAULT VALUES;
+REVOKE ALL ON bemi.progress FROM PUBLIC;
+
+------------------------------------------------------------------------------------------------
+-- Context
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION bemi_set_context(context jsonb, is_local boolean DEFAULT true) RETURNS void
+    AS 'MODULE_PATHNAME', 'bemi_set_context' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION bemi_set_context(jsonb, boolean) IS
+    'Attach a JSON object to the changes that follow: this transaction (default) or the session; NULL clears';
+
+CREATE FUNCTION bemi_context() RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'bemi_context' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION bemi_context() IS 'The context that the next change of this session would carry';
+
+------------------------------------------------------------------------------------------------
+-- Status and waiting
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION bemi_wait(lsn pg_lsn DEFAULT pg_current_wal_lsn(), timeout interval DEFAULT '60 seconds')
+    RETURNS boolean AS 'MODULE_PATHNAME', 'bemi_wait' LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION bemi_wait(pg_lsn, interval) IS
+    'Returns true once every change committed before lsn is visible in bemi.changes; errors on timeout';
+
+CREATE FUNCTION bemi._worker_state(
+    OUT worker_pid integer, OUT worker_state text, OUT slot_name text, OUT applied_lsn pg_lsn,
+    OUT changes_written bigint, OUT last_commit_at timestamptz, OUT last_error text,
+    OUT last_error_at timestamptz, OUT failures integer)
+    AS 'MODULE_PATHNAME', 'bemi_worker_state' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION bemi_status(
+    OUT database text, OUT worker_pid integer, OUT worker_state text, OUT slot_name text,
+    OUT slot_active boolean, OUT confirmed_lsn pg_lsn, OUT current_lsn pg_lsn,
+    OUT lag_bytes numeric, OUT lag_seconds double precision, OUT retained_wal_bytes numeric,
+    OUT wal_status text, OUT changes_written bigint, OUT last_error text, OUT last_error_at timestamptz,
+    OUT incomplete_image_tables text[], OUT settings_problems text[])
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT current_database()::text, w.worker_pid, w.worker_state, w.slot_name,
+           s.active, s.confirmed_flush_lsn, pg_current_wal_lsn(),
+           pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(s.confirmed_flush_lsn, pg_current_wal_lsn())),
+           CASE WHEN w.last_commit_at IS NULL OR s.confirmed_flush_lsn >= pg_current_wal_lsn() THEN 0
+                ELSE extract(epoch FROM clock_timestamp() - w.last_commit_at)::double precision END,
+           pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(s.restart_lsn, pg_current_wal_lsn())),
+           s.wal_status, w.changes_written, w.last_error, w.last_error_at,
+           ARRAY(SELECT format('%I.%I', n.nspname, c.relname)
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND c.relreplident <> 'f'
+                    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'bemi')
+                    AND n.nspname NOT LIKE 'pg\_toast%' ORDER BY 1),
+           ARRAY(SELECT p FROM unnest(ARRAY[
+               CASE WHEN current_setting('wal_level') <> 'logical'
+                    THEN 'wal_level must be logical (now ' || current_setting('wal_level') || ')' END,
+               CASE WHEN NOT ('bemi' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ',')))
+                    THEN 'shared_preload_libraries must include bemi' END,
+               CASE WHEN current_setting('output_plugin_libraries', true) IS NOT NULL
+                     AND NOT ('bemi' = ANY (string_to_array(replace(current_setting('output_plugin_libraries', true), ' ', ''), ',')))
+                    THEN 'output_plugin_libraries must include bemi' END]) AS p WHERE p IS NOT NULL)
+      FROM bemi._worker_state() w
+      LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name
+$$;
+COMMENT ON FUNCTION bemi_status() IS 'The worker, its slot, lag, retained WAL, last error and configuration problems';
+
+------------------------------------------------------------------------------------------------
+-- Replica identity: complete before-images by default (bemi.replica_identity_full = off to opt out)
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION bemi._full_replica_identity(relid regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF coalesce(current_setting('bemi.replica_identity_full', true), 'on')::boolean
+       AND EXISTS (SELECT 1 FROM pg_class c
+                    WHERE c.oid = relid AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+                      AND c.relreplident = 'd' AND c.relnamespace <> 'bemi'::regnamespace) THEN
+        EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', relid);
+    END IF;
+END $$;
+
+CREATE FUNCTION bemi._on_create_table() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cmd record;
+BEGIN
+    FOR cmd IN SELECT objid FROM pg_event_trigger_ddl_commands() WHERE object_type = 'table' LOOP
+        PERFORM bemi._full_replica_identity(cmd.objid::regclass);
+    END LOOP;
+END $$;
+
+CREATE EVENT TRIGGER bemi_replica_identity ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+    EXECUTE FUNCTION bemi._on_create_table();
+
+DO $$
+DECLARE
+    rel regclass;
+BEGIN
+    FOR rel IN SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+                  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'bemi')
+                  AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%' LOOP
+        PERFORM bemi._full_replica_identity(rel);
+    END LOOP;
+END $$;
+
+------------------------------------------------------------------------------------------------
+-- Internals
+------------------------------------------------------------------------------------------------
+-- Proves the C++/PostgreSQL error boundary: 'cxx' throws a C++ exception, 'pg' raises a
+-- PostgreSQL ERROR inside C++ code; both must surface as clean SQL errors.
+CREATE FUNCTION bemi._boundary_test(kind text) RETURNS text
+    AS 'MODULE_PATHNAME', 'bemi_boundary_test' LANGUAGE C VOLATILE STRICT;
+REVOKE ALL ON FUNCTION bemi._boundary_test(text) FROM PUBLIC;
+
+-- Starts this database's worker while CREATE EXTENSION is still open: the worker's slot becomes
+-- consistent as this transaction commits, so no write after it is missed.
+CREATE FUNCTION bemi._start_worker() RETURNS void
+    AS 'MODULE_PATHNAME', 'bemi_start_worker' LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION bemi._start_worker() FROM PUBLIC;
+SELECT bemi._start_worker();

@@ -1,0 +1,25 @@
+/*
+ * decoding.h: turning decoded tuples into change images (decoding/image.c).
+ */
+#ifndef BEMI_DECODING_H
+#define BEMI_DECODING_H
+
+#include "postgres.h"
+
+#include "access/htup.h"
+#include "utils/jsonb.h"
+#include "utils/rel.h"
+
+/* to_jsonb() of a row; unchanged TOASTed values are taken from old_tuple when it has them. */
+extern Jsonb *BemiImageFromTuple(Relation rel, HeapTuple tuple, HeapTuple old_tuple);
+
+/* The empty image, '{}'. */
+extern Jsonb *BemiEmptyImage(void);
+
+/*
+ * The row's primary key as text, read from its image: the value itself for a one-column key, a
+ * JSON array for a composite key; NULL when the table has no primary key.
+ */
+extern text *BemiPrimaryKey(Relation rel, Jsonb *image);
+
+#endif

@@ -1,0 +1,91 @@
+/*
+ * bemi.c: module entry. Settings, shared memory, hooks and the launcher are installed here;
+ * each area does its own work.
+ */
+#include "bemi/bemi.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+
+#include <limits.h>
+
+PG_MODULE_MAGIC;
+
+#if PG_VERSION_NUM < 160000
+void _PG_init(void);
+#endif
+
+int bemi_max_context_size = 1024 * 1024;
+bool bemi_replica_identity_full = true;
+int bemi_batch_size = 2000;
+int bemi_startup_timeout_ms = 30000;
+
+#if PG_VERSION_NUM >= 150000
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static void
+bemi_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	BemiShmemRequest();
+}
+#endif
+
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static void
+bemi_shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	BemiShmemStartup();
+}
+
+static void
+DefineSettings(void)
+{
+	DefineCustomIntVariable("bemi.max_context_size",
+							"Largest context, in bytes of JSON text, that bemi_set_context or a comment may attach.",
+							NULL, &bemi_max_context_size, 1024 * 1024, 2, MaxAllocSize / 2,
+							PGC_SUSET, GUC_UNIT_BYTE, NULL, NULL, NULL);
+	DefineCustomBoolVariable("bemi.replica_identity_full",
+							 "Give new tables REPLICA IDENTITY FULL so before-images are complete.",
+							 "Turn off if you manage replica identity yourself; bemi_status() lists tables "
+							 "whose images will be incomplete.",
+							 &bemi_replica_identity_full, true, PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("bemi.batch_size",
+							"Changes the worker writes to bemi.changes per transaction.",
+							NULL, &bemi_batch_size, 2000, 1, 1000000, PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("bemi.startup_timeout",
+							"How long a first write waits for a new capture slot to become consistent.",
+							NULL, &bemi_startup_timeout_ms, 30000, 0, INT_MAX, PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+#if PG_VERSION_NUM >= 150000
+	MarkGUCPrefixReserved("bemi");
+#else
+	EmitWarningsOnPlaceholders("bemi");
+#endif
+}
+
+void
+_PG_init(void)
+{
+	DefineSettings();
+	/* Hooks capture context in every backend; the output plugin needs none of this. */
+	BemiContextInit();
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+#if PG_VERSION_NUM >= 150000
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = bemi_shmem_request;
+#else
+	BemiShmemRequest();
+#endif
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = bemi_shmem_startup;
+	BemiRegisterLauncher();
+}

@@ -1,0 +1,333 @@
+/*
+ * plugin.c: the `bemi` logical decoding output plugin.
+ *
+ * Each row change becomes a change record: table, operation, primary key, before and after
+ * images, and the latest context message that preceded it in its transaction. Inside the worker
+ * the records go to the worker's sink; anywhere else (pg_logical_slot_get_changes,
+ * pg_recvlogical) each is written as one JSON document. Callbacks never write to the database.
+ */
+#include "bemi/bemi.h"
+#include "bemi/decoding.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_namespace.h"
+#include "commands/dbcommands.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "replication/logical.h"
+#include "replication/origin.h"
+#include "replication/output_plugin.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/pg_lsn.h"
+#include "utils/rel.h"
+
+extern void _PG_output_plugin_init(OutputPluginCallbacks *cb);
+
+/* Set by the worker: its replication origin, whose changes are its own writes. */
+RepOriginId bemi_worker_origin = InvalidRepOriginId;
+
+typedef struct PluginState
+{
+	MemoryContext change_context; /* reset after every change */
+	MemoryContext txn_context;    /* reset at every transaction start */
+	bool to_sink;                 /* running inside the worker */
+	char *database;
+	Jsonb *context;               /* latest context of the current transaction, or NULL */
+	Jsonb *empty;
+	bool skip_txn;                /* already written by an earlier run of the worker */
+} PluginState;
+
+static Jsonb *
+ParseMessage(const char *message, Size size)
+{
+	char *json = pnstrdup(message, size);
+	MemoryContext caller = CurrentMemoryContext;
+	Jsonb *volatile context = NULL;
+
+	/* A broken message from someone's trigger must not stop decoding: keep it as text. */
+	PG_TRY();
+	{
+		context = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(caller);
+		FlushErrorState();
+		context = NULL;
+	}
+	PG_END_TRY();
+	if (context == NULL || !JB_ROOT_IS_OBJECT(context) || JB_ROOT_IS_SCALAR(context))
+	{
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		appendStringInfoString(&buf, "{\"" BEMI_RESERVED_KEY "_invalid_context\": ");
+		escape_json(&buf, json);
+		appendStringInfoChar(&buf, '}');
+		context = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+	}
+	return context;
+}
+
+static void
+bemi_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool is_init)
+{
+	PluginState *state = MemoryContextAllocZero(ctx->context, sizeof(PluginState));
+	ListCell *option;
+
+	state->change_context = AllocSetContextCreate(ctx->context, "bemi change", ALLOCSET_DEFAULT_SIZES);
+	state->txn_context = AllocSetContextCreate(ctx->context, "bemi transaction", ALLOCSET_DEFAULT_SIZES);
+	opt->output_type = OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
+	opt->receive_rewrites = false;
+
+	foreach(option, ctx->output_plugin_options)
+	{
+		DefElem *elem = lfirst(option);
+
+		if (strcmp(elem->defname, "sink") == 0)
+		{
+			if (!bemi_sink_active)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("option \"sink\" of the bemi output plugin is only for the bemi worker")));
+			state->to_sink = true;
+		}
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown option \"%s\" for the bemi output plugin", elem->defname),
+					 errhint("The bemi output plugin takes no options.")));
+	}
+	ctx->output_plugin_private = state;
+}
+
+static void
+bemi_shutdown(LogicalDecodingContext *ctx)
+{
+}
+
+static void
+bemi_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
+{
+	PluginState *state = ctx->output_plugin_private;
+
+	MemoryContextReset(state->txn_context);
+	state->context = NULL;
+	if (state->database == NULL)
+		state->database = MemoryContextStrdup(ctx->context, get_database_name(MyDatabaseId));
+	if (state->empty == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(ctx->context);
+
+		state->empty = BemiEmptyImage();
+		MemoryContextSwitchTo(old);
+	}
+	state->skip_txn = state->to_sink && BemiSinkSkipTransaction(txn->end_lsn);
+	if (state->to_sink && !state->skip_txn)
+		BemiSinkBegin(txn->xid, txn->end_lsn, txn->xact_time.commit_time);
+}
+
+static void
+bemi_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr commit_lsn)
+{
+	PluginState *state = ctx->output_plugin_private;
+
+	if (state->to_sink && !state->skip_txn)
+		BemiSinkCommit(txn->end_lsn);
+	MemoryContextReset(state->txn_context);
+	state->context = NULL;
+}
+
+static void
+bemi_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn, bool transactional,
+			 const char *prefix, Size size, const char *message)
+{
+	PluginState *state = ctx->output_plugin_private;
+	MemoryContext old;
+
+	if (!transactional || txn == NULL || state->skip_txn)
+		return;
+	if (strcmp(prefix, BEMI_MESSAGE_PREFIX) != 0 && strcmp(prefix, BEMI_TRIGGER_MESSAGE_PREFIX) != 0)
+		return;
+	old = MemoryContextSwitchTo(state->txn_context);
+	if (state->context)
+		pfree(state->context);
+	state->context = ParseMessage(message, size);
+	MemoryContextSwitchTo(old);
+	if (state->to_sink)
+		BemiSinkContext(state->context);
+}
+
+static void
+AppendField(StringInfo out, const char *name, const char *value, bool quote)
+{
+	appendStringInfo(out, "%s\"%s\": ", out->len > 1 ? ", " : "", name);
+	if (value == NULL)
+		appendStringInfoString(out, "null");
+	else if (quote)
+		escape_json(out, value);
+	else
+		appendStringInfoString(out, value);
+}
+
+static const char *
+JsonbText(Jsonb *j)
+{
+	return JsonbToCString(NULL, &j->root, VARSIZE(j));
+}
+
+/* Outside the worker: one JSON document per change, with the fields of a bemi.changes row. */
+static void
+WriteChange(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn, const BemiChange *change)
+{
+	PluginState *state = ctx->output_plugin_private;
+	StringInfo out;
+	char number[32];
+
+	OutputPluginPrepareWrite(ctx, true);
+	out = ctx->out;
+	appendStringInfoChar(out, '{');
+	AppendField(out, "primary_key", change->primary_key ? text_to_cstring(change->primary_key) : NULL, true);
+	AppendField(out, "before", JsonbText(change->before), false);
+	AppendField(out, "after", JsonbText(change->after), false);
+	AppendField(out, "context", JsonbText(state->context ? state->context : state->empty), false);
+	AppendField(out, "database", state->database, true);
+	AppendField(out, "schema", change->schema, true);
+	AppendField(out, "table", change->table, true);
+	AppendField(out, "operation", change->operation, true);
+	AppendField(out, "committed_at", timestamptz_to_str(txn->xact_time.commit_time), true);
+	snprintf(number, sizeof(number), "%u", txn->xid);
+	AppendField(out, "transaction_id", number, false);
+	snprintf(number, sizeof(number), "%X/%X", LSN_FORMAT_ARGS(lsn));
+	AppendField(out, "position", number, true);
+	appendStringInfoChar(out, '}');
+	OutputPluginWrite(ctx, true);
+}
+
+static void
+EmitChange(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn, BemiChange *change)
+{
+	PluginState *state = ctx->output_plugin_private;
+
+	if (state->to_sink)
+		BemiSinkChange(lsn, change);
+	else
+		WriteChange(ctx, txn, lsn, change);
+}
+
+#if PG_VERSION_NUM >= 170000
+#define CHANGE_TUPLE(t) (t)
+#else
+#define CHANGE_TUPLE(t) ((t) ? &(t)->tuple : NULL)
+#endif
+
+static bool
+IsOwnRelation(Relation rel, const char *schema)
+{
+	return strcmp(schema, "bemi") == 0;
+}
+
+static void
+bemi_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *change)
+{
+	PluginState *state = ctx->output_plugin_private;
+	MemoryContext old;
+	BemiChange record;
+	HeapTuple new_tuple = CHANGE_TUPLE(change->data.tp.newtuple);
+	HeapTuple old_tuple = CHANGE_TUPLE(change->data.tp.oldtuple);
+
+	if (state->skip_txn)
+		return;
+	old = MemoryContextSwitchTo(state->change_context);
+	record.schema = get_namespace_name(RelationGetNamespace(rel));
+	if (IsOwnRelation(rel, record.schema))
+	{
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(state->change_context);
+		return;
+	}
+	record.table = RelationGetRelationName(rel);
+	record.before = state->empty;
+	record.after = state->empty;
+	switch (change->action)
+	{
+		case REORDER_BUFFER_CHANGE_INSERT:
+			record.operation = "CREATE";
+			if (new_tuple)
+				record.after = BemiImageFromTuple(rel, new_tuple, NULL);
+			record.primary_key = BemiPrimaryKey(rel, record.after);
+			break;
+		case REORDER_BUFFER_CHANGE_UPDATE:
+			record.operation = "UPDATE";
+			if (old_tuple)
+				record.before = BemiImageFromTuple(rel, old_tuple, NULL);
+			if (new_tuple)
+				record.after = BemiImageFromTuple(rel, new_tuple, old_tuple);
+			record.primary_key = BemiPrimaryKey(rel, record.after);
+			break;
+		case REORDER_BUFFER_CHANGE_DELETE:
+			record.operation = "DELETE";
+			if (old_tuple)
+				record.before = BemiImageFromTuple(rel, old_tuple, NULL);
+			record.primary_key = BemiPrimaryKey(rel, record.before);
+			break;
+		default:
+			elog(ERROR, "bemi: unexpected change type %d", change->action);
+	}
+	EmitChange(ctx, txn, change->lsn, &record);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(state->change_context);
+}
+
+static void
+bemi_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, int nrelations, Relation relations[],
+			  ReorderBufferChange *change)
+{
+	PluginState *state = ctx->output_plugin_private;
+
+	if (state->skip_txn)
+		return;
+	for (int i = 0; i < nrelations; i++)
+	{
+		MemoryContext old = MemoryContextSwitchTo(state->change_context);
+		BemiChange record;
+
+		record.schema = get_namespace_name(RelationGetNamespace(relations[i]));
+		if (!IsOwnRelation(relations[i], record.schema))
+		{
+			record.table = RelationGetRelationName(relations[i]);
+			record.operation = "TRUNCATE";
+			record.primary_key = NULL;
+			record.before = state->empty;
+			record.after = state->empty;
+			EmitChange(ctx, txn, change->lsn, &record);
+		}
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(state->change_context);
+	}
+}
+
+/* Inside the worker, its own writes carry its origin and are skipped. */
+static bool
+bemi_filter_by_origin(LogicalDecodingContext *ctx, RepOriginId origin_id)
+{
+	PluginState *state = ctx->output_plugin_private;
+
+	return state->to_sink && origin_id != InvalidRepOriginId && origin_id == bemi_worker_origin;
+}
+
+void
+_PG_output_plugin_init(OutputPluginCallbacks *cb)
+{
+	cb->startup_cb = bemi_startup;
+	cb->begin_cb = bemi_begin;
+	cb->change_cb = bemi_change;
+	cb->truncate_cb = bemi_truncate;
+	cb->message_cb = bemi_message;
+	cb->commit_cb = bemi_commit;
+	cb->filter_by_origin_cb = bemi_filter_by_origin;
+	cb->shutdown_cb = bemi_shutdown;
+}

@@ -1,0 +1,99 @@
+/*
+ * slot.c: the database's logical replication slot, created, opened for decoding and dropped by
+ * its worker. C only: XL_ROUTINE is a compound literal C++ cannot spell.
+ */
+#include "bemi/worker.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlogutils.h"
+#include "nodes/makefuncs.h"
+#include "replication/logical.h"
+#include "replication/slot.h"
+#include "utils/memutils.h"
+
+bool
+BemiSlotExists(const char *name)
+{
+	bool found = false;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	for (int i = 0; i < max_replication_slots; i++)
+	{
+		ReplicationSlot *s = &ReplicationSlotCtl->replication_slots[i];
+
+		if (s->in_use && strcmp(NameStr(s->data.name), name) == 0)
+			found = true;
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	return found;
+}
+
+/*
+ * Creates the slot and waits until it is consistent. Transactions that are running meanwhile
+ * (CREATE EXTENSION's own among them) must finish first; their successors are all decoded.
+ */
+void
+BemiCreateSlot(const char *name)
+{
+	LogicalDecodingContext *ctx;
+
+	CheckLogicalDecodingRequirements();
+#if PG_VERSION_NUM >= 170000
+	ReplicationSlotCreate(name, true, RS_EPHEMERAL, false, false, false);
+#else
+	ReplicationSlotCreate(name, true, RS_EPHEMERAL, false);
+#endif
+	ctx = CreateInitDecodingContext(BEMI_PLUGIN_NAME, NIL, false, InvalidXLogRecPtr,
+									XL_ROUTINE(.page_read = read_local_xlog_page,
+											   .segment_open = wal_segment_open,
+											   .segment_close = wal_segment_close),
+									NULL, NULL, NULL);
+	DecodingContextFindStartpoint(ctx);
+	FreeDecodingContext(ctx);
+	ReplicationSlotPersist();
+	ReplicationSlotRelease();
+}
+
+void
+BemiDropSlot(const char *name)
+{
+	if (MyReplicationSlot != NULL)
+		ReplicationSlotRelease();
+	if (BemiSlotExists(name))
+		ReplicationSlotDrop(name, true);
+}
+
+static void
+NoWrite(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, bool last_write)
+{
+	elog(ERROR, "bemi: the worker's decoding context writes to its sink, not to a stream");
+}
+
+/* Acquires the slot and opens a decoding context that feeds the worker's sink. */
+LogicalDecodingContext *
+BemiStartDecoding(const char *name)
+{
+	LogicalDecodingContext *ctx;
+	List *options = list_make1(makeDefElem("sink", NULL, -1));
+
+#if PG_VERSION_NUM >= 180000
+	ReplicationSlotAcquire(name, true, true);
+#else
+	ReplicationSlotAcquire(name, true);
+#endif
+	ctx = CreateDecodingContext(InvalidXLogRecPtr, options, false,
+								XL_ROUTINE(.page_read = read_local_xlog_page,
+										   .segment_open = wal_segment_open,
+										   .segment_close = wal_segment_close),
+								NoWrite, NoWrite, NULL);
+	XLogBeginRead(ctx->reader, MyReplicationSlot->data.restart_lsn);
+	return ctx;
+}
+
+void
+BemiStopDecoding(LogicalDecodingContext *ctx)
+{
+	FreeDecodingContext(ctx);
+	ReplicationSlotRelease();
+}

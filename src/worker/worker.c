@@ -1,0 +1,307 @@
+/*
+ * worker.c: one background worker per database that has bemi.
+ *
+ * It owns the database's slot, decodes in-process with the bemi plugin into its sink, writes
+ * batches to bemi.changes with its progress, and confirms the slot only up to what is committed.
+ * Errors end the process; the postmaster starts it again and it resumes from bemi.progress.
+ */
+#include "bemi/worker.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlogreader.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "replication/decode.h"
+#include "replication/slot.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#define WORKER_NAPTIME_MS 1000
+#define MAX_BACKOFF_S 60
+
+static BemiDatabase *my_db = NULL;
+
+/* Clears our claim on the entry however the process ends. */
+static void
+ReleaseClaim(int code, Datum arg)
+{
+	if (my_db == NULL)
+		return;
+	LWLockAcquire(bemi_shared->lock, LW_EXCLUSIVE);
+	if (my_db->pid == MyProcPid)
+	{
+		my_db->pid = 0;
+		my_db->latch = NULL;
+	}
+	LWLockRelease(bemi_shared->lock);
+	ConditionVariableBroadcast(&my_db->progress_cv);
+}
+
+/* One worker per database: a second one (after a crash restart, say) leaves quietly. */
+static BemiDatabase *
+Claim(Oid dboid)
+{
+	BemiDatabase *db = BemiAddDatabase(dboid, false);
+	bool taken;
+
+	LWLockAcquire(bemi_shared->lock, LW_EXCLUSIVE);
+	taken = db->pid != 0 && db->pid != MyProcPid && kill(db->pid, 0) == 0;
+	if (!taken)
+	{
+		db->pid = MyProcPid;
+		db->latch = MyLatch;
+	}
+	LWLockRelease(bemi_shared->lock);
+	if (taken)
+		proc_exit(0);
+	my_db = db;
+	before_shmem_exit(ReleaseClaim, (Datum) 0);
+	return db;
+}
+
+/* After a failure, wait before trying again: 1 s, 2 s, 4 s ... up to a minute. */
+static void
+Backoff(BemiDatabase *db)
+{
+	int failures = db->failures;
+	long delay_ms;
+
+	if (failures <= 0 || db->fresh)
+		return;
+	delay_ms = 1000L * Min(1L << Min(failures - 1, 10), MAX_BACKOFF_S);
+	pgstat_report_activity(STATE_IDLE, "bemi: waiting to retry after an error");
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, delay_ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
+static bool
+ExtensionInstalled(void)
+{
+	bool installed;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	installed = OidIsValid(get_extension_oid("bemi", true));
+	CommitTransactionCommand();
+	return installed;
+}
+
+static void
+OriginName(Oid dboid, char *name, size_t len)
+{
+	snprintf(name, len, "bemi_%u", dboid);
+}
+
+/* Our commits carry a replication origin: the plugin skips them, so we never capture ourselves. */
+static void
+SetupOrigin(Oid dboid)
+{
+	char name[NAMEDATALEN];
+	RepOriginId origin;
+
+	OriginName(dboid, name, sizeof(name));
+	StartTransactionCommand();
+	origin = replorigin_by_name(name, true);
+	if (origin == InvalidRepOriginId)
+		origin = replorigin_create(name);
+	CommitTransactionCommand();
+#if PG_VERSION_NUM >= 160000
+	replorigin_session_setup(origin, 0);
+#else
+	replorigin_session_setup(origin);
+#endif
+	replorigin_session_origin = origin;
+	bemi_worker_origin = origin;
+}
+
+/* DROP EXTENSION (or a database without it): drop slot and origin, free the entry, exit. */
+static void
+Retire(BemiDatabase *db, LogicalDecodingContext *ctx, const char *slot)
+{
+	char origin[NAMEDATALEN];
+
+	pgstat_report_activity(STATE_RUNNING, "bemi: dropping capture slot");
+	if (ctx)
+		BemiStopDecoding(ctx);
+	BemiSinkStop();
+	BemiDropSlot(slot);
+	if (replorigin_session_origin != InvalidRepOriginId)
+	{
+		replorigin_session_reset();
+		replorigin_session_origin = InvalidRepOriginId;
+	}
+	OriginName(db->dboid, origin, sizeof(origin));
+	StartTransactionCommand();
+	replorigin_drop_by_name(origin, true, false);
+	CommitTransactionCommand();
+	ereport(LOG, (errmsg("bemi: capture stopped for database %u; slot \"%s\" dropped", db->dboid, slot)));
+
+	LWLockAcquire(bemi_shared->lock, LW_EXCLUSIVE);
+	db->pid = 0;
+	db->latch = NULL;
+	db->fresh = false;
+	db->state = BEMI_UNUSED;
+	LWLockRelease(bemi_shared->lock);
+	ConditionVariableBroadcast(&db->progress_cv);
+	my_db = NULL;
+	proc_exit(0);
+}
+
+/* Everything decoded so far is written: confirm the slot and tell the waiters. */
+static void
+Flush(BemiDatabase *db, LogicalDecodingContext *ctx)
+{
+	XLogRecPtr reached = ctx->reader->EndRecPtr;
+
+	if (BemiSinkPending())
+		BemiSinkDrain(db);
+	if (reached > MyReplicationSlot->data.confirmed_flush)
+		LogicalConfirmReceivedLocation(reached);
+	if (reached > db->applied_lsn)
+	{
+		SpinLockAcquire(&db->mutex);
+		db->applied_lsn = reached;
+		SpinLockRelease(&db->mutex);
+		ConditionVariableBroadcast(&db->progress_cv);
+	}
+}
+
+static void
+Stream(BemiDatabase *db, LogicalDecodingContext *ctx, const char *slot)
+{
+	for (;;)
+	{
+		XLogRecPtr end_of_wal;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (db->state == BEMI_STOPPING)
+			Retire(db, ctx, slot);
+
+		end_of_wal = GetFlushRecPtr(NULL);
+		if (ctx->reader->EndRecPtr < end_of_wal)
+			pgstat_report_activity(STATE_RUNNING, "bemi: decoding");
+		while (ctx->reader->EndRecPtr < end_of_wal && db->state != BEMI_STOPPING)
+		{
+			char *errm = NULL;
+			XLogRecord *record = XLogReadRecord(ctx->reader, &errm);
+
+			if (errm)
+				elog(ERROR, "bemi: could not read WAL at %X/%X: %s",
+					 LSN_FORMAT_ARGS(ctx->reader->EndRecPtr), errm);
+			if (record)
+				LogicalDecodingProcessRecord(ctx, ctx->reader);
+			if (BemiSinkPendingChanges() >= bemi_batch_size)
+				Flush(db, ctx);
+			CHECK_FOR_INTERRUPTS();
+		}
+		Flush(db, ctx);
+
+		if (ctx->reader->EndRecPtr >= GetFlushRecPtr(NULL))
+		{
+			pgstat_report_activity(STATE_IDLE, NULL);
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 WORKER_NAPTIME_MS, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+	}
+}
+
+static void
+Run(BemiDatabase *db)
+{
+	char slot[NAMEDATALEN];
+	BemiProgress progress;
+	LogicalDecodingContext *ctx;
+
+	BemiSlotName(db->dboid, slot, sizeof(slot));
+	if (db->fresh)
+	{
+		/* CREATE EXTENSION is still open: this waits for it, then every later write is decoded. */
+		pgstat_report_activity(STATE_RUNNING, "bemi: creating capture slot");
+		if (BemiSlotExists(slot))
+			BemiDropSlot(slot);
+		StartTransactionCommand();
+		BemiCreateSlot(slot);
+		CommitTransactionCommand();
+		LWLockAcquire(bemi_shared->lock, LW_EXCLUSIVE);
+		db->fresh = false;
+		LWLockRelease(bemi_shared->lock);
+		ereport(LOG, (errmsg("bemi: capture slot \"%s\" created for database %u", slot, db->dboid)));
+	}
+	if (!ExtensionInstalled())
+		Retire(db, NULL, slot);
+	if (!BemiSlotExists(slot))
+	{
+		BemiReportError(db, "capture slot was missing and has been recreated: changes made while it was "
+							"missing are not in bemi.changes");
+		ereport(WARNING,
+				(errmsg("bemi: capture slot \"%s\" is missing; creating it again", slot),
+				 errdetail("Changes made since the slot disappeared are not recorded in bemi.changes.")));
+		StartTransactionCommand();
+		BemiCreateSlot(slot);
+		CommitTransactionCommand();
+	}
+	BemiSetState(db, BEMI_RUNNING);
+
+	SetupOrigin(db->dboid);
+	progress = BemiLoadProgress();
+	BemiSinkStart(db->dboid, &progress);
+	ctx = BemiStartDecoding(slot);
+	ereport(LOG, (errmsg("bemi: worker decoding database %u from %X/%X (written up to %X/%X)", db->dboid,
+						 LSN_FORMAT_ARGS(MyReplicationSlot->data.confirmed_flush),
+						 LSN_FORMAT_ARGS(progress.txn_end_lsn))));
+	Stream(db, ctx, slot);
+}
+
+void
+bemi_worker_main(Datum arg)
+{
+	Oid dboid = DatumGetObjectId(arg);
+	MemoryContext worker_context;
+	BemiDatabase *db;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	bemi_is_worker = true;
+	pgstat_report_appname("bemi worker");
+	SetConfigOption("application_name", "bemi worker", PGC_USERSET, PGC_S_OVERRIDE);
+	/* Confirming the slot assumes our commits are durable when they return. */
+	SetConfigOption("synchronous_commit", "local", PGC_SUSET, PGC_S_OVERRIDE);
+
+	worker_context = AllocSetContextCreate(TopMemoryContext, "bemi worker", ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(worker_context);
+	db = Claim(dboid);
+	Backoff(db);
+
+	PG_TRY();
+	{
+		Run(db);
+	}
+	PG_CATCH();
+	{
+		ErrorData *error;
+
+		MemoryContextSwitchTo(worker_context);
+		error = CopyErrorData();
+		BemiReportError(db, error->message);
+		if (db->state == BEMI_STARTING)
+			BemiSetState(db, BEMI_FAILED);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
