@@ -23,6 +23,7 @@ SHLIB_LINK += -lfmt -lstdc++
 REGRESS = boundary context comment capture images truncate plugin status misconfig
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/regress.conf --load-extension=bemi
 TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
 
 # No JIT bitcode: it would need clang, and nothing here benefits from inlining into JIT code.
 override with_llvm = no

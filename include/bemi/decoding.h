@@ -13,6 +13,9 @@
 /* to_jsonb() of a row; unchanged TOASTed values are taken from old_tuple when it has them. */
 extern Jsonb *BemiImageFromTuple(Relation rel, HeapTuple tuple, HeapTuple old_tuple);
 
+/* An old image reduced to the replica identity columns, when the identity is not FULL. */
+extern Jsonb *BemiIdentityImage(Relation rel, Jsonb *image);
+
 /* The empty image, '{}'. */
 extern Jsonb *BemiEmptyImage(void);
 

@@ -8,6 +8,7 @@
 
 #include "access/detoast.h"
 #include "access/heapam.h"
+#include "access/sysattr.h"
 #include "access/htup_details.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
@@ -99,6 +100,39 @@ BemiImageFromTuple(Relation rel, HeapTuple tuple, HeapTuple old_tuple)
 			elog(ERROR, "to_jsonb returned NULL for a row of \"%s\"", RelationGetRelationName(rel));
 		return DatumGetJsonbP(result);
 	}
+}
+
+/*
+ * Without REPLICA IDENTITY FULL an old row holds only the replica identity columns, the others
+ * being null: keep just the columns PostgreSQL really provided.
+ */
+Jsonb *
+BemiIdentityImage(Relation rel, Jsonb *image)
+{
+	Bitmapset *key = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
+	TupleDesc desc = RelationGetDescr(rel);
+	JsonbParseState *state = NULL;
+	JsonbValue *result;
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		const char *name = NameStr(att->attname);
+		JsonbValue k, v;
+
+		if (att->attisdropped || !bms_is_member(att->attnum - FirstLowInvalidHeapAttributeNumber, key))
+			continue;
+		if (getKeyJsonValueFromContainer(&image->root, name, strlen(name), &v) == NULL)
+			continue;
+		k.type = jbvString;
+		k.val.string.val = (char *) name;
+		k.val.string.len = strlen(name);
+		pushJsonbValue(&state, WJB_KEY, &k);
+		pushJsonbValue(&state, WJB_VALUE, &v);
+	}
+	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(result);
 }
 
 Jsonb *

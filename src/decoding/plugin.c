@@ -10,6 +10,7 @@
 #include "bemi/decoding.h"
 
 #include "access/htup_details.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_namespace.h"
 #include "commands/dbcommands.h"
 #include "fmgr.h"
@@ -230,6 +231,16 @@ IsOwnRelation(Relation rel, const char *schema)
 	return strcmp(schema, "bemi") == 0;
 }
 
+static Jsonb *
+OldImage(Relation rel, HeapTuple old_tuple)
+{
+	Jsonb *image = BemiImageFromTuple(rel, old_tuple, NULL);
+
+	if (rel->rd_rel->relreplident == REPLICA_IDENTITY_FULL)
+		return image;
+	return BemiIdentityImage(rel, image);
+}
+
 static void
 bemi_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *change)
 {
@@ -263,7 +274,7 @@ bemi_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel, Re
 		case REORDER_BUFFER_CHANGE_UPDATE:
 			record.operation = "UPDATE";
 			if (old_tuple)
-				record.before = BemiImageFromTuple(rel, old_tuple, NULL);
+				record.before = OldImage(rel, old_tuple);
 			if (new_tuple)
 				record.after = BemiImageFromTuple(rel, new_tuple, old_tuple);
 			record.primary_key = BemiPrimaryKey(rel, record.after);
@@ -271,7 +282,7 @@ bemi_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel, Re
 		case REORDER_BUFFER_CHANGE_DELETE:
 			record.operation = "DELETE";
 			if (old_tuple)
-				record.before = BemiImageFromTuple(rel, old_tuple, NULL);
+				record.before = OldImage(rel, old_tuple);
 			record.primary_key = BemiPrimaryKey(rel, record.before);
 			break;
 		default:

@@ -282,6 +282,11 @@ bemi_worker_main(Datum arg)
 	SetConfigOption("application_name", "bemi worker", PGC_USERSET, PGC_S_OVERRIDE);
 	/* Confirming the slot assumes our commits are durable when they return. */
 	SetConfigOption("synchronous_commit", "local", PGC_SUSET, PGC_S_OVERRIDE);
+	/* Images must not depend on server defaults: times in UTC, ISO styles. */
+	SetConfigOption("TimeZone", "UTC", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("DateStyle", "ISO, YMD", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("IntervalStyle", "postgres", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("extra_float_digits", "1", PGC_SUSET, PGC_S_OVERRIDE);
 
 	worker_context = AllocSetContextCreate(TopMemoryContext, "bemi worker", ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(worker_context);

@@ -1,0 +1,67 @@
+-- bemi_set_context / bemi_context: transaction-local by default, session-wide on request.
+SELECT bemi_context() IS NULL AS no_context_yet;
+
+BEGIN;
+SELECT bemi_set_context('{"user_id": 1, "endpoint": "/a"}');
+SELECT bemi_context();
+COMMIT;
+-- Transaction-local: gone after COMMIT (safe behind transaction-pooling PgBouncer).
+SELECT bemi_context() IS NULL AS cleared_at_commit;
+
+-- Session-wide when asked.
+SELECT bemi_set_context('{"worker": "nightly"}', false);
+SELECT bemi_context();
+-- A local context overrides the session one inside a transaction, then the session one returns.
+BEGIN;
+SELECT bemi_set_context('{"request_id": "r-1"}');
+SELECT bemi_context();
+ROLLBACK;
+SELECT bemi_context();
+-- NULL clears.
+SELECT bemi_set_context(NULL, false);
+SELECT bemi_context() IS NULL AS cleared;
+
+-- Local outside a transaction block has no effect: a WARNING says so.
+SELECT bemi_set_context('{"lost": true}');
+SELECT bemi_context() IS NULL AS still_cleared;
+
+-- Bad input is refused with a clear error and no side effect.
+BEGIN;
+SELECT bemi_set_context('{"keep": 1}');
+SAVEPOINT s;
+SELECT bemi_set_context('[1, 2, 3]');
+ROLLBACK TO SAVEPOINT s;
+SELECT bemi_set_context('"a string"');
+ROLLBACK TO SAVEPOINT s;
+SELECT bemi_set_context('42');
+ROLLBACK TO SAVEPOINT s;
+SELECT bemi_context() AS unchanged;
+COMMIT;
+
+SET bemi.max_context_size = 64;
+BEGIN;
+SELECT bemi_set_context(jsonb_build_object('blob', repeat('x', 100)));
+ROLLBACK;
+RESET bemi.max_context_size;
+-- The default limit is 1 MB.
+SHOW bemi.max_context_size;
+BEGIN;
+SELECT bemi_set_context(jsonb_build_object('blob', repeat('x', 2 * 1024 * 1024)));
+ROLLBACK;
+
+-- A context set inside a savepoint that is rolled back does not survive it.
+BEGIN;
+SELECT bemi_set_context('{"step": "outer"}');
+SAVEPOINT inner_work;
+SELECT bemi_set_context('{"step": "inner"}');
+SELECT bemi_context();
+ROLLBACK TO SAVEPOINT inner_work;
+SELECT bemi_context() AS after_rollback_to_savepoint;
+SAVEPOINT kept;
+SELECT bemi_set_context('{"step": "released"}');
+RELEASE SAVEPOINT kept;
+SELECT bemi_context() AS after_release;
+COMMIT;
+
+-- Settings live under a reserved prefix.
+SET bemi.no_such_setting = 1;

@@ -1,0 +1,12 @@
+-- A server that cannot capture is told which setting to change.
+-- (wal_level and shared_preload_libraries need a restart: test/t/003_misconfigured.pl.)
+DROP EXTENSION bemi;
+SET output_plugin_libraries = pgoutput, test_decoding;
+CREATE EXTENSION bemi;
+RESET output_plugin_libraries;
+CREATE EXTENSION bemi;
+-- Capture works again straight away.
+CREATE TABLE misconfig_items (id int PRIMARY KEY);
+INSERT INTO misconfig_items VALUES (1);
+SELECT bemi_wait();
+SELECT "table", operation, after FROM bemi.changes WHERE "table" = 'misconfig_items';
