@@ -37,6 +37,11 @@ include $(PGXS)
 
 $(OBJS): $(wildcard include/bemi/*.h include/bemi/*.hpp src/*/*.hpp)
 
+# The TAP suite alone (installcheck runs it after pg_regress).
+.PHONY: tapcheck
+tapcheck:
+	$(prove_installcheck)
+
 .PHONY: test demo format
 test:
 	./test/run-all
