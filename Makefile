@@ -1,7 +1,9 @@
 # bemi: PGXS build. C shims and C++17 core in one shared library.
 EXTENSION = bemi
 MODULE_big = bemi
-DATA = bemi--0.1.0.sql
+# The install script is assembled from ext/, one file per area; start.sql comes last.
+EXT_SQL = ext/core.sql $(filter-out ext/core.sql ext/start.sql,$(sort $(wildcard ext/*.sql))) ext/start.sql
+DATA_built = bemi--0.1.0.sql
 PGFILEDESC = "bemi - context-aware audit trail for PostgreSQL"
 
 C_SRCS   = $(wildcard src/*.c src/*/*.c)
@@ -36,6 +38,9 @@ include $(PGXS)
 	$(CXX) $(BEMI_CXXFLAGS) $(CPPFLAGS) -c -o $@ $<
 
 $(OBJS): $(wildcard include/bemi/*.h include/bemi/*.hpp src/*/*.hpp)
+
+bemi--0.1.0.sql: $(EXT_SQL)
+	cat $^ > $@
 
 # The TAP suite alone (installcheck runs it after pg_regress).
 .PHONY: tapcheck

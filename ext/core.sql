@@ -150,9 +150,3 @@ CREATE FUNCTION bemi._boundary_test(kind text) RETURNS text
     AS 'MODULE_PATHNAME', 'bemi_boundary_test' LANGUAGE C VOLATILE STRICT;
 REVOKE ALL ON FUNCTION bemi._boundary_test(text) FROM PUBLIC;
 
--- Starts this database's worker while CREATE EXTENSION is still open: the worker's slot becomes
--- consistent as this transaction commits, so no write after it is missed.
-CREATE FUNCTION bemi._start_worker() RETURNS void
-    AS 'MODULE_PATHNAME', 'bemi_start_worker' LANGUAGE C VOLATILE;
-REVOKE ALL ON FUNCTION bemi._start_worker() FROM PUBLIC;
-SELECT bemi._start_worker();
