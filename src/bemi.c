@@ -22,6 +22,7 @@ int bemi_max_context_size = 1024 * 1024;
 bool bemi_replica_identity_full = true;
 int bemi_batch_size = 2000;
 int bemi_startup_timeout_ms = 30000;
+bool bemi_partitions_as_root = true;
 
 #if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -62,6 +63,9 @@ DefineSettings(void)
 							"How long a first write waits for a new capture slot to become consistent.",
 							NULL, &bemi_startup_timeout_ms, 30000, 0, INT_MAX, PGC_SUSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomBoolVariable("bemi.partitions_as_root",
+							 "Record changes to a partition under the name of its partitioned table.",
+							 NULL, &bemi_partitions_as_root, true, PGC_SIGHUP, 0, NULL, NULL, NULL);
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("bemi");
 #else

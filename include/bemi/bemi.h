@@ -31,6 +31,7 @@ extern int bemi_max_context_size;
 extern bool bemi_replica_identity_full;
 extern int bemi_batch_size;
 extern int bemi_startup_timeout_ms;
+extern bool bemi_partitions_as_root;
 
 /* Lifecycle of one database's capture, as seen in shared memory. */
 typedef enum BemiWorkerState
@@ -39,7 +40,8 @@ typedef enum BemiWorkerState
 	BEMI_STARTING,   /* registered; slot not yet consistent: first writes wait */
 	BEMI_RUNNING,    /* slot consistent; worker decoding */
 	BEMI_FAILED,     /* worker hit an error; it will be restarted */
-	BEMI_STOPPING    /* DROP EXTENSION committed: worker drops its slot and exits */
+	BEMI_STOPPING,   /* DROP EXTENSION committed: worker drops its slot and exits */
+	BEMI_PAUSED      /* DROP DATABASE: worker releases its slot and exits */
 } BemiWorkerState;
 
 /* One entry per database that has the extension. */
@@ -83,9 +85,12 @@ extern void BemiSlotName(Oid dboid, char *name, size_t len);
 extern bool bemi_is_worker;
 extern void BemiContextInit(void);
 
-/* worker/launcher.c, worker/worker.c */
+/* worker/launcher.c, worker/lifecycle.c */
 extern void BemiRegisterLauncher(void);
 extern void BemiLaunchWorker(Oid dboid);
+extern void BemiStopCapture(Oid dboid);
+extern Oid BemiPauseForDropDatabase(const char *dbname);
+extern void BemiFinishDropDatabase(Oid dboid, bool dropped);
 
 /* decoding: the sink the plugin feeds when it runs inside the worker */
 typedef struct BemiChange

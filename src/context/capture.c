@@ -359,7 +359,8 @@ bemi_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 					 QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
 	Node *stmt = pstmt->utilityStmt;
-	bool had_extension = false;
+	volatile bool had_extension = false;
+	volatile Oid paused_database = InvalidOid;
 
 	if (context == PROCESS_UTILITY_TOPLEVEL)
 		StartStatement(queryString, pstmt->stmt_location, pstmt->stmt_len);
@@ -375,37 +376,28 @@ bemi_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 	}
 	if (DropsExtensions(stmt))
 		had_extension = OidIsValid(get_extension_oid("bemi", true));
+	if (IsA(stmt, DropdbStmt))
+		paused_database = BemiPauseForDropDatabase(((DropdbStmt *) stmt)->dbname);
 
-	if (prev_process_utility)
-		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	PG_TRY();
+	{
+		if (prev_process_utility)
+			prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	}
+	PG_CATCH();
+	{
+		if (OidIsValid(paused_database))
+			BemiFinishDropDatabase(paused_database, false);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (OidIsValid(paused_database))
+		BemiFinishDropDatabase(paused_database, true);
 
 	if (had_extension && !OidIsValid(get_extension_oid("bemi", true)))
 		drop_pending = true;
-}
-
-/* After DROP EXTENSION commits: the worker drops its slot and exits; wait a little for it. */
-static void
-StopCapture(void)
-{
-	BemiDatabase *db = BemiFindDatabase(MyDatabaseId);
-	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10000);
-
-	if (db == NULL)
-		return;
-	BemiSetState(db, BEMI_STOPPING);
-	BemiWakeWorker(MyDatabaseId);
-	ConditionVariablePrepareToSleep(&db->progress_cv);
-	while (db->dboid == MyDatabaseId && db->state == BEMI_STOPPING && db->pid != 0)
-	{
-		long remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-
-		if (remaining <= 0)
-			break;
-		ConditionVariableTimedSleep(&db->progress_cv, remaining, PG_WAIT_EXTENSION);
-	}
-	ConditionVariableCancelSleep();
 }
 
 static void
@@ -440,7 +432,7 @@ bemi_xact_callback(XactEvent event, void *arg)
 			if (xact_wrote)
 				BemiWakeWorker(MyDatabaseId);
 			if (drop_pending)
-				StopCapture();
+				BemiStopCapture(MyDatabaseId);
 			/* FALLTHROUGH */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:

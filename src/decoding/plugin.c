@@ -10,6 +10,7 @@
 #include "bemi/decoding.h"
 
 #include "access/htup_details.h"
+#include "catalog/partition.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_namespace.h"
 #include "commands/dbcommands.h"
@@ -19,6 +20,8 @@
 #include "replication/origin.h"
 #include "replication/output_plugin.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -29,6 +32,81 @@ extern void _PG_output_plugin_init(OutputPluginCallbacks *cb);
 
 /* Set by the worker: its replication origin, whose changes are its own writes. */
 RepOriginId bemi_worker_origin = InvalidRepOriginId;
+
+/*
+ * What the plugin needs to know of a relation, looked up once: where its changes are recorded
+ * (a partition under its root by default) and whether they are recorded at all.
+ */
+typedef struct RelationInfo
+{
+	Oid relid;        /* hash key */
+	bool valid;
+	bool own;         /* in schema bemi: the worker's own tables, never recorded */
+	char *schema;     /* in CacheMemoryContext */
+	char *table;
+} RelationInfo;
+
+static HTAB *relation_cache = NULL;
+
+/* Any DDL: forget everything (a partition's root may have been renamed). DDL is rare. */
+static void
+InvalidateRelation(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS scan;
+	RelationInfo *info;
+
+	if (relation_cache == NULL)
+		return;
+	hash_seq_init(&scan, relation_cache);
+	while ((info = hash_seq_search(&scan)) != NULL)
+		info->valid = false;
+}
+
+static RelationInfo *
+LookupRelation(Relation rel)
+{
+	Oid relid = RelationGetRelid(rel);
+	RelationInfo *info;
+	bool found;
+
+	if (relation_cache == NULL)
+	{
+		HASHCTL ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(RelationInfo);
+		ctl.hcxt = CacheMemoryContext;
+		relation_cache = hash_create("bemi relations", 128, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		CacheRegisterRelcacheCallback(InvalidateRelation, (Datum) 0);
+	}
+	info = hash_search(relation_cache, &relid, HASH_ENTER, &found);
+	if (!found || !info->valid)
+	{
+		Oid recorded_as = relid;
+		char *schema;
+		char *table;
+
+		if (found)
+		{
+			pfree(info->schema);
+			pfree(info->table);
+		}
+		if (rel->rd_rel->relispartition && bemi_partitions_as_root)
+		{
+			List *ancestors = get_partition_ancestors(relid);
+
+			if (ancestors != NIL)
+				recorded_as = llast_oid(ancestors);
+		}
+		schema = get_namespace_name(get_rel_namespace(recorded_as));
+		table = get_rel_name(recorded_as);
+		info->own = strcmp(get_namespace_name(RelationGetNamespace(rel)), "bemi") == 0;
+		info->schema = MemoryContextStrdup(CacheMemoryContext, schema ? schema : "");
+		info->table = MemoryContextStrdup(CacheMemoryContext, table ? table : RelationGetRelationName(rel));
+		info->valid = true;
+	}
+	return info;
+}
 
 typedef struct PluginState
 {
@@ -225,12 +303,6 @@ EmitChange(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn, B
 #define CHANGE_TUPLE(t) ((t) ? &(t)->tuple : NULL)
 #endif
 
-static bool
-IsOwnRelation(Relation rel, const char *schema)
-{
-	return strcmp(schema, "bemi") == 0;
-}
-
 static Jsonb *
 OldImage(Relation rel, HeapTuple old_tuple)
 {
@@ -247,20 +319,18 @@ bemi_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel, Re
 	PluginState *state = ctx->output_plugin_private;
 	MemoryContext old;
 	BemiChange record;
+	RelationInfo *info;
 	HeapTuple new_tuple = CHANGE_TUPLE(change->data.tp.newtuple);
 	HeapTuple old_tuple = CHANGE_TUPLE(change->data.tp.oldtuple);
 
 	if (state->skip_txn)
 		return;
-	old = MemoryContextSwitchTo(state->change_context);
-	record.schema = get_namespace_name(RelationGetNamespace(rel));
-	if (IsOwnRelation(rel, record.schema))
-	{
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(state->change_context);
+	info = LookupRelation(rel);
+	if (info->own)
 		return;
-	}
-	record.table = RelationGetRelationName(rel);
+	old = MemoryContextSwitchTo(state->change_context);
+	record.schema = info->schema;
+	record.table = info->table;
 	record.before = state->empty;
 	record.after = state->empty;
 	switch (change->action)
@@ -304,12 +374,22 @@ bemi_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, int nrelations
 	for (int i = 0; i < nrelations; i++)
 	{
 		MemoryContext old = MemoryContextSwitchTo(state->change_context);
+		RelationInfo *info = LookupRelation(relations[i]);
 		BemiChange record;
+		bool seen = false;
 
-		record.schema = get_namespace_name(RelationGetNamespace(relations[i]));
-		if (!IsOwnRelation(relations[i], record.schema))
+		/* Partitions of one root truncated together are one TRUNCATE of the root. */
+		for (int j = 0; j < i; j++)
 		{
-			record.table = RelationGetRelationName(relations[i]);
+			RelationInfo *other = LookupRelation(relations[j]);
+
+			if (strcmp(other->schema, info->schema) == 0 && strcmp(other->table, info->table) == 0)
+				seen = true;
+		}
+		record.schema = info->schema;
+		if (!info->own && !seen)
+		{
+			record.table = info->table;
 			record.operation = "TRUNCATE";
 			record.primary_key = NULL;
 			record.before = state->empty;

@@ -29,6 +29,8 @@ StateName(int state)
 			return "failed";
 		case BEMI_STOPPING:
 			return "stopping";
+		case BEMI_PAUSED:
+			return "paused";
 		default:
 			return "stopped";
 	}

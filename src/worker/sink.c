@@ -100,6 +100,7 @@ BemiSinkStart(Oid dboid, const BemiProgress *progress)
 {
 	char path[MAXPGPATH];
 	const char *error = NULL;
+	MemoryContext caller = CurrentMemoryContext;
 
 	MakePGDirectory(PG_TEMP_FILES_DIR);
 	snprintf(path, sizeof(path), "%s/bemi_spool_%u.%d", PG_TEMP_FILES_DIR, dboid, MyProcPid);
@@ -111,6 +112,7 @@ BemiSinkStart(Oid dboid, const BemiProgress *progress)
 	StartTransactionCommand();
 	sink.database = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
@@ -286,6 +288,7 @@ WriteBatch(BemiDatabase *db, Batch *b, const BemiProgress *reached, TimestampTz 
 	Datum args[11];
 	Datum progress_args[3];
 	int rc;
+	MemoryContext caller = CurrentMemoryContext; /* commit leaves us in TopMemoryContext */
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -321,6 +324,7 @@ WriteBatch(BemiDatabase *db, Batch *b, const BemiProgress *reached, TimestampTz 
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	sink.done = *reached;
@@ -452,6 +456,7 @@ BemiLoadProgress(void)
 {
 	BemiProgress progress = {InvalidXLogRecPtr, 0, true};
 	bool isnull;
+	MemoryContext caller = CurrentMemoryContext;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -466,5 +471,6 @@ BemiLoadProgress(void)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
 	return progress;
 }

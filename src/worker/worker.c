@@ -28,6 +28,7 @@
 #define MAX_BACKOFF_S 60
 
 static BemiDatabase *my_db = NULL;
+static MemoryContext worker_context = NULL; /* long-lived; transactions leave TopMemoryContext current */
 
 /* Clears our claim on the entry however the process ends. */
 static void
@@ -155,6 +156,16 @@ Retire(BemiDatabase *db, LogicalDecodingContext *ctx, const char *slot)
 	proc_exit(0);
 }
 
+/* DROP DATABASE: release the slot and the connection; the backend dropping it takes over. */
+static void
+LetGo(BemiDatabase *db, LogicalDecodingContext *ctx)
+{
+	BemiStopDecoding(ctx);
+	BemiSinkStop();
+	ereport(LOG, (errmsg("bemi: worker for database %u exiting for DROP DATABASE", db->dboid)));
+	proc_exit(0);
+}
+
 /* Everything decoded so far is written: confirm the slot and tell the waiters. */
 static void
 Flush(BemiDatabase *db, LogicalDecodingContext *ctx)
@@ -177,9 +188,14 @@ Flush(BemiDatabase *db, LogicalDecodingContext *ctx)
 static void
 Stream(BemiDatabase *db, LogicalDecodingContext *ctx, const char *slot)
 {
+	MemoryContext loop_context = CurrentMemoryContext;
+
 	for (;;)
 	{
 		XLogRecPtr end_of_wal;
+
+		/* Transactions of the sink leave us in TopMemoryContext: come back every round. */
+		MemoryContextSwitchTo(loop_context);
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -189,11 +205,13 @@ Stream(BemiDatabase *db, LogicalDecodingContext *ctx, const char *slot)
 		}
 		if (db->state == BEMI_STOPPING)
 			Retire(db, ctx, slot);
+		if (db->state == BEMI_PAUSED)
+			LetGo(db, ctx);
 
 		end_of_wal = GetFlushRecPtr(NULL);
 		if (ctx->reader->EndRecPtr < end_of_wal)
 			pgstat_report_activity(STATE_RUNNING, "bemi: decoding");
-		while (ctx->reader->EndRecPtr < end_of_wal && db->state != BEMI_STOPPING)
+		while (ctx->reader->EndRecPtr < end_of_wal && db->state == BEMI_RUNNING)
 		{
 			char *errm = NULL;
 			XLogRecord *record = XLogReadRecord(ctx->reader, &errm);
@@ -204,7 +222,10 @@ Stream(BemiDatabase *db, LogicalDecodingContext *ctx, const char *slot)
 			if (record)
 				LogicalDecodingProcessRecord(ctx, ctx->reader);
 			if (BemiSinkPendingChanges() >= bemi_batch_size)
+			{
 				Flush(db, ctx);
+				MemoryContextSwitchTo(loop_context);
+			}
 			CHECK_FOR_INTERRUPTS();
 		}
 		Flush(db, ctx);
@@ -256,9 +277,11 @@ Run(BemiDatabase *db)
 	}
 	BemiSetState(db, BEMI_RUNNING);
 
+	MemoryContextSwitchTo(worker_context);
 	SetupOrigin(db->dboid);
 	progress = BemiLoadProgress();
 	BemiSinkStart(db->dboid, &progress);
+	MemoryContextSwitchTo(worker_context);
 	ctx = BemiStartDecoding(slot);
 	ereport(LOG, (errmsg("bemi: worker decoding database %u from %X/%X (written up to %X/%X)", db->dboid,
 						 LSN_FORMAT_ARGS(MyReplicationSlot->data.confirmed_flush),
@@ -270,7 +293,6 @@ void
 bemi_worker_main(Datum arg)
 {
 	Oid dboid = DatumGetObjectId(arg);
-	MemoryContext worker_context;
 	BemiDatabase *db;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);

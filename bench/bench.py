@@ -1,0 +1,972 @@
+#!/usr/bin/env python3
+"""bemi's benchmark suite. Run it through bench/run, which installs what it needs first.
+
+Sections (bench/README.md says what exactly each one times):
+  1. write path: pgbench tpcb-like under (a) nothing capturing, (b) bemi, (c) an audit trigger,
+     (d) wal2json + pg_recvlogical, interleaved; plus a one-client decomposition of bemi's cost
+  2. ingest: a backlog built while the worker is held, then drained; test_decoding on the same WAL
+  3. lag: commit -> visible in bemi.changes under pgbench --rate at 80% of bemi's maximum TPS
+  4. memory: the worker's peak RSS while it drains one huge transaction
+  5. reads: runs bench/reads* when present
+Standard library only.
+"""
+import argparse
+import datetime
+import glob
+import os
+import platform
+import pwd
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PG_CONFIG = os.environ.get("PG_CONFIG", "pg_config")
+BINDIR = subprocess.run([PG_CONFIG, "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+DB = "bench"
+
+MODES = {
+    # scale, clients, threads, write-path seconds and rounds, decomposition seconds and rounds,
+    # backlog changes, lag seconds, huge-transaction changes
+    "quick": dict(scale=10, clients=8, threads=2, write_secs=10, write_rounds=2, solo_secs=5, solo_rounds=2,
+                  backlog=500_000, lag_secs=15, huge=1_000_000),
+    "smoke": dict(scale=1, clients=4, threads=2, write_secs=3, write_rounds=1, solo_secs=2, solo_rounds=1,
+                  backlog=20_000, lag_secs=4, huge=50_000),
+    "full": dict(scale=10, clients=8, threads=2, write_secs=30, write_rounds=5, solo_secs=10, solo_rounds=3,
+                 backlog=2_000_000, lag_secs=60, huge=5_000_000),
+}
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The throwaway server
+# ---------------------------------------------------------------------------------------------
+class Server:
+    """A PostgreSQL instance in a temporary directory, run as an unprivileged user."""
+
+    def __init__(self, workdir, port, user):
+        self.dir = workdir
+        self.data = os.path.join(workdir, "data")
+        self.sock = workdir
+        self.port = port
+        self.user = user
+        self.logfile = os.path.join(workdir, "server.log")
+        self.running = False
+
+    def as_user(self, args, **kw):
+        if self.user and os.geteuid() == 0:
+            args = ["runuser", "-u", self.user, "--"] + args
+        return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
+
+    def conf_path(self):
+        return os.path.join(self.data, "postgresql.conf")
+
+    def init(self, settings):
+        self.as_user([f"{BINDIR}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "-E", "UTF8",
+                      "--locale=C"])
+        with open(self.conf_path(), "a") as f:
+            f.write("\n# bemi bench\n")
+            f.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.sock}'\n")
+            for k, v in settings.items():
+                f.write(f"{k} = {v}\n")
+
+    def set(self, key, value):
+        """Appends a setting; takes effect at the next (re)start."""
+        with open(self.conf_path(), "a") as f:
+            f.write(f"{key} = {value}\n")
+
+    def start(self):
+        self.as_user([f"{BINDIR}/pg_ctl", "-D", self.data, "-l", self.logfile, "-w", "-t", "120", "start"])
+        self.running = True
+
+    def stop(self):
+        if self.running:
+            self.as_user([f"{BINDIR}/pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "300", "stop"])
+            self.running = False
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def conninfo(self, db=DB):
+        return ["-h", self.sock, "-p", str(self.port), "-U", "postgres", "-d", db]
+
+    def env(self, db=DB):
+        env = dict(os.environ, PGHOST=self.sock, PGPORT=str(self.port), PGUSER="postgres", PGDATABASE=db)
+        env.pop("PGOPTIONS", None)
+        return env
+
+    def psql(self, sql, db=DB, timeout=None):
+        """Runs SQL (several statements allowed); returns unaligned, tuples-only output."""
+        r = subprocess.run([f"{BINDIR}/psql", *self.conninfo(db), "-XAtq", "-v", "ON_ERROR_STOP=1", "-F", "|"],
+                           input=sql, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"psql failed ({r.returncode}): {r.stderr.strip()}\n--- SQL ---\n{sql[:2000]}")
+        return r.stdout.strip()
+
+    def one(self, sql, db=DB):
+        out = self.psql(sql, db)
+        return out.splitlines()[-1] if out else ""
+
+    def session(self, db=DB):
+        return Session(self, db)
+
+
+class Session:
+    """A long-lived psql session (to hold a lock across other work)."""
+
+    def __init__(self, server, db):
+        self.p = subprocess.Popen([f"{BINDIR}/psql", *server.conninfo(db), "-XAtq", "-v", "ON_ERROR_STOP=1"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, bufsize=1)
+        self.n = 0
+
+    def run(self, sql):
+        """Sends SQL and waits until psql has executed it."""
+        self.n += 1
+        mark = f"__done_{self.n}__"
+        self.p.stdin.write(sql.rstrip() + "\n\\echo " + mark + "\n")
+        self.p.stdin.flush()
+        out = []
+        for line in self.p.stdout:
+            if line.strip() == mark:
+                return "".join(out)
+            out.append(line)
+        raise RuntimeError("psql session ended: " + "".join(out))
+
+    def close(self):
+        try:
+            self.p.stdin.close()
+            self.p.wait(timeout=30)
+        except Exception:
+            self.p.kill()
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def percentile(sorted_xs, q):
+    if not sorted_xs:
+        return None
+    i = min(len(sorted_xs) - 1, max(0, int(round(q * (len(sorted_xs) - 1)))))
+    return sorted_xs[i]
+
+
+def proc_cpu_seconds(pid):
+    """utime + stime of a process, in seconds (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def proc_status_kb(pid):
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if v.strip().endswith("kB"):
+                    out[k] = int(v.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def fmt(x, digits=0, unit=""):
+    if x is None:
+        return "–"
+    if digits == 0:
+        return f"{x:,.0f}{unit}"
+    return f"{x:,.{digits}f}{unit}"
+
+
+def ratio(x, base):
+    return None if x is None or not base else x / base
+
+
+def md_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def goal(met, text):
+    return f"**{'met' if met else 'MISSED'}** — {text}"
+
+
+# ---------------------------------------------------------------------------------------------
+# pgbench scripts and configurations
+# ---------------------------------------------------------------------------------------------
+TPCB_HEAD = r"""\set aid random(1, 100000 * :scale)
+\set bid random(1, 1 * :scale)
+\set tid random(1, 10 * :scale)
+\set delta random(-5000, 5000)
+BEGIN;
+"""
+TPCB_BODY = r"""UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+END;
+"""
+# The same application context in every capturing configuration, passed the way each one takes it.
+CONTEXT = "jsonb_build_object('user_id', CAST(:aid AS bigint), 'endpoint', '/pgbench/tpcb', 'method', 'POST')"
+SCRIPTS = {
+    "plain": TPCB_HEAD + TPCB_BODY,
+    "bemi": TPCB_HEAD + f"SELECT bemi_set_context({CONTEXT});\n" + TPCB_BODY,
+    "trigger": TPCB_HEAD + f"SELECT set_config('bench.context', ({CONTEXT})::text, true);\n" + TPCB_BODY,
+    "wal2json": TPCB_HEAD + f"SELECT pg_logical_emit_message(true, 'bench', ({CONTEXT})::text);\n" + TPCB_BODY,
+}
+PGBENCH_TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
+
+AUDIT_SQL = """
+CREATE TABLE bench_audit (
+    id bigserial PRIMARY KEY,
+    table_name text NOT NULL,
+    operation text NOT NULL,
+    "before" jsonb,
+    "after" jsonb,
+    context jsonb,
+    transaction_id bigint NOT NULL DEFAULT txid_current(),
+    changed_at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE FUNCTION bench_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bench_audit (table_name, operation, "before", "after", context)
+    VALUES (TG_TABLE_NAME, TG_OP,
+            CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
+            CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END,
+            nullif(current_setting('bench.context', true), '')::jsonb);
+    RETURN NULL;
+END $$;
+""" + "".join(f"CREATE TRIGGER bench_audit AFTER INSERT OR UPDATE OR DELETE ON {t} "
+              f"FOR EACH ROW EXECUTE FUNCTION bench_audit();\n" for t in PGBENCH_TABLES)
+
+CONFIGS = {
+    # label, script, replica identity of the pgbench tables
+    "a": ("(a) wal_level=logical, nothing capturing", "plain", "DEFAULT"),
+    "b": ("(b) bemi, context in every transaction", "bemi", "FULL"),
+    "c": ("(c) audit trigger (to_jsonb(OLD/NEW) + context)", "trigger", "DEFAULT"),
+    "d": ("(d) wal2json slot + pg_recvlogical, context as message", "wal2json", "FULL"),
+}
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+        self.p = dict(MODES[self.mode])
+        if args.scale:
+            self.p["scale"] = args.scale
+        self.workdir = tempfile.mkdtemp(prefix="bemi-bench.")
+        self.logs = os.path.join(self.workdir, "pgbench")
+        os.makedirs(self.logs)
+        user = os.environ.get("BEMI_BENCH_SERVER_USER") if os.geteuid() == 0 else None
+        if user:
+            pw = pwd.getpwnam(user)
+            os.chown(self.workdir, pw.pw_uid, pw.pw_gid)
+        self.server = Server(self.workdir, args.port, user)
+        for name, text in SCRIPTS.items():
+            with open(os.path.join(self.workdir, f"{name}.sql"), "w") as f:
+                f.write(text)
+        self.sections = []
+        self.summary = []
+        self.notes = []
+        self.recvlogical = None
+
+    # -- setup ----------------------------------------------------------------------------------
+    def setup(self):
+        log(f"starting a throwaway server in {self.workdir} (port {self.args.port})")
+        self.server.init({
+            "wal_level": "logical",
+            "shared_preload_libraries": "'bemi'",
+            "output_plugin_libraries": "'pgoutput, test_decoding, bemi, wal2json'",
+            "max_replication_slots": 16,
+            "max_wal_senders": 16,
+            "max_worker_processes": 16,
+            "shared_buffers": "'512MB'",
+            "max_wal_size": "'16GB'",
+            "min_wal_size": "'1GB'",
+            "checkpoint_timeout": "'30min'",
+            "log_min_messages": "warning",
+            "log_checkpoints": "off",
+        })
+        self.server.start()
+        self.server.psql(f"CREATE DATABASE {DB}", db="postgres")
+        log(f"pgbench -i -s {self.p['scale']}")
+        subprocess.run([f"{BINDIR}/pgbench", *self.server.conninfo(), "-i", "-q", "-s", str(self.p["scale"])],
+                       check=True, capture_output=True)
+        self.server.psql("VACUUM ANALYZE")
+
+    def teardown(self):
+        if self.recvlogical:
+            self.recvlogical.kill()
+        try:
+            self.server.stop()
+        except Exception as e:
+            log(f"stopping the server failed: {e}")
+        if not self.args.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            log(f"kept {self.workdir}")
+
+    # -- bemi helpers ---------------------------------------------------------------------------
+    def create_bemi(self):
+        self.server.psql("CREATE EXTENSION bemi")
+        self.server.one("SELECT bemi_wait(timeout => '120 s')")
+        return self.worker_pid()
+
+    def worker_pid(self):
+        return int(self.server.one("SELECT worker_pid FROM bemi_status()"))
+
+    def drop_bemi(self):
+        self.server.psql("DROP EXTENSION IF EXISTS bemi")
+
+    def wait_bemi(self, lsn=None, timeout="60 min"):
+        arg = f"'{lsn}'::pg_lsn" if lsn else "pg_current_wal_lsn()"
+        t0 = time.monotonic()
+        self.server.one(f"SELECT bemi_wait({arg}, '{timeout}')")
+        return time.monotonic() - t0
+
+    def hold_worker(self):
+        """Blocks the worker's next INSERT into bemi.changes: it decodes at most one more batch."""
+        s = self.server.session()
+        s.run("BEGIN; LOCK TABLE bemi.changes IN EXCLUSIVE MODE;")
+        return s
+
+    # -- write path -----------------------------------------------------------------------------
+    def reset_pgbench(self, identity):
+        self.server.psql("TRUNCATE pgbench_history;\n"
+                         "VACUUM (ANALYZE) pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history;\n" +
+                         "".join(f"ALTER TABLE {t} REPLICA IDENTITY {identity};\n" for t in PGBENCH_TABLES))
+
+    def start_config(self, key, identity=None):
+        self.reset_pgbench(identity or CONFIGS[key][2])
+        state = {"pids": []}
+        if key == "b":
+            state["pids"].append(self.create_bemi())
+        elif key == "c":
+            self.server.psql(AUDIT_SQL)
+        elif key == "d":
+            self.server.psql("SELECT pg_create_logical_replication_slot('bench_w2j', 'wal2json')")
+            self.recvlogical = subprocess.Popen(
+                [f"{BINDIR}/pg_recvlogical", *self.server.conninfo(), "--slot", "bench_w2j", "--start",
+                 "-o", "format-version=2", "-o", "include-timestamp=true", "-f", "-", "-s", "1", "-F", "0"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for _ in range(100):
+                pid = self.server.one("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'bench_w2j'")
+                if pid:
+                    break
+                time.sleep(0.1)
+            state["pids"] += [int(pid), self.recvlogical.pid]
+        self.server.psql("CHECKPOINT")
+        return state
+
+    def stop_config(self, key, state, end_lsn):
+        """Waits until the capture has caught up with end_lsn (the drain time), then removes it."""
+        drain = None
+        if key == "b":
+            drain = self.wait_bemi(end_lsn)
+            state["captured"] = int(self.server.one(
+                "SELECT count(*) FROM bemi.changes WHERE \"table\" LIKE 'pgbench%'"))
+            self.drop_bemi()
+        elif key == "c":
+            state["captured"] = int(self.server.one("SELECT count(*) FROM bench_audit"))
+            self.server.psql("".join(f"DROP TRIGGER bench_audit ON {t};\n" for t in PGBENCH_TABLES) +
+                             "DROP TABLE bench_audit; DROP FUNCTION bench_audit();")
+        elif key == "d":
+            t0 = time.monotonic()
+            while self.server.one(f"SELECT confirmed_flush_lsn >= '{end_lsn}' FROM pg_replication_slots "
+                                  "WHERE slot_name = 'bench_w2j'") != "t":
+                if self.recvlogical.poll() is not None:
+                    raise RuntimeError("pg_recvlogical died: " + self.recvlogical.stderr.read().decode())
+                time.sleep(0.05)
+            drain = time.monotonic() - t0
+            self.recvlogical.send_signal(signal.SIGINT)
+            try:
+                self.recvlogical.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.recvlogical.kill()
+            self.recvlogical = None
+            for _ in range(100):
+                if self.server.one("SELECT active FROM pg_replication_slots WHERE slot_name = 'bench_w2j'") != "t":
+                    break
+                time.sleep(0.1)
+            self.server.psql("SELECT pg_drop_replication_slot('bench_w2j')")
+        return drain
+
+    def pgbench(self, script, secs, clients, threads, tag, rate=None):
+        prefix = os.path.join(self.logs, tag)
+        cmd = [f"{BINDIR}/pgbench", *self.server.conninfo(), "-n", "-M", "prepared", "-c", str(clients),
+               "-j", str(threads), "-T", str(secs), "-s", str(self.p["scale"]),
+               "-f", os.path.join(self.workdir, f"{script}.sql"), "-l", f"--log-prefix={prefix}"]
+        if rate:
+            cmd += ["-R", str(rate)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"pgbench failed: {r.stderr}\n{r.stdout}")
+        m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", r.stdout)
+        tps = float(m.group(1)) if m else None
+        m = re.search(r"number of failed transactions: (\d+)", r.stdout)
+        failed = int(m.group(1)) if m else 0
+        lat = []
+        for path in glob.glob(prefix + ".*"):
+            with open(path) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 6 and parts[2].isdigit():
+                        lat.append(int(parts[2]) / 1000.0)
+            os.unlink(path)
+        lat.sort()
+        return dict(tps=tps, mean_ms=statistics.fmean(lat) if lat else None, p99_ms=percentile(lat, 0.99),
+                    p50_ms=percentile(lat, 0.50), n=len(lat), failed=failed)
+
+    def run_config(self, key, secs, clients, threads, tag, held=False, identity=None):
+        script = CONFIGS[key][1]
+        state = self.start_config(key, identity)
+        holder = self.hold_worker() if held else None
+        cpu0 = [proc_cpu_seconds(p) for p in state["pids"]]
+        lsn0 = self.server.one("SELECT pg_current_wal_lsn()")
+        res = self.pgbench(script, secs, clients, threads, tag)
+        lsn1 = self.server.one("SELECT pg_current_wal_lsn()")
+        cpu1 = [proc_cpu_seconds(p) for p in state["pids"]]
+        res["wal_bytes"] = int(float(self.server.one(f"SELECT pg_wal_lsn_diff('{lsn1}', '{lsn0}')")))
+        res["capture_cpu_s"] = sum(b - a for a, b in zip(cpu0, cpu1) if a is not None and b is not None) \
+            if state["pids"] else None
+        if holder:
+            holder.run("ROLLBACK;")
+            holder.close()
+        res["drain_s"] = self.stop_config(key, state, lsn1)
+        res["captured"] = state.get("captured")
+        return res
+
+    def section_write_path(self):
+        p = self.p
+        rounds, secs = p["write_rounds"], p["write_secs"]
+        keys = list(CONFIGS)
+        results = {k: [] for k in keys}
+        log(f"1. write path: {len(keys)} configurations x {rounds} rounds x {secs} s, "
+            f"{p['clients']} clients, scale {p['scale']}")
+        for r in range(rounds):
+            order = keys if r % 2 == 0 else keys[::-1]
+            for k in order:
+                res = self.run_config(k, secs, p["clients"], p["threads"], f"w{r}{k}")
+                results[k].append(res)
+                log(f"   round {r + 1} {k}: {res['tps']:.0f} tps, mean {res['mean_ms']:.2f} ms, "
+                    f"p99 {res['p99_ms']:.2f} ms, wal {res['wal_bytes'] / max(res['n'], 1):.0f} B/txn"
+                    + (f", capture cpu {res['capture_cpu_s']:.1f} s" if res['capture_cpu_s'] is not None else "")
+                    + (f", drain {res['drain_s']:.2f} s" if res['drain_s'] is not None else ""))
+        self.write_results = results
+
+        def paired(k, field):
+            return median([ratio(x[field], a[field]) for x, a in zip(results[k], results["a"])])
+
+        rows = []
+        for k in keys:
+            rs = results[k]
+            tps = median([x["tps"] for x in rs])
+            mean = median([x["mean_ms"] for x in rs])
+            p99 = median([x["p99_ms"] for x in rs])
+            walb = median([x["wal_bytes"] / max(x["n"], 1) for x in rs])
+            cpu = median([x["capture_cpu_s"] / secs * 100 if x["capture_cpu_s"] is not None else None for x in rs])
+            drain = median([x["drain_s"] for x in rs])
+            rows.append([CONFIGS[k][0], fmt(tps), fmt(paired(k, "tps"), 3), fmt(mean, 2), fmt(paired(k, "mean_ms"), 2),
+                         fmt(p99, 2), fmt(paired(k, "p99_ms"), 2), fmt(walb), fmt(cpu, 0, " %"),
+                         fmt(drain, 2, " s") if drain is not None else "–"])
+        text = [f"## 1. Write-path cost\n",
+                f"pgbench tpcb-like, scale {p['scale']}, {p['clients']} clients, {p['threads']} threads, "
+                f"`-M prepared`, {secs} s per run, {rounds} rounds interleaved (a b c d, then d c b a, …). "
+                "Values are medians over rounds; ratios are medians of the per-round ratios to (a) of the "
+                "same round. Latency from pgbench's per-transaction log. *WAL/txn* is all WAL written "
+                "during the run (including the capture's own writes) per transaction. *capture CPU* is "
+                "the CPU time of the capturing process(es) — bemi's worker; the walsender plus "
+                "pg_recvlogical — as a share of one core. *catch-up* is the time from the end of the "
+                "run until the capture had everything.\n",
+                md_table(["configuration", "TPS", "× (a)", "mean ms", "× (a)", "p99 ms", "× (a)", "WAL/txn B",
+                          "capture CPU", "catch-up"], rows), ""]
+        raw = [[CONFIGS[k][0]] + [fmt(x["tps"]) for x in results[k]] for k in keys]
+        text += ["<details><summary>TPS of every run</summary>\n",
+                 md_table(["configuration"] + [f"round {i + 1}" for i in range(rounds)], raw), "\n</details>\n"]
+        b_ratio = paired("b", "tps")
+        b_vs_c = median([ratio(b["tps"], c["tps"]) for b, c in zip(results["b"], results["c"])])
+        b_vs_d = median([ratio(b["tps"], d["tps"]) for b, d in zip(results["b"], results["d"])])
+        self.summary.append(("write path: bemi TPS ≥ 0.90 × (a)", b_ratio is not None and b_ratio >= 0.90,
+                             f"{fmt(b_ratio, 3)} × (a)"))
+        self.summary.append(("write path: bemi ahead of the audit trigger (c)", b_vs_c is not None and b_vs_c > 1,
+                             f"{fmt(b_vs_c, 3)} × (c)"))
+        self.summary.append(("write path: bemi ahead of wal2json + pg_recvlogical (d)",
+                             b_vs_d is not None and b_vs_d > 1, f"{fmt(b_vs_d, 3)} × (d)"))
+        self.b_max_tps = median([x["tps"] for x in results["b"]])
+        self.sections.append("\n".join(text))
+
+    def section_decomposition(self):
+        """One client, so the numbers are per-transaction costs rather than contention."""
+        p = self.p
+        rounds, secs = p["solo_rounds"], p["solo_secs"]
+        variants = [
+            ("a", False, "plain: nothing capturing, replica identity DEFAULT"),
+            ("a_full", False, "+ REPLICA IDENTITY FULL on the pgbench tables"),
+            ("b_held", True, "+ bemi installed and context set, worker held (backend cost only)"),
+            ("b", False, "+ worker running (full bemi)"),
+        ]
+        log(f"1b. per-transaction decomposition: 1 client, {len(variants)} variants x {rounds} rounds x {secs} s")
+        results = {v[0]: [] for v in variants}
+        for r in range(rounds):
+            order = variants if r % 2 == 0 else variants[::-1]
+            for name, held, _ in order:
+                key = {"a": "a", "a_full": "a", "b_held": "b", "b": "b"}[name]
+                res = self.run_config(key, secs, 1, 1, f"s{r}{name}", held=held,
+                                      identity="FULL" if name == "a_full" else None)
+                results[name].append(res)
+                log(f"   round {r + 1} {name}: {res['mean_ms'] * 1000:.0f} us/txn, "
+                    f"{res['wal_bytes'] / max(res['n'], 1):.0f} B WAL/txn")
+        rows = []
+        base = median([x["mean_ms"] for x in results["a"]]) * 1000
+        prev = base
+        for name, _, label in variants:
+            us = median([x["mean_ms"] for x in results[name]]) * 1000
+            walb = median([x["wal_bytes"] / max(x["n"], 1) for x in results[name]])
+            rows.append([label, fmt(us), fmt(us - prev, 0, " µs") if name != "a" else "–",
+                         fmt(us - base, 0, " µs") if name != "a" else "–", fmt(walb)])
+            prev = us
+        self.decomposition = results
+        self.sections.append("\n".join([
+            "### 1b. Where bemi's write-path cost comes from (one client)\n",
+            f"pgbench with one client (`-c 1`), {secs} s per run, {rounds} rounds interleaved; each step adds one "
+            "thing to the one above. Mean latency per transaction (medians over rounds). "
+            "\"Worker held\": a session holds `LOCK TABLE bemi.changes IN EXCLUSIVE MODE`, so the worker "
+            "blocks on its first INSERT and costs no CPU; the backlog is drained after the run.\n",
+            md_table(["configuration", "µs/txn", "step", "vs plain", "WAL/txn B"], rows), ""]))
+
+    # -- lag ------------------------------------------------------------------------------------
+    def section_lag(self):
+        p = self.p
+        rate = max(1, int(0.8 * self.b_max_tps))
+        log(f"3. lag: restarting with track_commit_timestamp = on; pgbench -R {rate} for {p['lag_secs']} s")
+        self.server.set("track_commit_timestamp", "on")
+        self.server.restart()
+        self.reset_pgbench("FULL")
+        self.create_bemi()
+        res = self.pgbench("bemi", p["lag_secs"], p["clients"], p["threads"], "lag", rate=rate)
+        self.wait_bemi()
+        row = self.server.one("""
+            SELECT count(*),
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY v), percentile_cont(0.99) WITHIN GROUP (ORDER BY v),
+                   max(v),
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY w), percentile_cont(0.99) WITHIN GROUP (ORDER BY w)
+              FROM (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - committed_at) * 1000 AS v,
+                           extract(epoch FROM created_at - committed_at) * 1000 AS w
+                      FROM bemi.changes WHERE "table" LIKE 'pgbench%') s""")
+        n, p50, p99, mx, c50, c99 = row.split("|")
+        n, p50, p99, mx, c50, c99 = int(n), float(p50), float(p99), float(mx), float(c50), float(c99)
+        self.drop_bemi()
+        self.server.set("track_commit_timestamp", "off")
+        self.server.restart()
+        rows = [["commit → visible (worker's commit)", fmt(p50, 1), fmt(p99, 1), fmt(mx, 1)],
+                ["commit → `created_at` (row built)", fmt(c50, 1), fmt(c99, 1), "–"]]
+        self.summary.append(("lag: p50 < 50 ms", p50 < 50, f"p50 {p50:.1f} ms"))
+        self.summary.append(("lag: p99 < 500 ms", p99 < 500, f"p99 {p99:.1f} ms"))
+        self.sections.append("\n".join([
+            "## 3. Lag\n",
+            f"pgbench with bemi's script at `--rate {rate}` (80% of bemi's median TPS in section 1), "
+            f"{p['clients']} clients, {p['lag_secs']} s; achieved {fmt(res['tps'])} TPS, client latency mean "
+            f"{fmt(res['mean_ms'], 2)} ms / p99 {fmt(res['p99_ms'], 2)} ms. Over the {n:,} changes written: "
+            "*visible* is `pg_xact_commit_timestamp(xmin)` of the `bemi.changes` row (when the worker's "
+            "transaction committed, i.e. when the row became visible; `track_commit_timestamp = on` for "
+            "this section only) minus `committed_at` (the user transaction's commit time).\n",
+            md_table(["", "p50 ms", "p99 ms", "max ms"], rows), ""]))
+
+    # -- ingest ---------------------------------------------------------------------------------
+    INGEST_TABLE = """
+CREATE TABLE {t} (
+    id bigint PRIMARY KEY,
+    name text NOT NULL,
+    note text,
+    amount numeric(14, 2),
+    qty integer,
+    price double precision,
+    active boolean,
+    created_at timestamptz,
+    updated_at timestamptz,
+    attrs jsonb);
+ALTER TABLE {t} REPLICA IDENTITY FULL;
+"""
+    INGEST_ROWS = """SELECT g, 'customer ' || g, repeat(md5(g::text), 2), (g % 100000) / 100.0, (g % 1000)::int,
+       g * 1.25, g % 3 = 0, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second', now(),
+       jsonb_build_object('k', g, 'tags', jsonb_build_array('a', 'b', g % 10), 'nested', jsonb_build_object('x', g % 7))
+  FROM generate_series({lo}, {hi}) g"""
+
+    def section_ingest(self):
+        n = self.p["backlog"]
+        n_ins, n_upd = n // 2, n * 7 // 20
+        n_del = n - n_ins - n_upd
+        chunk = 1000
+        log(f"2. ingest: backlog of {n:,} changes ({n_ins:,} inserts, {n_upd:,} updates, {n_del:,} deletes, "
+            f"{chunk} per transaction)")
+        srv = self.server
+        srv.psql(self.INGEST_TABLE.format(t="bench_ingest"))
+        srv.psql(f"""
+CREATE PROCEDURE bench_backlog(n_ins bigint, n_upd bigint, n_del bigint, chunk int) LANGUAGE plpgsql AS $$
+DECLARE lo bigint;
+BEGIN
+    lo := 1;
+    WHILE lo <= n_ins LOOP
+        INSERT INTO bench_ingest {self.INGEST_ROWS.format(lo='lo', hi='least(lo + chunk - 1, n_ins)')};
+        COMMIT;
+        lo := lo + chunk;
+    END LOOP;
+    lo := 1;
+    WHILE lo <= n_upd LOOP
+        UPDATE bench_ingest SET amount = amount + 1, qty = qty + 1, updated_at = now(), note = left(note, 40)
+         WHERE id BETWEEN lo AND least(lo + chunk - 1, n_upd);
+        COMMIT;
+        lo := lo + chunk;
+    END LOOP;
+    lo := n_ins - n_del + 1;
+    WHILE lo <= n_ins LOOP
+        DELETE FROM bench_ingest WHERE id BETWEEN lo AND least(lo + chunk - 1, n_ins);
+        COMMIT;
+        lo := lo + chunk;
+    END LOOP;
+END $$;""")
+        pid = self.create_bemi()
+        srv.psql("SELECT pg_create_logical_replication_slot('bench_td', 'test_decoding');"
+                 "SELECT pg_create_logical_replication_slot('bench_bemi_sql', 'bemi');")
+        holder = self.hold_worker()
+        lsn0 = srv.one("SELECT pg_current_wal_lsn()")
+        t0 = time.monotonic()
+        srv.psql(f"CALL bench_backlog({n_ins}, {n_upd}, {n_del}, {chunk})")
+        build_s = time.monotonic() - t0
+        lsn1 = srv.one("SELECT pg_current_wal_lsn()")
+        wal = int(float(srv.one(f"SELECT pg_wal_lsn_diff('{lsn1}', '{lsn0}')")))
+        srv.psql("CHECKPOINT")
+        log(f"   backlog built in {build_s:.1f} s ({wal / 1e6:.0f} MB of WAL); test_decoding pass")
+
+        t0 = time.monotonic()
+        td = int(srv.one("SELECT count(*) FROM pg_logical_slot_get_changes('bench_td', NULL, NULL) "
+                         "WHERE data LIKE 'table public.bench_ingest:%'"))
+        td_s = time.monotonic() - t0
+        srv.psql("SELECT pg_drop_replication_slot('bench_td')")
+        log(f"   test_decoding: {td:,} changes in {td_s:.1f} s; bemi plugin through SQL")
+        t0 = time.monotonic()
+        bsql = int(srv.one("SELECT count(*) FROM pg_logical_slot_get_changes('bench_bemi_sql', NULL, NULL)"))
+        bsql_s = time.monotonic() - t0
+        srv.psql("SELECT pg_drop_replication_slot('bench_bemi_sql')")
+        before = int(srv.one("SELECT count(*) FROM bemi.changes"))
+
+        log(f"   bemi plugin via SQL: {bsql:,} records in {bsql_s:.1f} s; releasing the worker")
+        perf = self.start_perf(pid, "ingest") if self.args.profile else None
+        cpu0 = proc_cpu_seconds(pid)
+        t0 = time.monotonic()
+        holder.run("ROLLBACK;")
+        srv.one(f"SELECT bemi_wait('{lsn1}', '60 min')")
+        drain_s = time.monotonic() - t0
+        cpu1 = proc_cpu_seconds(pid)
+        if perf:
+            self.stop_perf(perf)
+        holder.close()
+        got = int(srv.one("SELECT count(*) FROM bemi.changes WHERE \"table\" = 'bench_ingest'"))
+        same_pid = self.worker_pid() == pid
+        rate = got / drain_s
+        td_rate = td / td_s
+        self.drop_bemi()
+        srv.psql("DROP TABLE bench_ingest; DROP PROCEDURE bench_backlog")
+        rows = [
+            ["bemi worker: backlog → visible in `bemi.changes`", fmt(got), fmt(drain_s, 1), fmt(rate), fmt(rate / td_rate, 2)],
+            ["test_decoding, `pg_logical_slot_get_changes` + count", fmt(td), fmt(td_s, 1), fmt(td_rate), "1.00"],
+            ["bemi plugin, `pg_logical_slot_get_changes` + count (decode + images, no insert)", fmt(bsql),
+             fmt(bsql_s, 1), fmt(bsql / bsql_s), fmt(bsql / bsql_s / td_rate, 2)],
+        ]
+        worker_cpu = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None
+        self.summary.append(("ingest: ≥ 100,000 changes/s", rate >= 100_000, f"{rate:,.0f} changes/s"))
+        self.summary.append(("ingest: ≥ 0.4 × test_decoding", rate / td_rate >= 0.4,
+                             f"{rate / td_rate:.2f} × ({td_rate:,.0f} changes/s)"))
+        if got != n:
+            self.notes.append(f"ingest: expected {n:,} rows in bemi.changes, found {got:,}")
+        self.sections.append("\n".join([
+            "## 2. Ingest throughput\n",
+            f"A backlog of {n:,} changes on a 10-column table (text, numeric, integer, float, boolean, two "
+            f"timestamptz, jsonb; REPLICA IDENTITY FULL): {n_ins:,} inserts, {n_upd:,} updates, {n_del:,} "
+            f"deletes, {chunk} changes per transaction, {wal / 1e6:,.0f} MB of WAL, built in {build_s:.1f} s "
+            "while the worker was held (a session holding `LOCK TABLE bemi.changes IN EXCLUSIVE MODE`: the "
+            f"worker blocks on its first INSERT, having decoded at most one batch; {before:,} rows were "
+            "visible when it was released). Timed: from releasing the lock to `bemi_wait(<LSN at the end of "
+            "the backlog>)` returning, i.e. decoding the backlog, building the images, inserting the rows "
+            "with their indexes and committing. test_decoding and the bemi plugin through SQL read the same "
+            "WAL through their own slots (created before the backlog, timed one after the other while the "
+            "worker was still held, so nothing ran concurrently).\n",
+            md_table(["reader", "changes", "seconds", "changes/s", "× test_decoding"], rows), "",
+            f"Worker CPU during the drain: {fmt(worker_cpu, 1)} s for {drain_s:.1f} s wall "
+            f"({fmt(worker_cpu / got * 1e6 if worker_cpu else None, 1)} µs of worker CPU per change)"
+            + ("" if same_pid else " — **the worker restarted during the drain**") + ".", ""]))
+
+    # -- memory ---------------------------------------------------------------------------------
+    def section_memory(self):
+        n = self.p["huge"]
+        srv = self.server
+        log(f"4. memory: one transaction of {n:,} inserts")
+        srv.psql(self.INGEST_TABLE.format(t="bench_huge"))
+        pid = self.create_bemi()
+        # A fresh worker process, so its high-water mark covers this transaction only.
+        srv.psql("SELECT pg_terminate_backend(worker_pid) FROM bemi_status()")
+        for _ in range(600):
+            time.sleep(0.1)
+            new = srv.one("SELECT worker_pid FROM bemi_status()")
+            if new and int(new) != pid:
+                break
+        self.wait_bemi(timeout="120 s")
+        pid = self.worker_pid()
+        start = proc_status_kb(pid)
+        lsn0 = srv.one("SELECT pg_current_wal_lsn()")
+        t0 = time.monotonic()
+        loader = subprocess.Popen([f"{BINDIR}/psql", *srv.conninfo(), "-XAtq", "-v", "ON_ERROR_STOP=1", "-c",
+                                   f"INSERT INTO bench_huge {self.INGEST_ROWS.format(lo=1, hi=n)}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peak = {"VmHWM": 0, "RssAnon": 0, "RssFile": 0, "RssShmem": 0}
+        spool_peak = 0
+        tmpdir = os.path.join(srv.data, "base", "pgsql_tmp")
+        waiter = None
+        commit_t = None
+        while True:
+            st = proc_status_kb(pid)
+            for k in peak:
+                peak[k] = max(peak[k], st.get(k, 0))
+            try:
+                spool_peak = max(spool_peak, sum(os.path.getsize(os.path.join(tmpdir, f))
+                                                 for f in os.listdir(tmpdir) if f.startswith("bemi_spool")))
+            except OSError:
+                pass
+            if waiter is None and loader.poll() is not None:
+                if loader.returncode != 0:
+                    raise RuntimeError("loading the huge transaction failed: " + loader.stderr.read().decode())
+                commit_t = time.monotonic()
+                lsn1 = srv.one("SELECT pg_current_wal_lsn()")
+                waiter = subprocess.Popen([f"{BINDIR}/psql", *srv.conninfo(), "-XAtq", "-c",
+                                           f"SELECT bemi_wait('{lsn1}', '60 min')"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if waiter is not None and waiter.poll() is not None:
+                if waiter.returncode != 0:
+                    raise RuntimeError("bemi_wait failed: " + waiter.stderr.read().decode())
+                break
+            time.sleep(0.1)
+        done_t = time.monotonic()
+        end = proc_status_kb(pid)
+        peak["VmHWM"] = max(peak["VmHWM"], end.get("VmHWM", 0))
+        got = int(srv.one("SELECT count(*) FROM bemi.changes WHERE \"table\" = 'bench_huge'"))
+        same_pid = self.worker_pid() == pid
+        wal = int(float(srv.one(f"SELECT pg_wal_lsn_diff('{lsn1}', '{lsn0}')")))
+        self.drop_bemi()
+        srv.psql("DROP TABLE bench_huge")
+        mb = lambda kb: kb / 1024.0
+        private_peak = mb(peak["RssAnon"])
+        rows = [["peak RSS (VmHWM, includes shared buffers the worker touched)", fmt(mb(peak["VmHWM"]), 0, " MB")],
+                ["peak private memory (RssAnon, sampled every 0.1 s)", fmt(private_peak, 0, " MB")],
+                ["peak shared memory mapped (RssShmem, sampled)", fmt(mb(peak["RssShmem"]), 0, " MB")],
+                ["RSS of the fresh worker before the transaction", fmt(mb(start.get("VmRSS", 0)), 0, " MB")],
+                ["peak size of the worker's spool file", fmt(spool_peak / 2**20, 0, " MB")],
+                ["time from COMMIT to all rows visible", fmt(done_t - commit_t, 1, " s")],
+                ["rate from COMMIT to all rows visible", fmt(got / (done_t - commit_t), 0, " changes/s")]]
+        self.summary.append(("memory: worker peak RSS < 256 MB while draining one "
+                             f"{n / 1e6:g}M-change transaction", mb(peak["VmHWM"]) < 256,
+                             f"VmHWM {mb(peak['VmHWM']):.0f} MB, private {private_peak:.0f} MB"))
+        if got != n:
+            self.notes.append(f"memory: expected {n:,} rows in bemi.changes, found {got:,}")
+        self.sections.append("\n".join([
+            "## 4. Memory\n",
+            f"One transaction: `INSERT … SELECT … generate_series(1, {n:,})` into the same 10-column table "
+            f"({wal / 1e6:,.0f} MB of WAL), with a fresh worker process (terminated and restarted before, so "
+            "its high-water mark covers this transaction only). Sampled from /proc/<worker pid>/status "
+            "while the transaction was loaded, decoded and written"
+            + ("" if same_pid else " — **the worker restarted during the run**") + ".\n",
+            md_table(["", "value"], rows), ""]))
+
+    # -- reads hook -----------------------------------------------------------------------------
+    def section_reads(self):
+        hooks = sorted(p for p in glob.glob(os.path.join(HERE, "reads*"))
+                       if os.path.isfile(p) and not p.endswith((".md", "~")))
+        if not hooks:
+            self.sections.append("## 5. Reads\n\nNo `bench/reads*` script yet (see bench/README.md).\n")
+            return
+        out = ["## 5. Reads\n"]
+        for path in hooks:
+            log(f"5. reads: {os.path.basename(path)}")
+            env = dict(self.server.env(), BEMI_BENCH_MODE=self.mode, BEMI_BENCH_WORKDIR=self.workdir,
+                       BEMI_BENCH_BINDIR=BINDIR)
+            if path.endswith(".sql"):
+                cmd = [f"{BINDIR}/psql", "-X", "-v", "ON_ERROR_STOP=1", "-f", path]
+            elif path.endswith(".py"):
+                cmd = [sys.executable, path]
+            elif path.endswith(".sh"):
+                cmd = ["bash", path]
+            else:
+                cmd = [path]
+            t0 = time.monotonic()
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+            took = time.monotonic() - t0
+            if r.returncode != 0:
+                out.append(f"`{os.path.basename(path)}` **failed** (exit {r.returncode}):\n\n```\n"
+                           f"{(r.stderr or r.stdout)[-3000:]}\n```\n")
+                self.notes.append(f"reads: {os.path.basename(path)} failed")
+            else:
+                out.append(r.stdout.strip() + f"\n\n_(`{os.path.basename(path)}`, {took:.0f} s)_\n")
+        self.sections.append("\n".join(out))
+
+    # -- profiling ------------------------------------------------------------------------------
+    def start_perf(self, pid, tag):
+        if shutil.which("perf") is None:
+            self.notes.append("perf is not installed: no profile")
+            return None
+        path = os.path.join(self.workdir, f"perf.{tag}.data")
+        p = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(pid), "-o", path],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        return (p, path, tag)
+
+    def stop_perf(self, perf):
+        p, path, tag = perf
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=120)
+        dest = os.path.join(HERE, f"profile-{tag}.txt")
+        self_r = subprocess.run(["perf", "report", "-i", path, "--stdio", "--no-children", "--sort", "dso,sym",
+                                 "-g", "none", "--percent-limit", "0.5"], capture_output=True, text=True)
+        children = subprocess.run(["perf", "report", "-i", path, "--stdio", "--children", "--sort", "sym",
+                                   "-g", "none", "--percent-limit", "2"], capture_output=True, text=True)
+        with open(dest, "w") as f:
+            f.write(f"# perf profile of the bemi worker during {tag} (cpu-clock, 999 Hz)\n\n## self time\n")
+            f.write(self_r.stdout)
+            f.write("\n\n## including callees (children)\n")
+            f.write(children.stdout)
+        log(f"   profile written to {dest}")
+
+    def profile_write_path(self):
+        """System-wide profile of bemi's pgbench configuration (who spends what per transaction)."""
+        if shutil.which("perf") is None:
+            return
+        p = self.p
+        log("profile: system-wide perf during a bemi pgbench run")
+        state = self.start_config("b")
+        path = os.path.join(self.workdir, "perf.write.data")
+        perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-a", "-o", path],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        lsn0 = self.server.one("SELECT pg_current_wal_lsn()")
+        self.pgbench("bemi", p["solo_secs"] * 2, p["clients"], p["threads"], "prof")
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=120)
+        self.stop_config("b", state, self.server.one("SELECT pg_current_wal_lsn()"))
+        del lsn0
+        dest = os.path.join(HERE, "profile-write.txt")
+        rs = [subprocess.run(["perf", "report", "-i", path, "--stdio", "--no-children", "--sort", s, "-g", "none",
+                              "--percent-limit", lim], capture_output=True, text=True).stdout
+              for s, lim in (("comm,dso", "0.5"), ("comm,dso,sym", "0.3"))]
+        with open(dest, "w") as f:
+            f.write("# perf profile, whole machine, during pgbench with bemi (8 clients)\n\n## by process and library\n")
+            f.write(rs[0])
+            f.write("\n\n## by symbol\n")
+            f.write(rs[1])
+        log(f"   profile written to {dest}")
+
+    # -- report ---------------------------------------------------------------------------------
+    def machine(self):
+        def sh(cmd):
+            try:
+                return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+            except Exception:
+                return ""
+        cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip() or platform.processor()
+        mem = sh("awk '/MemTotal/ {printf \"%.0f GB\", $2/1048576}' /proc/meminfo")
+        pg = self.server.one("SHOW server_version", db="postgres") if self.server.running else ""
+        commit = sh(f"git -C {ROOT} rev-parse --short HEAD")
+        dirty = sh(f"git -C {ROOT} status --porcelain -- src include ext Makefile")
+        return [f"- machine: {os.cpu_count()} CPUs ({cpu}), {mem} RAM, {platform.system()} {platform.release()}, "
+                f"{sh('. /etc/os-release && echo $PRETTY_NAME')}",
+                f"- PostgreSQL {pg}; bemi at commit {commit}" + (" with uncommitted changes in the source tree" if dirty else ""),
+                "- server: shared_buffers 512MB, max_wal_size 16GB, checkpoint_timeout 30min, fsync and "
+                "synchronous_commit on (defaults), bemi.batch_size default; client and server on the same machine "
+                "(unix socket)"]
+
+    def report(self, started, sections_run):
+        took = time.monotonic() - started
+        lines = [f"# bemi benchmark results ({self.mode} mode)\n",
+                 f"Run on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC with "
+                 f"`bench/run{' --quick' if self.mode == 'quick' else ''}` in {took / 60:.1f} minutes.\n"]
+        lines += self.machine()
+        lines.append("")
+        if self.summary:
+            lines.append("## Goals\n")
+            lines.append(md_table(["goal", "result", "measured"],
+                                  [[g, "met" if ok else "**MISSED**", m] for g, ok, m in self.summary]))
+            lines.append("")
+        if self.notes:
+            lines += ["**Notes:** " + "; ".join(self.notes), ""]
+        lines += self.sections
+        lines.append("See bench/README.md for what each number means and how it is measured.\n")
+        return "\n".join(lines)
+
+    def run(self):
+        started = time.monotonic()
+        only = set(self.args.only.split(",")) if self.args.only else {"write", "decomp", "lag", "ingest",
+                                                                       "memory", "reads"}
+        try:
+            self.setup()
+            if "write" in only:
+                self.section_write_path()
+            if "decomp" in only:
+                self.section_decomposition()
+            if "ingest" in only:
+                self.section_ingest()
+            if "lag" in only:
+                if not hasattr(self, "b_max_tps"):
+                    self.b_max_tps = self.args.lag_tps or 500
+                self.section_lag()
+            if "memory" in only:
+                self.section_memory()
+            if "reads" in only:
+                self.section_reads()
+            if self.args.profile:
+                self.profile_write_path()
+            text = self.report(started, only)
+        finally:
+            self.teardown()
+        print(text)
+        out = self.args.output or os.path.join(HERE, "results.md" if not self.args.only else "results-partial.md")
+        with open(out, "w") as f:
+            f.write(text)
+        log(f"written to {out}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description="bemi benchmark suite (see bench/README.md)")
+    ap.add_argument("--quick", action="store_true", help="smaller and shorter: under 5 minutes")
+    ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--only", help="comma-separated sections: write,decomp,ingest,lag,memory,reads")
+    ap.add_argument("--profile", action="store_true",
+                    help="also record perf profiles (worker during ingest; whole machine during pgbench) into "
+                         "bench/profile-*.txt; the ingest rate is then perturbed")
+    ap.add_argument("--scale", type=int, help="pgbench scale (default 10)")
+    ap.add_argument("--lag-tps", type=int, help="with --only lag: the maximum TPS to take 80%% of")
+    ap.add_argument("--port", type=int, default=int(os.environ.get("BEMI_BENCH_PORT", "54331")))
+    ap.add_argument("--output", help="where to write the Markdown (default bench/results.md)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    Bench(ap.parse_args()).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+# Faults: the worker failing to write a batch, DROP DATABASE, a huge transaction, 32 concurrent
+# writers. Each compares bemi.changes with the tables themselves.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $slow = $ENV{BEMI_SLOW_TESTS} ? 1 : 0;
+my $node = PostgreSQL::Test::Cluster->new('faults');
+$node->init(allows_streaming => 'logical');
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'bemi'
+output_plugin_libraries = 'pgoutput, test_decoding, bemi'
+max_worker_processes = 16
+max_connections = 60
+restart_after_crash = on
+log_statement = none
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION bemi');
+
+sub wait_bemi {
+	my ($db) = @_;
+	$node->safe_psql($db // 'postgres', q{SELECT bemi_wait(pg_current_wal_lsn(), '300 seconds')});
+}
+
+# 1. The worker cannot write a batch: it reports the error, retries with backoff, does not move
+# past the failed changes, and catches up once the cause is removed.
+$node->safe_psql('postgres', q{
+	CREATE TABLE fault (on_purpose boolean);
+	CREATE FUNCTION fail_batch() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+	  IF EXISTS (SELECT FROM public.fault) THEN RAISE EXCEPTION 'injected failure'; END IF;
+	  RETURN NULL;
+	END $$;
+	CREATE TRIGGER fail_batch BEFORE INSERT ON bemi.changes FOR EACH STATEMENT EXECUTE FUNCTION fail_batch();
+	CREATE TABLE orders (id int PRIMARY KEY, amount int);
+	INSERT INTO fault VALUES (true);
+	INSERT INTO orders SELECT g, g FROM generate_series(1, 100) g;
+});
+ok($node->poll_query_until('postgres', q{SELECT last_error LIKE '%injected failure%' FROM bemi_status()}),
+	'the failure is reported in bemi_status()');
+$node->safe_psql('postgres', 'INSERT INTO orders SELECT g, g FROM generate_series(101, 150) g');
+my ($ret, $out, $err) = $node->psql('postgres', q{SELECT bemi_wait(pg_current_wal_lsn(), '1 second')});
+like($err, qr/timed out.*\n.*injected failure/s, 'bemi_wait times out and says why');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE "table" = 'orders'}), '0',
+	'nothing written while failing');
+ok($node->safe_psql('postgres', 'SELECT failures FROM bemi._worker_state()') >= 1, 'failures counted');
+$node->safe_psql('postgres', 'DELETE FROM fault');
+wait_bemi();
+is($node->safe_psql('postgres', q{
+	SELECT count(*), count(DISTINCT primary_key) FROM bemi.changes WHERE "table" = 'orders'}),
+	'150|150', 'caught up: every change exactly once');
+is($node->safe_psql('postgres', 'SELECT worker_state FROM bemi_status()'), 'running', 'worker running again');
+
+# 2. DROP DATABASE of a database with the extension: the worker lets go, the slot goes with it.
+$node->safe_psql('postgres', 'CREATE DATABASE doomed');
+$node->safe_psql('doomed', 'CREATE EXTENSION bemi; CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)');
+wait_bemi('doomed');
+# A DROP DATABASE that fails (someone is connected) leaves capture running and loses nothing.
+my $holder = $node->background_psql('doomed');
+($ret, $out, $err) = $node->psql('postgres', 'DROP DATABASE doomed');
+isnt($ret, 0, 'DROP DATABASE fails while a session is connected');
+$node->safe_psql('doomed', 'INSERT INTO t VALUES (2)');
+wait_bemi('doomed');
+is($node->safe_psql('doomed', 'SELECT count(*) FROM bemi.changes'), '2', 'capture resumed after the failed drop');
+$holder->quit;
+$node->safe_psql('postgres', 'DROP DATABASE doomed');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'}),
+	'1', 'only the postgres database slot remains');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'bemi%'}),
+	'1', 'and only its replication origin');
+
+# 3. One huge transaction: captured completely, with the worker's memory bounded.
+my $rows = $slow ? 5_000_000 : 1_000_000;
+$node->safe_psql('postgres', qq{
+	CREATE TABLE big (id int PRIMARY KEY, payload text, n numeric, at timestamptz DEFAULT now());
+	INSERT INTO big SELECT g, md5(g::text), g * 1.5 FROM generate_series(1, $rows) g;
+});
+my $pid = $node->safe_psql('postgres', 'SELECT worker_pid FROM bemi_status()');
+my $peak = 0;
+while (1) {
+	my ($waited) = $node->psql('postgres', q{SELECT bemi_wait(pg_current_wal_lsn(), '200 milliseconds')});
+	if (open(my $fh, '<', "/proc/$pid/status")) {
+		# Private memory: RSS also counts the shared buffers the worker touched.
+		while (<$fh>) { $peak = $1 if /^RssAnon:\s+(\d+)/ && $1 > $peak; }
+		close $fh;
+	}
+	last if $waited == 0;
+}
+is($node->safe_psql('postgres', q{
+	SELECT count(*), count(DISTINCT primary_key), min(position) <= max(position)
+	  FROM bemi.changes WHERE "table" = 'big'}), "$rows|$rows|t", "$rows-change transaction captured completely");
+diag(sprintf('worker peak private RSS while draining %d changes: %.1f MB', $rows, $peak / 1024));
+ok($peak > 0 && $peak < 256 * 1024, 'worker peak private RSS under 256 MB');
+
+# 4. 32 connections writing at once: each change carries its own transaction's context.
+my $script = $node->basedir . '/concurrent.sql';
+append_to_file($script, q{
+\set k random(1, 1000000000)
+BEGIN;
+SELECT bemi_set_context(json_build_object('client', :client_id, 'k', :k)::jsonb);
+INSERT INTO concurrent (client, k) VALUES (:client_id, :k);
+UPDATE concurrent SET touched = touched + 1 WHERE client = :client_id AND k = :k;
+COMMIT;
+});
+$node->safe_psql('postgres', 'CREATE TABLE concurrent (id bigserial PRIMARY KEY, client int, k bigint, touched int DEFAULT 0)');
+$node->command_ok([ 'pgbench', '-n', '-c', '32', '-j', '2', '-t', '50', '-f', $script, '-h', $node->host,
+		'-p', $node->port, 'postgres' ], '32 concurrent clients');
+wait_bemi();
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FROM concurrent c
+	  JOIN bemi.changes b ON b."table" = 'concurrent' AND b.primary_key = c.id::text
+	 WHERE (b.context->>'client')::int <> c.client OR (b.context->>'k')::bigint <> c.k}),
+	'0', 'no change carries a neighbour\'s context');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE "table" = 'concurrent'}),
+	$node->safe_psql('postgres', 'SELECT count(*) * 2 FROM concurrent'), 'every insert and update recorded');
+
+$node->stop;
+done_testing();
