@@ -1,0 +1,509 @@
+------------------------------------------------------------------------------------------------
+-- Using the trail: history, time travel, grouping, reversion (docs/sql-reference.md)
+------------------------------------------------------------------------------------------------
+-- Three layers keep a role from reading, through these functions, rows it could not SELECT:
+--   1. bemi._*_trail: SECURITY DEFINER readers of bemi.changes, one per access path. They sit in
+--      schema bemi, which PUBLIC cannot use, so nobody can name them in a query of their own.
+--   2. Public functions with SQL-standard bodies (BEGIN ATOMIC). Their bodies are bound to the
+--      readers by OID when the extension is created, so they reach layer 1 without USAGE on the
+--      schema, and they run as the caller: bemi._may_read() sees the caller's own privileges,
+--      even inside another role's SECURITY DEFINER function. search_path cannot redirect them.
+--   3. PL/pgSQL functions (time travel, reverts) that read the trail only through layer 2 and
+--      run as the caller, so their reads and writes of user tables need the caller's rights.
+
+-- When tracking began in this database, and which tables held rows then. Not carried by
+-- pg_dump: after a restore, tracking (and time travel) starts again at the restore, because
+-- changes made between the dump and the restore are not in the trail.
+CREATE TABLE bemi.tracking (
+    singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    started_at      timestamptz NOT NULL,
+    nonempty_tables text[] NOT NULL
+);
+REVOKE ALL ON bemi.tracking FROM PUBLIC;
+DO $$
+DECLARE
+    rel regclass;
+    nonempty text[] := '{}';
+    has_rows boolean;
+BEGIN
+    FOR rel IN SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+                  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'bemi')
+                  AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%' LOOP
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', rel) INTO has_rows;
+        IF has_rows THEN
+            nonempty := nonempty || (SELECT format('%I.%I', n.nspname, c.relname)
+                                       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                      WHERE c.oid = rel);
+        END IF;
+    END LOOP;
+    INSERT INTO bemi.tracking (started_at, nonempty_tables) VALUES (clock_timestamp(), nonempty);
+END $$;
+
+------------------------------------------------------------------------------------------------
+-- Layer 1: readers of the trail (owner's rights; unreachable by name for PUBLIC)
+------------------------------------------------------------------------------------------------
+-- Changes of some rows of one table: the row-history index ("table", primary_key, schema, id).
+CREATE FUNCTION bemi._row_trail(p_schema text, p_table text, p_keys text[]) RETURNS SETOF bemi.changes
+LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM bemi.changes WHERE "table" = p_table AND primary_key = ANY (p_keys) AND schema = p_schema
+$$;
+
+-- Changes in a time range, of one table or of all. Dynamic SQL so that every call is planned
+-- with its own bounds: a narrow range uses the BRIN index, a table's whole life the btree.
+CREATE FUNCTION bemi._time_trail(p_since timestamptz, p_until timestamptz, p_schema text, p_table text)
+RETURNS SETOF bemi.changes
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_table IS NULL THEN
+        RETURN QUERY EXECUTE 'SELECT * FROM bemi.changes WHERE committed_at BETWEEN $1 AND $2'
+            USING p_since, p_until;
+    ELSE
+        RETURN QUERY EXECUTE 'SELECT * FROM bemi.changes WHERE "table" = $3 AND schema = $4'
+                             ' AND committed_at BETWEEN $1 AND $2'
+            USING p_since, p_until, p_table, p_schema;
+    END IF;
+END $$;
+
+-- TRUNCATEs of one table (primary_key is NULL for them: the row-history index again).
+CREATE FUNCTION bemi._truncate_trail(p_schema text, p_table text) RETURNS SETOF bemi.changes
+LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM bemi.changes
+     WHERE "table" = p_table AND primary_key IS NULL AND schema = p_schema AND operation = 'TRUNCATE'
+$$;
+
+CREATE FUNCTION bemi._transaction_trail(p_transaction_id bigint) RETURNS SETOF bemi.changes
+LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM bemi.changes WHERE transaction_id = p_transaction_id
+$$;
+
+CREATE FUNCTION bemi._context_trail(p_context jsonb) RETURNS SETOF bemi.changes
+LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM bemi.changes WHERE context @> p_context
+$$;
+
+CREATE FUNCTION bemi._id_trail(p_ids bigint[]) RETURNS SETOF bemi.changes
+LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM bemi.changes WHERE id = ANY (p_ids)
+$$;
+
+CREATE FUNCTION bemi._tracking() RETURNS bemi.tracking
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM bemi.tracking
+$$;
+
+DO $$
+DECLARE
+    fn regprocedure;
+BEGIN
+    FOR fn IN SELECT p.oid FROM pg_proc p WHERE p.pronamespace = 'bemi'::regnamespace
+                AND (p.proname LIKE '\_%trail' OR p.proname = '_tracking') LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', fn);
+    END LOOP;
+END $$;
+
+------------------------------------------------------------------------------------------------
+-- Layer 2 helpers: the caller's right to read a table's changes
+------------------------------------------------------------------------------------------------
+-- May the current user read the changes of schema.table? It must be able to SELECT the table,
+-- and row-level security must not be hiding rows from it (the trail holds every row). Changes
+-- of tables that no longer exist (dropped or renamed) are for superusers only. SQL-standard body
+-- so that it is inlined into its callers with every name bound at creation.
+CREATE FUNCTION bemi._may_read(p_schema text, p_table text) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT coalesce(has_table_privilege(to_regclass(format('%I.%I', p_schema, p_table)), 'SELECT')
+                    AND NOT row_security_active(to_regclass(format('%I.%I', p_schema, p_table))),
+                    current_setting('is_superuser')::boolean);
+END;
+
+-- The schema and name of a table whose history the caller asks for, after checking that it is a
+-- table and that the caller may read it. Raises otherwise.
+CREATE FUNCTION bemi._readable_table(tbl regclass, OUT schema_name text, OUT table_name text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind "char";
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass a table name, for example ''todo''::regclass.';
+    END IF;
+    SELECT n.nspname, c.relname, c.relkind INTO schema_name, table_name, kind
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table with OID % does not exist', tbl::oid USING ERRCODE = 'undefined_table';
+    END IF;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '"%" is not a table', tbl USING ERRCODE = 'wrong_object_type',
+            DETAIL = 'bemi records changes of tables only; views, sequences and foreign tables have no history.';
+    END IF;
+    IF NOT has_table_privilege(tbl, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied for table %', table_name USING ERRCODE = 'insufficient_privilege',
+            DETAIL = 'Reading the changes of a table needs SELECT on the table.';
+    END IF;
+    IF row_security_active(tbl) THEN
+        RAISE EXCEPTION 'row-level security hides rows of table % from %', table_name, current_user
+            USING ERRCODE = 'insufficient_privilege',
+            DETAIL = 'The trail holds every row of the table, so it is readable only by roles that see every row.';
+    END IF;
+END $$;
+
+------------------------------------------------------------------------------------------------
+-- History
+------------------------------------------------------------------------------------------------
+-- What changed between two images, as {"column": [old, new]}: every column of a CREATE or a
+-- DELETE, the changed ones of an UPDATE.
+CREATE FUNCTION bemi_diff(before_image jsonb, after_image jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT coalesce(jsonb_object_agg(k, jsonb_build_array(before_image -> k, after_image -> k)), '{}')
+      FROM (SELECT jsonb_object_keys(coalesce(before_image, '{}'))
+            UNION SELECT jsonb_object_keys(coalesce(after_image, '{}'))) AS keys (k)
+     WHERE (before_image -> k) IS DISTINCT FROM (after_image -> k);
+END;
+COMMENT ON FUNCTION bemi_diff(jsonb, jsonb) IS 'What changed between two images, as {"column": [old, new]}';
+
+-- One change as the history functions return it: a bemi.changes row with its diff.
+CREATE TYPE bemi_change AS (
+    id bigint, "schema" text, "table" text, primary_key text, operation text, diff jsonb,
+    "before" jsonb, "after" jsonb, context jsonb, committed_at timestamptz, transaction_id bigint,
+    position pg_lsn);
+
+CREATE FUNCTION bemi_row_history(tbl regclass, primary_key text) RETURNS SETOF bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+           c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._readable_table(bemi_row_history.tbl) t,
+           LATERAL bemi._row_trail(t.schema_name, t.table_name, ARRAY[bemi_row_history.primary_key]) c
+     ORDER BY c.id DESC;
+END;
+COMMENT ON FUNCTION bemi_row_history(regclass, text) IS
+    'Every recorded change of one row, newest first, with a diff; primary_key as bemi.changes has it';
+
+-- The same for a key given as a value of its own type: 26, 'ACME-1', ARRAY[3, 14].
+CREATE FUNCTION bemi_row_history(tbl regclass, primary_key anycompatible) RETURNS SETOF bemi_change
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM @extschema@.bemi_row_history(tbl, to_jsonb(primary_key) #>> '{}')
+$$;
+
+CREATE FUNCTION bemi_rows_history(tbl regclass, primary_keys text[]) RETURNS SETOF bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+           c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._readable_table(bemi_rows_history.tbl) t,
+           LATERAL bemi._row_trail(t.schema_name, t.table_name, bemi_rows_history.primary_keys) c
+     ORDER BY c.id DESC;
+END;
+COMMENT ON FUNCTION bemi_rows_history(regclass, text[]) IS
+    'Every recorded change of several rows of one table, newest first';
+
+CREATE FUNCTION bemi_table_history(tbl regclass, since timestamptz DEFAULT '-infinity',
+                                   until timestamptz DEFAULT 'infinity') RETURNS SETOF bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+           c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._readable_table(bemi_table_history.tbl) t,
+           LATERAL bemi._time_trail(coalesce(bemi_table_history.since, '-infinity'),
+                                    coalesce(bemi_table_history.until, 'infinity'),
+                                    t.schema_name, t.table_name) c
+     ORDER BY c.id DESC;
+END;
+COMMENT ON FUNCTION bemi_table_history(regclass, timestamptz, timestamptz) IS
+    'Every recorded change of one table committed between since and until (both included), newest first';
+
+CREATE FUNCTION bemi_table_truncations(tbl regclass) RETURNS SETOF bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, '{}'::jsonb,
+           c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._readable_table(bemi_table_truncations.tbl) t,
+           LATERAL bemi._truncate_trail(t.schema_name, t.table_name) c
+     ORDER BY c.id DESC;
+END;
+COMMENT ON FUNCTION bemi_table_truncations(regclass) IS 'The recorded TRUNCATEs of one table, newest first';
+
+-- Changes of tables the caller cannot read are left out of the following three.
+CREATE FUNCTION bemi_transaction_history(transaction_id bigint) RETURNS SETOF bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+           c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._transaction_trail(bemi_transaction_history.transaction_id) c
+     WHERE bemi._may_read(c.schema, c."table")
+     ORDER BY c.id DESC;
+END;
+COMMENT ON FUNCTION bemi_transaction_history(bigint) IS
+    'Every recorded change of one transaction (bemi.changes.transaction_id), newest first';
+
+CREATE FUNCTION bemi_context_history(context jsonb) RETURNS SETOF bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+           c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._context_trail(bemi_context_history.context) c
+     WHERE bemi._may_read(c.schema, c."table")
+     ORDER BY c.id DESC;
+END;
+COMMENT ON FUNCTION bemi_context_history(jsonb) IS
+    'Every recorded change whose context contains the given object, newest first';
+
+CREATE FUNCTION bemi_changes(ids bigint[]) RETURNS SETOF bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+           c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._id_trail(bemi_changes.ids) c
+     WHERE bemi._may_read(c.schema, c."table")
+     ORDER BY c.id DESC;
+END;
+COMMENT ON FUNCTION bemi_changes(bigint[]) IS 'The recorded changes with the given ids, newest first';
+
+-- How many changes of a transaction or a context the caller cannot read: a revert refuses to do
+-- half a job.
+CREATE FUNCTION bemi_unreadable_changes(transaction_id bigint DEFAULT NULL, context jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT (SELECT count(*) FROM bemi._transaction_trail(bemi_unreadable_changes.transaction_id) c
+             WHERE NOT bemi._may_read(c.schema, c."table"))
+         + (SELECT count(*) FROM bemi._context_trail(bemi_unreadable_changes.context) c
+             WHERE NOT bemi._may_read(c.schema, c."table"));
+END;
+COMMENT ON FUNCTION bemi_unreadable_changes(bigint, jsonb) IS
+    'How many changes of a transaction or context are on tables the current user cannot read';
+
+------------------------------------------------------------------------------------------------
+-- Grouping
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION bemi_transactions(since timestamptz DEFAULT '-infinity', until timestamptz DEFAULT 'infinity')
+RETURNS TABLE (transaction_id bigint, committed_at timestamptz, context jsonb, tables text[],
+               changes bigint, creates bigint, updates bigint, deletes bigint, truncates bigint)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.transaction_id, c.committed_at, (array_agg(c.context ORDER BY c.id))[1],
+           array_agg(DISTINCT format('%I.%I', c.schema, c."table")), count(*),
+           count(*) FILTER (WHERE c.operation = 'CREATE'), count(*) FILTER (WHERE c.operation = 'UPDATE'),
+           count(*) FILTER (WHERE c.operation = 'DELETE'), count(*) FILTER (WHERE c.operation = 'TRUNCATE')
+      FROM bemi._time_trail(coalesce(bemi_transactions.since, '-infinity'),
+                            coalesce(bemi_transactions.until, 'infinity'), NULL, NULL) c
+     WHERE bemi._may_read(c.schema, c."table")
+     GROUP BY c.transaction_id, c.committed_at
+     ORDER BY max(c.id) DESC;
+END;
+COMMENT ON FUNCTION bemi_transactions(timestamptz, timestamptz) IS
+    'One row per transaction committed between since and until: its context, tables and counts';
+
+CREATE FUNCTION bemi_context_groups(key text, since timestamptz DEFAULT '-infinity',
+                                    until timestamptz DEFAULT 'infinity')
+RETURNS TABLE (value jsonb, transactions bigint, changes bigint, tables text[],
+               first_committed_at timestamptz, last_committed_at timestamptz)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.context -> bemi_context_groups.key, count(DISTINCT (c.transaction_id, c.committed_at)),
+           count(*), array_agg(DISTINCT format('%I.%I', c.schema, c."table")),
+           min(c.committed_at), max(c.committed_at)
+      FROM bemi._time_trail(coalesce(bemi_context_groups.since, '-infinity'),
+                            coalesce(bemi_context_groups.until, 'infinity'), NULL, NULL) c
+     WHERE c.context ? bemi_context_groups.key AND bemi._may_read(c.schema, c."table")
+     GROUP BY 1
+     ORDER BY max(c.id) DESC;
+END;
+COMMENT ON FUNCTION bemi_context_groups(text, timestamptz, timestamptz) IS
+    'One row per value of a context key (user, request, endpoint ...): transactions, changes, tables, time span';
+
+------------------------------------------------------------------------------------------------
+-- Time travel
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION bemi_tracking_started_at() RETURNS timestamptz
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT t.started_at FROM bemi._tracking() t;
+END;
+COMMENT ON FUNCTION bemi_tracking_started_at() IS
+    'When tracking began in this database: time travel can reach back to this moment, not before';
+
+-- When tracking began, and whether the table held rows then (if so, the trail alone cannot
+-- rebuild it). Raises unless the caller may read the table's changes.
+CREATE FUNCTION bemi_tracking(tbl regclass, OUT started_at timestamptz, OUT had_rows_at_start boolean)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT t.started_at, format('%I.%I', r.schema_name, r.table_name) = ANY (t.nonempty_tables)
+      FROM bemi._readable_table(bemi_tracking.tbl) r, bemi._tracking() t;
+END;
+COMMENT ON FUNCTION bemi_tracking(regclass) IS
+    'When tracking began, and whether the table already held rows then';
+
+-- The table behind a row type, the SQL that renders a row's key as bemi.changes.primary_key
+-- does (alias t), and the column list of the key. Checks everything time travel needs.
+CREATE FUNCTION bemi_time_travel_target(row_type regtype, at timestamptz, OUT tbl regclass,
+                                        OUT key_sql text, OUT key_columns text[],
+                                        OUT had_rows_at_start boolean)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    started timestamptz;
+BEGIN
+    IF at IS NULL THEN
+        RAISE EXCEPTION 'the moment must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass a timestamptz, for example now() - interval ''1 hour''.';
+    END IF;
+    SELECT nullif(typrelid, 0)::regclass INTO tbl FROM pg_type WHERE oid = row_type;
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'time travel needs a table''s row type, not %', coalesce(row_type::text, 'NULL')
+            USING ERRCODE = 'wrong_object_type', HINT = 'Pass NULL::tablename as the first argument.';
+    END IF;
+    SELECT * INTO started, had_rows_at_start FROM @extschema@.bemi_tracking(tbl);
+    SELECT array_agg(a.attname::text ORDER BY k.ord),
+           CASE WHEN count(*) = 1 THEN format('(to_jsonb(t.%I) #>> ''{}'')', min(a.attname))
+                ELSE format('(jsonb_build_array(%s)::text)',
+                            string_agg(format('t.%I', a.attname), ', ' ORDER BY k.ord)) END
+      INTO key_columns, key_sql
+      FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY AS k (attnum, ord), pg_attribute a
+     WHERE i.indrelid = tbl AND i.indisprimary AND k.ord <= i.indnkeyatts
+       AND a.attrelid = tbl AND a.attnum = k.attnum;
+    IF key_columns IS NULL THEN
+        RAISE EXCEPTION 'table % has no primary key', tbl USING ERRCODE = 'feature_not_supported',
+            DETAIL = 'Time travel and reverts match the trail to rows by primary key.',
+            HINT = 'Add a primary key; its changes are tracked from then on.';
+    END IF;
+    IF at > clock_timestamp() THEN
+        RAISE EXCEPTION 'cannot read % as of %: that moment is in the future', tbl, at
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Read the table itself for its current state.';
+    END IF;
+    IF at < started THEN
+        RAISE EXCEPTION 'cannot read % as of %: tracking began later', tbl, at
+            USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('Tracking began at %s; the trail cannot tell what the table held before.', started),
+            HINT = 'Pick a moment after bemi_tracking_started_at().';
+    END IF;
+END $$;
+COMMENT ON FUNCTION bemi_time_travel_target(regtype, timestamptz) IS
+    'Checks a time-travel request and returns the table, its key expression and key columns';
+
+-- A table as it was at a moment, as rows of its own type: the current rows that no change
+-- after the moment touched, plus the before-image of the first change after the moment of every
+-- row that was changed since (unless that change created the row). After a TRUNCATE later than
+-- the moment, the current rows say nothing: the state is replayed from the trail instead, which
+-- works when the table was empty at a recorded TRUNCATE before the moment or when tracking began.
+-- Waits for the trail to catch up with everything committed before the call.
+CREATE FUNCTION bemi_as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+DECLARE
+    target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
+    base_id bigint;
+    base_at timestamptz;
+BEGIN
+    PERFORM @extschema@.bemi_wait();
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
+        BEGIN
+            RETURN QUERY EXECUTE format($q$
+                WITH firsts AS (
+                    SELECT DISTINCT ON (h.primary_key) h.primary_key, h.operation, h."before"
+                      FROM @extschema@.bemi_table_history($1, $2, 'infinity') h
+                     WHERE h.committed_at > $2
+                     ORDER BY h.primary_key, h.id)
+                SELECT t.* FROM %1$s t
+                 WHERE NOT EXISTS (SELECT 1 FROM firsts f WHERE f.primary_key = %2$s)
+                UNION ALL
+                SELECT r.* FROM firsts f, jsonb_populate_record(NULL::%1$s, f."before") r
+                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql)
+                USING target.tbl, at;
+        EXCEPTION WHEN data_exception THEN
+            RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
+                USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+                HINT = 'A column''s type changed since; read the images with bemi_table_history instead.';
+        END;
+        RETURN;
+    END IF;
+    -- Truncated since: rebuild from the last empty state at or before the moment.
+    SELECT id, committed_at INTO base_id, base_at FROM @extschema@.bemi_table_truncations(target.tbl)
+     WHERE committed_at <= at ORDER BY id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        IF target.had_rows_at_start THEN
+            RAISE EXCEPTION 'cannot read % as of %: it was truncated since, and the trail does not hold its rows at that moment',
+                target.tbl, at USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = 'The table already held rows when tracking began, and no TRUNCATE before the moment emptied it.',
+                HINT = 'Read it as of a moment after a recorded TRUNCATE, or restore a backup.';
+        END IF;
+        base_id := 0;
+        base_at := '-infinity';
+    END IF;
+    BEGIN
+        RETURN QUERY EXECUTE format($q$
+            SELECT r.* FROM (
+                SELECT DISTINCT ON (h.primary_key) h.operation, h."after"
+                  FROM @extschema@.bemi_table_history($1, $3, $2) h
+                 WHERE h.id > $4 AND h.operation <> 'TRUNCATE'
+                 ORDER BY h.primary_key, h.id DESC) l,
+                jsonb_populate_record(NULL::%1$s, l."after") r
+             WHERE l.operation <> 'DELETE'$q$, target.tbl)
+            USING target.tbl, at, base_at, base_id;
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
+            USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+            HINT = 'A column''s type changed since; read the images with bemi_table_history instead.';
+    END;
+END $$;
+COMMENT ON FUNCTION bemi_as_of(anyelement, timestamptz) IS
+    'SELECT * FROM bemi_as_of(NULL::tbl, moment): the rows of tbl as they were at that moment';
+
+-- One row as it was at a moment, or NULL if it did not exist then. The key is the row's primary
+-- key value (26, 'ACME-1') or, for a composite key, an array or JSON array text ('[3, 14]').
+CREATE FUNCTION bemi_row_as_of(tbl anyelement, primary_key anycompatible, at timestamptz) RETURNS anyelement
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+DECLARE
+    target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
+    key text := to_jsonb(primary_key) #>> '{}';
+    key_image jsonb;
+    change record;
+    base_id bigint := 0;
+BEGIN
+    IF key IS NULL THEN
+        RAISE EXCEPTION 'the primary key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM @extschema@.bemi_wait();
+    BEGIN
+        SELECT h.operation, h."before" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
+         WHERE h.committed_at > at ORDER BY h.id LIMIT 1;
+        IF FOUND THEN
+            -- The first change after the moment knows the row as it was (or that it did not exist).
+            RETURN CASE WHEN change.operation = 'CREATE' THEN NULL
+                        ELSE jsonb_populate_record(tbl, change."before") END;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
+            -- Untouched since: it is as it is now.
+            key_image := CASE WHEN cardinality(target.key_columns) = 1
+                              THEN jsonb_build_object(target.key_columns[1], key)
+                              ELSE (SELECT jsonb_object_agg(c, key::jsonb -> (o::int - 1))
+                                      FROM unnest(target.key_columns) WITH ORDINALITY AS u (c, o)) END;
+            EXECUTE format('SELECT t.* FROM %1$s t, jsonb_populate_record(NULL::%1$s, $1) k WHERE (%2$s) = (%3$s)',
+                           target.tbl,
+                           (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(target.key_columns) c),
+                           (SELECT string_agg(format('k.%I', c), ', ') FROM unnest(target.key_columns) c))
+                INTO tbl USING key_image;
+            RETURN tbl;
+        END IF;
+        -- Truncated since: the latest change at or before the moment, after the last empty state.
+        SELECT coalesce(max(id), 0) INTO base_id FROM @extschema@.bemi_table_truncations(target.tbl)
+         WHERE committed_at <= at;
+        IF base_id = 0 AND target.had_rows_at_start THEN
+            RAISE EXCEPTION 'cannot read a row of % as of %: the table was truncated since, and the trail does not hold its rows at that moment',
+                target.tbl, at USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = 'The table already held rows when tracking began, and no TRUNCATE before the moment emptied it.',
+                HINT = 'Read it as of a moment after a recorded TRUNCATE, or restore a backup.';
+        END IF;
+        SELECT h.operation, h."after" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
+         WHERE h.committed_at <= at AND h.id > base_id ORDER BY h.id DESC LIMIT 1;
+        RETURN CASE WHEN NOT FOUND OR change.operation = 'DELETE' THEN NULL
+                    ELSE jsonb_populate_record(tbl, change."after") END;
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
+            USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+            HINT = 'A column''s type changed since; read the images with bemi_row_history instead.';
+    END;
+END $$;
+COMMENT ON FUNCTION bemi_row_as_of(anyelement, anycompatible, timestamptz) IS
+    'bemi_row_as_of(NULL::tbl, key, moment): one row as it was at that moment, NULL if it did not exist';
