@@ -53,3 +53,12 @@ test:
 
 demo:
 	./demo/run
+
+# The comment scanner, fuzzed on its own under sanitizers (no server needed).
+test/fuzz/comment_fuzz: test/fuzz/comment_fuzz.cpp src/context/comment_scan.cpp include/bemi/comment_scan.h
+	$(CXX) -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -Wall -Wextra -Werror \
+		-Iinclude -o $@ test/fuzz/comment_fuzz.cpp src/context/comment_scan.cpp
+
+.PHONY: fuzzcheck
+fuzzcheck: test/fuzz/comment_fuzz
+	./test/fuzz/comment_fuzz 300000
