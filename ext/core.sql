@@ -29,6 +29,17 @@ CREATE INDEX changes_context ON bemi.changes USING gin (context jsonb_path_ops);
 REVOKE ALL ON bemi.changes FROM PUBLIC;
 -- pg_dump skips extension tables unless told: the trail must survive a dump and restore.
 SELECT pg_catalog.pg_extension_config_dump('bemi.changes', '');
+SELECT pg_catalog.pg_extension_config_dump('bemi.changes_id_seq', '');
+
+-- Reading the trail is a privilege: grant the role bemi_reader (shared by every database).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'bemi_reader') THEN
+        CREATE ROLE bemi_reader NOLOGIN;
+    END IF;
+END $$;
+GRANT USAGE ON SCHEMA bemi TO bemi_reader;
+GRANT SELECT ON bemi.changes TO bemi_reader;
 
 -- The worker's progress, written in the same transaction as the rows it covers.
 -- All transactions whose commit record ends before txn_end_lsn are written; of the transaction
@@ -75,7 +86,7 @@ CREATE FUNCTION bemi_status(
     OUT lag_bytes numeric, OUT lag_seconds double precision, OUT retained_wal_bytes numeric,
     OUT wal_status text, OUT changes_written bigint, OUT last_error text, OUT last_error_at timestamptz,
     OUT incomplete_image_tables text[], OUT settings_problems text[])
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT current_database()::text, w.worker_pid, w.worker_state, w.slot_name,
            s.active, s.confirmed_flush_lsn, pg_current_wal_lsn(),
            pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(s.confirmed_flush_lsn, pg_current_wal_lsn())),
@@ -100,6 +111,9 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
       LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name
 $$;
 COMMENT ON FUNCTION bemi_status() IS 'The worker, its slot, lag, retained WAL, last error and configuration problems';
+REVOKE ALL ON FUNCTION bemi_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi_status() TO bemi_reader;
+GRANT EXECUTE ON FUNCTION bemi._worker_state() TO bemi_reader;
 
 ------------------------------------------------------------------------------------------------
 -- Replica identity: complete before-images by default (bemi.replica_identity_full = off to opt out)
