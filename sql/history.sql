@@ -1,0 +1,90 @@
+-- History: of a row, of a table over a time range, of a transaction, of a context; grouped by
+-- transaction and by context key. Newest first, each change with a diff of what it changed.
+SET TimeZone = 'UTC';
+SELECT clock_timestamp() AS t0 \gset
+CREATE TABLE hist_todo (id serial PRIMARY KEY, task text NOT NULL, done boolean NOT NULL DEFAULT false);
+CREATE TABLE hist_members (org_id int, user_id int, role text, PRIMARY KEY (org_id, user_id));
+BEGIN;
+SELECT bemi_set_context('{"user_id": 187234, "endpoint": "/todo", "request_id": "r1"}');
+INSERT INTO hist_todo (task) VALUES ('Sleep'), ('Eat');
+INSERT INTO hist_members VALUES (3, 14, 'member');
+COMMIT;
+SELECT bemi_wait();
+SELECT clock_timestamp() AS t1 \gset
+UPDATE hist_todo SET done = true WHERE id = 1 /*Bemi {"user_id": 187234, "endpoint": "/todo/done", "request_id": "r2"} Bemi*/;
+-- The table's shape changes between changes: images carry the columns of their time.
+ALTER TABLE hist_todo ADD COLUMN due date;
+UPDATE hist_todo SET due = '2024-01-01', task = 'Sleep well' WHERE id = 1 /*Bemi {"user_id": 7, "endpoint": "/todo/edit", "request_id": "r3"} Bemi*/;
+ALTER TABLE hist_todo DROP COLUMN done;
+DELETE FROM hist_todo WHERE id = 2 /*Bemi {"user_id": 7, "endpoint": "/todo/delete", "request_id": "r4"} Bemi*/;
+UPDATE hist_members SET role = 'admin' /*Bemi {"user_id": 187234, "endpoint": "/members", "request_id": "r5"} Bemi*/;
+SELECT bemi_wait();
+
+-- One row, by its key as a value of its own type or as bemi.changes.primary_key has it.
+SELECT operation, diff, context - '_bemi' AS context FROM bemi_row_history('hist_todo', 1);
+SELECT operation, diff FROM bemi_row_history('hist_todo', '2');
+SELECT operation, diff FROM bemi_row_history('hist_members', ARRAY[3, 14]);
+SELECT count(*) AS same_history FROM bemi_row_history('hist_members', '[3, 14]');
+SELECT count(*) AS unknown_row FROM bemi_row_history('hist_todo', 999);
+-- The diff alone, for any two images.
+SELECT bemi_diff('{"a": 1, "b": 2}', '{"a": 1, "b": 3, "c": null}');
+
+-- A table over a time range (both ends included).
+SELECT operation, primary_key, diff FROM bemi_table_history('hist_todo', :'t1');
+SELECT operation, primary_key FROM bemi_table_history('hist_todo', :'t0', :'t1');
+
+-- A transaction.
+SELECT transaction_id AS first_txn FROM bemi_row_history('hist_members', ARRAY[3, 14]) WHERE operation = 'CREATE' \gset
+SELECT "table", operation, primary_key FROM bemi_transaction_history(:first_txn);
+
+-- Everything matching a context.
+SELECT "table", operation, primary_key, context->>'request_id' AS request
+  FROM bemi_context_history('{"user_id": 187234}');
+
+-- Grouped by transaction: its context, tables touched and counts.
+SELECT context - '_bemi' AS context, tables, changes, creates, updates, deletes
+  FROM bemi_transactions(:'t0');
+-- Grouped by any context key: per user, per endpoint.
+SELECT value AS user_id, transactions, changes, tables FROM bemi_context_groups('user_id', :'t0');
+SELECT value AS endpoint, changes FROM bemi_context_groups('endpoint', :'t0', :'t1');
+
+-- Bad input.
+SELECT * FROM bemi_row_history('no_such_table', 1);
+SELECT * FROM bemi_row_history(NULL, 1);
+CREATE VIEW hist_view AS SELECT * FROM hist_todo;
+SELECT * FROM bemi_table_history('hist_view');
+SELECT count(*) AS null_context FROM bemi_context_history(NULL);
+
+-- Privileges: the trail of a table is readable through these functions exactly by roles that
+-- can SELECT the table (and see all of its rows).
+CREATE ROLE hist_reader;
+GRANT SELECT ON hist_todo TO hist_reader;
+CREATE SCHEMA hist_evil AUTHORIZATION hist_reader;
+SET ROLE hist_reader;
+SELECT count(*) AS todo_changes FROM bemi_row_history('hist_todo', 1);
+SELECT * FROM bemi_row_history('hist_members', ARRAY[3, 14]);
+SELECT DISTINCT "table" FROM bemi_context_history('{"user_id": 187234}');
+SELECT tables FROM bemi_transactions(:'t0');
+SELECT bemi_unreadable_changes(transaction_id => :first_txn);
+-- The readers behind the functions cannot be named, and the trail itself stays closed.
+SELECT * FROM bemi._row_trail('public', 'hist_members', ARRAY['[3, 14]']);
+SELECT count(*) FROM bemi.changes;
+-- Nor can a search_path of the caller's choosing swap a function used in the check.
+CREATE FUNCTION hist_evil.has_table_privilege(oid, text) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+SET search_path = hist_evil, pg_catalog, public;
+SELECT DISTINCT "table" FROM bemi_context_history('{"user_id": 187234}');
+RESET search_path;
+RESET ROLE;
+-- Row-level security hides rows from some roles: the trail would show them, so it is refused.
+GRANT SELECT ON hist_members TO hist_reader;
+ALTER TABLE hist_members ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_org ON hist_members USING (org_id = 1);
+SET ROLE hist_reader;
+SELECT * FROM bemi_row_history('hist_members', ARRAY[3, 14]);
+SELECT DISTINCT "table" FROM bemi_context_history('{"user_id": 187234}');
+RESET ROLE;
+DROP SCHEMA hist_evil CASCADE;
+DROP VIEW hist_view;
+REVOKE ALL ON hist_todo, hist_members FROM hist_reader;
+DROP OWNED BY hist_reader;
+DROP ROLE hist_reader;
