@@ -1,6 +1,8 @@
 -- History: of a row, of a table over a time range, of a transaction, of a context; grouped by
 -- transaction and by context key. Newest first, each change with a diff of what it changed.
 SET TimeZone = 'UTC';
+SET DateStyle = ISO;
+\set SHOW_CONTEXT never
 SELECT clock_timestamp() AS t0 \gset
 CREATE TABLE hist_todo (id serial PRIMARY KEY, task text NOT NULL, done boolean NOT NULL DEFAULT false);
 CREATE TABLE hist_members (org_id int, user_id int, role text, PRIMARY KEY (org_id, user_id));
