@@ -54,6 +54,18 @@ CREATE TABLE bemi.progress (
 INSERT INTO bemi.progress DEFAULT VALUES;
 REVOKE ALL ON bemi.progress FROM PUBLIC;
 
+-- Changes bemi could not record: its slot was invalidated or went missing. Never silent.
+CREATE TABLE bemi.gaps (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    detected_at timestamptz NOT NULL DEFAULT now(),
+    from_lsn    pg_lsn,
+    to_lsn      pg_lsn NOT NULL,
+    reason      text NOT NULL
+);
+REVOKE ALL ON bemi.gaps FROM PUBLIC;
+GRANT SELECT ON bemi.gaps TO bemi_reader;
+SELECT pg_catalog.pg_extension_config_dump('bemi.gaps', '');
+
 ------------------------------------------------------------------------------------------------
 -- Context
 ------------------------------------------------------------------------------------------------
@@ -85,7 +97,7 @@ CREATE FUNCTION bemi_status(
     OUT slot_active boolean, OUT confirmed_lsn pg_lsn, OUT current_lsn pg_lsn,
     OUT lag_bytes numeric, OUT lag_seconds double precision, OUT retained_wal_bytes numeric,
     OUT wal_status text, OUT changes_written bigint, OUT last_error text, OUT last_error_at timestamptz,
-    OUT incomplete_image_tables text[], OUT settings_problems text[])
+    OUT incomplete_image_tables text[], OUT settings_problems text[], OUT gaps bigint)
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT current_database()::text, w.worker_pid, w.worker_state, w.slot_name,
            s.active, s.confirmed_flush_lsn, pg_current_wal_lsn(),
@@ -106,7 +118,8 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 
                     THEN 'shared_preload_libraries must include bemi' END,
                CASE WHEN current_setting('output_plugin_libraries', true) IS NOT NULL
                      AND NOT ('bemi' = ANY (string_to_array(replace(current_setting('output_plugin_libraries', true), ' ', ''), ',')))
-                    THEN 'output_plugin_libraries must include bemi' END]) AS p WHERE p IS NOT NULL)
+                    THEN 'output_plugin_libraries must include bemi' END]) AS p WHERE p IS NOT NULL),
+           (SELECT count(*) FROM bemi.gaps)
       FROM bemi._worker_state() w
       LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name
 $$;

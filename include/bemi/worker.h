@@ -24,9 +24,11 @@ extern int64 BemiSinkPendingChanges(void);
 extern void BemiSinkDrain(BemiDatabase *db);
 extern void BemiSinkStop(void);
 extern BemiProgress BemiLoadProgress(void);
+extern void BemiRecordGap(XLogRecPtr from_lsn, const char *reason);
 
 /* slot.c: the database's logical slot and decoding context. */
 extern bool BemiSlotExists(const char *name);
+extern XLogRecPtr BemiSlotLostFrom(const char *name); /* invalid unless PostgreSQL invalidated it */
 extern void BemiCreateSlot(const char *name);
 extern void BemiDropSlot(const char *name);
 extern LogicalDecodingContext *BemiStartDecoding(const char *name);

@@ -11,6 +11,7 @@
 #include "bemi/decoding.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
@@ -473,4 +474,30 @@ BemiLoadProgress(void)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(caller);
 	return progress;
+}
+
+/* Capture lost changes (a missing or invalidated slot): say so in bemi.gaps, never silently. */
+void
+BemiRecordGap(XLogRecPtr from_lsn, const char *reason)
+{
+	Oid types[3] = {PG_LSNOID, PG_LSNOID, TEXTOID};
+	Datum args[3];
+	char nulls[3] = {' ', ' ', ' '};
+	MemoryContext caller = CurrentMemoryContext;
+
+	args[0] = LSNGetDatum(from_lsn);
+	args[1] = LSNGetDatum(GetXLogInsertRecPtr());
+	args[2] = CStringGetTextDatum(reason);
+	nulls[0] = XLogRecPtrIsInvalid(from_lsn) ? 'n' : ' ';
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute_with_args("INSERT INTO bemi.gaps (from_lsn, to_lsn, reason) VALUES ($1, $2, $3)",
+							  3, types, args, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "bemi: could not record a gap in bemi.gaps");
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
 }

@@ -12,21 +12,51 @@
 #include "replication/slot.h"
 #include "utils/memutils.h"
 
-bool
-BemiSlotExists(const char *name)
+/* Is the slot there, and has PostgreSQL invalidated it (max_slot_wal_keep_size exceeded)? */
+static bool
+LookupSlot(const char *name, XLogRecPtr *lost_from)
 {
 	bool found = false;
 
+	*lost_from = InvalidXLogRecPtr;
 	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
 	for (int i = 0; i < max_replication_slots; i++)
 	{
 		ReplicationSlot *s = &ReplicationSlotCtl->replication_slots[i];
 
 		if (s->in_use && strcmp(NameStr(s->data.name), name) == 0)
+		{
 			found = true;
+			SpinLockAcquire(&s->mutex);
+#if PG_VERSION_NUM >= 170000
+			if (s->data.invalidated != RS_INVAL_NONE)
+				*lost_from = Max(s->data.confirmed_flush, 1);
+#else
+			if (s->data.invalidated_at != InvalidXLogRecPtr)
+				*lost_from = Max(s->data.confirmed_flush, 1);
+#endif
+			SpinLockRelease(&s->mutex);
+		}
 	}
 	LWLockRelease(ReplicationSlotControlLock);
 	return found;
+}
+
+bool
+BemiSlotExists(const char *name)
+{
+	XLogRecPtr lost_from;
+
+	return LookupSlot(name, &lost_from);
+}
+
+XLogRecPtr
+BemiSlotLostFrom(const char *name)
+{
+	XLogRecPtr lost_from;
+
+	LookupSlot(name, &lost_from);
+	return lost_from;
 }
 
 /*

@@ -240,6 +240,35 @@ Stream(BemiDatabase *db, LogicalDecodingContext *ctx, const char *slot)
 	}
 }
 
+/*
+ * A slot that is missing (a failover to a standby, someone dropped it) or that PostgreSQL
+ * invalidated (max_slot_wal_keep_size exceeded) means changes were lost. Capture goes on with a
+ * new slot, and the loss is recorded in bemi.gaps, bemi_status() and the log.
+ */
+static void
+RecreateLostSlot(BemiDatabase *db, const char *slot)
+{
+	bool exists = BemiSlotExists(slot);
+	XLogRecPtr lost_from = exists ? BemiSlotLostFrom(slot) : InvalidXLogRecPtr;
+	const char *reason;
+
+	if (exists && XLogRecPtrIsInvalid(lost_from))
+		return;
+	reason = exists ? "the capture slot was invalidated (max_slot_wal_keep_size exceeded)"
+					: "the capture slot was missing (dropped, or the server was promoted from a standby)";
+	ereport(WARNING,
+			(errmsg("bemi: %s; changes since %X/%X are lost", reason, LSN_FORMAT_ARGS(lost_from)),
+			 errdetail("A new capture slot is created; the gap is recorded in bemi.gaps."),
+			 errhint("Raise max_slot_wal_keep_size, and watch bemi_status().")));
+	BemiReportError(db, reason);
+	if (exists)
+		BemiDropSlot(slot);
+	StartTransactionCommand();
+	BemiCreateSlot(slot);
+	CommitTransactionCommand();
+	BemiRecordGap(lost_from, reason);
+}
+
 static void
 Run(BemiDatabase *db)
 {
@@ -264,17 +293,7 @@ Run(BemiDatabase *db)
 	}
 	if (!ExtensionInstalled())
 		Retire(db, NULL, slot);
-	if (!BemiSlotExists(slot))
-	{
-		BemiReportError(db, "capture slot was missing and has been recreated: changes made while it was "
-							"missing are not in bemi.changes");
-		ereport(WARNING,
-				(errmsg("bemi: capture slot \"%s\" is missing; creating it again", slot),
-				 errdetail("Changes made since the slot disappeared are not recorded in bemi.changes.")));
-		StartTransactionCommand();
-		BemiCreateSlot(slot);
-		CommitTransactionCommand();
-	}
+	RecreateLostSlot(db, slot);
 	BemiSetState(db, BEMI_RUNNING);
 
 	MemoryContextSwitchTo(worker_context);

@@ -117,5 +117,35 @@ is($node->safe_psql('postgres', q{
 is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE "table" = 'concurrent'}),
 	$node->safe_psql('postgres', 'SELECT count(*) * 2 FROM concurrent'), 'every insert and update recorded');
 
+# 5. WAL retention exceeded: PostgreSQL invalidates the slot. The loss is recorded, never silent,
+# and capture goes on.
+$node->safe_psql('postgres', q{
+	ALTER SYSTEM SET max_slot_wal_keep_size = '1MB';
+	SELECT pg_reload_conf();
+	INSERT INTO fault VALUES (true);
+	CREATE TABLE churn (id serial PRIMARY KEY, payload text);
+});
+for (1 .. 5) {
+	$node->safe_psql('postgres', q{
+		INSERT INTO churn (payload) SELECT repeat('x', 500) FROM generate_series(1, 5000);
+		SELECT pg_switch_wal();
+		CHECKPOINT;
+	});
+}
+ok($node->poll_query_until('postgres',
+		q{SELECT wal_status = 'lost' FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'}),
+	'the slot is lost once max_slot_wal_keep_size is exceeded');
+$node->safe_psql('postgres', q{
+	DELETE FROM fault;
+	ALTER SYSTEM RESET max_slot_wal_keep_size;
+	SELECT pg_reload_conf();
+});
+ok($node->poll_query_until('postgres', q{SELECT gaps = 1 FROM bemi_status()}), 'the gap is recorded in bemi.gaps');
+like($node->safe_psql('postgres', 'SELECT reason FROM bemi.gaps'), qr/invalidated/, 'with its reason');
+$node->safe_psql('postgres', q{INSERT INTO churn (payload) VALUES ('after the gap')});
+wait_bemi();
+is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE after->>'payload' = 'after the gap'}),
+	'1', 'capture goes on after the gap');
+
 $node->stop;
 done_testing();
