@@ -541,6 +541,7 @@ DECLARE
     result @extschema@.bemi_revert_step;
     n bigint;
     prev_context jsonb := @extschema@.bemi_context();
+    saved_min_messages text;
     step_no integer := 0;
 BEGIN
     IF change_ids IS NULL OR force IS NULL OR dry_run IS NULL THEN
@@ -573,7 +574,7 @@ BEGIN
                 USING ERRCODE = 'undefined_table';
         END IF;
         conflicts := conflicts || ARRAY(
-            SELECT format('change %s (%s of %s row %s at %s)', h.id, h.operation, rel, h.primary_key, h.committed_at)
+            SELECT format('change %s (%s of %s row %s)', h.id, h.operation, rel, h.primary_key)
               FROM (SELECT s.primary_key, min(s.id) AS first_id FROM unnest(sel) s
                      WHERE s.schema = tab.schema AND s."table" = tab."table" GROUP BY 1) f
               JOIN @extschema@.bemi_rows_history(rel, ARRAY(SELECT s.primary_key FROM unnest(sel) s
@@ -581,7 +582,7 @@ BEGIN
                 ON h.primary_key = f.primary_key AND h.id > f.first_id
              WHERE h.id <> ALL (change_ids)
             UNION ALL
-            SELECT format('change %s (TRUNCATE of %s at %s)', h.id, rel, h.committed_at)
+            SELECT format('change %s (TRUNCATE of %s)', h.id, rel)
               FROM @extschema@.bemi_table_truncations(rel) h
              WHERE h.id > (SELECT min(s.id) FROM unnest(sel) s WHERE s.schema = tab.schema AND s."table" = tab."table"));
     END LOOP;
@@ -594,8 +595,14 @@ BEGIN
     END IF;
 
     IF NOT dry_run THEN
+        -- Called from a statement outside BEGIN … COMMIT, bemi_set_context warns that a local
+        -- context has no effect there; inside this function it does (the statement is the
+        -- transaction), so the warning is muted for the call.
+        saved_min_messages := current_setting('client_min_messages');
+        PERFORM set_config('client_min_messages', 'error', true);
         PERFORM @extschema@.bemi_set_context(coalesce(prev_context, '{}') - '_bemi'
             || coalesce(marker, jsonb_build_object('bemi_revert', jsonb_build_object('change_ids', change_ids))));
+        PERFORM set_config('client_min_messages', saved_min_messages, true);
     END IF;
     -- One statement per row, newest row first (children before parents, as they were written).
     FOR grp IN SELECT s.schema, s."table", s.primary_key, array_agg(s.id ORDER BY s.id) AS ids,
@@ -671,7 +678,9 @@ BEGIN
         RETURN NEXT result;
     END LOOP;
     IF NOT dry_run THEN
+        PERFORM set_config('client_min_messages', 'error', true);
         PERFORM @extschema@.bemi_set_context(nullif(coalesce(prev_context, '{}') - '_bemi', '{}'));
+        PERFORM set_config('client_min_messages', saved_min_messages, true);
     END IF;
 END $$;
 COMMENT ON FUNCTION bemi_revert_changes(bigint[], boolean, boolean, jsonb) IS

@@ -7,19 +7,19 @@ SELECT clock_timestamp() AS t0 \gset
 CREATE TABLE hist_todo (id serial PRIMARY KEY, task text NOT NULL, done boolean NOT NULL DEFAULT false);
 CREATE TABLE hist_members (org_id int, user_id int, role text, PRIMARY KEY (org_id, user_id));
 BEGIN;
-SELECT bemi_set_context('{"user_id": 187234, "endpoint": "/todo", "request_id": "r1"}');
+SELECT bemi_set_context('{"user_id": 4242, "endpoint": "/todo", "request_id": "r1"}');
 INSERT INTO hist_todo (task) VALUES ('Sleep'), ('Eat');
 INSERT INTO hist_members VALUES (3, 14, 'member');
 COMMIT;
 SELECT bemi_wait();
 SELECT clock_timestamp() AS t1 \gset
-UPDATE hist_todo SET done = true WHERE id = 1 /*Bemi {"user_id": 187234, "endpoint": "/todo/done", "request_id": "r2"} Bemi*/;
+UPDATE hist_todo SET done = true WHERE id = 1 /*Bemi {"user_id": 4242, "endpoint": "/todo/done", "request_id": "r2"} Bemi*/;
 -- The table's shape changes between changes: images carry the columns of their time.
 ALTER TABLE hist_todo ADD COLUMN due date;
 UPDATE hist_todo SET due = '2024-01-01', task = 'Sleep well' WHERE id = 1 /*Bemi {"user_id": 7, "endpoint": "/todo/edit", "request_id": "r3"} Bemi*/;
 ALTER TABLE hist_todo DROP COLUMN done;
 DELETE FROM hist_todo WHERE id = 2 /*Bemi {"user_id": 7, "endpoint": "/todo/delete", "request_id": "r4"} Bemi*/;
-UPDATE hist_members SET role = 'admin' /*Bemi {"user_id": 187234, "endpoint": "/members", "request_id": "r5"} Bemi*/;
+UPDATE hist_members SET role = 'admin' /*Bemi {"user_id": 4242, "endpoint": "/members", "request_id": "r5"} Bemi*/;
 SELECT bemi_wait();
 
 -- One row, by its key as a value of its own type or as bemi.changes.primary_key has it.
@@ -41,7 +41,7 @@ SELECT "table", operation, primary_key FROM bemi_transaction_history(:first_txn)
 
 -- Everything matching a context.
 SELECT "table", operation, primary_key, context->>'request_id' AS request
-  FROM bemi_context_history('{"user_id": 187234}');
+  FROM bemi_context_history('{"user_id": 4242}');
 
 -- Grouped by transaction: its context, tables touched and counts.
 SELECT context - '_bemi' AS context, tables, changes, creates, updates, deletes
@@ -65,7 +65,7 @@ CREATE SCHEMA hist_evil AUTHORIZATION hist_reader;
 SET ROLE hist_reader;
 SELECT count(*) AS todo_changes FROM bemi_row_history('hist_todo', 1);
 SELECT * FROM bemi_row_history('hist_members', ARRAY[3, 14]);
-SELECT DISTINCT "table" FROM bemi_context_history('{"user_id": 187234}');
+SELECT DISTINCT "table" FROM bemi_context_history('{"user_id": 4242}');
 SELECT tables FROM bemi_transactions(:'t0');
 SELECT bemi_unreadable_changes(transaction_id => :first_txn);
 -- The readers behind the functions cannot be named, and the trail itself stays closed.
@@ -74,7 +74,7 @@ SELECT count(*) FROM bemi.changes;
 -- Nor can a search_path of the caller's choosing swap a function used in the check.
 CREATE FUNCTION hist_evil.has_table_privilege(oid, text) RETURNS boolean LANGUAGE sql AS 'SELECT true';
 SET search_path = hist_evil, pg_catalog, public;
-SELECT DISTINCT "table" FROM bemi_context_history('{"user_id": 187234}');
+SELECT DISTINCT "table" FROM bemi_context_history('{"user_id": 4242}');
 RESET search_path;
 RESET ROLE;
 -- Row-level security hides rows from some roles: the trail would show them, so it is refused.
@@ -83,7 +83,7 @@ ALTER TABLE hist_members ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own_org ON hist_members USING (org_id = 1);
 SET ROLE hist_reader;
 SELECT * FROM bemi_row_history('hist_members', ARRAY[3, 14]);
-SELECT DISTINCT "table" FROM bemi_context_history('{"user_id": 187234}');
+SELECT DISTINCT "table" FROM bemi_context_history('{"user_id": 4242}');
 RESET ROLE;
 DROP SCHEMA hist_evil CASCADE;
 DROP VIEW hist_view;
