@@ -7,16 +7,17 @@ CREATE SCHEMA bemi;
 REVOKE ALL ON SCHEMA bemi FROM PUBLIC;
 
 -- One row per captured change. Column names follow Bemi's `changes` table.
+-- Names and keys compare bytewise (COLLATE "C"): index maintenance on the ingest path is cheaper.
 CREATE TABLE bemi.changes (
     id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    primary_key    text,
+    primary_key    text COLLATE "C",
     "before"       jsonb NOT NULL DEFAULT '{}',
     "after"        jsonb NOT NULL DEFAULT '{}',
     context        jsonb NOT NULL DEFAULT '{}',
-    database       text NOT NULL,
-    schema         text NOT NULL,
-    "table"        text NOT NULL,
-    operation      text NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')),
+    database       text COLLATE "C" NOT NULL,
+    schema         text COLLATE "C" NOT NULL,
+    "table"        text COLLATE "C" NOT NULL,
+    operation      text COLLATE "C" NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')),
     committed_at   timestamptz NOT NULL,
     transaction_id bigint NOT NULL,
     position       pg_lsn NOT NULL,

@@ -20,6 +20,7 @@ struct BemiSpool {
 	std::FILE *file = nullptr;  // spilled head of the stream, if any
 	size_t file_bytes = 0;
 	size_t read_file = 0;       // read position within the file
+	bool file_positioned = false; // the FILE's position is read_file (no seek per read)
 	size_t read_memory = 0;     // read position within memory
 	std::string error;
 };
@@ -37,6 +38,7 @@ bool Spill(BemiSpool *spool, const char **error) {
 		spool->file = std::fopen(spool->path.c_str(), "w+b");
 		if (!spool->file)
 			return Fail(spool, error, "cannot create");
+		std::setvbuf(spool->file, nullptr, _IOFBF, 1 << 20);
 	}
 	if (std::fseek(spool->file, static_cast<long>(spool->file_bytes), SEEK_SET) != 0 ||
 		std::fwrite(spool->memory.data(), 1, spool->memory.size(), spool->file) != spool->memory.size())
@@ -82,8 +84,12 @@ extern "C" bool BemiSpoolRead(BemiSpool *spool, void *data, size_t size, bool *e
 	while (size > 0) {
 		if (spool->read_file < spool->file_bytes) {
 			size_t n = std::min(size, spool->file_bytes - spool->read_file);
-			if (std::fseek(spool->file, static_cast<long>(spool->read_file), SEEK_SET) != 0 ||
-				std::fread(out, 1, n, spool->file) != n)
+			if (!spool->file_positioned) {
+				if (std::fseek(spool->file, static_cast<long>(spool->read_file), SEEK_SET) != 0)
+					return Fail(spool, error, "cannot seek");
+				spool->file_positioned = true;
+			}
+			if (std::fread(out, 1, n, spool->file) != n)
 				return Fail(spool, error, "cannot read");
 			spool->read_file += n;
 			out += n;
@@ -111,6 +117,7 @@ extern "C" bool BemiSpoolReset(BemiSpool *spool, const char **error) {
 	if (spool->memory.capacity() > spool->memory_limit)
 		spool->memory.shrink_to_fit();
 	spool->read_file = spool->read_memory = 0;
+	spool->file_positioned = false;
 	if (spool->file) {
 		std::fclose(spool->file);
 		spool->file = nullptr;
