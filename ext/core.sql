@@ -98,7 +98,8 @@ CREATE FUNCTION bemi_status(
     OUT slot_active boolean, OUT confirmed_lsn pg_lsn, OUT current_lsn pg_lsn,
     OUT lag_bytes numeric, OUT lag_seconds double precision, OUT retained_wal_bytes numeric,
     OUT wal_status text, OUT changes_written bigint, OUT last_error text, OUT last_error_at timestamptz,
-    OUT incomplete_image_tables text[], OUT settings_problems text[], OUT gaps bigint)
+    OUT incomplete_image_tables text[], OUT tables_without_primary_key text[],
+    OUT settings_problems text[], OUT gaps bigint)
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT current_database()::text, w.worker_pid, w.worker_state, w.slot_name,
            s.active, s.confirmed_flush_lsn, pg_current_wal_lsn(),
@@ -112,6 +113,13 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 
                   WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND c.relreplident <> 'f'
                     AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'bemi')
                     AND n.nspname NOT LIKE 'pg\_toast%' ORDER BY 1),
+           ARRAY(SELECT format('%I.%I', n.nspname, c.relname)
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND NOT c.relispartition
+                    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'bemi')
+                    AND n.nspname NOT LIKE 'pg\_toast%'
+                    AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+                  ORDER BY 1),
            ARRAY(SELECT p FROM unnest(ARRAY[
                CASE WHEN current_setting('wal_level') <> 'logical'
                     THEN 'wal_level must be logical (now ' || current_setting('wal_level') || ')' END,

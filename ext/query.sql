@@ -43,11 +43,15 @@ END $$;
 ------------------------------------------------------------------------------------------------
 -- Layer 1: readers of the trail (owner's rights; unreachable by name for PUBLIC)
 ------------------------------------------------------------------------------------------------
+-- PL/pgSQL rather than SQL for the static readers: a SQL function's query is planned again at
+-- every call, a PL/pgSQL one's plan is kept for the session (most of the cost of reading one row's history).
 -- Changes of some rows of one table: the row-history index ("table", primary_key, schema, id).
 CREATE FUNCTION bemi._row_trail(p_schema text, p_table text, p_keys text[]) RETURNS SETOF bemi.changes
-LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM bemi.changes WHERE "table" = p_table AND primary_key = ANY (p_keys) AND schema = p_schema
-$$;
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+        SELECT * FROM bemi.changes WHERE "table" = p_table AND primary_key = ANY (p_keys) AND schema = p_schema;
+END $$;
 
 -- Changes in a time range, of one table or of all. Dynamic SQL so that every call is planned
 -- with its own bounds: a narrow range uses the BRIN index, a table's whole life the btree.
@@ -67,25 +71,33 @@ END $$;
 
 -- TRUNCATEs of one table (primary_key is NULL for them: the row-history index again).
 CREATE FUNCTION bemi._truncate_trail(p_schema text, p_table text) RETURNS SETOF bemi.changes
-LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM bemi.changes
-     WHERE "table" = p_table AND primary_key IS NULL AND schema = p_schema AND operation = 'TRUNCATE'
-$$;
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+        SELECT * FROM bemi.changes
+         WHERE "table" = p_table AND primary_key IS NULL AND schema = p_schema AND operation = 'TRUNCATE';
+END $$;
 
 CREATE FUNCTION bemi._transaction_trail(p_transaction_id bigint) RETURNS SETOF bemi.changes
-LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM bemi.changes WHERE transaction_id = p_transaction_id
-$$;
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+        SELECT * FROM bemi.changes WHERE transaction_id = p_transaction_id;
+END $$;
 
 CREATE FUNCTION bemi._context_trail(p_context jsonb) RETURNS SETOF bemi.changes
-LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM bemi.changes WHERE context @> p_context
-$$;
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+        SELECT * FROM bemi.changes WHERE context @> p_context;
+END $$;
 
 CREATE FUNCTION bemi._id_trail(p_ids bigint[]) RETURNS SETOF bemi.changes
-LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM bemi.changes WHERE id = ANY (p_ids)
-$$;
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+        SELECT * FROM bemi.changes WHERE id = ANY (p_ids);
+END $$;
 
 CREATE FUNCTION bemi._tracking() RETURNS bemi.tracking
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$

@@ -39,3 +39,9 @@ UPDATE status_default_identity SET v = 'y';
 DELETE FROM status_default_identity;
 SELECT bemi_wait();
 SELECT operation, before, after FROM bemi.changes WHERE "table" = 'status_default_identity' ORDER BY id;
+
+-- Tables without a primary key are recorded (primary_key NULL) and listed.
+CREATE TABLE status_no_pk (v int);
+SELECT 'public.status_no_pk' = ANY (tables_without_primary_key) AS listed,
+       'public.status_full_identity' = ANY (tables_without_primary_key) AS pk_listed
+  FROM bemi_status();

@@ -303,10 +303,52 @@ EmitChange(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn, B
 #define CHANGE_TUPLE(t) ((t) ? &(t)->tuple : NULL)
 #endif
 
+/*
+ * A row whose image cannot be built (a value past jsonb's 256 MB limit, say) must not stop
+ * capture: the change is recorded with the reason instead of the image. Building an image only
+ * allocates memory, so recovering without a subtransaction is safe.
+ */
+static Jsonb *
+SafeImage(Relation rel, HeapTuple tuple, HeapTuple old_tuple)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	Jsonb *volatile image = NULL;
+	char *volatile reason = NULL;
+
+	PG_TRY();
+	{
+		image = BemiImageFromTuple(rel, tuple, old_tuple);
+	}
+	PG_CATCH();
+	{
+		ErrorData *error;
+
+		MemoryContextSwitchTo(caller);
+		error = CopyErrorData();
+		FlushErrorState();
+		reason = error->message;
+	}
+	PG_END_TRY();
+	if (image == NULL)
+	{
+		StringInfoData buf;
+
+		ereport(WARNING,
+				(errmsg("bemi: could not build the image of a row of \"%s\": %s", RelationGetRelationName(rel),
+						reason)));
+		initStringInfo(&buf);
+		appendStringInfoString(&buf, "{\"" BEMI_RESERVED_KEY "_image_error\": ");
+		escape_json(&buf, reason);
+		appendStringInfoChar(&buf, '}');
+		image = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+	}
+	return image;
+}
+
 static Jsonb *
 OldImage(Relation rel, HeapTuple old_tuple)
 {
-	Jsonb *image = BemiImageFromTuple(rel, old_tuple, NULL);
+	Jsonb *image = SafeImage(rel, old_tuple, NULL);
 
 	if (rel->rd_rel->relreplident == REPLICA_IDENTITY_FULL)
 		return image;
@@ -338,7 +380,7 @@ bemi_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel, Re
 		case REORDER_BUFFER_CHANGE_INSERT:
 			record.operation = "CREATE";
 			if (new_tuple)
-				record.after = BemiImageFromTuple(rel, new_tuple, NULL);
+				record.after = SafeImage(rel, new_tuple, NULL);
 			record.primary_key = BemiPrimaryKey(rel, record.after);
 			break;
 		case REORDER_BUFFER_CHANGE_UPDATE:
@@ -346,7 +388,7 @@ bemi_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel, Re
 			if (old_tuple)
 				record.before = OldImage(rel, old_tuple);
 			if (new_tuple)
-				record.after = BemiImageFromTuple(rel, new_tuple, old_tuple);
+				record.after = SafeImage(rel, new_tuple, old_tuple);
 			record.primary_key = BemiPrimaryKey(rel, record.after);
 			break;
 		case REORDER_BUFFER_CHANGE_DELETE:
