@@ -866,31 +866,44 @@ END $$;""")
         log(f"   profile written to {dest}")
 
     def profile_write_path(self):
-        """System-wide profile of bemi's pgbench configuration (who spends what per transaction)."""
+        """Profile of bemi's pgbench configuration: the backends' and the worker's time, separately."""
         if shutil.which("perf") is None:
             return
         p = self.p
-        log("profile: system-wide perf during a bemi pgbench run")
+        log("profile: perf on every process of the server during a bemi pgbench run")
         state = self.start_config("b")
+        worker = state["pids"][0]
         path = os.path.join(self.workdir, "perf.write.data")
         perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-a", "-o", path],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.5)
-        lsn0 = self.server.one("SELECT pg_current_wal_lsn()")
-        self.pgbench("bemi", p["solo_secs"] * 2, p["clients"], p["threads"], "prof")
+        res = self.pgbench("bemi", p["solo_secs"] * 2, p["clients"], p["threads"], "prof")
+        backends = [l.split("|")[0] for l in self.server.psql(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbench'").splitlines()]
         perf.send_signal(signal.SIGINT)
         perf.wait(timeout=120)
+        with open(os.path.join(self.server.data, "postmaster.pid")) as f:
+            postmaster = f.readline().strip()
+        server_pids = subprocess.run(["pgrep", "-P", postmaster], capture_output=True, text=True).stdout.split()
         self.stop_config("b", state, self.server.one("SELECT pg_current_wal_lsn()"))
-        del lsn0
+
+        def report(pids, sort, limit, children=False):
+            return subprocess.run(["perf", "report", "-i", path, "--stdio", "--children" if children else "--no-children",
+                                   "--pid", ",".join(pids), "--sort", sort, "-g", "none", "--percent-limit", limit],
+                                  capture_output=True, text=True).stdout
+        by_pid = report(server_pids + [postmaster], "pid", "0.1")
         dest = os.path.join(HERE, "profile-write.txt")
-        rs = [subprocess.run(["perf", "report", "-i", path, "--stdio", "--no-children", "--sort", s, "-g", "none",
-                              "--percent-limit", lim], capture_output=True, text=True).stdout
-              for s, lim in (("comm,dso", "0.5"), ("comm,dso,sym", "0.3"))]
         with open(dest, "w") as f:
-            f.write("# perf profile, whole machine, during pgbench with bemi (8 clients)\n\n## by process and library\n")
-            f.write(rs[0])
-            f.write("\n\n## by symbol\n")
-            f.write(rs[1])
+            f.write(f"# perf (cpu-clock, 999 Hz, all CPUs) during pgbench with bemi: {p['clients']} clients, "
+                    f"{res['tps']:.0f} TPS\n# worker pid {worker}; pgbench connections {', '.join(pids_ for pids_ in backends) or '(ended)'}\n\n")
+            f.write("## the server's processes (share of all samples on the machine)\n")
+            f.write(by_pid)
+            f.write("\n\n## the worker: self time by library and symbol\n")
+            f.write(report([str(worker)], "dso,sym", "0.5"))
+            f.write("\n\n## the worker: including callees\n")
+            f.write(report([str(worker)], "sym", "2", children=True))
+            f.write("\n\n## all server processes except the worker: self time by library and symbol\n")
+            f.write(report([x for x in server_pids if x != str(worker)], "dso,sym", "0.4"))
         log(f"   profile written to {dest}")
 
     # -- report ---------------------------------------------------------------------------------

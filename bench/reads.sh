@@ -3,12 +3,16 @@
 # synthetic trail built straight into bemi.changes with generate_series in a throwaway server.
 #   bench/reads.sh                 # 1M changes (about a minute)
 #   BEMI_BENCH_CHANGES=10000000 bench/reads.sh   # 10M changes (several minutes on 2 cores)
+# It starts its own server even under bench/run (section 5), so the trail it times holds exactly
+# the synthetic changes.
 # Needs the extension installed (make install). As root, the server runs as bemi_ci
 # (BEMI_BENCH_USER to choose another unprivileged user).
 # 10% of the changes are UPDATEs of the real table bench_todo (100,000 rows, so 1 change per row
 # per 1M changes), the rest are spread over nine other table names.
 set -eu
-CHANGES=${BEMI_BENCH_CHANGES:-1000000}
+# Under bench/run: smoke 100k, quick 1M, full 10M changes.
+case "${BEMI_BENCH_MODE:-}" in smoke) DEFAULT=100000 ;; full) DEFAULT=10000000 ;; *) DEFAULT=1000000 ;; esac
+CHANGES=${BEMI_BENCH_CHANGES:-$DEFAULT}
 ROWS=100000
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$(pg_config --bindir)
