@@ -1,8 +1,8 @@
 /*
  * image.c: before/after images, built as jsonb straight from decoded tuples.
  *
- * An image is exactly to_jsonb() of the row: we call to_jsonb itself on the row datum, so every
- * type (numeric, json, arrays, composites, bytea, NaN ...) is rendered as users expect.
+ * An image is exactly to_jsonb() of the row (sql/images.sql compares them key by key), built
+ * without going through to_jsonb's per-row catalog lookups, text round trips and key sorting.
  */
 #include "postgres.h"
 
@@ -10,6 +10,7 @@
 #include "access/heapam.h"
 #include "access/sysattr.h"
 #include "access/htup_details.h"
+#include "access/transam.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
@@ -18,30 +19,266 @@
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "common/jsonapi.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/json.h"
+#include "utils/numeric.h"
 #include "utils/relcache.h"
 #include "utils/syscache.h"
+#include "utils/typcache.h"
 
 #include "bemi/decoding.h"
 
-/* to_jsonb(anyelement) looks at its call expression for the argument type: give it a record. */
-static FmgrInfo *
-ToJsonbFunction(void)
+/*
+ * How each column becomes a JSON value, worked out once per relation (and again after DDL).
+ * Common types are converted here without a text round trip; everything else goes through
+ * to_jsonb() of the single value, so the result is always what to_jsonb() of the row gives.
+ */
+typedef enum ColumnKind
 {
-	static FmgrInfo *flinfo = NULL;
+	KIND_BOOL,
+	KIND_INT,         /* int2/int4/int8: a JSON number */
+	KIND_NUMERIC,     /* a number, or a string for NaN and infinities */
+	KIND_FLOAT,       /* output text; a number when it is one */
+	KIND_TEXT,        /* text, varchar: the string itself */
+	KIND_JSONB,
+	KIND_DATETIME,    /* date, timestamp, timestamptz: ISO 8601 */
+	KIND_OUTPUT,      /* any other type with no JSON meaning: its output text */
+	KIND_TO_JSONB     /* arrays, composites, json, types with casts to json */
+} ColumnKind;
 
-	if (flinfo == NULL)
+typedef struct ColumnPlan
+{
+	int attno;        /* 0-based index in the tuple */
+	ColumnKind kind;
+	Oid type;         /* base type */
+	FmgrInfo output;  /* KIND_FLOAT, KIND_OUTPUT */
+	FmgrInfo to_jsonb; /* KIND_TO_JSONB: to_jsonb with this column's type as argument */
+	JsonbValue key;
+} ColumnPlan;
+
+typedef struct ImagePlan
+{
+	Oid relid;        /* hash key */
+	bool valid;
+	int ncolumns;
+	ColumnPlan *columns; /* in jsonb key order */
+} ImagePlan;
+
+static HTAB *image_plans = NULL;
+static MemoryContext plan_context = NULL;
+
+static void
+ForgetPlans(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS scan;
+	ImagePlan *plan;
+
+	if (image_plans == NULL)
+		return;
+	hash_seq_init(&scan, image_plans);
+	while ((plan = hash_seq_search(&scan)) != NULL)
+		plan->valid = false;
+}
+
+/* jsonb orders object keys by length, then bytes. */
+static int
+CompareKeys(const void *a, const void *b)
+{
+	const JsonbValue *ka = &((const ColumnPlan *) a)->key;
+	const JsonbValue *kb = &((const ColumnPlan *) b)->key;
+
+	if (ka->val.string.len != kb->val.string.len)
+		return ka->val.string.len < kb->val.string.len ? -1 : 1;
+	return memcmp(ka->val.string.val, kb->val.string.val, ka->val.string.len);
+}
+
+static ColumnKind
+KindOf(Oid type)
+{
+	switch (type)
 	{
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-		FmgrInfo *f = palloc0(sizeof(FmgrInfo));
-
-		fmgr_info(F_TO_JSONB, f);
-		f->fn_expr = (Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
-										   list_make1(makeNullConst(RECORDOID, -1, InvalidOid)),
-										   InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
-		flinfo = f;
-		MemoryContextSwitchTo(old);
+		case BOOLOID:
+			return KIND_BOOL;
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+			return KIND_INT;
+		case NUMERICOID:
+			return KIND_NUMERIC;
+		case FLOAT4OID:
+		case FLOAT8OID:
+			return KIND_FLOAT;
+		case TEXTOID:
+		case VARCHAROID:
+			return KIND_TEXT;
+		case JSONBOID:
+			return KIND_JSONB;
+		case DATEOID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+			return KIND_DATETIME;
+		default:
+			break;
 	}
-	return flinfo;
+	/* Like to_jsonb: arrays, composites, json and types that cast to json are its business. */
+	if (OidIsValid(get_element_type(type)) || type_is_rowtype(type) || type == JSONOID ||
+		type >= FirstNormalObjectId)
+		return KIND_TO_JSONB;
+	return KIND_OUTPUT;
+}
+
+static ImagePlan *
+PlanFor(Relation rel)
+{
+	Oid relid = RelationGetRelid(rel);
+	TupleDesc desc = RelationGetDescr(rel);
+	ImagePlan *plan;
+	bool found;
+	MemoryContext old;
+
+	if (image_plans == NULL)
+	{
+		HASHCTL ctl;
+
+		plan_context = AllocSetContextCreate(CacheMemoryContext, "bemi image plans", ALLOCSET_DEFAULT_SIZES);
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(ImagePlan);
+		ctl.hcxt = plan_context;
+		image_plans = hash_create("bemi image plans", 128, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		CacheRegisterRelcacheCallback(ForgetPlans, (Datum) 0);
+	}
+	plan = hash_search(image_plans, &relid, HASH_ENTER, &found);
+	if (found && plan->valid && plan->ncolumns <= desc->natts)
+		return plan;
+
+	old = MemoryContextSwitchTo(plan_context);
+	plan->columns = palloc0(sizeof(ColumnPlan) * Max(desc->natts, 1));
+	plan->ncolumns = 0;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		ColumnPlan *col;
+
+		if (att->attisdropped)
+			continue;
+		col = &plan->columns[plan->ncolumns++];
+		col->attno = i;
+		col->type = getBaseType(att->atttypid);
+		col->kind = KindOf(col->type);
+		col->key.type = jbvString;
+		col->key.val.string.val = pstrdup(NameStr(att->attname));
+		col->key.val.string.len = strlen(col->key.val.string.val);
+		if (col->kind == KIND_FLOAT || col->kind == KIND_OUTPUT)
+		{
+			Oid output;
+			bool varlena;
+
+			getTypeOutputInfo(col->type, &output, &varlena);
+			fmgr_info_cxt(output, &col->output, plan_context);
+		}
+		else if (col->kind == KIND_TO_JSONB)
+		{
+			fmgr_info_cxt(F_TO_JSONB, &col->to_jsonb, plan_context);
+			col->to_jsonb.fn_expr = (Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
+														  list_make1(makeNullConst(att->atttypid, -1, InvalidOid)),
+														  InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+		}
+	}
+	qsort(plan->columns, plan->ncolumns, sizeof(ColumnPlan), CompareKeys);
+	plan->valid = true;
+	MemoryContextSwitchTo(old);
+	return plan;
+}
+
+static void
+SetString(JsonbValue *v, char *str)
+{
+	v->type = jbvString;
+	v->val.string.val = str;
+	v->val.string.len = strlen(str);
+}
+
+/* A jsonb document as a value inside another: scalars unwrapped, containers by reference. */
+static void
+SetJsonb(JsonbValue *v, Jsonb *jb)
+{
+	if (JB_ROOT_IS_SCALAR(jb))
+		JsonbExtractScalar(&jb->root, v);
+	else
+	{
+		v->type = jbvBinary;
+		v->val.binary.data = &jb->root;
+		v->val.binary.len = VARSIZE(jb) - VARHDRSZ;
+	}
+}
+
+static void
+ColumnValue(ColumnPlan *col, Datum value, JsonbValue *v)
+{
+	switch (col->kind)
+	{
+		case KIND_BOOL:
+			v->type = jbvBool;
+			v->val.boolean = DatumGetBool(value);
+			break;
+		case KIND_INT:
+			v->type = jbvNumeric;
+			v->val.numeric = int64_to_numeric(col->type == INT2OID ? DatumGetInt16(value)
+											  : col->type == INT4OID ? DatumGetInt32(value)
+																	 : DatumGetInt64(value));
+			break;
+		case KIND_NUMERIC:
+			{
+				Numeric n = DatumGetNumeric(value);
+
+				if (numeric_is_nan(n) || numeric_is_inf(n))
+					SetString(v, DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(n))));
+				else
+				{
+					v->type = jbvNumeric;
+					v->val.numeric = n;
+				}
+				break;
+			}
+		case KIND_FLOAT:
+			{
+				char *text = OutputFunctionCall(&col->output, value);
+
+				if (IsValidJsonNumber(text, strlen(text)))
+				{
+					v->type = jbvNumeric;
+					v->val.numeric = DatumGetNumeric(DirectFunctionCall3(numeric_in, CStringGetDatum(text),
+																		 ObjectIdGetDatum(InvalidOid),
+																		 Int32GetDatum(-1)));
+				}
+				else
+					SetString(v, text);
+				break;
+			}
+		case KIND_TEXT:
+			{
+				text *t = DatumGetTextPP(value);
+
+				v->type = jbvString;
+				v->val.string.val = VARDATA_ANY(t);
+				v->val.string.len = VARSIZE_ANY_EXHDR(t);
+				break;
+			}
+		case KIND_JSONB:
+			SetJsonb(v, DatumGetJsonbP(value));
+			break;
+		case KIND_DATETIME:
+			SetString(v, JsonEncodeDateTime(NULL, value, col->type, NULL));
+			break;
+		case KIND_OUTPUT:
+			SetString(v, OutputFunctionCall(&col->output, value));
+			break;
+		case KIND_TO_JSONB:
+			SetJsonb(v, DatumGetJsonbP(FunctionCall1(&col->to_jsonb, value)));
+			break;
+	}
 }
 
 static bool
@@ -59,47 +296,63 @@ BemiImageFromTuple(Relation rel, HeapTuple tuple, HeapTuple old_tuple)
 	bool *nulls = palloc(natts * sizeof(bool));
 	Datum *old_values = NULL;
 	bool *old_nulls = NULL;
-	bool rebuilt = false;
-	HeapTuple row = tuple;
+	ImagePlan *plan = PlanFor(rel);
+	JsonbValue object;
+	JsonbPair *pairs;
+	bool nested = false;
 
 	heap_deform_tuple(tuple, desc, values, nulls);
-	for (int i = 0; i < natts; i++)
+	object.type = jbvObject;
+	object.val.object.nPairs = plan->ncolumns;
+	object.val.object.pairs = pairs = palloc(sizeof(JsonbPair) * Max(plan->ncolumns, 1));
+	for (int c = 0; c < plan->ncolumns; c++)
 	{
+		ColumnPlan *col = &plan->columns[c];
+		int i = col->attno;
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
-		if (att->attisdropped || !IsUnchangedToast(att, values[i], nulls[i]))
-			continue;
-		/* Unchanged TOASTed value: not in the WAL record; REPLICA IDENTITY FULL's old row has it. */
-		if (old_tuple && old_values == NULL)
+		if (IsUnchangedToast(att, values[i], nulls[i]))
 		{
-			old_values = palloc(natts * sizeof(Datum));
-			old_nulls = palloc(natts * sizeof(bool));
-			heap_deform_tuple(old_tuple, desc, old_values, old_nulls);
+			/* Not in the WAL record; REPLICA IDENTITY FULL's old row has it. */
+			if (old_tuple && old_values == NULL)
+			{
+				old_values = palloc(natts * sizeof(Datum));
+				old_nulls = palloc(natts * sizeof(bool));
+				heap_deform_tuple(old_tuple, desc, old_values, old_nulls);
+			}
+			if (old_values && !IsUnchangedToast(att, old_values[i], old_nulls[i]))
+			{
+				values[i] = old_values[i];
+				nulls[i] = old_nulls[i];
+			}
+			else
+				nulls[i] = true; /* not available anywhere: recorded as null */
 		}
-		if (old_values && !IsUnchangedToast(att, old_values[i], old_nulls[i]))
-		{
-			values[i] = old_values[i];
-			nulls[i] = old_nulls[i];
-		}
+		pairs[c].key = col->key;
+		pairs[c].order = c;
+		if (nulls[i])
+			pairs[c].value.type = jbvNull;
 		else
-			nulls[i] = true; /* not available anywhere: recorded as null */
-		rebuilt = true;
+			ColumnValue(col, values[i], &pairs[c].value);
+		nested |= pairs[c].value.type == jbvBinary;
 	}
-	if (rebuilt)
-		row = heap_form_tuple(desc, values, nulls);
-
+	if (nested)
 	{
-		LOCAL_FCINFO(fcinfo, 1);
-		Datum result;
+		/* jsonb, arrays, composites: the slower builder copies nested documents in. */
+		JsonbParseState *state = NULL;
+		JsonbValue *result;
 
-		InitFunctionCallInfoData(*fcinfo, ToJsonbFunction(), 1, InvalidOid, NULL, NULL);
-		fcinfo->args[0].value = heap_copy_tuple_as_datum(row, desc);
-		fcinfo->args[0].isnull = false;
-		result = FunctionCallInvoke(fcinfo);
-		if (fcinfo->isnull)
-			elog(ERROR, "to_jsonb returned NULL for a row of \"%s\"", RelationGetRelationName(rel));
-		return DatumGetJsonbP(result);
+		pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+		for (int c = 0; c < plan->ncolumns; c++)
+		{
+			pushJsonbValue(&state, WJB_KEY, &pairs[c].key);
+			pushJsonbValue(&state, WJB_VALUE, &pairs[c].value);
+		}
+		result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+		return JsonbValueToJsonb(result);
 	}
+	/* Keys are already in jsonb order and unique: convert the object as it is. */
+	return JsonbValueToJsonb(&object);
 }
 
 /*
