@@ -85,6 +85,13 @@ SET ROLE hist_reader;
 SELECT * FROM bemi_row_history('hist_members', ARRAY[3, 14]);
 SELECT DISTINCT "table" FROM bemi_context_history('{"user_id": 4242}');
 RESET ROLE;
+-- Members of bemi_reader may read bemi.changes itself, so these functions show them every table.
+GRANT bemi_reader TO hist_reader;
+SET ROLE hist_reader;
+SELECT count(*) AS members_changes FROM bemi_row_history('hist_members', ARRAY[3, 14]);
+SELECT DISTINCT "table" FROM bemi_context_history('{"user_id": 4242}') ORDER BY 1;
+RESET ROLE;
+REVOKE bemi_reader FROM hist_reader;
 DROP SCHEMA hist_evil CASCADE;
 DROP VIEW hist_view;
 REVOKE ALL ON hist_todo, hist_members FROM hist_reader;

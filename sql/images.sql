@@ -31,6 +31,31 @@ SELECT k, c.after->k AS captured, to_jsonb(r)->k AS expected
  WHERE c."table" = 'image_types' AND c.operation = 'CREATE' AND c.after->k IS DISTINCT FROM to_jsonb(r)->k;
 SELECT jsonb_pretty(after) FROM bemi.changes WHERE "table" = 'image_types' AND operation = 'CREATE';
 
+-- Text that looks like escapes or odd Unicode stays exactly what was stored.
+CREATE TABLE image_strings (id int PRIMARY KEY, s text);
+INSERT INTO image_strings VALUES
+    (1, E'backslash-u zero: \\u0000, json escape: \\", nul-ish: \\x00'),
+    (2, 'surrogate-looking: \ud800 \udfff'),
+    (3, U&'noncharacters \FFFF \+10FFFF, emoji \+01F600, bidi \202E'),
+    (4, E'control chars: \x01 \x1f \t \r'),
+    (5, '*/ Bemi*/ /*Bemi {"user_id": 1} Bemi*/');
+SELECT bemi_wait();
+SELECT c.after = to_jsonb(r) AS same, c.after->>'s' = r.s AS text_roundtrip
+  FROM bemi.changes c JOIN image_strings r ON c.primary_key = r.id::text
+ WHERE c."table" = 'image_strings' ORDER BY r.id;
+
+-- Very wide rows: 1,600 columns.
+DO $$
+BEGIN
+  EXECUTE 'CREATE TABLE image_wide (' ||
+          (SELECT string_agg(format('c%s int DEFAULT %s', g, g), ', ') FROM generate_series(1, 1600) g) || ')';
+END $$;
+INSERT INTO image_wide DEFAULT VALUES;
+SELECT bemi_wait();
+SELECT (SELECT count(*) FROM jsonb_object_keys(after)) AS keys, after->'c1600' AS c1600,
+       after = (SELECT to_jsonb(w) FROM image_wide w) AS same
+  FROM bemi.changes WHERE "table" = 'image_wide';
+
 -- UPDATE and DELETE images are complete (REPLICA IDENTITY FULL is set on new tables).
 SELECT relreplident FROM pg_class WHERE oid = 'image_types'::regclass;
 CREATE TEMP TABLE image_before AS SELECT to_jsonb(r) AS img FROM image_types r;

@@ -137,6 +137,29 @@ is($node->safe_psql('postgres', q{
 is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE "table" = 'concurrent'}),
 	$node->safe_psql('postgres', 'SELECT count(*) * 2 FROM concurrent'), 'every insert and update recorded');
 
+# 6. A restart while the worker is far behind: a backlog built while it cannot write, then a
+# restart in the middle of catching up. Everything ends up recorded exactly once.
+my $backlog = $slow ? 1_000_000 : 200_000;
+$node->safe_psql('postgres', q{
+	INSERT INTO fault VALUES (true);
+	CREATE TABLE backlog (id serial PRIMARY KEY, batch int, payload text);
+});
+for my $batch (1 .. 20) {
+	$node->safe_psql('postgres', sprintf(q{
+		INSERT INTO backlog (batch, payload) SELECT %d, md5(g::text) FROM generate_series(1, %d) g;
+		UPDATE backlog SET payload = 'u' WHERE batch = %d AND id %% 10 = 0;}, $batch, $backlog / 20, $batch));
+}
+$node->safe_psql('postgres', 'DELETE FROM fault');
+ok($node->poll_query_until('postgres', q{SELECT count(*) > 0 FROM bemi.changes WHERE "table" = 'backlog'}),
+	'the worker started on the backlog');
+$node->restart;
+wait_bemi();
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FILTER (WHERE operation = 'CREATE'), count(DISTINCT primary_key) FILTER (WHERE operation = 'CREATE'),
+	       count(*) FILTER (WHERE operation = 'UPDATE')
+	  FROM bemi.changes WHERE "table" = 'backlog'}),
+	join('|', $backlog, $backlog, $backlog / 10), "$backlog-change backlog recorded exactly once across a restart");
+
 # 5. WAL retention exceeded: PostgreSQL invalidates the slot. The loss is recorded, never silent,
 # and capture goes on.
 $node->safe_psql('postgres', q{
