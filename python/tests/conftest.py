@@ -38,7 +38,6 @@ max_wal_senders = 10
 max_worker_processes = 16
 max_connections = 300
 fsync = off
-synchronous_commit = off
 full_page_writes = off
 logging_collector = off
 """

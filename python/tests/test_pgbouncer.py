@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shutil
 import socket
@@ -26,8 +27,9 @@ SERVER_CONNECTIONS = 2
 STEPS = 3  # transactions per client connection, each on whichever server connection is free
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def bouncer(pg, tmp_path_factory):
+    """A fresh pgbouncer for each test, so that one test's stuck clients cannot starve the next."""
     if PGBOUNCER is None:
         pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
     base = tmp_path_factory.mktemp("pgbouncer")
@@ -46,6 +48,8 @@ auth_file = {base / "users.txt"}
 pool_mode = transaction
 default_pool_size = {SERVER_CONNECTIONS}
 max_client_conn = 500
+query_wait_timeout = 30
+admin_users = {pg.user}
 ignore_startup_parameters = extra_float_digits, options
 logfile = {base / "pgbouncer.log"}
 """
@@ -64,7 +68,17 @@ logfile = {base / "pgbouncer.log"}
             time.sleep(0.1)
     yield port
     process.terminate()
-    process.wait(10)
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def _stack(task) -> str:
+    out = io.StringIO()
+    task.print_stack(file=out)
+    return out.getvalue()
 
 
 def client_names():
@@ -89,12 +103,17 @@ def test_threads_through_pgbouncer_keep_their_own_context(pg, bouncer, table, dr
     monkeypatch.setattr(Bemi, "transport", transport)
     connect_args = {"prepare_threshold": None} if driver == "psycopg" else {}
     engine = create_engine(pg.url(driver, port=bouncer), poolclass=NullPool, connect_args=connect_args)
-    pids, start = set(), threading.Barrier(CLIENTS)
+    pids, errors = set(), []
 
     def client(i, with_context):
+        try:
+            write(i, with_context)
+        except Exception as error:  # reported by the main thread
+            errors.append(error)
+
+    def write(i, with_context):
         Bemi.set_context({"user_id": i} if with_context else None)
         with engine.connect() as conn:
-            start.wait()
             for step in range(STEPS):
                 with conn.begin():
                     pids.add(conn.execute(text("SELECT pg_backend_pid()")).scalar())
@@ -104,8 +123,9 @@ def test_threads_through_pgbouncer_keep_their_own_context(pg, bouncer, table, dr
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(120)
     engine.dispose()
+    assert not errors, errors[:3]
     check(pg, table, pids)
 
 
@@ -133,8 +153,15 @@ def test_tasks_through_pgbouncer_keep_their_own_context(pg, bouncer, table, driv
                         await asyncio.sleep(0.001 * (i % 3))
                         await conn.execute(text(f"INSERT INTO {table} (name) VALUES (:n)"), {"n": f"{i}-{step}"})
 
-        await asyncio.gather(*(client(i, w) for i, w in client_names()))
+        tasks = [asyncio.ensure_future(client(i, w)) for i, w in client_names()]
+        done, pending = await asyncio.wait(tasks, timeout=60)
+        stuck = "\n".join(_stack(t) for t in list(pending)[:3])
+        for t in pending:
+            t.cancel()
         await engine.dispose()
+        assert not pending, f"{len(pending)} clients still waiting after 60 s:\n{stuck}"
+        for t in done:
+            t.result()
 
     asyncio.run(main())
     check(pg, table, pids)
