@@ -71,6 +71,8 @@ BEGIN
     END LOOP;
 END \$\$;
 VACUUM ANALYZE bemi.changes;
+-- The worker decodes (and skips) the load's WAL too: let it catch up before timing anything.
+SELECT bemi_wait(timeout => '1 hour');
 SQL
 echo "built in $(( $(date +%s) - start )) s; $($PSQL -Atc "SELECT pg_size_pretty(pg_total_relation_size('bemi.changes'))") on disk" >&2
 

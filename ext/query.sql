@@ -127,7 +127,8 @@ LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
     SELECT coalesce(has_table_privilege(to_regclass(format('%I.%I', p_schema, p_table)), 'SELECT')
                     AND NOT row_security_active(to_regclass(format('%I.%I', p_schema, p_table))),
-                    current_setting('is_superuser')::boolean);
+                    current_setting('is_superuser')::boolean)
+           OR pg_has_role('bemi_reader', 'USAGE');
 END;
 
 -- The schema and name of a table whose history the caller asks for, after checking that it is a
@@ -149,6 +150,9 @@ BEGIN
     IF kind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION '"%" is not a table', tbl USING ERRCODE = 'wrong_object_type',
             DETAIL = 'bemi records changes of tables only; views, sequences and foreign tables have no history.';
+    END IF;
+    IF pg_has_role('bemi_reader', 'USAGE') THEN
+        RETURN;  -- may read bemi.changes itself
     END IF;
     IF NOT has_table_privilege(tbl, 'SELECT') THEN
         RAISE EXCEPTION 'permission denied for table %', table_name USING ERRCODE = 'insufficient_privilege',
@@ -176,7 +180,9 @@ BEGIN ATOMIC
 END;
 COMMENT ON FUNCTION bemi_diff(jsonb, jsonb) IS 'What changed between two images, as {"column": [old, new]}';
 
--- One change as the history functions return it: a bemi.changes row with its diff.
+-- One change as the history functions return it: a bemi.changes row with its diff. (They compute
+-- the diff as bemi_diff does, in a LATERAL subquery: a SQL function call per row would cost more
+-- than the index scan.)
 CREATE TYPE bemi_change AS (
     id bigint, "schema" text, "table" text, primary_key text, operation text, diff jsonb,
     "before" jsonb, "after" jsonb, context jsonb, committed_at timestamptz, transaction_id bigint,
@@ -185,10 +191,13 @@ CREATE TYPE bemi_change AS (
 CREATE FUNCTION bemi_row_history(tbl regclass, primary_key text) RETURNS SETOF bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, d.diff,
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._readable_table(bemi_row_history.tbl) t,
-           LATERAL bemi._row_trail(t.schema_name, t.table_name, ARRAY[bemi_row_history.primary_key]) c
+           LATERAL bemi._row_trail(t.schema_name, t.table_name, ARRAY[bemi_row_history.primary_key]) c,
+           LATERAL (SELECT coalesce(jsonb_object_agg(k.k, jsonb_build_array(c."before" -> k.k, c."after" -> k.k)), '{}') AS diff
+                      FROM (SELECT jsonb_object_keys(c."before") UNION SELECT jsonb_object_keys(c."after")) AS k (k)
+                     WHERE (c."before" -> k.k) IS DISTINCT FROM (c."after" -> k.k)) d
      ORDER BY c.id DESC;
 END;
 COMMENT ON FUNCTION bemi_row_history(regclass, text) IS
@@ -203,10 +212,13 @@ $$;
 CREATE FUNCTION bemi_rows_history(tbl regclass, primary_keys text[]) RETURNS SETOF bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, d.diff,
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._readable_table(bemi_rows_history.tbl) t,
-           LATERAL bemi._row_trail(t.schema_name, t.table_name, bemi_rows_history.primary_keys) c
+           LATERAL bemi._row_trail(t.schema_name, t.table_name, bemi_rows_history.primary_keys) c,
+           LATERAL (SELECT coalesce(jsonb_object_agg(k.k, jsonb_build_array(c."before" -> k.k, c."after" -> k.k)), '{}') AS diff
+                      FROM (SELECT jsonb_object_keys(c."before") UNION SELECT jsonb_object_keys(c."after")) AS k (k)
+                     WHERE (c."before" -> k.k) IS DISTINCT FROM (c."after" -> k.k)) d
      ORDER BY c.id DESC;
 END;
 COMMENT ON FUNCTION bemi_rows_history(regclass, text[]) IS
@@ -216,12 +228,15 @@ CREATE FUNCTION bemi_table_history(tbl regclass, since timestamptz DEFAULT '-inf
                                    until timestamptz DEFAULT 'infinity') RETURNS SETOF bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, d.diff,
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._readable_table(bemi_table_history.tbl) t,
            LATERAL bemi._time_trail(coalesce(bemi_table_history.since, '-infinity'),
                                     coalesce(bemi_table_history.until, 'infinity'),
-                                    t.schema_name, t.table_name) c
+                                    t.schema_name, t.table_name) c,
+           LATERAL (SELECT coalesce(jsonb_object_agg(k.k, jsonb_build_array(c."before" -> k.k, c."after" -> k.k)), '{}') AS diff
+                      FROM (SELECT jsonb_object_keys(c."before") UNION SELECT jsonb_object_keys(c."after")) AS k (k)
+                     WHERE (c."before" -> k.k) IS DISTINCT FROM (c."after" -> k.k)) d
      ORDER BY c.id DESC;
 END;
 COMMENT ON FUNCTION bemi_table_history(regclass, timestamptz, timestamptz) IS
@@ -242,9 +257,12 @@ COMMENT ON FUNCTION bemi_table_truncations(regclass) IS 'The recorded TRUNCATEs 
 CREATE FUNCTION bemi_transaction_history(transaction_id bigint) RETURNS SETOF bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, d.diff,
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
-      FROM bemi._transaction_trail(bemi_transaction_history.transaction_id) c
+      FROM bemi._transaction_trail(bemi_transaction_history.transaction_id) c,
+           LATERAL (SELECT coalesce(jsonb_object_agg(k.k, jsonb_build_array(c."before" -> k.k, c."after" -> k.k)), '{}') AS diff
+                      FROM (SELECT jsonb_object_keys(c."before") UNION SELECT jsonb_object_keys(c."after")) AS k (k)
+                     WHERE (c."before" -> k.k) IS DISTINCT FROM (c."after" -> k.k)) d
      WHERE bemi._may_read(c.schema, c."table")
      ORDER BY c.id DESC;
 END;
@@ -254,9 +272,12 @@ COMMENT ON FUNCTION bemi_transaction_history(bigint) IS
 CREATE FUNCTION bemi_context_history(context jsonb) RETURNS SETOF bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, d.diff,
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
-      FROM bemi._context_trail(bemi_context_history.context) c
+      FROM bemi._context_trail(bemi_context_history.context) c,
+           LATERAL (SELECT coalesce(jsonb_object_agg(k.k, jsonb_build_array(c."before" -> k.k, c."after" -> k.k)), '{}') AS diff
+                      FROM (SELECT jsonb_object_keys(c."before") UNION SELECT jsonb_object_keys(c."after")) AS k (k)
+                     WHERE (c."before" -> k.k) IS DISTINCT FROM (c."after" -> k.k)) d
      WHERE bemi._may_read(c.schema, c."table")
      ORDER BY c.id DESC;
 END;
@@ -266,9 +287,12 @@ COMMENT ON FUNCTION bemi_context_history(jsonb) IS
 CREATE FUNCTION bemi_changes(ids bigint[]) RETURNS SETOF bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, d.diff,
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
-      FROM bemi._id_trail(bemi_changes.ids) c
+      FROM bemi._id_trail(bemi_changes.ids) c,
+           LATERAL (SELECT coalesce(jsonb_object_agg(k.k, jsonb_build_array(c."before" -> k.k, c."after" -> k.k)), '{}') AS diff
+                      FROM (SELECT jsonb_object_keys(c."before") UNION SELECT jsonb_object_keys(c."after")) AS k (k)
+                     WHERE (c."before" -> k.k) IS DISTINCT FROM (c."after" -> k.k)) d
      WHERE bemi._may_read(c.schema, c."table")
      ORDER BY c.id DESC;
 END;
