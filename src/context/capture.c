@@ -296,10 +296,22 @@ StatementWrites(QueryDesc *queryDesc, int eflags)
 	return queryDesc->operation != CMD_SELECT || queryDesc->plannedstmt->hasModifyingCTE;
 }
 
+/*
+ * Is this the statement the client sent (not one run by a function or trigger)? The extended
+ * protocol executes a copy of the client's text, hence the comparison by content.
+ */
+static bool
+IsTopLevelStatement(const char *source)
+{
+	if (source == NULL || debug_query_string == NULL)
+		return false;
+	return source == debug_query_string || strcmp(source, debug_query_string) == 0;
+}
+
 static void
 bemi_executor_start(QueryDesc *queryDesc, int eflags)
 {
-	if (queryDesc->sourceText == debug_query_string && debug_query_string != NULL)
+	if (IsTopLevelStatement(queryDesc->sourceText))
 		StartStatement(queryDesc->sourceText, queryDesc->plannedstmt->stmt_location,
 					   queryDesc->plannedstmt->stmt_len);
 	if (StatementWrites(queryDesc, eflags))

@@ -160,6 +160,24 @@ is($node->safe_psql('postgres', q{
 	  FROM bemi.changes WHERE "table" = 'backlog'}),
 	join('|', $backlog, $backlog, $backlog / 10), "$backlog-change backlog recorded exactly once across a restart");
 
+# 7. Comments arrive through the extended and prepared protocols too (the server executes a copy
+# of the client's text there).
+my $comment_script = $node->basedir . '/comment.sql';
+append_to_file($comment_script, q{
+INSERT INTO protocols (mode) VALUES (current_setting('application_name')) /*Bemi {"via": "comment"} Bemi*/;
+});
+$node->safe_psql('postgres', 'CREATE TABLE protocols (id serial PRIMARY KEY, mode text)');
+for my $mode ('simple', 'extended', 'prepared') {
+	local $ENV{PGAPPNAME} = $mode;
+	$node->command_ok([ 'pgbench', '-n', '-M', $mode, '-t', '3', '-f', $comment_script, '-h', $node->host,
+			'-p', $node->port, 'postgres' ], "pgbench -M $mode");
+}
+wait_bemi();
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(DISTINCT after->>'mode', ',' ORDER BY after->>'mode'), count(*) FILTER (WHERE context->>'via' = 'comment')
+	  FROM bemi.changes WHERE "table" = 'protocols'}), 'extended,prepared,simple|9',
+	'the comment gives the context under every protocol');
+
 # 5. WAL retention exceeded: PostgreSQL invalidates the slot. The loss is recorded, never silent,
 # and capture goes on.
 $node->safe_psql('postgres', q{
@@ -178,12 +196,15 @@ for (1 .. 5) {
 ok($node->poll_query_until('postgres',
 		q{SELECT wal_status = 'lost' FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'}),
 	'the slot is lost once max_slot_wal_keep_size is exceeded');
+# The checkpointer reads the reset before the next CHECKPOINT it performs: no second invalidation.
 $node->safe_psql('postgres', q{
-	DELETE FROM fault;
 	ALTER SYSTEM RESET max_slot_wal_keep_size;
 	SELECT pg_reload_conf();
 });
-ok($node->poll_query_until('postgres', q{SELECT gaps = 1 FROM bemi_status()}), 'the gap is recorded in bemi.gaps');
+$node->safe_psql('postgres', 'CHECKPOINT');
+$node->safe_psql('postgres', 'DELETE FROM fault');
+ok($node->poll_query_until('postgres', q{SELECT gaps = 1 AND worker_state = 'running' FROM bemi_status()}),
+	'the gap is recorded in bemi.gaps');
 like($node->safe_psql('postgres', 'SELECT reason FROM bemi.gaps'), qr/invalidated/, 'with its reason');
 $node->safe_psql('postgres', q{INSERT INTO churn (payload) VALUES ('after the gap')});
 wait_bemi();
