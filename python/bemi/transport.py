@@ -63,9 +63,11 @@ def _choose_transport(conn: Connection, dbapi_connection: Any) -> str:
     """'comment' or 'set_context' for this statement, following ``Bemi.transport``."""
     if conn._is_autocommit_isolation() or getattr(dbapi_connection, "autocommit", False):
         return "comment"  # no transaction for a transaction-local context to live in
-    if Bemi.transport != "auto":
-        return Bemi.transport
-    return "set_context" if conn.dialect.driver == "asyncpg" else "comment"
+    if Bemi.transport == "auto":
+        return "set_context" if conn.dialect.driver == "asyncpg" else "comment"
+    if Bemi.transport not in ("comment", "set_context"):
+        raise ValueError(f'Bemi.transport must be "auto", "comment" or "set_context", not {Bemi.transport!r}')
+    return Bemi.transport
 
 
 def _run(dbapi_connection: Any, paramstyle: str, sql: str, parameter: str | None = None) -> list:
