@@ -109,10 +109,21 @@ def _send_set_context(conn: Connection, dbapi_connection: Any, encoded: EncodedC
     return True
 
 
+def _clear_context(conn: Connection) -> None:
+    """Clears a context set earlier in the current transaction, so later writes carry none."""
+    dbapi_connection = conn.connection.dbapi_connection
+    _run(dbapi_connection, conn.dialect.paramstyle, f"SELECT {_set_context_function(conn, dbapi_connection)}(NULL)")
+    conn.connection.info.pop(_SENT, None)
+
+
 @event.listens_for(Engine, "before_cursor_execute", retval=True)
 def _before_cursor_execute(conn, cursor, statement, parameters, context, executemany):
     encoded = current()
-    if encoded is None or conn.dialect.name != "postgresql" or not is_write(statement):
+    if conn.dialect.name != "postgresql" or not is_write(statement):
+        return statement, parameters
+    if encoded is None:
+        if conn.connection.info.get(_SENT) is not None:
+            _clear_context(conn)  # the context was cleared after this transaction's first writes
         return statement, parameters
     if Bemi.include_sql:
         encoded = encoded.with_sql(statement)

@@ -112,6 +112,21 @@ def test_savepoint_rollback_keeps_the_right_context(pg, table, driver, transport
 
 @pytest.mark.parametrize("transport", ["comment", "set_context"])
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_clearing_the_context_mid_transaction_clears_it_for_later_writes(pg, table, driver, transport):
+    Bemi.transport = transport
+
+    def work(conn):
+        Bemi.set_context({"user_id": 7})
+        conn.execute(text(f"INSERT INTO {table} (id, name) VALUES (1, 'with')"))
+        Bemi.set_context(None)
+        conn.execute(text(f"INSERT INTO {table} (id, name) VALUES (2, 'without')"))
+
+    run(pg.url(driver), driver, work)
+    assert [app_context(c) for c in changes(pg, table)] == [{"user_id": 7}, {}]
+
+
+@pytest.mark.parametrize("transport", ["comment", "set_context"])
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_include_sql_adds_the_statement(pg, table, driver, transport):
     Bemi.transport, Bemi.include_sql = transport, True
     with bemi.context(user_id=1):
