@@ -82,7 +82,7 @@ COMMENT ON FUNCTION bemi_context() IS 'The context that the next change of this 
 ------------------------------------------------------------------------------------------------
 -- Status and waiting
 ------------------------------------------------------------------------------------------------
-CREATE FUNCTION bemi_wait(lsn pg_lsn DEFAULT pg_current_wal_lsn(), timeout interval DEFAULT '60 seconds')
+CREATE FUNCTION bemi_wait(lsn pg_lsn DEFAULT pg_current_wal_insert_lsn(), timeout interval DEFAULT '60 seconds')
     RETURNS boolean AS 'MODULE_PATHNAME', 'bemi_wait' LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 COMMENT ON FUNCTION bemi_wait(pg_lsn, interval) IS
     'Returns true once every change committed before lsn is visible in bemi.changes; errors on timeout';

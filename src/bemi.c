@@ -23,6 +23,7 @@ bool bemi_replica_identity_full = true;
 int bemi_batch_size = 2000;
 int bemi_startup_timeout_ms = 30000;
 bool bemi_partitions_as_root = true;
+int bemi_flush_delay_ms = 10;
 
 #if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -63,6 +64,10 @@ DefineSettings(void)
 							"How long a first write waits for a new capture slot to become consistent.",
 							NULL, &bemi_startup_timeout_ms, 30000, 0, INT_MAX, PGC_SUSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("bemi.flush_delay",
+							"How long the worker lets a small batch gather before writing it.",
+							"Longer means fewer, larger batches under load, and more lag.",
+							&bemi_flush_delay_ms, 10, 0, 10000, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomBoolVariable("bemi.partitions_as_root",
 							 "Record changes to a partition under the name of its partitioned table.",
 							 NULL, &bemi_partitions_as_root, true, PGC_SIGHUP, 0, NULL, NULL, NULL);
