@@ -45,3 +45,11 @@ CREATE TABLE status_no_pk (v int);
 SELECT 'public.status_no_pk' = ANY (tables_without_primary_key) AS listed,
        'public.status_full_identity' = ANY (tables_without_primary_key) AS pk_listed
   FROM bemi_status();
+
+-- Asynchronously committed writes are covered by bemi_wait() too.
+SET synchronous_commit = off;
+CREATE TABLE status_async (id int PRIMARY KEY);
+INSERT INTO status_async SELECT generate_series(1, 200);
+SELECT bemi_wait();
+SELECT count(*) FROM bemi.changes WHERE "table" = 'status_async';
+RESET synchronous_commit;
