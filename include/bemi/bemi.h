@@ -32,6 +32,7 @@ extern bool bemi_replica_identity_full;
 extern int bemi_batch_size;
 extern int bemi_startup_timeout_ms;
 extern bool bemi_partitions_as_root;
+extern int bemi_flush_delay_ms;
 
 /* Lifecycle of one database's capture, as seen in shared memory. */
 typedef enum BemiWorkerState
