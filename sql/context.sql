@@ -24,6 +24,16 @@ SELECT bemi_context() IS NULL AS cleared;
 -- Local outside a transaction block has no effect: a WARNING says so.
 SELECT bemi_set_context('{"lost": true}');
 SELECT bemi_context() IS NULL AS still_cleared;
+-- ... unless something is written in the same statement, as a function may do: no warning.
+CREATE TABLE context_fn_items (id int PRIMARY KEY);
+CREATE FUNCTION context_fn_write() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM bemi_set_context('{"job": "fn"}');
+  INSERT INTO context_fn_items VALUES (1);
+END $$;
+SELECT context_fn_write();
+SELECT bemi_wait();
+SELECT context - '_bemi' AS context FROM bemi.changes WHERE "table" = 'context_fn_items';
 
 -- Bad input is refused with a clear error and no side effect.
 BEGIN;

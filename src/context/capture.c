@@ -61,6 +61,7 @@ static uint64 emitted_generation = 0;
 static Oid emitted_role = InvalidOid;
 static int emitted_level = 0;
 static bool xact_wrote = false;
+static bool local_unused_outside_block = false;
 static bool drop_pending = false;
 
 static void
@@ -134,11 +135,10 @@ bemi_set_context(PG_FUNCTION_ARGS)
 
 	if (context)
 		ValidateContext(context);
+	/* Outside a transaction block a local context lives for this statement only: say so at
+	 * commit if nothing was written with it (a function that sets it and writes is fine). */
 	if (is_local && !IsTransactionBlock())
-		ereport(WARNING,
-				(errcode(ERRCODE_NO_ACTIVE_SQL_TRANSACTION),
-				 errmsg("bemi_set_context with is_local = true has no effect outside a transaction block"),
-				 errhint("Call it after BEGIN, or pass is_local => false to set it for the session.")));
+		local_unused_outside_block = true;
 
 	SaveForSavepoint();
 	if (is_local)
@@ -443,6 +443,11 @@ bemi_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (xact_wrote)
 				BemiWakeWorker(MyDatabaseId);
+			else if (local_unused_outside_block)
+				ereport(WARNING,
+						(errcode(ERRCODE_NO_ACTIVE_SQL_TRANSACTION),
+						 errmsg("bemi_set_context with is_local = true had no effect outside a transaction block"),
+						 errhint("Call it after BEGIN, or pass is_local => false to set it for the session.")));
 			if (drop_pending)
 				BemiStopCapture(MyDatabaseId);
 			/* FALLTHROUGH */
@@ -451,6 +456,7 @@ bemi_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PREPARE:
 			ResetTransactionState();
 			xact_wrote = false;
+			local_unused_outside_block = false;
 			drop_pending = false;
 			break;
 		default:

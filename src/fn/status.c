@@ -5,6 +5,7 @@
 
 #include "access/htup_details.h"
 #include "access/xlog.h"
+#include "access/xlog_internal.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -60,7 +61,13 @@ bemi_wait(PG_FUNCTION_ARGS)
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 	BemiDatabase *db = CapturingDatabaseOrError();
 
-	/* The worker decodes flushed WAL only: make sure the target is flushed. */
+	/*
+	 * No record ends inside a page header, so a target there (the insert position right after a
+	 * page boundary, say) means the boundary. Then flush up to it: the worker decodes flushed WAL
+	 * only, and asynchronous commits may not be flushed yet.
+	 */
+	if (target % XLOG_BLCKSZ <= SizeOfXLogLongPHD)
+		target -= target % XLOG_BLCKSZ;
 	XLogFlush(Min(target, GetXLogInsertRecPtr()));
 	ConditionVariablePrepareToSleep(&db->progress_cv);
 	for (;;)
