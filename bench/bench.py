@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -893,14 +894,24 @@ END $$;""")
         perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-a", "-o", path],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.5)
-        res = self.pgbench("bemi", p["solo_secs"] * 2, p["clients"], p["threads"], "prof")
-        backends = [l.split("|")[0] for l in self.server.psql(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbench'").splitlines()]
-        perf.send_signal(signal.SIGINT)
-        perf.wait(timeout=120)
         with open(os.path.join(self.server.data, "postmaster.pid")) as f:
             postmaster = f.readline().strip()
-        server_pids = subprocess.run(["pgrep", "-P", postmaster], capture_output=True, text=True).stdout.split()
+        seen = set()
+        done = threading.Event()
+
+        def collect():  # the server's processes, backends included, while they exist
+            while not done.is_set():
+                seen.update(subprocess.run(["pgrep", "-P", postmaster], capture_output=True, text=True).stdout.split())
+                time.sleep(0.5)
+        collector = threading.Thread(target=collect)
+        collector.start()
+        res = self.pgbench("bemi", p["solo_secs"] * 2, p["clients"], p["threads"], "prof")
+        done.set()
+        collector.join()
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=120)
+        server_pids = sorted(seen)
+        backends = []
         self.stop_config("b", state, self.server.one("SELECT pg_current_wal_lsn()"))
 
         def report(pids, sort, limit, children=False):
@@ -911,7 +922,7 @@ END $$;""")
         dest = os.path.join(HERE, "profile-write.txt")
         with open(dest, "w") as f:
             f.write(f"# perf (cpu-clock, 999 Hz, all CPUs) during pgbench with bemi: {p['clients']} clients, "
-                    f"{res['tps']:.0f} TPS\n# worker pid {worker}; pgbench connections {', '.join(pids_ for pids_ in backends) or '(ended)'}\n\n")
+                    f"{res['tps']:.0f} TPS\n# worker pid {worker}; server processes {', '.join(server_pids)}\n\n")
             f.write("## the server's processes (share of all samples on the machine)\n")
             f.write(by_pid)
             f.write("\n\n## the worker: self time by library and symbol\n")
