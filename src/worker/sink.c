@@ -103,8 +103,12 @@ BemiSinkStart(Oid dboid, const BemiProgress *progress)
 	const char *error = NULL;
 	MemoryContext caller = CurrentMemoryContext;
 
-	MakePGDirectory(PG_TEMP_FILES_DIR);
-	snprintf(path, sizeof(path), "%s/bemi_spool_%u.%d", PG_TEMP_FILES_DIR, dboid, MyProcPid);
+	/*
+	 * In base/pgsql_tmp, named like PostgreSQL's own temporary files: the server removes it at
+	 * start and after a crash, and the database's next worker replaces a leftover.
+	 */
+	MakePGDirectory("base/" PG_TEMP_FILES_DIR);
+	snprintf(path, sizeof(path), "base/%s/%sbemi_spool_%u", PG_TEMP_FILES_DIR, PG_TEMP_FILE_PREFIX, dboid);
 	sink.spool = BemiSpoolCreate(path, SPOOL_MEMORY, &error);
 	if (sink.spool == NULL)
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("%s", error)));
