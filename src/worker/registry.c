@@ -56,7 +56,19 @@ BemiFindDatabase(Oid dboid)
 	return NULL;
 }
 
-/* Find or create the entry of a database. */
+/* Progress and error reporting start from scratch. Caller holds the lock. */
+static void
+ResetProgress(BemiDatabase *db)
+{
+	db->applied_lsn = InvalidXLogRecPtr;
+	db->changes_written = 0;
+	db->last_commit_at = 0;
+	db->failures = 0;
+	db->last_error[0] = '\0';
+	db->last_error_at = 0;
+}
+
+/* Find or create the entry of a database; `fresh` for CREATE EXTENSION. */
 BemiDatabase *
 BemiAddDatabase(Oid dboid, bool fresh)
 {
@@ -69,31 +81,20 @@ BemiAddDatabase(Oid dboid, bool fresh)
 	for (int i = 0; i < BEMI_MAX_DATABASES && !found; i++)
 		if (bemi_shared->databases[i].state == BEMI_UNUSED)
 		{
-			BemiDatabase *db = &bemi_shared->databases[i];
-
-			db->dboid = dboid;
-			db->pid = 0;
-			db->latch = NULL;
-			db->applied_lsn = InvalidXLogRecPtr;
-			db->changes_written = 0;
-			db->last_commit_at = 0;
-			db->failures = 0;
-			db->last_error[0] = '\0';
-			db->last_error_at = 0;
-			db->state = BEMI_STARTING;
-			found = db;
+			found = &bemi_shared->databases[i];
+			found->dboid = dboid;
+			found->pid = 0;
+			found->latch = NULL;
+			found->fresh = false;
+			found->state = BEMI_STARTING;
+			ResetProgress(found);
 		}
 	if (found && fresh)
 	{
 		/* A new CREATE EXTENSION: nothing of an earlier install carries over. */
 		found->fresh = true;
 		found->state = BEMI_STARTING;
-		found->applied_lsn = InvalidXLogRecPtr;
-		found->changes_written = 0;
-		found->last_commit_at = 0;
-		found->failures = 0;
-		found->last_error[0] = '\0';
-		found->last_error_at = 0;
+		ResetProgress(found);
 	}
 	LWLockRelease(bemi_shared->lock);
 
