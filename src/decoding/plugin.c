@@ -20,6 +20,7 @@
 #include "replication/origin.h"
 #include "replication/output_plugin.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/json.h"
@@ -117,6 +118,7 @@ typedef struct PluginState
 	Jsonb *context;               /* latest context of the current transaction, or NULL */
 	Jsonb *empty;
 	bool skip_txn;                /* already written by an earlier run of the worker */
+	bool context_from_trigger;    /* the context came from Bemi's row trigger */
 } PluginState;
 
 static Jsonb *
@@ -195,6 +197,7 @@ bemi_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 
 	MemoryContextReset(state->txn_context);
 	state->context = NULL;
+	state->context_from_trigger = false;
 	if (state->database == NULL)
 		state->database = MemoryContextStrdup(ctx->context, get_database_name(MyDatabaseId));
 	if (state->empty == NULL)
@@ -232,9 +235,22 @@ bemi_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn,
 	if (strcmp(prefix, BEMI_MESSAGE_PREFIX) != 0 && strcmp(prefix, BEMI_TRIGGER_MESSAGE_PREFIX) != 0)
 		return;
 	old = MemoryContextSwitchTo(state->txn_context);
-	if (state->context)
-		pfree(state->context);
-	state->context = ParseMessage(message, size);
+	{
+		bool ours = strcmp(prefix, BEMI_MESSAGE_PREFIX) == 0;
+		Jsonb *incoming = ParseMessage(message, size);
+
+		/*
+		 * Bemi's row trigger sends the application's context in its own messages. When ours
+		 * that follows carries only the writer's identity, it adds to that context rather than
+		 * erasing it.
+		 */
+		if (ours && state->context_from_trigger && state->context && JB_ROOT_COUNT(incoming) == 1)
+			incoming = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(state->context),
+														  JsonbPGetDatum(incoming)));
+		else
+			state->context_from_trigger = !ours;
+		state->context = incoming;
+	}
 	MemoryContextSwitchTo(old);
 	if (state->to_sink)
 		BemiSinkContext(state->context);
