@@ -64,6 +64,8 @@ typedef struct ImagePlan
 	bool valid;
 	int ncolumns;
 	ColumnPlan *columns; /* in jsonb key order */
+	int npk;             /* primary key columns, 0 without a primary key */
+	char **pk_names;     /* in key order */
 } ImagePlan;
 
 static HTAB *image_plans = NULL;
@@ -129,6 +131,32 @@ KindOf(Oid type)
 	return KIND_OUTPUT;
 }
 
+/* The primary key's column names, looked up once per plan rather than per change. */
+static void
+PlanPrimaryKey(Relation rel, ImagePlan *plan)
+{
+	HeapTuple index_tuple;
+	Form_pg_index index;
+
+	plan->npk = 0;
+	plan->pk_names = NULL;
+	RelationGetIndexList(rel); /* fills rd_pkindex */
+	if (!OidIsValid(rel->rd_pkindex))
+		return;
+	index_tuple = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(rel->rd_pkindex));
+	if (!HeapTupleIsValid(index_tuple))
+		return;
+	index = (Form_pg_index) GETSTRUCT(index_tuple);
+	plan->pk_names = palloc(sizeof(char *) * Max(index->indnkeyatts, 1));
+	for (int k = 0; k < index->indnkeyatts; k++)
+	{
+		AttrNumber attnum = index->indkey.values[k];
+
+		plan->pk_names[plan->npk++] = pstrdup(NameStr(TupleDescAttr(RelationGetDescr(rel), attnum - 1)->attname));
+	}
+	ReleaseSysCache(index_tuple);
+}
+
 static ImagePlan *
 PlanFor(Relation rel)
 {
@@ -187,6 +215,7 @@ PlanFor(Relation rel)
 		}
 	}
 	qsort(plan->columns, plan->ncolumns, sizeof(ColumnPlan), CompareKeys);
+	PlanPrimaryKey(rel, plan);
 	plan->valid = true;
 	MemoryContextSwitchTo(old);
 	return plan;
@@ -418,43 +447,29 @@ AppendJsonbValue(StringInfo out, JsonbValue *v, bool bare_string)
 text *
 BemiPrimaryKey(Relation rel, Jsonb *image)
 {
-	Oid pk_oid;
-	HeapTuple index_tuple;
-	Form_pg_index index;
+	ImagePlan *plan;
 	StringInfoData out;
-	int nkeys;
 
 	if (image == NULL || JB_ROOT_COUNT(image) == 0)
 		return NULL;
-	RelationGetIndexList(rel); /* fills rd_pkindex */
-	pk_oid = rel->rd_pkindex;
-	if (!OidIsValid(pk_oid))
+	plan = PlanFor(rel);
+	if (plan->npk == 0)
 		return NULL;
-	index_tuple = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(pk_oid));
-	if (!HeapTupleIsValid(index_tuple))
-		return NULL;
-	index = (Form_pg_index) GETSTRUCT(index_tuple);
-	nkeys = index->indnkeyatts;
-
 	initStringInfo(&out);
-	if (nkeys > 1)
+	if (plan->npk > 1)
 		appendStringInfoChar(&out, '[');
-	for (int k = 0; k < nkeys; k++)
+	for (int k = 0; k < plan->npk; k++)
 	{
-		AttrNumber attnum = index->indkey.values[k];
-		const char *name = NameStr(TupleDescAttr(RelationGetDescr(rel), attnum - 1)->attname);
+		const char *name = plan->pk_names[k];
 		JsonbValue found;
 
 		if (k > 0)
 			appendStringInfoString(&out, ", ");
 		if (getKeyJsonValueFromContainer(&image->root, name, strlen(name), &found) == NULL)
-		{
 			found.type = jbvNull;
-		}
-		AppendJsonbValue(&out, &found, nkeys == 1);
+		AppendJsonbValue(&out, &found, plan->npk == 1);
 	}
-	if (nkeys > 1)
+	if (plan->npk > 1)
 		appendStringInfoChar(&out, ']');
-	ReleaseSysCache(index_tuple);
 	return cstring_to_text_with_len(out.data, out.len);
 }
