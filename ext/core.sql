@@ -8,8 +8,10 @@ REVOKE ALL ON SCHEMA bemi FROM PUBLIC;
 
 -- One row per captured change. Column names follow Bemi's `changes` table.
 -- Names and keys compare bytewise (COLLATE "C"): index maintenance on the ingest path is cheaper.
+-- Partitioned by committed_at so that retention drops whole partitions (ext/retention.sql).
+-- Until retention is set up, every change is in the default partition.
 CREATE TABLE bemi.changes (
-    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id             bigint GENERATED ALWAYS AS IDENTITY,
     primary_key    text COLLATE "C",
     "before"       jsonb NOT NULL DEFAULT '{}',
     "after"        jsonb NOT NULL DEFAULT '{}',
@@ -21,8 +23,10 @@ CREATE TABLE bemi.changes (
     committed_at   timestamptz NOT NULL,
     transaction_id bigint NOT NULL,
     position       pg_lsn NOT NULL,
-    created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
-);
+    created_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (id, committed_at)
+) PARTITION BY RANGE (committed_at);
+CREATE TABLE bemi.changes_default PARTITION OF bemi.changes DEFAULT;
 CREATE INDEX changes_row_history ON bemi.changes ("table", primary_key, schema, id);
 CREATE INDEX changes_committed_at ON bemi.changes USING brin (committed_at);
 CREATE INDEX changes_transaction ON bemi.changes (transaction_id, position);
@@ -30,6 +34,7 @@ CREATE INDEX changes_context ON bemi.changes USING gin (context jsonb_path_ops);
 REVOKE ALL ON bemi.changes FROM PUBLIC;
 -- pg_dump skips extension tables unless told: the trail must survive a dump and restore.
 SELECT pg_catalog.pg_extension_config_dump('bemi.changes', '');
+SELECT pg_catalog.pg_extension_config_dump('bemi.changes_default', '');
 SELECT pg_catalog.pg_extension_config_dump('bemi.changes_id_seq', '');
 
 -- Reading the trail is a privilege: grant the role bemi_reader (shared by every database).

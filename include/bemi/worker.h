@@ -34,6 +34,9 @@ extern void BemiDropSlot(const char *name);
 extern LogicalDecodingContext *BemiStartDecoding(const char *name);
 extern void BemiStopDecoding(LogicalDecodingContext *ctx);
 
+/* upkeep.c: partitions and retention of bemi.changes, when due. */
+extern void BemiUpkeep(BemiDatabase *db);
+
 /* plugin.c */
 extern RepOriginId bemi_worker_origin;
 

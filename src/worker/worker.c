@@ -274,6 +274,7 @@ Stream(BemiDatabase *db, LogicalDecodingContext *ctx, const char *slot)
 		}
 		Flush(db, ctx);
 		pending_since = 0;
+		BemiUpkeep(db);
 
 		if (ctx->reader->EndRecPtr >= GetFlushRecPtr(NULL))
 		{
