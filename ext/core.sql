@@ -10,6 +10,9 @@ REVOKE ALL ON SCHEMA bemi FROM PUBLIC;
 -- Names and keys compare bytewise (COLLATE "C"): index maintenance on the ingest path is cheaper.
 -- Partitioned by committed_at so that retention drops whole partitions (ext/retention.sql).
 -- Until retention is set up, every change is in the default partition.
+-- The indexes are the partitions' own, defined on the default partition and copied to each
+-- partition the worker makes (LIKE ... INCLUDING INDEXES): an index on the parent would be
+-- created again by pg_restore for the restored partitions, and fail.
 CREATE TABLE bemi.changes (
     id             bigint GENERATED ALWAYS AS IDENTITY,
     primary_key    text COLLATE "C",
@@ -23,14 +26,13 @@ CREATE TABLE bemi.changes (
     committed_at   timestamptz NOT NULL,
     transaction_id bigint NOT NULL,
     position       pg_lsn NOT NULL,
-    created_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
-    PRIMARY KEY (id, committed_at)
+    created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
 ) PARTITION BY RANGE (committed_at);
-CREATE TABLE bemi.changes_default PARTITION OF bemi.changes DEFAULT;
-CREATE INDEX changes_row_history ON bemi.changes ("table", primary_key, schema, id);
-CREATE INDEX changes_committed_at ON bemi.changes USING brin (committed_at);
-CREATE INDEX changes_transaction ON bemi.changes (transaction_id, position);
-CREATE INDEX changes_context ON bemi.changes USING gin (context jsonb_path_ops);
+CREATE TABLE bemi.changes_default PARTITION OF bemi.changes (PRIMARY KEY (id)) DEFAULT;
+CREATE INDEX changes_default_row_history ON bemi.changes_default ("table", primary_key, schema, id);
+CREATE INDEX changes_default_committed_at ON bemi.changes_default USING brin (committed_at);
+CREATE INDEX changes_default_transaction ON bemi.changes_default (transaction_id, position);
+CREATE INDEX changes_default_context ON bemi.changes_default USING gin (context jsonb_path_ops);
 REVOKE ALL ON bemi.changes FROM PUBLIC;
 -- pg_dump skips extension tables unless told: the trail must survive a dump and restore.
 SELECT pg_catalog.pg_extension_config_dump('bemi.changes', '');

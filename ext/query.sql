@@ -360,7 +360,7 @@ BEGIN ATOMIC
     SELECT t.started_at FROM bemi._tracking() t;
 END;
 COMMENT ON FUNCTION bemi_tracking_started_at() IS
-    'When tracking began in this database: time travel can reach back to this moment, not before';
+    'Where the trail starts: when tracking began, or where retention cut it. Time travel reaches back to here';
 
 -- When tracking began, and whether the table held rows then (if so, the trail alone cannot
 -- rebuild it). Raises unless the caller may read the table's changes.
@@ -410,9 +410,9 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Read the table itself for its current state.';
     END IF;
     IF at < started THEN
-        RAISE EXCEPTION 'cannot read % as of %: tracking began later', tbl, at
+        RAISE EXCEPTION 'cannot read % as of %: the trail starts later', tbl, at
             USING ERRCODE = 'invalid_parameter_value',
-            DETAIL = format('Tracking began at %s; the trail cannot tell what the table held before.', started),
+            DETAIL = format('The trail starts at %s (when tracking began, or where retention cut it); it cannot tell what the table held before.', started),
             HINT = 'Pick a moment after bemi_tracking_started_at().';
     END IF;
 END $$;

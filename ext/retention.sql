@@ -50,7 +50,7 @@ END $$;
 -- that range. The new table takes no lock that stops reading bemi.changes; the default
 -- partition is locked briefly.
 CREATE FUNCTION bemi._make_partition(lo timestamptz, hi timestamptz) RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
 DECLARE
     name text := 'changes_' || to_char(lo, CASE WHEN lo = date_trunc('day', lo) THEN 'YYYYMMDD'
                                                 ELSE 'YYYYMMDD"_"HH24MISS' END);
@@ -58,7 +58,7 @@ DECLARE
 BEGIN
     LOCK TABLE bemi.changes IN SHARE UPDATE EXCLUSIVE MODE;
     LOCK TABLE bemi.changes_default IN ACCESS EXCLUSIVE MODE;
-    EXECUTE format('CREATE TABLE bemi.%I (LIKE bemi.changes INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+    EXECUTE format('CREATE TABLE bemi.%I (LIKE bemi.changes_default INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)', name);
     EXECUTE format('WITH moved AS (DELETE FROM bemi.changes_default WHERE committed_at >= $1 AND committed_at < $2 RETURNING *)'
                    ' INSERT INTO bemi.%I SELECT * FROM moved', name) USING lo, hi;
     GET DIAGNOSTICS moved = ROW_COUNT;
@@ -67,12 +67,13 @@ BEGIN
         || CASE WHEN moved > 0 THEN format(', moving %s changes out of bemi.changes_default', moved) ELSE '' END;
 END $$;
 
--- One round of upkeep at time `now`: partitions for the current and the next intervals (and for
--- any gap since the newest one, so that a worker that was down finds room for its backlog), then
--- retention. Each step that cannot get its locks within lock_timeout is left for the next round.
+-- One round of upkeep at time `now`: partitions past the retention dropped, then partitions made
+-- for the current and the next intervals (and for any gap since the newest one, so that a worker
+-- that was down finds room for its backlog). A step that cannot get its locks within lock_timeout
+-- is left for the next round: waiting longer would hold up readers queued behind the lock.
 -- Returns what it did, and when it wants to run again.
 CREATE FUNCTION bemi._maintain_changes(now timestamptz, OUT actions text[], OUT next_in interval)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET lock_timeout = '2s' AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET lock_timeout = '500ms' AS $$
 DECLARE
     cfg bemi.retention;
     lo timestamptz;
@@ -85,21 +86,50 @@ DECLARE
     n bigint;
 BEGIN
     actions := '{}';
-    next_in := '1 minute';
+    next_in := '5 seconds';  -- not set up: look again soon, for bemi_set_retention()
     SELECT * INTO cfg FROM bemi.retention;
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    -- One round at a time (the worker's, a user's): decisions are made under this lock.
+    BEGIN
+        LOCK TABLE bemi.changes IN SHARE UPDATE EXCLUSIVE MODE;
+    EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+        actions := ARRAY['bemi.changes is busy; upkeep is tried again later'];
+        next_in := '10 seconds';
+        RETURN;
+    END;
     next_in := least(greatest(cfg.partition_interval / 4, interval '1 second'), interval '1 minute');
 
-    -- Partitions from the current interval (or the end of the newest partition, if that is
-    -- later than the retention's cutoff) to three intervals ahead.
+    -- Where the partitions end, before retention drops any (see the gap below).
     SELECT max(to_time) INTO newest FROM bemi._partitions() WHERE to_time < 'infinity';
+
+    -- Drops first: they need bemi.changes itself locked, and taking that lock before any of
+    -- its partitions keeps the order readers use (no deadlock with a reader).
+    IF cfg.retention IS NOT NULL THEN
+        -- Time travel cannot reach behind the cutoff any more: say so before anything goes.
+        cutoff := now - cfg.retention;
+        FOR p IN SELECT * FROM bemi._partitions() WHERE to_time <= cutoff LOOP
+            part := p.part::text;
+            BEGIN
+                PERFORM bemi._trail_starts_at(p.to_time);
+                EXECUTE format('ALTER TABLE bemi.changes DETACH PARTITION %s', part);
+                EXECUTE format('DROP TABLE %s', part);
+                actions := actions || format('dropped %s [%s, %s): older than the retention of %s', part, p.from_time, p.to_time, cfg.retention);
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                actions := actions || format('could not lock bemi.changes to drop %s; trying again later', part);
+                EXIT;
+            END;
+        END LOOP;
+    END IF;
+
+    -- Partitions from the current interval (or the end of the newest partition, if that is
+    -- later than the retention's cutoff) to three intervals (and at least 15 seconds) ahead.
     lo := bemi._partition_start(now, cfg.partition_interval);
     IF newest IS NOT NULL AND newest < lo THEN
         lo := greatest(newest, bemi._partition_start(now - coalesce(cfg.retention, interval '0'), cfg.partition_interval));
     END IF;
-    horizon := now + 3 * cfg.partition_interval;
+    horizon := now + greatest(3 * cfg.partition_interval, interval '15 seconds');
     WHILE lo < horizon LOOP
         hi := bemi._partition_start(lo, cfg.partition_interval) + cfg.partition_interval;
         SELECT * INTO p FROM bemi._partitions() WHERE from_time <= lo AND to_time > lo;
@@ -111,40 +141,25 @@ BEGIN
         hi := least(hi, coalesce((SELECT min(from_time) FROM bemi._partitions() WHERE from_time > lo), hi));
         BEGIN
             actions := actions || bemi._make_partition(lo, hi);
-        EXCEPTION WHEN lock_not_available THEN
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
             actions := actions || format('could not lock bemi.changes to make a partition for [%s, %s); trying again later', lo, hi);
             EXIT;
         END;
         lo := hi;
     END LOOP;
 
-    IF cfg.retention IS NULL THEN
-        RETURN;
-    END IF;
-    -- Time travel cannot reach behind the cutoff any more: say so before anything goes.
-    cutoff := now - cfg.retention;
-    FOR p IN SELECT * FROM bemi._partitions() WHERE to_time <= cutoff LOOP
-        part := p.part::text;
-        BEGIN
-            PERFORM bemi._trail_starts_at(p.to_time);
-            EXECUTE format('ALTER TABLE bemi.changes DETACH PARTITION %s', part);
-            EXECUTE format('DROP TABLE %s', part);
-            actions := actions || format('dropped %s [%s, %s): older than the retention of %s', part, p.from_time, p.to_time, cfg.retention);
-        EXCEPTION WHEN lock_not_available THEN
-            actions := actions || format('could not lock bemi.changes to drop %s; trying again later', part);
-            EXIT;
-        END;
-    END LOOP;
-    -- Old changes in the default partition (from before retention was set up): in slices, so
-    -- that one round stays short.
-    IF EXISTS (SELECT 1 FROM bemi.changes_default WHERE committed_at < cutoff) THEN
-        PERFORM bemi._trail_starts_at(cutoff);
-        DELETE FROM bemi.changes_default
-         WHERE ctid = ANY (ARRAY(SELECT ctid FROM bemi.changes_default WHERE committed_at < cutoff LIMIT 100000));
-        GET DIAGNOSTICS n = ROW_COUNT;
-        actions := actions || format('deleted %s changes older than %s from bemi.changes_default', n, cutoff);
-        IF n = 100000 THEN
-            next_in := '1 second';
+    IF cfg.retention IS NOT NULL THEN
+        -- Old changes in the default partition (from before retention was set up): in slices, so
+        -- that one round stays short.
+        IF EXISTS (SELECT 1 FROM bemi.changes_default WHERE committed_at < cutoff) THEN
+            PERFORM bemi._trail_starts_at(cutoff);
+            DELETE FROM bemi.changes_default
+             WHERE ctid = ANY (ARRAY(SELECT ctid FROM bemi.changes_default WHERE committed_at < cutoff LIMIT 100000));
+            GET DIAGNOSTICS n = ROW_COUNT;
+            actions := actions || format('deleted %s changes older than %s from bemi.changes_default', n, cutoff);
+            IF n = 100000 THEN
+                next_in := '1 second';
+            END IF;
         END IF;
     END IF;
 END $$;
