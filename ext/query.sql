@@ -171,18 +171,10 @@ END $$;
 -- What changed between two images, as {"column": [old, new]}: every column of a CREATE or a
 -- DELETE, the changed ones of an UPDATE.
 CREATE FUNCTION bemi_diff(before_image jsonb, after_image jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT coalesce(jsonb_object_agg(k, jsonb_build_array(before_image -> k, after_image -> k)), '{}')
-      FROM (SELECT jsonb_object_keys(coalesce(before_image, '{}'))
-            UNION SELECT jsonb_object_keys(coalesce(after_image, '{}'))) AS keys (k)
-     WHERE (before_image -> k) IS DISTINCT FROM (after_image -> k);
-END;
+    AS 'MODULE_PATHNAME', 'bemi_diff' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION bemi_diff(jsonb, jsonb) IS 'What changed between two images, as {"column": [old, new]}';
 
--- One change as the history functions return it: a bemi.changes row with its diff. (They compute
--- the diff as bemi_diff does, in a LATERAL subquery: a SQL function call per row would cost more
--- than the index scan.)
+-- One change as the history functions return it: a bemi.changes row with its diff.
 CREATE TYPE bemi_change AS (
     id bigint, "schema" text, "table" text, primary_key text, operation text, diff jsonb,
     "before" jsonb, "after" jsonb, context jsonb, committed_at timestamptz, transaction_id bigint,
@@ -191,13 +183,10 @@ CREATE TYPE bemi_change AS (
 CREATE FUNCTION bemi_row_history(tbl regclass, primary_key text) RETURNS SETOF bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, d.diff,
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._readable_table(bemi_row_history.tbl) t,
-           LATERAL bemi._row_trail(t.schema_name, t.table_name, ARRAY[bemi_row_history.primary_key]) c,
-           LATERAL (SELECT coalesce(jsonb_object_agg(k.k, jsonb_build_array(c."before" -> k.k, c."after" -> k.k)), '{}') AS diff
-                      FROM (SELECT jsonb_object_keys(c."before") UNION SELECT jsonb_object_keys(c."after")) AS k (k)
-                     WHERE (c."before" -> k.k) IS DISTINCT FROM (c."after" -> k.k)) d
+           LATERAL bemi._row_trail(t.schema_name, t.table_name, ARRAY[bemi_row_history.primary_key]) c
      ORDER BY c.id DESC;
 END;
 COMMENT ON FUNCTION bemi_row_history(regclass, text) IS
@@ -212,13 +201,10 @@ $$;
 CREATE FUNCTION bemi_rows_history(tbl regclass, primary_keys text[]) RETURNS SETOF bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, d.diff,
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._readable_table(bemi_rows_history.tbl) t,
-           LATERAL bemi._row_trail(t.schema_name, t.table_name, bemi_rows_history.primary_keys) c,
-           LATERAL (SELECT coalesce(jsonb_object_agg(k.k, jsonb_build_array(c."before" -> k.k, c."after" -> k.k)), '{}') AS diff
-                      FROM (SELECT jsonb_object_keys(c."before") UNION SELECT jsonb_object_keys(c."after")) AS k (k)
-                     WHERE (c."before" -> k.k) IS DISTINCT FROM (c."after" -> k.k)) d
+           LATERAL bemi._row_trail(t.schema_name, t.table_name, bemi_rows_history.primary_keys) c
      ORDER BY c.id DESC;
 END;
 COMMENT ON FUNCTION bemi_rows_history(regclass, text[]) IS
@@ -228,15 +214,12 @@ CREATE FUNCTION bemi_table_history(tbl regclass, since timestamptz DEFAULT '-inf
                                    until timestamptz DEFAULT 'infinity') RETURNS SETOF bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, d.diff,
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._readable_table(bemi_table_history.tbl) t,
            LATERAL bemi._time_trail(coalesce(bemi_table_history.since, '-infinity'),
                                     coalesce(bemi_table_history.until, 'infinity'),
-                                    t.schema_name, t.table_name) c,
-           LATERAL (SELECT coalesce(jsonb_object_agg(k.k, jsonb_build_array(c."before" -> k.k, c."after" -> k.k)), '{}') AS diff
-                      FROM (SELECT jsonb_object_keys(c."before") UNION SELECT jsonb_object_keys(c."after")) AS k (k)
-                     WHERE (c."before" -> k.k) IS DISTINCT FROM (c."after" -> k.k)) d
+                                    t.schema_name, t.table_name) c
      ORDER BY c.id DESC;
 END;
 COMMENT ON FUNCTION bemi_table_history(regclass, timestamptz, timestamptz) IS
@@ -257,12 +240,9 @@ COMMENT ON FUNCTION bemi_table_truncations(regclass) IS 'The recorded TRUNCATEs 
 CREATE FUNCTION bemi_transaction_history(transaction_id bigint) RETURNS SETOF bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, d.diff,
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
-      FROM bemi._transaction_trail(bemi_transaction_history.transaction_id) c,
-           LATERAL (SELECT coalesce(jsonb_object_agg(k.k, jsonb_build_array(c."before" -> k.k, c."after" -> k.k)), '{}') AS diff
-                      FROM (SELECT jsonb_object_keys(c."before") UNION SELECT jsonb_object_keys(c."after")) AS k (k)
-                     WHERE (c."before" -> k.k) IS DISTINCT FROM (c."after" -> k.k)) d
+      FROM bemi._transaction_trail(bemi_transaction_history.transaction_id) c
      WHERE bemi._may_read(c.schema, c."table")
      ORDER BY c.id DESC;
 END;
@@ -272,12 +252,9 @@ COMMENT ON FUNCTION bemi_transaction_history(bigint) IS
 CREATE FUNCTION bemi_context_history(context jsonb) RETURNS SETOF bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, d.diff,
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
-      FROM bemi._context_trail(bemi_context_history.context) c,
-           LATERAL (SELECT coalesce(jsonb_object_agg(k.k, jsonb_build_array(c."before" -> k.k, c."after" -> k.k)), '{}') AS diff
-                      FROM (SELECT jsonb_object_keys(c."before") UNION SELECT jsonb_object_keys(c."after")) AS k (k)
-                     WHERE (c."before" -> k.k) IS DISTINCT FROM (c."after" -> k.k)) d
+      FROM bemi._context_trail(bemi_context_history.context) c
      WHERE bemi._may_read(c.schema, c."table")
      ORDER BY c.id DESC;
 END;
@@ -287,12 +264,9 @@ COMMENT ON FUNCTION bemi_context_history(jsonb) IS
 CREATE FUNCTION bemi_changes(ids bigint[]) RETURNS SETOF bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, d.diff,
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
-      FROM bemi._id_trail(bemi_changes.ids) c,
-           LATERAL (SELECT coalesce(jsonb_object_agg(k.k, jsonb_build_array(c."before" -> k.k, c."after" -> k.k)), '{}') AS diff
-                      FROM (SELECT jsonb_object_keys(c."before") UNION SELECT jsonb_object_keys(c."after")) AS k (k)
-                     WHERE (c."before" -> k.k) IS DISTINCT FROM (c."after" -> k.k)) d
+      FROM bemi._id_trail(bemi_changes.ids) c
      WHERE bemi._may_read(c.schema, c."table")
      ORDER BY c.id DESC;
 END;

@@ -30,6 +30,23 @@ SELECT count(*) AS same_history FROM bemi_row_history('hist_members', '[3, 14]')
 SELECT count(*) AS unknown_row FROM bemi_row_history('hist_todo', 999);
 -- The diff alone, for any two images.
 SELECT bemi_diff('{"a": 1, "b": 2}', '{"a": 1, "b": 3, "c": null}');
+-- It agrees with the plain SQL definition: values compare as jsonb's = does (1.0 = 1), nested
+-- values whole, a missing column is null, NULL is {}.
+CREATE FUNCTION pg_temp.sql_diff(b jsonb, a jsonb) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT coalesce(jsonb_object_agg(k, jsonb_build_array(b -> k, a -> k)), '{}')
+      FROM (SELECT jsonb_object_keys(coalesce(b, '{}')) UNION SELECT jsonb_object_keys(coalesce(a, '{}'))) AS keys (k)
+     WHERE (b -> k) IS DISTINCT FROM (a -> k)
+$$;
+SELECT b, a, bemi_diff(b, a), bemi_diff(b, a) = pg_temp.sql_diff(b, a) AS same
+  FROM (VALUES ('{"n": 1.0, "s": "x"}'::jsonb, '{"n": 1, "s": "x"}'::jsonb),
+               ('{"o": {"x": [1, 2]}, "l": [1]}', '{"o": {"x": [1, 2]}, "l": [1, 2]}'),
+               ('{"z": null}', '{}'),
+               ('{"t": true, "f": false}', '{"t": "true", "f": false}'),
+               ('{"k": "a"}', NULL),
+               (NULL, '{"k": "a"}'),
+               (NULL, NULL),
+               ('{}', '{}')) AS v (b, a);
+SELECT bemi_diff('[1]', '{}');
 
 -- A table over a time range (both ends included).
 SELECT operation, primary_key, diff FROM bemi_table_history('hist_todo', :'t1');
