@@ -98,6 +98,7 @@ BEGIN
     INSERT INTO timings VALUES (what, calls, round((extract(epoch FROM total) * 1000 / calls)::numeric, 3),
                                 round(total_rows::numeric / calls, 1));
 END $$;
+\o /dev/null
 SELECT pg_temp.timeit('row history: bemi.changes index scan (baseline)',
     'SELECT count(*) FROM bemi.changes WHERE "table" = ''bench_todo'' AND primary_key = $1::text AND schema = ''public''', 500);
 SELECT pg_temp.timeit('row history: bemi_row_history(tbl, key)',
@@ -117,6 +118,7 @@ SELECT pg_temp.timeit('table as of the middle of the trail: bemi_as_of',
            :'t0'::timestamptz + (:'t1'::timestamptz - :'t0'::timestamptz) / 2), 2);
 SELECT pg_temp.timeit('whole table now (baseline): SELECT * FROM bench_todo',
     'SELECT count(*) + 0 * $1 FROM (SELECT * FROM bench_todo) t', 5);
+\o
 \pset footer off
 SELECT what, calls, ms_per_call, rows_per_call FROM timings;
 SQL

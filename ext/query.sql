@@ -132,38 +132,9 @@ BEGIN ATOMIC
 END;
 
 -- The schema and name of a table whose history the caller asks for, after checking that it is a
--- table and that the caller may read it. Raises otherwise.
+-- table and that the caller may read it (src/fn/readable.c). Raises otherwise.
 CREATE FUNCTION bemi._readable_table(tbl regclass, OUT schema_name text, OUT table_name text)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    kind "char";
-BEGIN
-    IF tbl IS NULL THEN
-        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = 'null_value_not_allowed',
-            HINT = 'Pass a table name, for example ''todo''::regclass.';
-    END IF;
-    SELECT n.nspname, c.relname, c.relkind INTO schema_name, table_name, kind
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'table with OID % does not exist', tbl::oid USING ERRCODE = 'undefined_table';
-    END IF;
-    IF kind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION '"%" is not a table', tbl USING ERRCODE = 'wrong_object_type',
-            DETAIL = 'bemi records changes of tables only; views, sequences and foreign tables have no history.';
-    END IF;
-    IF pg_has_role('bemi_reader', 'USAGE') THEN
-        RETURN;  -- may read bemi.changes itself
-    END IF;
-    IF NOT has_table_privilege(tbl, 'SELECT') THEN
-        RAISE EXCEPTION 'permission denied for table %', table_name USING ERRCODE = 'insufficient_privilege',
-            DETAIL = 'Reading the changes of a table needs SELECT on the table.';
-    END IF;
-    IF row_security_active(tbl) THEN
-        RAISE EXCEPTION 'row-level security hides rows of table % from %', table_name, current_user
-            USING ERRCODE = 'insufficient_privilege',
-            DETAIL = 'The trail holds every row of the table, so it is readable only by roles that see every row.';
-    END IF;
-END $$;
+    AS 'MODULE_PATHNAME', 'bemi_readable_table' LANGUAGE C STABLE;
 
 ------------------------------------------------------------------------------------------------
 -- History
@@ -192,10 +163,11 @@ END;
 COMMENT ON FUNCTION bemi_row_history(regclass, text) IS
     'Every recorded change of one row, newest first, with a diff; primary_key as bemi.changes has it';
 
--- The same for a key given as a value of its own type: 26, 'ACME-1', ARRAY[3, 14].
+-- The same for a key given as a value of its own type: 26, 'ACME-1', ARRAY[3, 14]. (A quoted
+-- body, as polymorphic functions need, without SET so that it is inlined; every name qualified.)
 CREATE FUNCTION bemi_row_history(tbl regclass, primary_key anycompatible) RETURNS SETOF bemi_change
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM @extschema@.bemi_row_history(tbl, to_jsonb(primary_key) #>> '{}')
+LANGUAGE sql STABLE AS $$
+    SELECT * FROM @extschema@.bemi_row_history(tbl, pg_catalog.to_jsonb(primary_key) OPERATOR(pg_catalog.#>>) '{}')
 $$;
 
 CREATE FUNCTION bemi_rows_history(tbl regclass, primary_keys text[]) RETURNS SETOF bemi_change
