@@ -74,7 +74,7 @@ VACUUM ANALYZE bemi.changes;
 -- The worker decodes (and skips) the load's WAL too: let it catch up before timing anything.
 SELECT bemi_wait(timeout => '1 hour');
 SQL
-echo "built in $(( $(date +%s) - start )) s; $($PSQL -Atc "SELECT pg_size_pretty(pg_total_relation_size('bemi.changes'))") on disk" >&2
+echo "built in $(( $(date +%s) - start )) s; $($PSQL -Atc "SELECT pg_size_pretty(sum(bytes)) FROM bemi_partitions()") on disk" >&2
 
 $PSQL <<'SQL'
 SET TimeZone = 'UTC';
