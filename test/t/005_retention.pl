@@ -76,5 +76,22 @@ ok($node->poll_query_until('postgres', q{
 	'old partitions are dropped');
 like(slurp_file($node->logfile), qr/bemi: dropped bemi\.changes_\d{8}_\d{6}/, 'the worker logs what it drops');
 is($node->safe_psql('postgres', 'SELECT last_error FROM bemi_status()'), '', 'the worker reported no error');
+
+# 3. A round of upkeep that fails (here a table in the way of today's partition) is reported
+# and retried; capture goes on (changes without a partition wait in the default one).
+$node->safe_psql('postgres', q{
+	SELECT bemi_reset_retention();
+	DO $$ BEGIN
+		EXECUTE format('CREATE TABLE bemi.%I (x int)', 'changes_' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD'));
+	END $$;
+	INSERT INTO bemi.retention (retention, partition_interval) VALUES (NULL, '1 day');
+});
+ok($node->poll_query_until('postgres', q{SELECT last_error LIKE 'partition upkeep: %already exists%' FROM bemi_status()}),
+	'the failed upkeep is reported in bemi_status()');
+$node->safe_psql('postgres', q{INSERT INTO load (client) SELECT -1 FROM generate_series(1, 100)});
+$node->safe_psql('postgres', q{SELECT bemi_wait(pg_current_wal_lsn(), '60 seconds')});
+is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE "table" = 'load' AND (after->>'client')::int = -1}),
+	'100', 'capture goes on');
+is($node->safe_psql('postgres', q{SELECT worker_state FROM bemi_status()}), 'running', 'the worker keeps running');
 $node->stop;
 done_testing();
