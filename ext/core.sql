@@ -94,6 +94,16 @@ CREATE FUNCTION bemi_wait(lsn pg_lsn DEFAULT pg_current_wal_insert_lsn(), timeou
 COMMENT ON FUNCTION bemi_wait(pg_lsn, interval) IS
     'Returns true once every change committed before lsn is visible in bemi.changes; errors on timeout';
 
+-- The tables whose changes bemi records: permanent tables outside the system schemas and bemi.
+CREATE FUNCTION bemi._user_tables(OUT rel oid, OUT name text, OUT is_partition boolean) RETURNS SETOF record
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relispartition
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'bemi')
+       AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
+$$;
+
 CREATE FUNCTION bemi._worker_state(
     OUT worker_pid integer, OUT worker_state text, OUT slot_name text, OUT applied_lsn pg_lsn,
     OUT changes_written bigint, OUT last_commit_at timestamptz, OUT last_error text,
@@ -115,17 +125,11 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 
                 ELSE extract(epoch FROM clock_timestamp() - w.last_commit_at)::double precision END,
            pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(s.restart_lsn, pg_current_wal_lsn())),
            s.wal_status, w.changes_written, w.last_error, w.last_error_at,
-           ARRAY(SELECT format('%I.%I', n.nspname, c.relname)
-                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND c.relreplident <> 'f'
-                    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'bemi')
-                    AND n.nspname NOT LIKE 'pg\_toast%' ORDER BY 1),
-           ARRAY(SELECT format('%I.%I', n.nspname, c.relname)
-                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND NOT c.relispartition
-                    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'bemi')
-                    AND n.nspname NOT LIKE 'pg\_toast%'
-                    AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+           ARRAY(SELECT t.name FROM bemi._user_tables() t JOIN pg_class c ON c.oid = t.rel
+                  WHERE c.relreplident <> 'f' ORDER BY 1),
+           ARRAY(SELECT t.name FROM bemi._user_tables() t
+                  WHERE NOT t.is_partition
+                    AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = t.rel AND i.indisprimary)
                   ORDER BY 1),
            ARRAY(SELECT p FROM unnest(ARRAY[
                CASE WHEN current_setting('wal_level') <> 'logical'
@@ -176,10 +180,7 @@ DO $$
 DECLARE
     rel regclass;
 BEGIN
-    FOR rel IN SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
-                  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'bemi')
-                  AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%' LOOP
+    FOR rel IN SELECT t.rel FROM bemi._user_tables() t LOOP
         PERFORM bemi._full_replica_identity(rel);
     END LOOP;
 END $$;

@@ -22,19 +22,14 @@ CREATE TABLE bemi.tracking (
 REVOKE ALL ON bemi.tracking FROM PUBLIC;
 DO $$
 DECLARE
-    rel regclass;
+    t record;
     nonempty text[] := '{}';
     has_rows boolean;
 BEGIN
-    FOR rel IN SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
-                  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'bemi')
-                  AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%' LOOP
-        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', rel) INTO has_rows;
+    FOR t IN SELECT * FROM bemi._user_tables() LOOP
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', t.rel::regclass) INTO has_rows;
         IF has_rows THEN
-            nonempty := nonempty || (SELECT format('%I.%I', n.nspname, c.relname)
-                                       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                                      WHERE c.oid = rel);
+            nonempty := nonempty || t.name;
         END IF;
     END LOOP;
     INSERT INTO bemi.tracking (started_at, nonempty_tables) VALUES (clock_timestamp(), nonempty);

@@ -170,11 +170,7 @@ CREATE FUNCTION bemi._trail_starts_at(at timestamptz) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     UPDATE bemi.tracking
        SET started_at = at,
-           nonempty_tables = ARRAY(SELECT format('%I.%I', n.nspname, c.relname)
-                                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                                    WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND NOT c.relispartition
-                                      AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'bemi')
-                                      AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%')
+           nonempty_tables = ARRAY(SELECT t.name FROM bemi._user_tables() t WHERE NOT t.is_partition)
      WHERE started_at < at
 $$;
 
