@@ -33,7 +33,7 @@ public:
 		while (i < s_.size()) {
 			char c = s_[i];
 			if (c == '\'') {
-				i = SkipString(i, !standard_);
+				i = SkipQuoted(i, '\'', !standard_);
 			} else if (c == '"') {
 				i = SkipQuoted(i, '"');
 			} else if (c == '-' && At(i + 1) == '-') {
@@ -52,7 +52,7 @@ public:
 					i++;
 				// E'...' : a string with backslash escapes.
 				if (i == start + 1 && (c == 'e' || c == 'E') && At(i) == '\'')
-					i = SkipString(i, true);
+					i = SkipQuoted(i, '\'', true);
 			} else {
 				i++;
 			}
@@ -63,28 +63,14 @@ public:
 private:
 	char At(size_t i) const { return i < s_.size() ? s_[i] : '\0'; }
 
-	// 'text' with '' doubling; backslash escapes in E'' strings or without standard strings.
-	size_t SkipString(size_t i, bool escapes) {
+	// 'text' or "name": a doubled quote stands for itself; with `escapes` (E'' strings, or
+	// standard_conforming_strings off) a backslash escapes the next character.
+	size_t SkipQuoted(size_t i, char quote, bool escapes = false) {
 		size_t j = i + 1;
 		while (j < s_.size()) {
 			if (escapes && s_[j] == '\\') {
 				j += 2;
-			} else if (s_[j] == '\'') {
-				if (At(j + 1) == '\'')
-					j += 2;
-				else
-					return j + 1;
-			} else {
-				j++;
-			}
-		}
-		return s_.size();
-	}
-
-	size_t SkipQuoted(size_t i, char quote) {
-		size_t j = i + 1;
-		while (j < s_.size()) {
-			if (s_[j] == quote) {
+			} else if (s_[j] == quote) {
 				if (At(j + 1) == quote)
 					j += 2;
 				else
