@@ -121,6 +121,21 @@ typedef struct PluginState
 	bool context_from_trigger;    /* the context came from Bemi's row trigger */
 } PluginState;
 
+/* {"<key>": "<text>"}: what stands in for a context or an image that could not be had. */
+static Jsonb *
+ReservedNote(const char *key, const char *text)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	escape_json(&buf, key);
+	appendStringInfoString(&buf, ": ");
+	escape_json(&buf, text);
+	appendStringInfoChar(&buf, '}');
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
 static Jsonb *
 ParseMessage(const char *message, Size size)
 {
@@ -141,15 +156,7 @@ ParseMessage(const char *message, Size size)
 	}
 	PG_END_TRY();
 	if (context == NULL || !JB_ROOT_IS_OBJECT(context) || JB_ROOT_IS_SCALAR(context))
-	{
-		StringInfoData buf;
-
-		initStringInfo(&buf);
-		appendStringInfoString(&buf, "{\"" BEMI_RESERVED_KEY "_invalid_context\": ");
-		escape_json(&buf, json);
-		appendStringInfoChar(&buf, '}');
-		context = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
-	}
+		context = ReservedNote(BEMI_RESERVED_KEY "_invalid_context", json);
 	return context;
 }
 
@@ -347,16 +354,10 @@ SafeImage(Relation rel, HeapTuple tuple, HeapTuple old_tuple)
 	PG_END_TRY();
 	if (image == NULL)
 	{
-		StringInfoData buf;
-
 		ereport(WARNING,
 				(errmsg("bemi: could not build the image of a row of \"%s\": %s", RelationGetRelationName(rel),
 						reason)));
-		initStringInfo(&buf);
-		appendStringInfoString(&buf, "{\"" BEMI_RESERVED_KEY "_image_error\": ");
-		escape_json(&buf, reason);
-		appendStringInfoChar(&buf, '}');
-		image = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+		image = ReservedNote(BEMI_RESERVED_KEY "_image_error", reason);
 	}
 	return image;
 }
