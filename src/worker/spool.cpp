@@ -27,9 +27,14 @@ struct BemiSpool {
 
 namespace {
 
-bool Fail(BemiSpool *spool, const char **error, const std::string &what) {
-	spool->error = fmt::format("bemi spool {}: {} ({})", spool->path, what, std::strerror(errno));
-	*error = spool->error.c_str();
+// Every extern "C" function may end here: it must not throw, even when out of memory.
+bool Fail(BemiSpool *spool, const char **error, const char *what) noexcept {
+	try {
+		spool->error = fmt::format("bemi spool {}: {} ({})", spool->path, what, std::strerror(errno));
+		*error = spool->error.c_str();
+	} catch (...) {
+		*error = "bemi spool: I/O error";
+	}
 	return false;
 }
 
@@ -114,8 +119,12 @@ extern "C" size_t BemiSpoolBytes(const BemiSpool *spool) {
 
 extern "C" bool BemiSpoolReset(BemiSpool *spool, const char **error) {
 	spool->memory.clear();
-	if (spool->memory.capacity() > spool->memory_limit)
-		spool->memory.shrink_to_fit();
+	if (spool->memory.capacity() > spool->memory_limit) {
+		try {
+			spool->memory.shrink_to_fit(); // only a request; keeping the memory is fine too
+		} catch (...) {
+		}
+	}
 	spool->read_file = spool->read_memory = 0;
 	spool->file_positioned = false;
 	if (spool->file) {
