@@ -47,6 +47,9 @@ SELECT b, a, bemi_diff(b, a), bemi_diff(b, a) = pg_temp.sql_diff(b, a) AS same
                (NULL, NULL),
                ('{}', '{}')) AS v (b, a);
 SELECT bemi_diff('[1]', '{}');
+SELECT bemi_diff('{}', '"x"');
+-- A table OID that names nothing.
+SELECT * FROM bemi_row_history(4294967295::oid::regclass, '1');
 
 -- A table over a time range (both ends included).
 SELECT operation, primary_key, diff FROM bemi_table_history('hist_todo', :'t1');
