@@ -26,7 +26,12 @@ CREATE TABLE bemi.changes (
     committed_at   timestamptz NOT NULL,
     transaction_id bigint NOT NULL,
     position       pg_lsn NOT NULL,
-    created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
+    created_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- The recorded table's OID (the partitioned table's, for a partition recorded under its
+    -- root): history follows the table, not whichever table holds its name now. Meaningful for
+    -- changes committed after bemi.tracking.oids_since only (before that: another database,
+    -- restored from a dump).
+    table_oid      oid
 ) PARTITION BY RANGE (committed_at);
 CREATE TABLE bemi.changes_default PARTITION OF bemi.changes (PRIMARY KEY (id)) DEFAULT;
 CREATE INDEX changes_default_row_history ON bemi.changes_default ("table", primary_key, schema, id);

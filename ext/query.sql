@@ -17,7 +17,8 @@
 CREATE TABLE bemi.tracking (
     singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     started_at      timestamptz NOT NULL,
-    nonempty_tables text[] NOT NULL
+    nonempty_tables text[] NOT NULL,
+    oids_since      timestamptz NOT NULL DEFAULT clock_timestamp() -- never moved by retention
 );
 REVOKE ALL ON bemi.tracking FROM PUBLIC;
 DO $$
