@@ -1,6 +1,13 @@
 -- bemi: context-aware audit trail. Complain if the script is sourced in psql.
 \echo Use "CREATE EXTENSION bemi" to load this file. \quit
 
+-- Names in this script resolve only in pg_catalog (and pg_temp, last): a role that may create in
+-- the extension's schema (often public) must never get its look-alike function or operator
+-- bound into bemi's objects. So every object of the extension's schema is created and referred
+-- to as @extschema@.name, and bemi's own as bemi.name. SET LOCAL, not SET: CREATE EXTENSION
+-- undoes it when the script ends. (docs/security.md, "Names")
+SET LOCAL search_path = pg_catalog, pg_temp;
+
 -- Tables live in the fixed schema "bemi"; user-facing functions in the extension's schema
 -- (normally public), so `SELECT bemi_set_context(...)` works without qualification.
 CREATE SCHEMA bemi;
@@ -37,7 +44,7 @@ CREATE TABLE bemi.changes_default PARTITION OF bemi.changes (PRIMARY KEY (id)) D
 CREATE INDEX changes_default_row_history ON bemi.changes_default ("table", primary_key, schema, id);
 CREATE INDEX changes_default_committed_at ON bemi.changes_default USING brin (committed_at);
 CREATE INDEX changes_default_transaction ON bemi.changes_default (transaction_id, position);
-CREATE INDEX changes_default_context ON bemi.changes_default USING gin (context jsonb_path_ops);
+CREATE INDEX changes_default_context ON bemi.changes_default USING gin (context pg_catalog.jsonb_path_ops);
 REVOKE ALL ON bemi.changes FROM PUBLIC;
 -- pg_dump skips extension tables unless told: the trail must survive a dump and restore.
 SELECT pg_catalog.pg_extension_config_dump('bemi.changes', '');
@@ -82,21 +89,21 @@ SELECT pg_catalog.pg_extension_config_dump('bemi.gaps', '');
 ------------------------------------------------------------------------------------------------
 -- Context
 ------------------------------------------------------------------------------------------------
-CREATE FUNCTION bemi_set_context(context jsonb, is_local boolean DEFAULT true) RETURNS void
+CREATE FUNCTION @extschema@.bemi_set_context(context jsonb, is_local boolean DEFAULT true) RETURNS void
     AS 'MODULE_PATHNAME', 'bemi_set_context' LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION bemi_set_context(jsonb, boolean) IS
+COMMENT ON FUNCTION @extschema@.bemi_set_context(jsonb, boolean) IS
     'Attach a JSON object to the changes that follow: this transaction (default) or the session; NULL clears';
 
-CREATE FUNCTION bemi_context() RETURNS jsonb
+CREATE FUNCTION @extschema@.bemi_context() RETURNS jsonb
     AS 'MODULE_PATHNAME', 'bemi_context' LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION bemi_context() IS 'The context that the next change of this session would carry';
+COMMENT ON FUNCTION @extschema@.bemi_context() IS 'The context that the next change of this session would carry';
 
 ------------------------------------------------------------------------------------------------
 -- Status and waiting
 ------------------------------------------------------------------------------------------------
-CREATE FUNCTION bemi_wait(lsn pg_lsn DEFAULT pg_current_wal_insert_lsn(), timeout interval DEFAULT '60 seconds')
+CREATE FUNCTION @extschema@.bemi_wait(lsn pg_lsn DEFAULT pg_current_wal_insert_lsn(), timeout interval DEFAULT '60 seconds')
     RETURNS boolean AS 'MODULE_PATHNAME', 'bemi_wait' LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
-COMMENT ON FUNCTION bemi_wait(pg_lsn, interval) IS
+COMMENT ON FUNCTION @extschema@.bemi_wait(pg_lsn, interval) IS
     'Returns true once every change committed before lsn is visible in bemi.changes; errors on timeout';
 
 -- The tables whose changes bemi records: permanent tables outside the system schemas and bemi.
@@ -115,7 +122,7 @@ CREATE FUNCTION bemi._worker_state(
     OUT last_error_at timestamptz, OUT failures integer)
     AS 'MODULE_PATHNAME', 'bemi_worker_state' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
-CREATE FUNCTION bemi_status(
+CREATE FUNCTION @extschema@.bemi_status(
     OUT database text, OUT worker_pid integer, OUT worker_state text, OUT slot_name text,
     OUT slot_active boolean, OUT confirmed_lsn pg_lsn, OUT current_lsn pg_lsn,
     OUT lag_bytes numeric, OUT lag_seconds double precision, OUT retained_wal_bytes numeric,
@@ -148,32 +155,30 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 
       FROM bemi._worker_state() w
       LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name
 $$;
-COMMENT ON FUNCTION bemi_status() IS 'The worker, its slot, lag, retained WAL, last error and configuration problems';
-REVOKE ALL ON FUNCTION bemi_status() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi_status() TO bemi_reader;
+COMMENT ON FUNCTION @extschema@.bemi_status() IS 'The worker, its slot, lag, retained WAL, last error and configuration problems';
+REVOKE ALL ON FUNCTION @extschema@.bemi_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.bemi_status() TO bemi_reader;
 GRANT EXECUTE ON FUNCTION bemi._worker_state() TO bemi_reader;
 
 ------------------------------------------------------------------------------------------------
 -- Replica identity: complete before-images by default (bemi.replica_identity_full = off to opt out)
 ------------------------------------------------------------------------------------------------
-CREATE FUNCTION bemi._full_replica_identity(relid regclass) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF coalesce(current_setting('bemi.replica_identity_full', true), 'on')::boolean
-       AND EXISTS (SELECT 1 FROM pg_class c
-                    WHERE c.oid = relid AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
-                      AND c.relreplident = 'd' AND c.relnamespace <> 'bemi'::regnamespace) THEN
-        EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', relid);
-    END IF;
-END $$;
-
+-- Runs as the role that created the table (its owner, who may not use schema bemi): it names
+-- nothing of bemi's, only catalogs. An ordinary role's CREATE TABLE must never fail here.
 CREATE FUNCTION bemi._on_create_table() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    cmd record;
+    rel regclass;
 BEGIN
-    FOR cmd IN SELECT objid FROM pg_event_trigger_ddl_commands() WHERE object_type = 'table' LOOP
-        PERFORM bemi._full_replica_identity(cmd.objid::regclass);
+    IF NOT coalesce(current_setting('bemi.replica_identity_full', true), 'on')::boolean THEN
+        RETURN;
+    END IF;
+    FOR rel IN SELECT c.oid FROM pg_event_trigger_ddl_commands() d JOIN pg_class c ON c.oid = d.objid
+                WHERE d.object_type = 'table' AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+                  AND c.relreplident = 'd'
+                  AND c.relnamespace NOT IN (SELECT n.oid FROM pg_namespace n
+                                              WHERE n.nspname IN ('bemi', 'pg_catalog', 'information_schema')) LOOP
+        EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', rel);
     END LOOP;
 END $$;
 
@@ -185,9 +190,12 @@ DO $$
 DECLARE
     rel regclass;
 BEGIN
-    FOR rel IN SELECT t.rel FROM bemi._user_tables() t LOOP
-        PERFORM bemi._full_replica_identity(rel);
-    END LOOP;
+    IF coalesce(current_setting('bemi.replica_identity_full', true), 'on')::boolean THEN
+        FOR rel IN SELECT t.rel FROM bemi._user_tables() t JOIN pg_class c ON c.oid = t.rel
+                    WHERE c.relreplident = 'd' LOOP
+            EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', rel);
+        END LOOP;
+    END IF;
 END $$;
 
 ------------------------------------------------------------------------------------------------

@@ -1,19 +1,25 @@
 ------------------------------------------------------------------------------------------------
 -- Using the trail: history, time travel, grouping, reversion (docs/sql-reference.md)
 ------------------------------------------------------------------------------------------------
--- Three layers keep a role from reading, through these functions, rows it could not SELECT:
+-- Two layers keep a role from reading, through these functions, rows it could not SELECT
+-- (docs/security.md, "Reading the trail"):
 --   1. bemi._*_trail: SECURITY DEFINER readers of bemi.changes, one per access path. They sit in
 --      schema bemi, which PUBLIC cannot use, so nobody can name them in a query of their own.
---   2. Public functions with SQL-standard bodies (BEGIN ATOMIC). Their bodies are bound to the
---      readers by OID when the extension is created, so they reach layer 1 without USAGE on the
---      schema, and they run as the caller: bemi._may_read() sees the caller's own privileges,
---      even inside another role's SECURITY DEFINER function. search_path cannot redirect them.
---   3. PL/pgSQL functions (time travel, reverts) that read the trail only through layer 2 and
---      run as the caller, so their reads and writes of user tables need the caller's rights.
+--      They return only the changes of the tables the reader (the role that called the public
+--      function, passed to them as p_reader) may read, or of the one table it was allowed to
+--      read, by OID: the filter runs inside them and their rows are complete before the
+--      caller's own predicates, functions or casts see any of them.
+--   2. Public functions with SQL-standard bodies (BEGIN ATOMIC), bound to the readers by OID
+--      when the extension is created, so they reach layer 1 without USAGE on schema bemi; they
+--      run as the caller, so bemi._caller() and bemi._readable_table() see the caller's own
+--      role, even inside another role's SECURITY DEFINER function. search_path cannot redirect
+--      them. PL/pgSQL functions (time travel, reverts) read the trail through them and run as
+--      the caller, so their reads and writes of user tables need the caller's rights.
 
 -- When tracking began in this database, and which tables held rows then. Not carried by
 -- pg_dump: after a restore, tracking (and time travel) starts again at the restore, because
--- changes made between the dump and the restore are not in the trail.
+-- changes made between the dump and the restore are not in the trail. oids_since: changes
+-- committed before it came with a restored dump, and their table_oid is another database's.
 CREATE TABLE bemi.tracking (
     singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     started_at      timestamptz NOT NULL,
@@ -37,62 +43,120 @@ BEGIN
 END $$;
 
 ------------------------------------------------------------------------------------------------
+-- Who may read which changes (src/fn/readable.c)
+------------------------------------------------------------------------------------------------
+-- The role running the query: what a public function passes to the readers as p_reader.
+CREATE FUNCTION bemi._caller() RETURNS oid
+    AS 'MODULE_PATHNAME', 'bemi_caller' LANGUAGE C STABLE PARALLEL SAFE;
+
+-- May `reader` read a change of table `table_oid` (NULL: of schema.table by name, for changes
+-- that came with a restored dump)? Superusers and bemi_reader members read everything; others
+-- need USAGE on the schema and SELECT on the table, with no row-level security hiding rows.
+CREATE FUNCTION bemi._may_read(reader oid, table_oid oid, p_schema text, p_table text) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'bemi_may_read' LANGUAGE C STABLE PARALLEL SAFE;
+
+-- The schema and name of a table whose history the caller asks for, after checking that it is a
+-- table and that the caller may read it. Raises otherwise.
+CREATE FUNCTION bemi._readable_table(tbl regclass, OUT schema_name text, OUT table_name text)
+    AS 'MODULE_PATHNAME', 'bemi_readable_table' LANGUAGE C STABLE;
+
+-- table_oid as bemi._may_read takes it: NULL for a change from before oids_since.
+CREATE FUNCTION bemi._recorded_oid(c bemi.changes, k bemi.tracking) RETURNS oid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE WHEN c.committed_at >= k.oids_since THEN c.table_oid END;
+END;
+
+------------------------------------------------------------------------------------------------
 -- Layer 1: readers of the trail (owner's rights; unreachable by name for PUBLIC)
 ------------------------------------------------------------------------------------------------
--- PL/pgSQL rather than SQL for the static readers: a SQL function's query is planned again at
--- every call, a PL/pgSQL one's plan is kept for the session (most of the cost of reading one row's history).
--- Changes of some rows of one table: the row-history index ("table", primary_key, schema, id).
-CREATE FUNCTION bemi._row_trail(p_schema text, p_table text, p_keys text[]) RETURNS SETOF bemi.changes
+-- PL/pgSQL rather than SQL: a SQL function's query is planned again at every call, a PL/pgSQL
+-- one's plan is kept for the session (most of the cost of reading one row's history).
+-- Changes of some rows of one table the caller may read: the row-history index
+-- ("table", primary_key, schema, id), then the table's OID.
+CREATE FUNCTION bemi._row_trail(p_table_oid oid, p_schema text, p_table text, p_keys text[])
+RETURNS SETOF bemi.changes
 LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
-        SELECT * FROM bemi.changes WHERE "table" = p_table AND primary_key = ANY (p_keys) AND schema = p_schema;
+        SELECT c.* FROM bemi.changes c, bemi.tracking k
+         WHERE c."table" = p_table AND c.primary_key = ANY (p_keys) AND c.schema = p_schema
+           AND (c.table_oid = p_table_oid OR bemi._recorded_oid(c, k) IS NULL);
 END $$;
 
--- Changes in a time range, of one table or of all. Dynamic SQL so that every call is planned
--- with its own bounds: a narrow range uses the BRIN index, a table's whole life the btree.
-CREATE FUNCTION bemi._time_trail(p_since timestamptz, p_until timestamptz, p_schema text, p_table text)
+-- Changes of one table the caller may read, in a time range. Dynamic SQL so that every call is
+-- planned with its own bounds: a narrow range uses the BRIN index, a table's whole life the btree.
+CREATE FUNCTION bemi._table_time_trail(p_table_oid oid, p_schema text, p_table text,
+                                       p_since timestamptz, p_until timestamptz)
 RETURNS SETOF bemi.changes
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY EXECUTE
+        'SELECT c.* FROM bemi.changes c, bemi.tracking k'
+        ' WHERE c."table" = $3 AND c.schema = $4 AND c.committed_at BETWEEN $1 AND $2'
+        '   AND (c.table_oid = $5 OR bemi._recorded_oid(c, k) IS NULL)'
+        USING p_since, p_until, p_table, p_schema, p_table_oid;
+END $$;
+
+-- Changes of all the tables the reader may read, in a time range.
+CREATE FUNCTION bemi._time_trail(p_reader oid, p_since timestamptz, p_until timestamptz)
+RETURNS SETOF bemi.changes
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY EXECUTE
+        'SELECT c.* FROM bemi.changes c, bemi.tracking k WHERE c.committed_at BETWEEN $2 AND $3'
+        '   AND bemi._may_read($1, bemi._recorded_oid(c, k), c.schema, c."table")'
+        USING p_reader, p_since, p_until;
+END $$;
+
+-- TRUNCATEs of one table the caller may read (primary_key is NULL for them: the row-history index).
+CREATE FUNCTION bemi._truncate_trail(p_table_oid oid, p_schema text, p_table text) RETURNS SETOF bemi.changes
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+        SELECT c.* FROM bemi.changes c, bemi.tracking k
+         WHERE c."table" = p_table AND c.primary_key IS NULL AND c.schema = p_schema AND c.operation = 'TRUNCATE'
+           AND (c.table_oid = p_table_oid OR bemi._recorded_oid(c, k) IS NULL);
+END $$;
+
+CREATE FUNCTION bemi._transaction_trail(p_reader oid, p_transaction_id bigint) RETURNS SETOF bemi.changes
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+        SELECT c.* FROM bemi.changes c, bemi.tracking k
+         WHERE c.transaction_id = p_transaction_id
+           AND bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table");
+END $$;
+
+CREATE FUNCTION bemi._context_trail(p_reader oid, p_context jsonb) RETURNS SETOF bemi.changes
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+        SELECT c.* FROM bemi.changes c, bemi.tracking k
+         WHERE c.context @> p_context
+           AND bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table");
+END $$;
+
+CREATE FUNCTION bemi._id_trail(p_reader oid, p_ids bigint[]) RETURNS SETOF bemi.changes
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+        SELECT c.* FROM bemi.changes c, bemi.tracking k
+         WHERE c.id = ANY (p_ids)
+           AND bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table");
+END $$;
+
+-- How many changes of a transaction or a context the reader may not read: a revert refuses to do
+-- half a job. It tells nothing of those changes but their number.
+CREATE FUNCTION bemi._unreadable_count(p_reader oid, p_transaction_id bigint, p_context jsonb) RETURNS bigint
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF p_table IS NULL THEN
-        RETURN QUERY EXECUTE 'SELECT * FROM bemi.changes WHERE committed_at BETWEEN $1 AND $2'
-            USING p_since, p_until;
-    ELSE
-        RETURN QUERY EXECUTE 'SELECT * FROM bemi.changes WHERE "table" = $3 AND schema = $4'
-                             ' AND committed_at BETWEEN $1 AND $2'
-            USING p_since, p_until, p_table, p_schema;
-    END IF;
-END $$;
-
--- TRUNCATEs of one table (primary_key is NULL for them: the row-history index again).
-CREATE FUNCTION bemi._truncate_trail(p_schema text, p_table text) RETURNS SETOF bemi.changes
-LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN QUERY
-        SELECT * FROM bemi.changes
-         WHERE "table" = p_table AND primary_key IS NULL AND schema = p_schema AND operation = 'TRUNCATE';
-END $$;
-
-CREATE FUNCTION bemi._transaction_trail(p_transaction_id bigint) RETURNS SETOF bemi.changes
-LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN QUERY
-        SELECT * FROM bemi.changes WHERE transaction_id = p_transaction_id;
-END $$;
-
-CREATE FUNCTION bemi._context_trail(p_context jsonb) RETURNS SETOF bemi.changes
-LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN QUERY
-        SELECT * FROM bemi.changes WHERE context @> p_context;
-END $$;
-
-CREATE FUNCTION bemi._id_trail(p_ids bigint[]) RETURNS SETOF bemi.changes
-LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN QUERY
-        SELECT * FROM bemi.changes WHERE id = ANY (p_ids);
+    RETURN (SELECT count(*) FROM bemi.changes c, bemi.tracking k
+             WHERE c.transaction_id = p_transaction_id
+               AND NOT bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table"))
+         + (SELECT count(*) FROM bemi.changes c, bemi.tracking k
+             WHERE c.context @> p_context
+               AND NOT bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table"));
 END $$;
 
 CREATE FUNCTION bemi._tracking() RETURNS bemi.tracking
@@ -105,159 +169,136 @@ DECLARE
     fn regprocedure;
 BEGIN
     FOR fn IN SELECT p.oid FROM pg_proc p WHERE p.pronamespace = 'bemi'::regnamespace
-                AND (p.proname LIKE '\_%trail' OR p.proname = '_tracking') LOOP
+                AND (p.proname LIKE '\_%trail' OR p.proname IN ('_tracking', '_unreadable_count', '_caller',
+                                                                '_may_read', '_readable_table', '_recorded_oid')) LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', fn);
     END LOOP;
 END $$;
 
 ------------------------------------------------------------------------------------------------
--- Layer 2 helpers: the caller's right to read a table's changes
-------------------------------------------------------------------------------------------------
--- May the current user read the changes of schema.table? It must be able to SELECT the table,
--- and row-level security must not be hiding rows from it (the trail holds every row). Changes
--- of tables that no longer exist (dropped or renamed) are for superusers only. SQL-standard body
--- so that it is inlined into its callers with every name bound at creation.
-CREATE FUNCTION bemi._may_read(p_schema text, p_table text) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT coalesce(has_table_privilege(to_regclass(format('%I.%I', p_schema, p_table)), 'SELECT')
-                    AND NOT row_security_active(to_regclass(format('%I.%I', p_schema, p_table))),
-                    current_setting('is_superuser')::boolean)
-           OR pg_has_role('bemi_reader', 'USAGE');
-END;
-
--- The schema and name of a table whose history the caller asks for, after checking that it is a
--- table and that the caller may read it (src/fn/readable.c). Raises otherwise.
-CREATE FUNCTION bemi._readable_table(tbl regclass, OUT schema_name text, OUT table_name text)
-    AS 'MODULE_PATHNAME', 'bemi_readable_table' LANGUAGE C STABLE;
-
-------------------------------------------------------------------------------------------------
 -- History
 ------------------------------------------------------------------------------------------------
 -- What changed between two images, as {"column": [old, new]}: every column of a CREATE or a
 -- DELETE, the changed ones of an UPDATE.
-CREATE FUNCTION bemi_diff(before_image jsonb, after_image jsonb) RETURNS jsonb
+CREATE FUNCTION @extschema@.bemi_diff(before_image jsonb, after_image jsonb) RETURNS jsonb
     AS 'MODULE_PATHNAME', 'bemi_diff' LANGUAGE C IMMUTABLE PARALLEL SAFE;
-COMMENT ON FUNCTION bemi_diff(jsonb, jsonb) IS 'What changed between two images, as {"column": [old, new]}';
+COMMENT ON FUNCTION @extschema@.bemi_diff(jsonb, jsonb) IS 'What changed between two images, as {"column": [old, new]}';
 
 -- One change as the history functions return it: a bemi.changes row with its diff.
-CREATE TYPE bemi_change AS (
+CREATE TYPE @extschema@.bemi_change AS (
     id bigint, "schema" text, "table" text, primary_key text, operation text, diff jsonb,
     "before" jsonb, "after" jsonb, context jsonb, committed_at timestamptz, transaction_id bigint,
     position pg_lsn);
 
-CREATE FUNCTION bemi_row_history(tbl regclass, primary_key text) RETURNS SETOF bemi_change
+CREATE FUNCTION @extschema@.bemi_row_history(tbl regclass, primary_key text) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"),
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._readable_table(bemi_row_history.tbl) t,
-           LATERAL bemi._row_trail(t.schema_name, t.table_name, ARRAY[bemi_row_history.primary_key]) c
+           LATERAL bemi._row_trail(bemi_row_history.tbl, t.schema_name, t.table_name,
+                                   ARRAY[bemi_row_history.primary_key]) c
      ORDER BY c.id DESC;
 END;
-COMMENT ON FUNCTION bemi_row_history(regclass, text) IS
+COMMENT ON FUNCTION @extschema@.bemi_row_history(regclass, text) IS
     'Every recorded change of one row, newest first, with a diff; primary_key as bemi.changes has it';
 
 -- The same for a key given as a value of its own type: 26, 'ACME-1', ARRAY[3, 14]. (A quoted
--- body, as polymorphic functions need, without SET so that it is inlined; every name qualified.)
-CREATE FUNCTION bemi_row_history(tbl regclass, primary_key anycompatible) RETURNS SETOF bemi_change
+-- body, as polymorphic functions need, without SET so that it is inlined; every name qualified,
+-- every argument of the type it is declared with.)
+CREATE FUNCTION @extschema@.bemi_row_history(tbl regclass, primary_key anycompatible) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE AS $$
-    SELECT * FROM @extschema@.bemi_row_history(tbl, pg_catalog.to_jsonb(primary_key) OPERATOR(pg_catalog.#>>) '{}')
+    SELECT * FROM @extschema@.bemi_row_history(tbl, pg_catalog.to_jsonb(primary_key) OPERATOR(pg_catalog.#>>) '{}'::pg_catalog.text[])
 $$;
 
-CREATE FUNCTION bemi_rows_history(tbl regclass, primary_keys text[]) RETURNS SETOF bemi_change
+CREATE FUNCTION @extschema@.bemi_rows_history(tbl regclass, primary_keys text[]) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"),
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._readable_table(bemi_rows_history.tbl) t,
-           LATERAL bemi._row_trail(t.schema_name, t.table_name, bemi_rows_history.primary_keys) c
+           LATERAL bemi._row_trail(bemi_rows_history.tbl, t.schema_name, t.table_name, bemi_rows_history.primary_keys) c
      ORDER BY c.id DESC;
 END;
-COMMENT ON FUNCTION bemi_rows_history(regclass, text[]) IS
+COMMENT ON FUNCTION @extschema@.bemi_rows_history(regclass, text[]) IS
     'Every recorded change of several rows of one table, newest first';
 
-CREATE FUNCTION bemi_table_history(tbl regclass, since timestamptz DEFAULT '-infinity',
-                                   until timestamptz DEFAULT 'infinity') RETURNS SETOF bemi_change
+CREATE FUNCTION @extschema@.bemi_table_history(tbl regclass, since timestamptz DEFAULT '-infinity',
+                                               until timestamptz DEFAULT 'infinity') RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"),
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._readable_table(bemi_table_history.tbl) t,
-           LATERAL bemi._time_trail(coalesce(bemi_table_history.since, '-infinity'),
-                                    coalesce(bemi_table_history.until, 'infinity'),
-                                    t.schema_name, t.table_name) c
+           LATERAL bemi._table_time_trail(bemi_table_history.tbl, t.schema_name, t.table_name,
+                                          coalesce(bemi_table_history.since, '-infinity'),
+                                          coalesce(bemi_table_history.until, 'infinity')) c
      ORDER BY c.id DESC;
 END;
-COMMENT ON FUNCTION bemi_table_history(regclass, timestamptz, timestamptz) IS
+COMMENT ON FUNCTION @extschema@.bemi_table_history(regclass, timestamptz, timestamptz) IS
     'Every recorded change of one table committed between since and until (both included), newest first';
 
-CREATE FUNCTION bemi_table_truncations(tbl regclass) RETURNS SETOF bemi_change
+CREATE FUNCTION @extschema@.bemi_table_truncations(tbl regclass) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
     SELECT c.id, c.schema, c."table", c.primary_key, c.operation, '{}'::jsonb,
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._readable_table(bemi_table_truncations.tbl) t,
-           LATERAL bemi._truncate_trail(t.schema_name, t.table_name) c
+           LATERAL bemi._truncate_trail(bemi_table_truncations.tbl, t.schema_name, t.table_name) c
      ORDER BY c.id DESC;
 END;
-COMMENT ON FUNCTION bemi_table_truncations(regclass) IS 'The recorded TRUNCATEs of one table, newest first';
+COMMENT ON FUNCTION @extschema@.bemi_table_truncations(regclass) IS 'The recorded TRUNCATEs of one table, newest first';
 
 -- Changes of tables the caller cannot read are left out of the following three.
-CREATE FUNCTION bemi_transaction_history(transaction_id bigint) RETURNS SETOF bemi_change
+CREATE FUNCTION @extschema@.bemi_transaction_history(transaction_id bigint) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"),
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
-      FROM bemi._transaction_trail(bemi_transaction_history.transaction_id) c
-     WHERE bemi._may_read(c.schema, c."table")
+      FROM bemi._transaction_trail(bemi._caller(), bemi_transaction_history.transaction_id) c
      ORDER BY c.id DESC;
 END;
-COMMENT ON FUNCTION bemi_transaction_history(bigint) IS
+COMMENT ON FUNCTION @extschema@.bemi_transaction_history(bigint) IS
     'Every recorded change of one transaction (bemi.changes.transaction_id), newest first';
 
-CREATE FUNCTION bemi_context_history(context jsonb) RETURNS SETOF bemi_change
+CREATE FUNCTION @extschema@.bemi_context_history(context jsonb) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"),
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
-      FROM bemi._context_trail(bemi_context_history.context) c
-     WHERE bemi._may_read(c.schema, c."table")
+      FROM bemi._context_trail(bemi._caller(), bemi_context_history.context) c
      ORDER BY c.id DESC;
 END;
-COMMENT ON FUNCTION bemi_context_history(jsonb) IS
+COMMENT ON FUNCTION @extschema@.bemi_context_history(jsonb) IS
     'Every recorded change whose context contains the given object, newest first';
 
-CREATE FUNCTION bemi_changes(ids bigint[]) RETURNS SETOF bemi_change
+CREATE FUNCTION @extschema@.bemi_changes(ids bigint[]) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, bemi_diff(c."before", c."after"),
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"),
            c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
-      FROM bemi._id_trail(bemi_changes.ids) c
-     WHERE bemi._may_read(c.schema, c."table")
+      FROM bemi._id_trail(bemi._caller(), bemi_changes.ids) c
      ORDER BY c.id DESC;
 END;
-COMMENT ON FUNCTION bemi_changes(bigint[]) IS 'The recorded changes with the given ids, newest first';
+COMMENT ON FUNCTION @extschema@.bemi_changes(bigint[]) IS 'The recorded changes with the given ids, newest first';
 
 -- How many changes of a transaction or a context the caller cannot read: a revert refuses to do
 -- half a job.
-CREATE FUNCTION bemi_unreadable_changes(transaction_id bigint DEFAULT NULL, context jsonb DEFAULT NULL)
+CREATE FUNCTION @extschema@.bemi_unreadable_changes(transaction_id bigint DEFAULT NULL, context jsonb DEFAULT NULL)
 RETURNS bigint
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT (SELECT count(*) FROM bemi._transaction_trail(bemi_unreadable_changes.transaction_id) c
-             WHERE NOT bemi._may_read(c.schema, c."table"))
-         + (SELECT count(*) FROM bemi._context_trail(bemi_unreadable_changes.context) c
-             WHERE NOT bemi._may_read(c.schema, c."table"));
+    SELECT bemi._unreadable_count(bemi._caller(), bemi_unreadable_changes.transaction_id,
+                                  bemi_unreadable_changes.context);
 END;
-COMMENT ON FUNCTION bemi_unreadable_changes(bigint, jsonb) IS
+COMMENT ON FUNCTION @extschema@.bemi_unreadable_changes(bigint, jsonb) IS
     'How many changes of a transaction or context are on tables the current user cannot read';
 
 ------------------------------------------------------------------------------------------------
 -- Grouping
 ------------------------------------------------------------------------------------------------
-CREATE FUNCTION bemi_transactions(since timestamptz DEFAULT '-infinity', until timestamptz DEFAULT 'infinity')
+CREATE FUNCTION @extschema@.bemi_transactions(since timestamptz DEFAULT '-infinity', until timestamptz DEFAULT 'infinity')
 RETURNS TABLE (transaction_id bigint, committed_at timestamptz, context jsonb, tables text[],
                changes bigint, creates bigint, updates bigint, deletes bigint, truncates bigint)
 LANGUAGE sql STABLE
@@ -266,17 +307,16 @@ BEGIN ATOMIC
            array_agg(DISTINCT format('%I.%I', c.schema, c."table")), count(*),
            count(*) FILTER (WHERE c.operation = 'CREATE'), count(*) FILTER (WHERE c.operation = 'UPDATE'),
            count(*) FILTER (WHERE c.operation = 'DELETE'), count(*) FILTER (WHERE c.operation = 'TRUNCATE')
-      FROM bemi._time_trail(coalesce(bemi_transactions.since, '-infinity'),
-                            coalesce(bemi_transactions.until, 'infinity'), NULL, NULL) c
-     WHERE bemi._may_read(c.schema, c."table")
+      FROM bemi._time_trail(bemi._caller(), coalesce(bemi_transactions.since, '-infinity'),
+                            coalesce(bemi_transactions.until, 'infinity')) c
      GROUP BY c.transaction_id, c.committed_at
      ORDER BY max(c.id) DESC;
 END;
-COMMENT ON FUNCTION bemi_transactions(timestamptz, timestamptz) IS
+COMMENT ON FUNCTION @extschema@.bemi_transactions(timestamptz, timestamptz) IS
     'One row per transaction committed between since and until: its context, tables and counts';
 
-CREATE FUNCTION bemi_context_groups(key text, since timestamptz DEFAULT '-infinity',
-                                    until timestamptz DEFAULT 'infinity')
+CREATE FUNCTION @extschema@.bemi_context_groups(key text, since timestamptz DEFAULT '-infinity',
+                                                until timestamptz DEFAULT 'infinity')
 RETURNS TABLE (value jsonb, transactions bigint, changes bigint, tables text[],
                first_committed_at timestamptz, last_committed_at timestamptz)
 LANGUAGE sql STABLE
@@ -284,40 +324,40 @@ BEGIN ATOMIC
     SELECT c.context -> bemi_context_groups.key, count(DISTINCT (c.transaction_id, c.committed_at)),
            count(*), array_agg(DISTINCT format('%I.%I', c.schema, c."table")),
            min(c.committed_at), max(c.committed_at)
-      FROM bemi._time_trail(coalesce(bemi_context_groups.since, '-infinity'),
-                            coalesce(bemi_context_groups.until, 'infinity'), NULL, NULL) c
-     WHERE c.context ? bemi_context_groups.key AND bemi._may_read(c.schema, c."table")
+      FROM bemi._time_trail(bemi._caller(), coalesce(bemi_context_groups.since, '-infinity'),
+                            coalesce(bemi_context_groups.until, 'infinity')) c
+     WHERE c.context ? bemi_context_groups.key
      GROUP BY 1
      ORDER BY max(c.id) DESC;
 END;
-COMMENT ON FUNCTION bemi_context_groups(text, timestamptz, timestamptz) IS
+COMMENT ON FUNCTION @extschema@.bemi_context_groups(text, timestamptz, timestamptz) IS
     'One row per value of a context key (user, request, endpoint ...): transactions, changes, tables, time span';
 
 ------------------------------------------------------------------------------------------------
 -- Time travel
 ------------------------------------------------------------------------------------------------
-CREATE FUNCTION bemi_tracking_started_at() RETURNS timestamptz
+CREATE FUNCTION @extschema@.bemi_tracking_started_at() RETURNS timestamptz
 LANGUAGE sql STABLE
 BEGIN ATOMIC
     SELECT t.started_at FROM bemi._tracking() t;
 END;
-COMMENT ON FUNCTION bemi_tracking_started_at() IS
+COMMENT ON FUNCTION @extschema@.bemi_tracking_started_at() IS
     'Where the trail starts: when tracking began, or where retention cut it. Time travel reaches back to here';
 
 -- When tracking began, and whether the table held rows then (if so, the trail alone cannot
 -- rebuild it). Raises unless the caller may read the table's changes.
-CREATE FUNCTION bemi_tracking(tbl regclass, OUT started_at timestamptz, OUT had_rows_at_start boolean)
+CREATE FUNCTION @extschema@.bemi_tracking(tbl regclass, OUT started_at timestamptz, OUT had_rows_at_start boolean)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
     SELECT t.started_at, format('%I.%I', r.schema_name, r.table_name) = ANY (t.nonempty_tables)
       FROM bemi._readable_table(bemi_tracking.tbl) r, bemi._tracking() t;
 END;
-COMMENT ON FUNCTION bemi_tracking(regclass) IS
+COMMENT ON FUNCTION @extschema@.bemi_tracking(regclass) IS
     'When tracking began, and whether the table already held rows then';
 
 -- The table behind a row type, the SQL that renders a row's key as bemi.changes.primary_key
 -- does (alias t), and the column list of the key. Checks everything time travel needs.
-CREATE FUNCTION bemi_time_travel_target(row_type regtype, at timestamptz, OUT tbl regclass,
+CREATE FUNCTION @extschema@.bemi_time_travel_target(row_type regtype, at timestamptz, OUT tbl regclass,
                                         OUT key_sql text, OUT key_columns text[],
                                         OUT had_rows_at_start boolean)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -363,7 +403,7 @@ BEGIN
             HINT = 'Pick a moment after bemi_tracking_started_at().';
     END IF;
 END $$;
-COMMENT ON FUNCTION bemi_time_travel_target(regtype, timestamptz) IS
+COMMENT ON FUNCTION @extschema@.bemi_time_travel_target(regtype, timestamptz) IS
     'Checks a time-travel request and returns the table, its key expression and key columns';
 
 -- A table as it was at a moment, as rows of its own type: the current rows that no change
@@ -372,20 +412,20 @@ COMMENT ON FUNCTION bemi_time_travel_target(regtype, timestamptz) IS
 -- the moment, the current rows say nothing: the state is replayed from the trail instead, which
 -- works when the table was empty at a recorded TRUNCATE before the moment or when tracking began.
 -- Waits for the trail to catch up with everything committed before the call.
-CREATE FUNCTION bemi_as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
+CREATE FUNCTION @extschema@.bemi_as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
 DECLARE
     target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
     base_id bigint;
     base_at timestamptz;
 BEGIN
-    PERFORM @extschema@.bemi_wait();
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
     IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
         BEGIN
             RETURN QUERY EXECUTE format($q$
                 WITH firsts AS (
                     SELECT DISTINCT ON (h.primary_key) h.primary_key, h.operation, h."before"
-                      FROM @extschema@.bemi_table_history($1, $2, 'infinity') h
+                      FROM @extschema@.bemi_table_history($1, $2, 'infinity'::timestamptz) h
                      WHERE h.committed_at > $2
                      ORDER BY h.primary_key, h.id)
                 SELECT t.* FROM %1$s t
@@ -430,12 +470,12 @@ BEGIN
             HINT = 'A column''s type changed since; read the images with bemi_table_history instead.';
     END;
 END $$;
-COMMENT ON FUNCTION bemi_as_of(anyelement, timestamptz) IS
+COMMENT ON FUNCTION @extschema@.bemi_as_of(anyelement, timestamptz) IS
     'SELECT * FROM bemi_as_of(NULL::tbl, moment): the rows of tbl as they were at that moment';
 
 -- One row as it was at a moment, or NULL if it did not exist then. The key is the row's primary
 -- key value (26, 'ACME-1') or, for a composite key, an array or JSON array text ('[3, 14]').
-CREATE FUNCTION bemi_row_as_of(tbl anyelement, primary_key anycompatible, at timestamptz) RETURNS anyelement
+CREATE FUNCTION @extschema@.bemi_row_as_of(tbl anyelement, primary_key anycompatible, at timestamptz) RETURNS anyelement
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
 DECLARE
     target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
@@ -447,7 +487,7 @@ BEGIN
     IF key IS NULL THEN
         RAISE EXCEPTION 'the primary key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    PERFORM @extschema@.bemi_wait();
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
     BEGIN
         SELECT h.operation, h."before" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
          WHERE h.committed_at > at ORDER BY h.id LIMIT 1;
@@ -488,7 +528,7 @@ BEGIN
             HINT = 'A column''s type changed since; read the images with bemi_row_history instead.';
     END;
 END $$;
-COMMENT ON FUNCTION bemi_row_as_of(anyelement, anycompatible, timestamptz) IS
+COMMENT ON FUNCTION @extschema@.bemi_row_as_of(anyelement, anycompatible, timestamptz) IS
     'bemi_row_as_of(NULL::tbl, key, moment): one row as it was at that moment, NULL if it did not exist';
 
 ------------------------------------------------------------------------------------------------
@@ -496,7 +536,7 @@ COMMENT ON FUNCTION bemi_row_as_of(anyelement, anycompatible, timestamptz) IS
 ------------------------------------------------------------------------------------------------
 -- One statement of a revert: what it does to which row, the SQL, and its two parameters ($1 the
 -- image to restore, $2 the image that identifies the row as it is now). rows is NULL in a dry run.
-CREATE TYPE bemi_revert_step AS (
+CREATE TYPE @extschema@.bemi_revert_step AS (
     step integer, "table" text, primary_key text, action text, reverts bigint[], statement text,
     image jsonb, key_image jsonb, rows bigint, transaction_id bigint);
 
@@ -506,9 +546,9 @@ CREATE TYPE bemi_revert_step AS (
 -- if the set deleted it, otherwise the columns the set changed are set back. Refuses if a change
 -- outside the set touched one of those rows after the set did (a conflict), unless force.
 -- The writes carry the caller's context plus `marker` (default {"bemi_revert": {"change_ids": …}}).
-CREATE FUNCTION bemi_revert_changes(change_ids bigint[], force boolean DEFAULT false,
+CREATE FUNCTION @extschema@.bemi_revert_changes(change_ids bigint[], force boolean DEFAULT false,
                                     dry_run boolean DEFAULT false, marker jsonb DEFAULT NULL)
-RETURNS SETOF bemi_revert_step
+RETURNS SETOF @extschema@.bemi_revert_step
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     sel @extschema@.bemi_change[];
@@ -530,7 +570,7 @@ BEGIN
     IF change_ids IS NULL OR force IS NULL OR dry_run IS NULL THEN
         RAISE EXCEPTION 'change_ids, force and dry_run must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    PERFORM @extschema@.bemi_wait();
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
     sel := ARRAY(SELECT c FROM @extschema@.bemi_changes(change_ids) c);
     missing := ARRAY(SELECT unnest(change_ids) EXCEPT SELECT s.id FROM unnest(sel) s ORDER BY 1);
     IF missing <> '{}' THEN
@@ -584,7 +624,7 @@ BEGIN
         saved_min_messages := current_setting('client_min_messages');
         PERFORM set_config('client_min_messages', 'error', true);
         PERFORM @extschema@.bemi_set_context(coalesce(prev_context, '{}') - '_bemi'
-            || coalesce(marker, jsonb_build_object('bemi_revert', jsonb_build_object('change_ids', change_ids))));
+            || coalesce(marker, jsonb_build_object('bemi_revert', jsonb_build_object('change_ids', change_ids))), true);
         PERFORM set_config('client_min_messages', saved_min_messages, true);
     END IF;
     -- One statement per row, newest row first (children before parents, as they were written).
@@ -662,30 +702,30 @@ BEGIN
     END LOOP;
     IF NOT dry_run THEN
         PERFORM set_config('client_min_messages', 'error', true);
-        PERFORM @extschema@.bemi_set_context(nullif(coalesce(prev_context, '{}') - '_bemi', '{}'));
+        PERFORM @extschema@.bemi_set_context(nullif(coalesce(prev_context, '{}') - '_bemi', '{}'), true);
         PERFORM set_config('client_min_messages', saved_min_messages, true);
     END IF;
 END $$;
-COMMENT ON FUNCTION bemi_revert_changes(bigint[], boolean, boolean, jsonb) IS
+COMMENT ON FUNCTION @extschema@.bemi_revert_changes(bigint[], boolean, boolean, jsonb) IS
     'Revert a set of changes in one transaction; refuses on later conflicting changes unless force; dry_run shows the SQL';
 
-CREATE FUNCTION bemi_revert_change(change_id bigint, force boolean DEFAULT false, dry_run boolean DEFAULT false)
-RETURNS SETOF bemi_revert_step
+CREATE FUNCTION @extschema@.bemi_revert_change(change_id bigint, force boolean DEFAULT false, dry_run boolean DEFAULT false)
+RETURNS SETOF @extschema@.bemi_revert_step
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     SELECT * FROM @extschema@.bemi_revert_changes(ARRAY[change_id], force, dry_run,
                                                   jsonb_build_object('bemi_revert', jsonb_build_object('change_id', change_id)))
 $$;
-COMMENT ON FUNCTION bemi_revert_change(bigint, boolean, boolean) IS 'Revert one change (bemi.changes.id)';
+COMMENT ON FUNCTION @extschema@.bemi_revert_change(bigint, boolean, boolean) IS 'Revert one change (bemi.changes.id)';
 
-CREATE FUNCTION bemi_revert_transaction(transaction_id bigint, force boolean DEFAULT false, dry_run boolean DEFAULT false)
-RETURNS SETOF bemi_revert_step
+CREATE FUNCTION @extschema@.bemi_revert_transaction(transaction_id bigint, force boolean DEFAULT false, dry_run boolean DEFAULT false)
+RETURNS SETOF @extschema@.bemi_revert_step
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ids bigint[];
 BEGIN
-    PERFORM @extschema@.bemi_wait();
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
     ids := ARRAY(SELECT h.id FROM @extschema@.bemi_transaction_history(transaction_id) h);
-    IF @extschema@.bemi_unreadable_changes(transaction_id => transaction_id) > 0 THEN
+    IF @extschema@.bemi_unreadable_changes(transaction_id, NULL::jsonb) > 0 THEN
         RAISE EXCEPTION 'cannot revert transaction %: it changed tables you cannot read', transaction_id
             USING ERRCODE = 'insufficient_privilege';
     END IF;
@@ -696,10 +736,10 @@ BEGIN
     RETURN QUERY SELECT * FROM @extschema@.bemi_revert_changes(ids, force, dry_run,
         jsonb_build_object('bemi_revert', jsonb_build_object('transaction_id', transaction_id)));
 END $$;
-COMMENT ON FUNCTION bemi_revert_transaction(bigint, boolean, boolean) IS 'Revert every change of one transaction';
+COMMENT ON FUNCTION @extschema@.bemi_revert_transaction(bigint, boolean, boolean) IS 'Revert every change of one transaction';
 
-CREATE FUNCTION bemi_revert_context(context jsonb, force boolean DEFAULT false, dry_run boolean DEFAULT false)
-RETURNS SETOF bemi_revert_step
+CREATE FUNCTION @extschema@.bemi_revert_context(context jsonb, force boolean DEFAULT false, dry_run boolean DEFAULT false)
+RETURNS SETOF @extschema@.bemi_revert_step
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ids bigint[];
@@ -708,9 +748,9 @@ BEGIN
         RAISE EXCEPTION 'the context to revert must be a non-empty JSON object, not %', coalesce(context::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value', HINT = 'For example ''{"request_id": "r1"}''.';
     END IF;
-    PERFORM @extschema@.bemi_wait();
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
     ids := ARRAY(SELECT h.id FROM @extschema@.bemi_context_history(context) h);
-    IF @extschema@.bemi_unreadable_changes(context => context) > 0 THEN
+    IF @extschema@.bemi_unreadable_changes(NULL::bigint, context) > 0 THEN
         RAISE EXCEPTION 'cannot revert context %: it changed tables you cannot read', context
             USING ERRCODE = 'insufficient_privilege';
     END IF;
@@ -720,14 +760,14 @@ BEGIN
     RETURN QUERY SELECT * FROM @extschema@.bemi_revert_changes(ids, force, dry_run,
         jsonb_build_object('bemi_revert', jsonb_build_object('context', context)));
 END $$;
-COMMENT ON FUNCTION bemi_revert_context(jsonb, boolean, boolean) IS
+COMMENT ON FUNCTION @extschema@.bemi_revert_context(jsonb, boolean, boolean) IS
     'Revert every change whose context contains the given object (a request, a user''s session …)';
 
 -- A table back to a moment: revert every change of it committed after the moment. Rows nobody
 -- touched since are left alone; a TRUNCATE since is refused (the rows it removed are not keyed).
-CREATE FUNCTION bemi_revert_table(tbl regclass, at timestamptz, force boolean DEFAULT false,
+CREATE FUNCTION @extschema@.bemi_revert_table(tbl regclass, at timestamptz, force boolean DEFAULT false,
                                   dry_run boolean DEFAULT false)
-RETURNS SETOF bemi_revert_step
+RETURNS SETOF @extschema@.bemi_revert_step
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     target record;
@@ -736,25 +776,25 @@ BEGIN
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    target := @extschema@.bemi_time_travel_target((SELECT reltype FROM pg_class WHERE oid = tbl), at);
-    PERFORM @extschema@.bemi_wait();
-    ids := ARRAY(SELECT h.id FROM @extschema@.bemi_table_history(tbl, at, 'infinity') h WHERE h.committed_at > at);
+    target := @extschema@.bemi_time_travel_target((SELECT reltype FROM pg_class WHERE oid = tbl)::regtype, at);
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    ids := ARRAY(SELECT h.id FROM @extschema@.bemi_table_history(tbl, at, 'infinity'::timestamptz) h WHERE h.committed_at > at);
     RETURN QUERY SELECT * FROM @extschema@.bemi_revert_changes(ids, force, dry_run,
         jsonb_build_object('bemi_revert', jsonb_build_object('table', tbl::text, 'to', at)));
 END $$;
-COMMENT ON FUNCTION bemi_revert_table(regclass, timestamptz, boolean, boolean) IS
+COMMENT ON FUNCTION @extschema@.bemi_revert_table(regclass, timestamptz, boolean, boolean) IS
     'Bring a table back to how it was at a moment, by reverting every change of it since';
 
 -- Roll-forward: re-apply what a revert undid, by reverting the revert's transaction. Later
 -- changes to the same rows are conflicts, exactly as for a revert.
-CREATE FUNCTION bemi_roll_forward(revert_transaction_id bigint, force boolean DEFAULT false,
+CREATE FUNCTION @extschema@.bemi_roll_forward(revert_transaction_id bigint, force boolean DEFAULT false,
                                   dry_run boolean DEFAULT false)
-RETURNS SETOF bemi_revert_step
+RETURNS SETOF @extschema@.bemi_revert_step
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ids bigint[];
 BEGIN
-    PERFORM @extschema@.bemi_wait();
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
     ids := ARRAY(SELECT h.id FROM @extschema@.bemi_transaction_history(revert_transaction_id) h
                   WHERE h.context ? 'bemi_revert');
     IF ids = '{}' THEN
@@ -764,5 +804,5 @@ BEGIN
     RETURN QUERY SELECT * FROM @extschema@.bemi_revert_changes(ids, force, dry_run,
         jsonb_build_object('bemi_roll_forward', jsonb_build_object('transaction_id', revert_transaction_id)));
 END $$;
-COMMENT ON FUNCTION bemi_roll_forward(bigint, boolean, boolean) IS
+COMMENT ON FUNCTION @extschema@.bemi_roll_forward(bigint, boolean, boolean) IS
     'Re-apply the changes a revert undid (the revert''s transaction_id), with the same conflict checks';

@@ -34,7 +34,7 @@ $$;
 -- The start of the partition holding `at`: whole months for intervals of months, else a
 -- multiple of the interval since 2000-01-01 UTC (so '1 day' gives UTC days).
 CREATE FUNCTION bemi._partition_start(at timestamptz, step interval) RETURNS timestamptz
-LANGUAGE plpgsql IMMUTABLE SET TimeZone = 'UTC' AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
 DECLARE
     months int := extract(year FROM step)::int * 12 + extract(month FROM step)::int;
     m int;
@@ -175,7 +175,7 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Turn retention on, change it, or (retention NULL) keep changes for ever in partitions.
-CREATE FUNCTION bemi_set_retention(retention interval, partition_interval interval DEFAULT '1 day')
+CREATE FUNCTION @extschema@.bemi_set_retention(retention interval, partition_interval interval DEFAULT '1 day')
 RETURNS SETOF text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -206,26 +206,26 @@ BEGIN
         SET retention = excluded.retention, partition_interval = excluded.partition_interval, updated_at = now();
     RETURN QUERY SELECT unnest((bemi._maintain_changes(now())).actions);
 END $$;
-COMMENT ON FUNCTION bemi_set_retention(interval, interval) IS
+COMMENT ON FUNCTION @extschema@.bemi_set_retention(interval, interval) IS
     'Partition bemi.changes by committed_at and drop changes older than retention (NULL: keep them)';
 
-CREATE FUNCTION bemi_reset_retention() RETURNS void
+CREATE FUNCTION @extschema@.bemi_reset_retention() RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM bemi.retention;
 $$;
-COMMENT ON FUNCTION bemi_reset_retention() IS
+COMMENT ON FUNCTION @extschema@.bemi_reset_retention() IS
     'Stop making and dropping partitions; existing partitions stay, new changes go to bemi.changes_default';
 
 -- Run a round of upkeep now (the worker does it on its own).
-CREATE FUNCTION bemi_maintain_changes() RETURNS SETOF text
+CREATE FUNCTION @extschema@.bemi_maintain_changes() RETURNS SETOF text
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT unnest((bemi._maintain_changes(now())).actions);
 $$;
-COMMENT ON FUNCTION bemi_maintain_changes() IS
+COMMENT ON FUNCTION @extschema@.bemi_maintain_changes() IS
     'Make the partitions bemi.changes needs now and apply the retention; returns what it did';
 
 -- The partitions of the trail, oldest first.
-CREATE FUNCTION bemi_partitions(OUT partition_name text, OUT from_time timestamptz, OUT to_time timestamptz,
+CREATE FUNCTION @extschema@.bemi_partitions(OUT partition_name text, OUT from_time timestamptz, OUT to_time timestamptz,
                                 OUT bytes bigint)
 RETURNS SETOF record
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -233,9 +233,9 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     UNION ALL
     SELECT part::text, from_time, to_time, pg_total_relation_size(part) FROM bemi._partitions()
 $$;
-COMMENT ON FUNCTION bemi_partitions() IS 'The partitions of bemi.changes, with their ranges and sizes';
+COMMENT ON FUNCTION @extschema@.bemi_partitions() IS 'The partitions of bemi.changes, with their ranges and sizes';
 
-REVOKE ALL ON FUNCTION bemi_set_retention(interval, interval), bemi_reset_retention(), bemi_maintain_changes(),
-    bemi_partitions(), bemi._maintain_changes(timestamptz), bemi._make_partition(timestamptz, timestamptz),
+REVOKE ALL ON FUNCTION @extschema@.bemi_set_retention(interval, interval), @extschema@.bemi_reset_retention(),
+    @extschema@.bemi_maintain_changes(), @extschema@.bemi_partitions(), bemi._maintain_changes(timestamptz), bemi._make_partition(timestamptz, timestamptz),
     bemi._trail_starts_at(timestamptz), bemi._partitions() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi_partitions() TO bemi_reader;
+GRANT EXECUTE ON FUNCTION @extschema@.bemi_partitions() TO bemi_reader;
