@@ -27,6 +27,13 @@ PG_FUNCTION_INFO_V1(bemi_readable_table);
 PG_FUNCTION_INFO_V1(bemi_may_read);
 PG_FUNCTION_INFO_V1(bemi_caller);
 
+#if PG_VERSION_NUM >= 160000
+#include "catalog/pg_namespace.h"
+#define SchemaUsage(nsp, role) object_aclcheck(NamespaceRelationId, (nsp), (role), ACL_USAGE)
+#else
+#define SchemaUsage(nsp, role) pg_namespace_aclcheck((nsp), (role), ACL_USAGE)
+#endif
+
 typedef enum Refusal
 {
 	MAY_READ,
@@ -55,7 +62,7 @@ CheckTable(Oid reader, Oid relid)
 	if (IsTrailReader(reader))
 		return MAY_READ;
 	nsp = get_rel_namespace(relid);
-	if (pg_namespace_aclcheck(nsp, reader, ACL_USAGE) != ACLCHECK_OK)
+	if (SchemaUsage(nsp, reader) != ACLCHECK_OK)
 		return NO_USAGE;
 	if (pg_class_aclcheck(relid, reader, ACL_SELECT) != ACLCHECK_OK)
 		return NO_SELECT;
