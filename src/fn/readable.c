@@ -2,8 +2,8 @@
  * readable.c: may the caller read the changes of a table? The check in front of every history
  * and time-travel read, so it is a few syscache lookups, not a PL/pgSQL call.
  *
- * The caller must be able to SELECT the table, and row-level security must not hide rows of it
- * from the caller (the trail holds every row). Members of bemi_reader read bemi.changes itself,
+ * The caller must be able to reach the table (USAGE on its schema) and SELECT it, and row-level
+ * security must not hide rows of it from the caller (the trail holds every row). Members of bemi_reader read bemi.changes itself,
  * so they pass.
  */
 #include "bemi/bemi.h"
@@ -48,6 +48,15 @@ bemi_readable_table(PG_FUNCTION_ARGS)
 	reader = get_role_oid("bemi_reader", true);
 	if (!OidIsValid(reader) || !has_privs_of_role(GetUserId(), reader))
 	{
+		Oid nsp = get_rel_namespace(relid);
+
+		/* As for a query on the table: no USAGE on its schema, no way to it. */
+		if (pg_namespace_aclcheck(nsp, GetUserId(), ACL_USAGE) != ACLCHECK_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for schema %s", get_namespace_name(nsp)),
+					 errdetail("Reading the changes of table %s needs USAGE on its schema.", name),
+					 errhint("Ask the schema's owner for USAGE on it, or for membership in bemi_reader.")));
 		if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
 			ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("permission denied for table %s", name),
 							errdetail("Reading the changes of a table needs SELECT on the table.")));
