@@ -49,6 +49,8 @@ SET ROLE alice;
 ALTER TABLE ddl_accounts ALTER COLUMN owner TYPE varchar(20) USING 'tampered';
 ALTER TABLE ddl_accounts ALTER COLUMN balance TYPE bigint, ALTER COLUMN id TYPE bigint;
 SELECT * FROM ddl_accounts;
+-- From a function as well (the statement is the one EXECUTE ran).
+DO $$ BEGIN EXECUTE 'ALTER TABLE ddl_accounts ALTER COLUMN owner TYPE text'; END $$;
 RESET ROLE;
 SELECT role, reason, statement FROM bemi.gaps
  WHERE relation = 'public.ddl_accounts' AND reason LIKE 'ALTER COLUMN%' ORDER BY id;

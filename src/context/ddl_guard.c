@@ -149,6 +149,7 @@ IsUserTable(Oid relid)
 	return nspname != NULL && strcmp(nspname, "information_schema") != 0 && strcmp(nspname, "bemi") != 0;
 }
 
+/* pg_class.relreplident, which lsyscache has no getter for. */
 static char
 ReplicaIdentityOf(Oid relid)
 {
@@ -162,6 +163,7 @@ ReplicaIdentityOf(Oid relid)
 	return identity;
 }
 
+/* schema.table, quoted as needed: how gap rows and messages name a table. */
 static char *
 QualifiedName(Oid relid)
 {
@@ -174,7 +176,6 @@ StatementText(PlannedStmt *pstmt, const char *query_string)
 {
 	int location = pstmt->stmt_location;
 	int len;
-	char *text;
 
 	if (query_string == NULL)
 		return NULL;
@@ -188,8 +189,7 @@ StatementText(PlannedStmt *pstmt, const char *query_string)
 		len = pg_mbcliplen(query_string + location, len, BEMI_GAP_STATEMENT_MAX);
 		return psprintf("%.*s...", len, query_string + location);
 	}
-	text = pnstrdup(query_string + location, len);
-	return text;
+	return pnstrdup(query_string + location, len);
 }
 
 /*
@@ -238,7 +238,7 @@ RecordGap(Oid ext_owner, Oid relid, const char *reason, const char *statement)
 	}
 	PG_FINALLY();
 	{
-		AtEOXact_GUC(true, save_nestlevel);
+		AtEOXact_GUC(false, save_nestlevel);
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 	}
 	PG_END_TRY();
@@ -246,8 +246,8 @@ RecordGap(Oid ext_owner, Oid relid, const char *reason, const char *statement)
 
 /*
  * Before an unlogged table becomes logged: give it REPLICA IDENTITY FULL, as new tables get.
- * Runs as the caller, who owns the table (SET LOGGED needs that too); the table is still
- * unlogged, so the guard lets this ALTER through.
+ * Runs as the caller, who owns the table (SET LOGGED needs that too); the guard never refuses
+ * FULL. In the SET LOGGED statement's transaction, so undone with it.
  */
 static void
 PutFullReplicaIdentity(Oid relid)
@@ -261,6 +261,7 @@ PutFullReplicaIdentity(Oid relid)
 	SPI_finish();
 }
 
+/* The replica identity as ALTER TABLE spells it, for the refusal's detail. */
 static const char *
 IdentityName(char identity_type)
 {
@@ -275,6 +276,11 @@ IdentityName(char identity_type)
 	}
 }
 
+/*
+ * ALTER TABLE on a recorded table: refuse an incomplete replica identity, record the rest. The
+ * table's state before the statement decides (it has not run yet); a statement that both sets
+ * LOGGED and changes replica identity is judged as on the permanent table it makes.
+ */
 static void
 GuardAlterTable(AlterTableStmt *stmt, PlannedStmt *pstmt, const char *query_string)
 {
@@ -395,7 +401,8 @@ BemiGuardDdl(PlannedStmt *pstmt, const char *query_string)
 {
 	Node *stmt = pstmt->utilityStmt;
 
-	if (IsBinaryUpgrade)
+	/* pg_upgrade restores catalogs as they were; the worker alters only bemi's own tables. */
+	if (IsBinaryUpgrade || bemi_is_worker)
 		return;
 	if (IsA(stmt, AlterTableStmt))
 		GuardAlterTable((AlterTableStmt *) stmt, pstmt, query_string);
