@@ -74,13 +74,20 @@ CREATE TABLE bemi.progress (
 INSERT INTO bemi.progress DEFAULT VALUES;
 REVOKE ALL ON bemi.progress FROM PUBLIC;
 
--- Changes bemi could not record: its slot was invalidated or went missing. Never silent.
+-- Changes bemi could not record: its slot was invalidated or went missing (the worker writes the
+-- row), or a table owner took a table out of capture or rewrote its values (SET UNLOGGED,
+-- ALTER COLUMN ... TYPE: the backend writes the row in the ALTER's own transaction, with the
+-- table, the role and the statement; see src/context/ddl_guard.c). Never silent.
 CREATE TABLE bemi.gaps (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     detected_at timestamptz NOT NULL DEFAULT now(),
     from_lsn    pg_lsn,
     to_lsn      pg_lsn NOT NULL,
-    reason      text NOT NULL
+    reason      text NOT NULL,
+    relation    text COLLATE "C",
+    table_oid   oid,
+    role        text COLLATE "C",
+    statement   text
 );
 REVOKE ALL ON bemi.gaps FROM PUBLIC;
 GRANT SELECT ON bemi.gaps TO bemi_reader;

@@ -53,7 +53,8 @@ DefineSettings(void)
 							NULL, &bemi_max_context_size, 1024 * 1024, 2, MaxAllocSize / 2,
 							PGC_SUSET, GUC_UNIT_BYTE, NULL, NULL, NULL);
 	DefineCustomBoolVariable("bemi.replica_identity_full",
-							 "Give new tables REPLICA IDENTITY FULL so before-images are complete.",
+							 "Keep recorded tables at REPLICA IDENTITY FULL so before-images are complete.",
+							 "New tables get it and ALTER TABLE ... REPLICA IDENTITY anything else is refused. "
 							 "Turn off if you manage replica identity yourself; bemi_status() lists tables "
 							 "whose images will be incomplete.",
 							 &bemi_replica_identity_full, true, PGC_SUSET, 0, NULL, NULL, NULL);

@@ -86,6 +86,10 @@ extern void BemiSlotName(Oid dboid, char *name, size_t len);
 extern bool bemi_is_worker;
 extern void BemiContextInit(void);
 
+/* context/ddl_guard.c */
+struct PlannedStmt;
+extern void BemiGuardDdl(struct PlannedStmt *pstmt, const char *query_string);
+
 /* worker/launcher.c, worker/lifecycle.c */
 extern void BemiRegisterLauncher(void);
 extern void BemiLaunchWorker(Oid dboid);

@@ -386,6 +386,7 @@ bemi_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 		else if (db)
 			WaitForCaptureSlot(db);
 	}
+	BemiGuardDdl(pstmt, queryString);
 	if (DropsExtensions(stmt))
 		had_extension = OidIsValid(get_extension_oid("bemi", true));
 	if (IsA(stmt, DropdbStmt))
