@@ -112,7 +112,8 @@ bemi_readable_table(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("permission denied for schema %s", get_namespace_name(get_rel_namespace(relid))),
-					 errdetail("Reading the changes of a table needs USAGE on its schema and SELECT on the table.")));
+					 errdetail("Reading the changes of table %s needs USAGE on its schema.", name),
+					 errhint("Ask the schema's owner for USAGE on it, or for membership in bemi_reader.")));
 			break;
 		case NO_SELECT:
 			ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("permission denied for table %s", name),
