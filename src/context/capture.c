@@ -9,6 +9,7 @@
  */
 #include "bemi/bemi.h"
 #include "bemi/comment.h"
+#include "bemi/secret.h"
 
 #include "access/xact.h"
 #include "catalog/pg_extension.h"
@@ -42,8 +43,9 @@ static bool local_set = false;      /* this transaction overrides the session co
 static Jsonb *statement_context = NULL; /* from the running top-level statement's comment */
 
 /*
- * Saved states for ROLLBACK TO SAVEPOINT: a context set inside a rolled-back savepoint must not
- * outlive it.
+ * Saved states for ROLLBACK TO SAVEPOINT and ROLLBACK: a context set inside a rolled-back
+ * savepoint or transaction must not outlive it. An entry of level L holds the state on entering
+ * level L; level 1 is the state at the start of the transaction.
  */
 typedef struct SavedContext
 {
@@ -116,7 +118,7 @@ SaveForSavepoint(void)
 	int level = GetCurrentTransactionNestLevel();
 	SavedContext *saved;
 
-	if (level <= 1 || (saved_contexts && saved_contexts->level == level))
+	if (level < 1 || (saved_contexts && saved_contexts->level == level))
 		return;
 	saved = MemoryContextAlloc(TopMemoryContext, sizeof(SavedContext));
 	saved->level = level;
@@ -171,7 +173,9 @@ bemi_context(PG_FUNCTION_ARGS)
 
 /*
  * The message: the application's object with the database-level identity of the writer under
- * the reserved key (which overrides an application key of the same name).
+ * the reserved key (which overrides an application key of the same name), signed for this
+ * top-level transaction so that the output plugin believes its identity (secret.c). One HMAC per
+ * message, one message per writing transaction unless the context or role changes.
  */
 static void
 EmitContext(void)
@@ -179,6 +183,9 @@ EmitContext(void)
 	Jsonb *context = EffectiveContext();
 	StringInfoData buf;
 	const char *role = GetUserNameFromId(GetUserId(), true);
+	TransactionId top_xid = GetTopTransactionId();
+	char *message;
+	int message_len;
 
 	initStringInfo(&buf);
 	if (context && JB_ROOT_COUNT(context) > 0)
@@ -196,11 +203,20 @@ EmitContext(void)
 	escape_json(&buf, application_name ? application_name : "");
 	appendStringInfoString(&buf, "}}");
 
+	/* Without the key (bemi not preloaded) the message still carries the application context. */
+	message = BemiSignMessage(top_xid, buf.data, buf.len, &message_len);
+	if (message == NULL)
+	{
+		message = buf.data;
+		message_len = buf.len;
+	}
 #if PG_VERSION_NUM >= 170000
-	LogLogicalMessage(BEMI_MESSAGE_PREFIX, buf.data, buf.len, true, false);
+	LogLogicalMessage(BEMI_MESSAGE_PREFIX, message, message_len, true, false);
 #else
-	LogLogicalMessage(BEMI_MESSAGE_PREFIX, buf.data, buf.len, true);
+	LogLogicalMessage(BEMI_MESSAGE_PREFIX, message, message_len, true);
 #endif
+	if (message != buf.data)
+		pfree(message);
 	pfree(buf.data);
 }
 
@@ -412,6 +428,21 @@ bemi_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 		drop_pending = true;
 }
 
+/* ROLLBACK: the session context goes back to what it was when the transaction started. */
+static void
+RestoreSessionContext(void)
+{
+	SavedContext *first = saved_contexts;
+
+	if (first == NULL)
+		return;
+	while (first->next)
+		first = first->next;
+	FreeJsonb(session_context);
+	session_context = first->session;
+	first->session = NULL;
+}
+
 static void
 ResetTransactionState(void)
 {
@@ -434,6 +465,16 @@ ResetTransactionState(void)
 	context_generation++;
 }
 
+/* The end of a transaction, however it ends: nothing of it carries over but the session context. */
+static void
+EndTransaction(void)
+{
+	ResetTransactionState();
+	xact_wrote = false;
+	local_unused_outside_block = false;
+	drop_pending = false;
+}
+
 static void
 bemi_xact_callback(XactEvent event, void *arg)
 {
@@ -450,14 +491,15 @@ bemi_xact_callback(XactEvent event, void *arg)
 						 errhint("Call it after BEGIN, or pass is_local => false to set it for the session.")));
 			if (drop_pending)
 				BemiStopCapture(MyDatabaseId);
-			/* FALLTHROUGH */
+			EndTransaction();
+			break;
+		case XACT_EVENT_PREPARE:
+			EndTransaction();
+			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
-		case XACT_EVENT_PREPARE:
-			ResetTransactionState();
-			xact_wrote = false;
-			local_unused_outside_block = false;
-			drop_pending = false;
+			RestoreSessionContext();
+			EndTransaction();
 			break;
 		default:
 			break;
