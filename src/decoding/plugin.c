@@ -164,19 +164,21 @@ ParseJson(const char *json)
 
 /*
  * A message's payload as an application context, under the rules of bemi_set_context: a JSON
- * object of at most bemi.max_context_size bytes, valid in the database encoding (jsonb_in does
- * not check raw bytes). Anything else becomes a note saying why, without the offending bytes: a
- * message must never stop decoding nor put bytes in the trail that a restore would refuse. The
- * reserved key is removed here; the caller adds the verified identity.
+ * object of at most bemi.max_context_size bytes (unless bemi's backend signed it: it checked the
+ * context when it was set), valid in the database encoding (jsonb_in does not check raw bytes).
+ * Anything else becomes a note saying why, without the offending bytes: a message must never stop
+ * decoding nor put bytes in the trail that a restore would refuse. The reserved key is removed
+ * here; the caller adds the verified identity. *parsed_out is the whole object, or NULL.
  */
 static Jsonb *
-ApplicationContext(const char *payload, Size size, Jsonb **parsed_out)
+ApplicationContext(const char *payload, Size size, bool limit_size, Jsonb **parsed_out)
 {
 	Jsonb *parsed;
+	char *json;
 	char reason[128];
 
 	*parsed_out = NULL;
-	if (size > (Size) bemi_max_context_size)
+	if (limit_size && size > (Size) bemi_max_context_size)
 	{
 		snprintf(reason, sizeof(reason), "context of %zu bytes is larger than bemi.max_context_size (%d)",
 				 (size_t) size, bemi_max_context_size);
@@ -187,7 +189,9 @@ ApplicationContext(const char *payload, Size size, Jsonb **parsed_out)
 		snprintf(reason, sizeof(reason), "context is not valid %s", GetDatabaseEncodingName());
 		return ReservedNote(BEMI_RESERVED_KEY "_invalid_context", reason);
 	}
-	parsed = ParseJson(pnstrdup(payload, size));
+	json = pnstrdup(payload, size);
+	parsed = ParseJson(json);
+	pfree(json);
 	if (parsed == NULL)
 		return ReservedNote(BEMI_RESERVED_KEY "_invalid_context", "context is not valid JSON");
 	if (!JB_ROOT_IS_OBJECT(parsed) || JB_ROOT_IS_SCALAR(parsed))
@@ -294,6 +298,26 @@ bemi_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr commi
 }
 
 /*
+ * Frees the jsonb values the state no longer points to, each once (jsonb_concat and jsonb_delete
+ * may return one of their arguments, so the candidates can repeat).
+ */
+static void
+FreeUnused(PluginState *state, Jsonb **candidates, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		Jsonb *j = candidates[i];
+		bool seen = false;
+
+		for (int k = 0; k < i; k++)
+			seen |= candidates[k] == j;
+		if (j && !seen && j != state->context && j != state->application && j != state->identity &&
+			j != state->empty)
+			pfree(j);
+	}
+}
+
+/*
  * A context message: ours (prefix "bemi") or one from Bemi's row trigger (prefix "_bemi"), but
  * any role can emit either. Only a message whose MAC verifies for this transaction (txn is the
  * top-level transaction: the reorder buffer replays subtransactions' changes under it) may set
@@ -311,6 +335,9 @@ bemi_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn,
 	bool verified;
 	Jsonb *parsed;
 	Jsonb *application;
+	Jsonb *prev_context = state->context;
+	Jsonb *prev_application = state->application;
+	Jsonb *prev_identity = state->identity;
 
 	if (!transactional || txn == NULL || state->skip_txn)
 		return;
@@ -320,7 +347,7 @@ bemi_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn,
 	/* A look-alike of ours with a wrong MAC is judged by its payload, like any other message. */
 	verified = BemiVerifyMessage(txn->xid, message, size, &payload, &payload_len) &&
 		strcmp(prefix, BEMI_MESSAGE_PREFIX) == 0;
-	application = ApplicationContext(payload, payload_len, &parsed);
+	application = ApplicationContext(payload, payload_len, !verified, &parsed);
 	if (verified)
 	{
 		Jsonb *identity = IdentityOf(parsed);
@@ -348,6 +375,12 @@ bemi_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn,
 	else
 		state->context = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(state->application),
 															JsonbPGetDatum(state->identity)));
+	/* Bemi's trigger sends one message per row: what is replaced is freed, memory stays flat. */
+	{
+		Jsonb *candidates[] = {prev_context, prev_application, prev_identity, application, parsed};
+
+		FreeUnused(state, candidates, lengthof(candidates));
+	}
 	MemoryContextSwitchTo(old);
 	if (state->to_sink)
 		BemiSinkContext(state->context);
