@@ -135,6 +135,15 @@ SELECT current_setting('server_encoding') AS encoding, count(*) AS changes
   FROM bemi.changes
  WHERE "table" = 'id_notes' AND convert_from(convert_to(context::text, 'UTF8'), 'UTF8') IS NOT NULL;
 
+-- Rows written by CREATE TABLE AS and SELECT INTO (no executor write of their own: the utility
+-- hook emits the message for them) carry the writer's identity too.
+CREATE TABLE id_ctas AS SELECT 1 AS id;
+SELECT 2 AS id INTO id_select_into;
+SELECT bemi_wait();
+SELECT "table", operation, replace(context->'_bemi'->>'role', session_user, '<superuser>') AS role
+  FROM bemi.changes WHERE "table" IN ('id_ctas', 'id_select_into') ORDER BY 1;
+DROP TABLE id_ctas, id_select_into;
+
 -- A session context set in a transaction that is rolled back does not survive it, whether the
 -- rollback is asked for, follows an error, or ends a transaction whose savepoints were released.
 SELECT bemi_set_context('{"session": "before"}', false);

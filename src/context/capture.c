@@ -397,7 +397,9 @@ bemi_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 		bool capturing;
 		BemiDatabase *db = CapturingDatabase(&capturing);
 
-		if ((IsA(stmt, CopyStmt) && ((CopyStmt *) stmt)->is_from) || IsA(stmt, TruncateStmt))
+		/* CREATE TABLE AS and SELECT INTO write rows that no executor write hook sees. */
+		if ((IsA(stmt, CopyStmt) && ((CopyStmt *) stmt)->is_from) || IsA(stmt, TruncateStmt) ||
+			IsA(stmt, CreateTableAsStmt))
 			BeforeWrite();
 		else if (db)
 			WaitForCaptureSlot(db);
