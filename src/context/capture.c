@@ -3,7 +3,8 @@
  *
  * Setting a context only records it in backend memory. Just before the first row-modifying
  * statement of a transaction, and again only when the context changed, one transactional logical
- * message carries it into the WAL; the output plugin hands it to the changes that follow.
+ * message carries it into the WAL, signed with the server's key so that its identity can be
+ * believed (secret.c); the output plugin hands it to the changes that follow.
  * Read-only work costs nothing. The same hooks hold a backend's first write while a new capture
  * slot is being created, so that no write after CREATE EXTENSION is missed.
  */

@@ -2,7 +2,8 @@
  * plugin.c: the `bemi` logical decoding output plugin.
  *
  * Each row change becomes a change record: table, operation, primary key, before and after
- * images, and the latest context message that preceded it in its transaction. Inside the worker
+ * images, and the latest context that preceded it in its transaction (the application's, from any
+ * context message; the `_bemi` identity only from a message bemi signed). Inside the worker
  * the records go to the worker's sink; anywhere else (pg_logical_slot_get_changes,
  * pg_recvlogical) each is written as one JSON document. Callbacks never write to the database.
  */
