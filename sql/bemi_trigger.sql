@@ -21,7 +21,7 @@ BEGIN;
 SELECT 'msg' FROM pg_logical_emit_message(true, '_bemi', '{"user_id": 6}');
 UPDATE trig_items SET name = 'uno' WHERE id = 1;
 COMMIT;
--- A message that is not a JSON object does not stop capture: it is kept as text.
+-- A message that is not a JSON object does not stop capture: a note says why it was not kept.
 BEGIN;
 SELECT 'msg' FROM pg_logical_emit_message(true, '_bemi', 'not json');
 DELETE FROM trig_items WHERE id = 1;

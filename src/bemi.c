@@ -3,6 +3,7 @@
  * each area does its own work.
  */
 #include "bemi/bemi.h"
+#include "bemi/secret.h"
 
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -33,6 +34,7 @@ bemi_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	BemiShmemRequest();
+	BemiSecretShmemRequest();
 }
 #endif
 
@@ -43,6 +45,7 @@ bemi_shmem_startup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	BemiShmemStartup();
+	BemiSecretShmemStartup();
 }
 
 static void
@@ -94,6 +97,7 @@ _PG_init(void)
 	shmem_request_hook = bemi_shmem_request;
 #else
 	BemiShmemRequest();
+	BemiSecretShmemRequest();
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = bemi_shmem_startup;

@@ -3,12 +3,14 @@
  *
  * Setting a context only records it in backend memory. Just before the first row-modifying
  * statement of a transaction, and again only when the context changed, one transactional logical
- * message carries it into the WAL; the output plugin hands it to the changes that follow.
+ * message carries it into the WAL, signed with the server's key so that its identity can be
+ * believed (secret.c); the output plugin hands it to the changes that follow.
  * Read-only work costs nothing. The same hooks hold a backend's first write while a new capture
  * slot is being created, so that no write after CREATE EXTENSION is missed.
  */
 #include "bemi/bemi.h"
 #include "bemi/comment.h"
+#include "bemi/secret.h"
 
 #include "access/xact.h"
 #include "catalog/pg_extension.h"
@@ -42,8 +44,9 @@ static bool local_set = false;      /* this transaction overrides the session co
 static Jsonb *statement_context = NULL; /* from the running top-level statement's comment */
 
 /*
- * Saved states for ROLLBACK TO SAVEPOINT: a context set inside a rolled-back savepoint must not
- * outlive it.
+ * Saved states for ROLLBACK TO SAVEPOINT and ROLLBACK: a context set inside a rolled-back
+ * savepoint or transaction must not outlive it. An entry of level L holds the state on entering
+ * level L; level 1 is the state at the start of the transaction.
  */
 typedef struct SavedContext
 {
@@ -116,7 +119,7 @@ SaveForSavepoint(void)
 	int level = GetCurrentTransactionNestLevel();
 	SavedContext *saved;
 
-	if (level <= 1 || (saved_contexts && saved_contexts->level == level))
+	if (level < 1 || (saved_contexts && saved_contexts->level == level))
 		return;
 	saved = MemoryContextAlloc(TopMemoryContext, sizeof(SavedContext));
 	saved->level = level;
@@ -171,7 +174,9 @@ bemi_context(PG_FUNCTION_ARGS)
 
 /*
  * The message: the application's object with the database-level identity of the writer under
- * the reserved key (which overrides an application key of the same name).
+ * the reserved key (which overrides an application key of the same name), signed for this
+ * top-level transaction so that the output plugin believes its identity (secret.c). One HMAC per
+ * message, one message per writing transaction unless the context or role changes.
  */
 static void
 EmitContext(void)
@@ -179,6 +184,9 @@ EmitContext(void)
 	Jsonb *context = EffectiveContext();
 	StringInfoData buf;
 	const char *role = GetUserNameFromId(GetUserId(), true);
+	TransactionId top_xid = GetTopTransactionId();
+	char *message;
+	int message_len;
 
 	initStringInfo(&buf);
 	if (context && JB_ROOT_COUNT(context) > 0)
@@ -196,11 +204,20 @@ EmitContext(void)
 	escape_json(&buf, application_name ? application_name : "");
 	appendStringInfoString(&buf, "}}");
 
+	/* Without the key (bemi not preloaded) the message still carries the application context. */
+	message = BemiSignMessage(top_xid, buf.data, buf.len, &message_len);
+	if (message == NULL)
+	{
+		message = buf.data;
+		message_len = buf.len;
+	}
 #if PG_VERSION_NUM >= 170000
-	LogLogicalMessage(BEMI_MESSAGE_PREFIX, buf.data, buf.len, true, false);
+	LogLogicalMessage(BEMI_MESSAGE_PREFIX, message, message_len, true, false);
 #else
-	LogLogicalMessage(BEMI_MESSAGE_PREFIX, buf.data, buf.len, true);
+	LogLogicalMessage(BEMI_MESSAGE_PREFIX, message, message_len, true);
 #endif
+	if (message != buf.data)
+		pfree(message);
 	pfree(buf.data);
 }
 
@@ -381,7 +398,9 @@ bemi_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 		bool capturing;
 		BemiDatabase *db = CapturingDatabase(&capturing);
 
-		if ((IsA(stmt, CopyStmt) && ((CopyStmt *) stmt)->is_from) || IsA(stmt, TruncateStmt))
+		/* CREATE TABLE AS and SELECT INTO write rows that no executor write hook sees. */
+		if ((IsA(stmt, CopyStmt) && ((CopyStmt *) stmt)->is_from) || IsA(stmt, TruncateStmt) ||
+			IsA(stmt, CreateTableAsStmt))
 			BeforeWrite();
 		else if (db)
 			WaitForCaptureSlot(db);
@@ -413,6 +432,21 @@ bemi_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 		drop_pending = true;
 }
 
+/* ROLLBACK: the session context goes back to what it was when the transaction started. */
+static void
+RestoreSessionContext(void)
+{
+	SavedContext *first = saved_contexts;
+
+	if (first == NULL)
+		return;
+	while (first->next)
+		first = first->next;
+	FreeJsonb(session_context);
+	session_context = first->session;
+	first->session = NULL;
+}
+
 static void
 ResetTransactionState(void)
 {
@@ -435,6 +469,16 @@ ResetTransactionState(void)
 	context_generation++;
 }
 
+/* The end of a transaction, however it ends: nothing of it carries over but the session context. */
+static void
+EndTransaction(void)
+{
+	ResetTransactionState();
+	xact_wrote = false;
+	local_unused_outside_block = false;
+	drop_pending = false;
+}
+
 static void
 bemi_xact_callback(XactEvent event, void *arg)
 {
@@ -451,14 +495,15 @@ bemi_xact_callback(XactEvent event, void *arg)
 						 errhint("Call it after BEGIN, or pass is_local => false to set it for the session.")));
 			if (drop_pending)
 				BemiStopCapture(MyDatabaseId);
-			/* FALLTHROUGH */
+			EndTransaction();
+			break;
+		case XACT_EVENT_PREPARE:
+			EndTransaction();
+			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
-		case XACT_EVENT_PREPARE:
-			ResetTransactionState();
-			xact_wrote = false;
-			local_unused_outside_block = false;
-			drop_pending = false;
+			RestoreSessionContext();
+			EndTransaction();
 			break;
 		default:
 			break;

@@ -2,12 +2,14 @@
  * plugin.c: the `bemi` logical decoding output plugin.
  *
  * Each row change becomes a change record: table, operation, primary key, before and after
- * images, and the latest context message that preceded it in its transaction. Inside the worker
+ * images, and the latest context that preceded it in its transaction (the application's, from any
+ * context message; the `_bemi` identity only from a message bemi signed). Inside the worker
  * the records go to the worker's sink; anywhere else (pg_logical_slot_get_changes,
  * pg_recvlogical) each is written as one JSON document. Callbacks never write to the database.
  */
 #include "bemi/bemi.h"
 #include "bemi/decoding.h"
+#include "bemi/secret.h"
 
 #include "access/htup_details.h"
 #include "catalog/partition.h"
@@ -15,6 +17,7 @@
 #include "catalog/pg_namespace.h"
 #include "commands/dbcommands.h"
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "replication/logical.h"
 #include "replication/origin.h"
@@ -115,10 +118,12 @@ typedef struct PluginState
 	MemoryContext txn_context;    /* reset at every transaction start */
 	bool to_sink;                 /* running inside the worker */
 	char *database;
-	Jsonb *context;               /* latest context of the current transaction, or NULL */
+	Jsonb *context;               /* what changes carry now: application || identity, or NULL */
+	Jsonb *application;           /* latest application context of the transaction, or NULL */
+	Jsonb *identity;              /* {"_bemi": ...} of the latest verified message, or NULL */
 	Jsonb *empty;
 	bool skip_txn;                /* already written by an earlier run of the worker */
-	bool context_from_trigger;    /* the context came from Bemi's row trigger */
+	bool context_from_trigger;    /* the application context came from an unsigned message */
 } PluginState;
 
 /* {"<key>": "<text>"}: what stands in for a context or an image that could not be had. */
@@ -136,28 +141,87 @@ ReservedNote(const char *key, const char *text)
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 
+/* The JSON text of a message as jsonb, or NULL when jsonb_in refuses it. */
 static Jsonb *
-ParseMessage(const char *message, Size size)
+ParseJson(const char *json)
 {
-	char *json = pnstrdup(message, size);
 	MemoryContext caller = CurrentMemoryContext;
-	Jsonb *volatile context = NULL;
+	Jsonb *volatile parsed = NULL;
 
-	/* A broken message from someone's trigger must not stop decoding: keep it as text. */
+	/* jsonb_in only allocates memory: recovering without a subtransaction is safe. */
 	PG_TRY();
 	{
-		context = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+		parsed = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
 	}
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(caller);
 		FlushErrorState();
-		context = NULL;
+		parsed = NULL;
 	}
 	PG_END_TRY();
-	if (context == NULL || !JB_ROOT_IS_OBJECT(context) || JB_ROOT_IS_SCALAR(context))
-		context = ReservedNote(BEMI_RESERVED_KEY "_invalid_context", json);
-	return context;
+	return parsed;
+}
+
+/*
+ * A message's payload as an application context, under the rules of bemi_set_context: a JSON
+ * object of at most bemi.max_context_size bytes (unless bemi's backend signed it: it checked the
+ * context when it was set), valid in the database encoding (jsonb_in does not check raw bytes).
+ * Anything else becomes a note saying why, without the offending bytes: a message must never stop
+ * decoding nor put bytes in the trail that a restore would refuse. The reserved key is removed
+ * here; the caller adds the verified identity. *parsed_out is the whole object, or NULL.
+ */
+static Jsonb *
+ApplicationContext(const char *payload, Size size, bool limit_size, Jsonb **parsed_out)
+{
+	Jsonb *parsed;
+	char *json;
+	char reason[128];
+
+	*parsed_out = NULL;
+	if (limit_size && size > (Size) bemi_max_context_size)
+	{
+		snprintf(reason, sizeof(reason), "context of %zu bytes is larger than bemi.max_context_size (%d)",
+				 (size_t) size, bemi_max_context_size);
+		return ReservedNote(BEMI_RESERVED_KEY "_invalid_context", reason);
+	}
+	if (!pg_verify_mbstr(GetDatabaseEncoding(), payload, (int) size, true))
+	{
+		snprintf(reason, sizeof(reason), "context is not valid %s", GetDatabaseEncodingName());
+		return ReservedNote(BEMI_RESERVED_KEY "_invalid_context", reason);
+	}
+	json = pnstrdup(payload, size);
+	parsed = ParseJson(json);
+	pfree(json);
+	if (parsed == NULL)
+		return ReservedNote(BEMI_RESERVED_KEY "_invalid_context", "context is not valid JSON");
+	if (!JB_ROOT_IS_OBJECT(parsed) || JB_ROOT_IS_SCALAR(parsed))
+		return ReservedNote(BEMI_RESERVED_KEY "_invalid_context", "context is not a JSON object");
+	*parsed_out = parsed;
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_delete, JsonbPGetDatum(parsed),
+											  CStringGetTextDatum(BEMI_RESERVED_KEY)));
+}
+
+/* {"_bemi": <value of _bemi in the message>} when a verified message has it, else NULL. */
+static Jsonb *
+IdentityOf(Jsonb *message)
+{
+	JsonbValue *value;
+	JsonbParseState *parse_state = NULL;
+	JsonbValue key;
+
+	if (message == NULL)
+		return NULL;
+	value = getKeyJsonValueFromContainer(&message->root, BEMI_RESERVED_KEY, strlen(BEMI_RESERVED_KEY), NULL);
+	if (value == NULL)
+		return NULL;
+	key.type = jbvString;
+	key.val.string.val = BEMI_RESERVED_KEY;
+	key.val.string.len = strlen(BEMI_RESERVED_KEY);
+	pushJsonbValue(&parse_state, WJB_BEGIN_OBJECT, NULL);
+	pushJsonbValue(&parse_state, WJB_KEY, &key);
+	pushJsonbValue(&parse_state, WJB_VALUE, value);
+	return JsonbValueToJsonb(pushJsonbValue(&parse_state, WJB_END_OBJECT, NULL));
 }
 
 static void
@@ -204,6 +268,8 @@ bemi_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 
 	MemoryContextReset(state->txn_context);
 	state->context = NULL;
+	state->application = NULL;
+	state->identity = NULL;
 	state->context_from_trigger = false;
 	if (state->database == NULL)
 		state->database = MemoryContextStrdup(ctx->context, get_database_name(MyDatabaseId));
@@ -228,35 +294,93 @@ bemi_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr commi
 		BemiSinkCommit(txn->end_lsn);
 	MemoryContextReset(state->txn_context);
 	state->context = NULL;
+	state->application = NULL;
+	state->identity = NULL;
 }
 
+/*
+ * Frees the jsonb values the state no longer points to, each once (jsonb_concat and jsonb_delete
+ * may return one of their arguments, so the candidates can repeat).
+ */
+static void
+FreeUnused(PluginState *state, Jsonb **candidates, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		Jsonb *j = candidates[i];
+		bool seen = false;
+
+		for (int k = 0; k < i; k++)
+			seen |= candidates[k] == j;
+		if (j && !seen && j != state->context && j != state->application && j != state->identity &&
+			j != state->empty)
+			pfree(j);
+	}
+}
+
+/*
+ * A context message: ours (prefix "bemi") or one from Bemi's row trigger (prefix "_bemi"), but
+ * any role can emit either. Only a message whose MAC verifies for this transaction (txn is the
+ * top-level transaction: the reorder buffer replays subtransactions' changes under it) may set
+ * the `_bemi` identity; any other message sets the application context only, and can neither
+ * remove nor replace the identity.
+ */
 static void
 bemi_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn, bool transactional,
 			 const char *prefix, Size size, const char *message)
 {
 	PluginState *state = ctx->output_plugin_private;
 	MemoryContext old;
+	const char *payload;
+	Size payload_len;
+	bool verified;
+	Jsonb *parsed;
+	Jsonb *application;
+	Jsonb *prev_context = state->context;
+	Jsonb *prev_application = state->application;
+	Jsonb *prev_identity = state->identity;
 
 	if (!transactional || txn == NULL || state->skip_txn)
 		return;
 	if (strcmp(prefix, BEMI_MESSAGE_PREFIX) != 0 && strcmp(prefix, BEMI_TRIGGER_MESSAGE_PREFIX) != 0)
 		return;
 	old = MemoryContextSwitchTo(state->txn_context);
+	/* A look-alike of ours with a wrong MAC is judged by its payload, like any other message. */
+	verified = BemiVerifyMessage(txn->xid, message, size, &payload, &payload_len) &&
+		strcmp(prefix, BEMI_MESSAGE_PREFIX) == 0;
+	application = ApplicationContext(payload, payload_len, !verified, &parsed);
+	if (verified)
 	{
-		bool ours = strcmp(prefix, BEMI_MESSAGE_PREFIX) == 0;
-		Jsonb *incoming = ParseMessage(message, size);
+		Jsonb *identity = IdentityOf(parsed);
 
+		if (identity)
+			state->identity = identity;
 		/*
 		 * Bemi's row trigger sends the application's context in its own messages. When ours
 		 * that follows carries only the writer's identity, it adds to that context rather than
 		 * erasing it.
 		 */
-		if (ours && state->context_from_trigger && state->context && JB_ROOT_COUNT(incoming) == 1)
-			incoming = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(state->context),
-														  JsonbPGetDatum(incoming)));
-		else
-			state->context_from_trigger = !ours;
-		state->context = incoming;
+		if (!(state->context_from_trigger && state->application && JB_ROOT_COUNT(application) == 0))
+		{
+			state->application = application;
+			state->context_from_trigger = false;
+		}
+	}
+	else
+	{
+		state->application = application;
+		state->context_from_trigger = true;
+	}
+	if (state->identity == NULL)
+		state->context = state->application;
+	else
+		state->context = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(state->application),
+															JsonbPGetDatum(state->identity)));
+	/* Bemi's trigger sends one message per row: what is replaced is freed, memory stays flat. */
+	{
+		Jsonb *candidates[] = {prev_context, prev_application, prev_identity, application, parsed};
+
+		FreeUnused(state, candidates, lengthof(candidates));
 	}
 	MemoryContextSwitchTo(old);
 	if (state->to_sink)
