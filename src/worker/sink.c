@@ -440,7 +440,7 @@ InsertCarefully(Batch *b, char *note, size_t note_len)
 		table = TextDatumGetCString(b->table[i]);
 		lsn = DatumGetLSN(b->position[i]);
 		ereport(WARNING,
-				(errmsg("bemi: the %s of a row of \"%s.%s\" at %X/%X could not be recorded: %s",
+				(errmsg("bemi: a %s of \"%s.%s\" at %X/%X is recorded without its images: %s",
 						TextDatumGetCString(b->operation[i]), schema, table, LSN_FORMAT_ARGS(lsn), first->message),
 				 errdetail("The change is recorded with \"%s\" in place of its images%s.",
 						   BEMI_RESERVED_KEY "_write_error", b->pk_null[i] ? " and without its primary key" : ""),
