@@ -233,5 +233,37 @@ is($node->safe_psql('postgres', q{
 	  FROM bemi.changes WHERE "table" = 'parted'}), 'CREATE:true,CREATE:true,TRUNCATE:true',
 	'partitions are recorded under the root\'s OID, TRUNCATE once');
 
+# 6. A long backoff does not hold up DROP EXTENSION or DROP DATABASE: the worker notices within
+# about a second, drops or releases its slot, and goes.
+for my $drop ('DROP EXTENSION', 'DROP DATABASE') {
+	$node->safe_psql('postgres', 'CREATE DATABASE failing_db');
+	$node->safe_psql('failing_db', q{
+		CREATE EXTENSION bemi;
+		CREATE FUNCTION fail_batch() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+		CREATE TRIGGER fail_batch BEFORE INSERT ON bemi.changes FOR EACH STATEMENT EXECUTE FUNCTION fail_batch();
+		CREATE TABLE t (id int PRIMARY KEY);
+		INSERT INTO t VALUES (1);
+	});
+	ok($node->poll_query_until('failing_db', q{SELECT failures >= 3 AND worker_pid IS NOT NULL FROM bemi._worker_state()}),
+		"$drop: the worker failed three times and waits 4 s or more before its next attempt");
+	my $slots_before = $node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'});
+	my $began = time();
+	if ($drop eq 'DROP EXTENSION') {
+		$node->safe_psql('failing_db', 'DROP EXTENSION bemi');
+		ok($node->poll_query_until('postgres', qq{
+			SELECT count(*) = $slots_before - 1 FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'}),
+			'DROP EXTENSION: the slot is dropped');
+		$node->safe_psql('postgres', 'DROP DATABASE failing_db');
+	}
+	else {
+		$node->safe_psql('postgres', 'DROP DATABASE failing_db');
+		is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'}),
+			$slots_before - 1, 'DROP DATABASE: the slot went with the database');
+	}
+	my $took = time() - $began;
+	ok($took < 3.5, sprintf('%s took %.1f s during a backoff of 4 s or more', $drop, $took));
+}
+
 $node->stop;
 done_testing();
