@@ -5,6 +5,9 @@
  * file). Between WAL records the worker drains the spool in batches: one multi-row INSERT per
  * batch and the new progress, in one transaction. Progress counts records within a transaction,
  * so a crash in the middle of a huge transaction resumes exactly where the last batch ended.
+ * After a failed batch the next one is written change by change, so that one change that cannot
+ * be written is recorded with its reason instead of stopping everybody's capture. The worker runs
+ * as superuser: its statements name pg_catalog's functions and bemi's tables explicitly.
  */
 #include "bemi/worker.h"
 #include "bemi/spool.h"
@@ -340,9 +343,11 @@ WriteErrorImage(const char *message)
 }
 
 /*
- * Errors that say nothing about the change at hand (no disk, no memory, I/O, the server going
- * away, a lock or serialization conflict, an internal error): skipping the change for them would
- * lose it, so the batch fails and is retried.
+ * Errors that say nothing about the change at hand (no disk, I/O, the server going away, a lock or
+ * serialization conflict, a corrupt index): replacing the change for them would lose it, so the
+ * batch fails and is retried. Running out of memory and internal errors ("invalid memory alloc
+ * request size") can come from one huge change: for those the replacement is tried, and if it
+ * fails too, the failure is systemic after all.
  */
 static bool
 SystemicError(int sqlerrcode)
@@ -351,11 +356,13 @@ SystemicError(int sqlerrcode)
 	{
 		case ERRCODE_CONNECTION_EXCEPTION:
 		case ERRCODE_TRANSACTION_ROLLBACK:
-		case ERRCODE_INSUFFICIENT_RESOURCES:
 		case ERRCODE_OPERATOR_INTERVENTION:
 		case ERRCODE_SYSTEM_ERROR:
-		case ERRCODE_INTERNAL_ERROR:
 			return true;
+		case ERRCODE_INSUFFICIENT_RESOURCES:
+			return sqlerrcode != ERRCODE_OUT_OF_MEMORY;
+		case ERRCODE_INTERNAL_ERROR:
+			return sqlerrcode != ERRCODE_INTERNAL_ERROR;
 		default:
 			return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE;
 	}

@@ -71,7 +71,8 @@ Claim(Oid dboid)
 /*
  * After a failure, wait before trying again: 1 s, 2 s, 4 s ... up to a minute. Writers set our
  * latch at every commit, so the wait runs to its deadline whatever wakes us; only a shutdown
- * (CHECK_FOR_INTERRUPTS), postmaster death, DROP DATABASE or DROP EXTENSION cut it short.
+ * (CHECK_FOR_INTERRUPTS), postmaster death, DROP DATABASE, DROP EXTENSION or a new CREATE
+ * EXTENSION cut it short.
  */
 static void
 Backoff(BemiDatabase *db)
@@ -95,8 +96,8 @@ Backoff(BemiDatabase *db)
 			ereport(LOG, (errmsg("bemi: worker for database %u exiting for DROP DATABASE", db->dboid)));
 			proc_exit(0);
 		}
-		if (remaining <= 0 || db->state == BEMI_STOPPING)
-			break;
+		if (remaining <= 0 || db->state == BEMI_STOPPING || db->fresh)
+			break; /* DROP EXTENSION, or a new CREATE EXTENSION waiting for its slot */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, Min(remaining, 1000L),
 						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
