@@ -42,7 +42,8 @@ typedef enum BemiWorkerState
 	BEMI_RUNNING,    /* slot consistent; worker decoding */
 	BEMI_FAILED,     /* worker hit an error; it will be restarted */
 	BEMI_STOPPING,   /* DROP EXTENSION committed: worker drops its slot and exits */
-	BEMI_PAUSED      /* DROP DATABASE: worker releases its slot and exits */
+	BEMI_PAUSED,     /* DROP DATABASE: worker releases its slot and exits */
+	BEMI_FAILING     /* was running; its last attempt failed and no batch was written since */
 } BemiWorkerState;
 
 /* One entry per database that has the extension. */
@@ -79,6 +80,7 @@ extern BemiDatabase *BemiFindDatabase(Oid dboid);
 extern BemiDatabase *BemiAddDatabase(Oid dboid, bool fresh);
 extern void BemiSetState(BemiDatabase *db, BemiWorkerState state);
 extern void BemiReportError(BemiDatabase *db, const char *message);
+extern void BemiRecovered(BemiDatabase *db);
 extern void BemiWakeWorker(Oid dboid);
 extern void BemiSlotName(Oid dboid, char *name, size_t len);
 
@@ -100,6 +102,7 @@ extern void BemiFinishDropDatabase(Oid dboid, bool dropped);
 /* decoding: the sink the plugin feeds when it runs inside the worker */
 typedef struct BemiChange
 {
+	Oid table_oid;     /* the recorded table: the root of a partition recorded under its root */
 	const char *schema;
 	const char *table;
 	const char *operation;

@@ -46,6 +46,7 @@ typedef struct RelationInfo
 	Oid relid;        /* hash key */
 	bool valid;
 	bool own;         /* in schema bemi: the worker's own tables, never recorded */
+	Oid recorded_as;  /* the table the changes are recorded under (a partition's root) */
 	char *schema;     /* in CacheMemoryContext */
 	char *table;
 } RelationInfo;
@@ -104,6 +105,7 @@ LookupRelation(Relation rel)
 		}
 		schema = get_namespace_name(get_rel_namespace(recorded_as));
 		table = get_rel_name(recorded_as);
+		info->recorded_as = recorded_as;
 		info->own = strcmp(get_namespace_name(RelationGetNamespace(rel)), "bemi") == 0;
 		info->schema = MemoryContextStrdup(CacheMemoryContext, schema ? schema : "");
 		info->table = MemoryContextStrdup(CacheMemoryContext, table ? table : RelationGetRelationName(rel));
@@ -512,6 +514,7 @@ bemi_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel, Re
 	if (info->own)
 		return;
 	old = MemoryContextSwitchTo(state->change_context);
+	record.table_oid = info->recorded_as;
 	record.schema = info->schema;
 	record.table = info->table;
 	record.before = state->empty;
@@ -566,9 +569,10 @@ bemi_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, int nrelations
 		{
 			RelationInfo *other = LookupRelation(relations[j]);
 
-			if (strcmp(other->schema, info->schema) == 0 && strcmp(other->table, info->table) == 0)
+			if (other->recorded_as == info->recorded_as)
 				seen = true;
 		}
+		record.table_oid = info->recorded_as;
 		record.schema = info->schema;
 		if (!info->own && !seen)
 		{

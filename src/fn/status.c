@@ -28,6 +28,8 @@ StateName(int state)
 			return "running";
 		case BEMI_FAILED:
 			return "failed";
+		case BEMI_FAILING:
+			return "failing";
 		case BEMI_STOPPING:
 			return "stopping";
 		case BEMI_PAUSED:

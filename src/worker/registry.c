@@ -126,6 +126,25 @@ BemiReportError(BemiDatabase *db, const char *message)
 	ConditionVariableBroadcast(&db->progress_cv);
 }
 
+/* The worker wrote again after a failure: `failing` becomes `running` (other states stay). */
+void
+BemiRecovered(BemiDatabase *db)
+{
+	bool changed = false;
+
+	if (db->state != BEMI_FAILING)
+		return;
+	LWLockAcquire(bemi_shared->lock, LW_EXCLUSIVE);
+	if (db->state == BEMI_FAILING)
+	{
+		db->state = BEMI_RUNNING;
+		changed = true;
+	}
+	LWLockRelease(bemi_shared->lock);
+	if (changed)
+		ConditionVariableBroadcast(&db->progress_cv);
+}
+
 /* Nudge a database's worker: new WAL worth decoding, or a waiter. */
 void
 BemiWakeWorker(Oid dboid)

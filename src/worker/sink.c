@@ -5,6 +5,9 @@
  * file). Between WAL records the worker drains the spool in batches: one multi-row INSERT per
  * batch and the new progress, in one transaction. Progress counts records within a transaction,
  * so a crash in the middle of a huge transaction resumes exactly where the last batch ended.
+ * After a failed batch the next one is written change by change, so that one change that cannot
+ * be written is recorded with its reason instead of stopping everybody's capture. The worker runs
+ * as superuser: its statements name pg_catalog's functions and bemi's tables explicitly.
  */
 #include "bemi/worker.h"
 #include "bemi/spool.h"
@@ -21,6 +24,7 @@
 #include "storage/fd.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
@@ -28,7 +32,8 @@
 #include "utils/timestamp.h"
 
 #define SPOOL_MEMORY (16 * 1024 * 1024)
-#define BATCH_BYTES (64 * 1024 * 1024)
+#define BATCH_BYTES (64 * 1024 * 1024) /* every byte a batch's column arrays hold, far below 1 GB */
+#define INSERT_ARGS 12
 
 bool bemi_sink_active = false;
 
@@ -57,6 +62,7 @@ typedef struct BeginEntry
 typedef struct ChangeEntry
 {
 	XLogRecPtr lsn;
+	Oid table_oid;
 	char operation[12];
 	int32 schema_len;
 	int32 table_len;
@@ -194,6 +200,7 @@ BemiSinkChange(XLogRecPtr lsn, const BemiChange *change)
 		return;
 	memset(&entry, 0, sizeof(entry));
 	entry.lsn = lsn;
+	entry.table_oid = change->table_oid;
 	strlcpy(entry.operation, change->operation, sizeof(entry.operation));
 	entry.schema_len = sizes[0] = strlen(change->schema);
 	parts[0] = change->schema;
@@ -223,7 +230,7 @@ typedef struct Batch
 	int count;
 	int capacity;
 	Size bytes;
-	Datum *pk, *before, *after, *context, *schema, *table, *operation, *committed, *xid, *position;
+	Datum *pk, *before, *after, *context, *schema, *table, *operation, *committed, *xid, *position, *table_oid;
 	bool *pk_null;
 } Batch;
 
@@ -244,6 +251,7 @@ BatchInit(Batch *b, int capacity)
 	ALLOC_COLUMN(committed);
 	ALLOC_COLUMN(xid);
 	ALLOC_COLUMN(position);
+	ALLOC_COLUMN(table_oid);
 #undef ALLOC_COLUMN
 	b->pk_null = palloc0(sizeof(bool) * capacity);
 }
@@ -261,24 +269,33 @@ MakeArray(Datum *values, bool *nulls, int count, Oid type)
 	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs, type, typlen, typbyval, typalign));
 }
 
+/*
+ * The worker's statements run as superuser: besides the worker's fixed search_path, each names
+ * pg_catalog's functions and bemi's tables explicitly. ROWS FROM with one pg_catalog.unnest per
+ * column (a qualified unnest takes one array) pairs the columns row by row.
+ */
 static void
 PreparePlans(void)
 {
-	Oid insert_types[11] = {TEXTARRAYOID, JSONBARRAYOID, JSONBARRAYOID, JSONBARRAYOID, TEXTOID,
-							TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
-							INT8ARRAYOID, PG_LSNARRAYOID};
+	Oid insert_types[INSERT_ARGS] = {TEXTARRAYOID, JSONBARRAYOID, JSONBARRAYOID, JSONBARRAYOID, TEXTOID,
+									 TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+									 INT8ARRAYOID, PG_LSNARRAYOID, OIDARRAYOID};
 	Oid progress_types[3] = {PG_LSNOID, INT8OID, BOOLOID};
 
 	if (sink.insert_plan)
 		return;
 	sink.insert_plan = SPI_prepare(
 		"INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \"table\","
-		" operation, committed_at, transaction_id, position)"
-		" SELECT pk, b, a, c, $5, s, t, o, ts, x, p"
-		" FROM unnest($1, $2, $3, $4, $6, $7, $8, $9, $10, $11) AS u(pk, b, a, c, s, t, o, ts, x, p)",
-		11, insert_types);
+		" operation, committed_at, transaction_id, position, table_oid)"
+		" SELECT pk, b, a, c, $5, s, t, o, ts, x, p, r"
+		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+		" pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+		" pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12))"
+		" AS u(pk, b, a, c, s, t, o, ts, x, p, r)",
+		INSERT_ARGS, insert_types);
 	sink.progress_plan = SPI_prepare(
-		"UPDATE bemi.progress SET txn_end_lsn = $1, txn_records = $2, txn_complete = $3, updated_at = now()",
+		"UPDATE bemi.progress SET txn_end_lsn = $1, txn_records = $2, txn_complete = $3,"
+		" updated_at = pg_catalog.now()",
 		3, progress_types);
 	if (sink.insert_plan == NULL || sink.progress_plan == NULL)
 		elog(ERROR, "bemi: could not prepare the worker's statements: %s", SPI_result_code_string(SPI_result));
@@ -286,39 +303,190 @@ PreparePlans(void)
 	SPI_keepplan(sink.progress_plan);
 }
 
-/* One transaction: the batch's rows and the progress they reach. */
+/* Inserts rows first .. first + count - 1 of the batch with one statement. */
+static void
+InsertRows(Batch *b, int first, int count)
+{
+	Datum args[INSERT_ARGS];
+	int rc;
+
+	args[0] = MakeArray(&b->pk[first], &b->pk_null[first], count, TEXTOID);
+	args[1] = MakeArray(&b->before[first], NULL, count, JSONBOID);
+	args[2] = MakeArray(&b->after[first], NULL, count, JSONBOID);
+	args[3] = MakeArray(&b->context[first], NULL, count, JSONBOID);
+	args[4] = CStringGetTextDatum(sink.database);
+	args[5] = MakeArray(&b->schema[first], NULL, count, TEXTOID);
+	args[6] = MakeArray(&b->table[first], NULL, count, TEXTOID);
+	args[7] = MakeArray(&b->operation[first], NULL, count, TEXTOID);
+	args[8] = MakeArray(&b->committed[first], NULL, count, TIMESTAMPTZOID);
+	args[9] = MakeArray(&b->xid[first], NULL, count, INT8OID);
+	args[10] = MakeArray(&b->position[first], NULL, count, PG_LSNOID);
+	args[11] = MakeArray(&b->table_oid[first], NULL, count, OIDOID);
+	rc = SPI_execute_plan(sink.insert_plan, args, NULL, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "bemi: inserting changes failed: %s", SPI_result_code_string(rc));
+}
+
+/* {"_bemi_write_error": "<message>"}: what is recorded instead of images that could not be. */
+static Datum
+WriteErrorImage(const char *message)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	escape_json(&buf, BEMI_RESERVED_KEY "_write_error");
+	appendStringInfoString(&buf, ": ");
+	escape_json(&buf, message);
+	appendStringInfoChar(&buf, '}');
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+}
+
+/*
+ * Errors that say nothing about the change at hand (no disk, I/O, the server going away, a lock or
+ * serialization conflict, a corrupt index): replacing the change for them would lose it, so the
+ * batch fails and is retried. Running out of memory and internal errors ("invalid memory alloc
+ * request size") can come from one huge change: for those the replacement is tried, and if it
+ * fails too, the failure is systemic after all.
+ */
+static bool
+SystemicError(int sqlerrcode)
+{
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_CONNECTION_EXCEPTION:
+		case ERRCODE_TRANSACTION_ROLLBACK:
+		case ERRCODE_OPERATOR_INTERVENTION:
+		case ERRCODE_SYSTEM_ERROR:
+			return true;
+		case ERRCODE_INSUFFICIENT_RESOURCES:
+			return sqlerrcode != ERRCODE_OUT_OF_MEMORY;
+		case ERRCODE_INTERNAL_ERROR:
+			return sqlerrcode != ERRCODE_INTERNAL_ERROR;
+		default:
+			return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE;
+	}
+}
+
+/*
+ * Inserts row i alone in a subtransaction. On failure it returns the error (copied into the
+ * caller's context) with the subtransaction rolled back and the caller's state restored.
+ */
+static ErrorData *
+TryInsertRow(Batch *b, int i, MemoryContext row_context)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData *volatile failure = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(row_context);
+	PG_TRY();
+	{
+		InsertRows(b, i, 1);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(caller);
+		failure = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller);
+	CurrentResourceOwner = owner;
+	MemoryContextReset(row_context);
+	return failure;
+}
+
+/*
+ * Careful mode, after a batch failed: each change in its own subtransaction. A change that
+ * cannot be written as it is gets recorded with its images replaced by the reason (and without
+ * its primary key if that is still not enough), so one writer's change cannot stop everybody's
+ * capture. A failure that even the replacement meets, or a systemic one, fails the batch: the
+ * worker retries it with backoff and skips nothing. Returns how many changes were replaced;
+ * *note describes the first.
+ */
+static int
+InsertCarefully(Batch *b, char *note, size_t note_len)
+{
+	MemoryContext row_context = AllocSetContextCreate(CurrentMemoryContext, "bemi careful row",
+													  ALLOCSET_DEFAULT_SIZES);
+	int replaced = 0;
+
+	for (int i = 0; i < b->count; i++)
+	{
+		ErrorData *first = TryInsertRow(b, i, row_context);
+		ErrorData *again;
+		char *schema;
+		char *table;
+		XLogRecPtr lsn;
+
+		CHECK_FOR_INTERRUPTS();
+		if (first == NULL)
+			continue;
+		if (SystemicError(first->sqlerrcode))
+			ReThrowError(first);
+		b->before[i] = b->after[i] = WriteErrorImage(first->message);
+		again = TryInsertRow(b, i, row_context);
+		if (again != NULL && !SystemicError(again->sqlerrcode))
+		{
+			/* The key itself is the problem (too big for the index, say). */
+			b->pk_null[i] = true;
+			b->pk[i] = (Datum) 0;
+			FreeErrorData(again);
+			again = TryInsertRow(b, i, row_context);
+		}
+		if (again != NULL)
+		{
+			FreeErrorData(again);
+			ReThrowError(first);
+		}
+		schema = TextDatumGetCString(b->schema[i]);
+		table = TextDatumGetCString(b->table[i]);
+		lsn = DatumGetLSN(b->position[i]);
+		ereport(WARNING,
+				(errmsg("bemi: a %s of \"%s.%s\" at %X/%X is recorded without its images: %s",
+						TextDatumGetCString(b->operation[i]), schema, table, LSN_FORMAT_ARGS(lsn), first->message),
+				 errdetail("The change is recorded with \"%s\" in place of its images%s.",
+						   BEMI_RESERVED_KEY "_write_error", b->pk_null[i] ? " and without its primary key" : ""),
+				 errhint("Find it in bemi.changes with: before ? '%s'.", BEMI_RESERVED_KEY "_write_error")));
+		if (replaced++ == 0)
+			snprintf(note, note_len, "a change of \"%s.%s\" at %X/%X was recorded without its images: %s",
+					 schema, table, LSN_FORMAT_ARGS(lsn), first->message);
+		FreeErrorData(first);
+	}
+	MemoryContextDelete(row_context);
+	return replaced;
+}
+
+/*
+ * One transaction: the batch's rows and the progress they reach. The first batch after a failure
+ * (db->failures > 0) is written carefully, row by row; a success returns to whole batches.
+ */
 static void
 WriteBatch(BemiDatabase *db, Batch *b, const BemiProgress *reached, TimestampTz last_commit)
 {
-	Datum args[11];
 	Datum progress_args[3];
 	int rc;
+	bool careful = db->failures > 0;
+	char note[BEMI_ERROR_LEN] = "";
+	int replaced = 0;
 	MemoryContext caller = CurrentMemoryContext; /* commit leaves us in TopMemoryContext */
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "bemi: writing a batch of changes");
+	pgstat_report_activity(STATE_RUNNING, careful ? "bemi: writing a batch of changes one by one after a failure"
+										  : "bemi: writing a batch of changes");
 	PreparePlans();
 
-	if (b->count > 0)
-	{
-		args[0] = MakeArray(b->pk, b->pk_null, b->count, TEXTOID);
-		args[1] = MakeArray(b->before, NULL, b->count, JSONBOID);
-		args[2] = MakeArray(b->after, NULL, b->count, JSONBOID);
-		args[3] = MakeArray(b->context, NULL, b->count, JSONBOID);
-		args[4] = CStringGetTextDatum(sink.database);
-		args[5] = MakeArray(b->schema, NULL, b->count, TEXTOID);
-		args[6] = MakeArray(b->table, NULL, b->count, TEXTOID);
-		args[7] = MakeArray(b->operation, NULL, b->count, TEXTOID);
-		args[8] = MakeArray(b->committed, NULL, b->count, TIMESTAMPTZOID);
-		args[9] = MakeArray(b->xid, NULL, b->count, INT8OID);
-		args[10] = MakeArray(b->position, NULL, b->count, PG_LSNOID);
-		rc = SPI_execute_plan(sink.insert_plan, args, NULL, false, 0);
-		if (rc != SPI_OK_INSERT)
-			elog(ERROR, "bemi: inserting changes failed: %s", SPI_result_code_string(rc));
-	}
+	if (b->count > 0 && careful)
+		replaced = InsertCarefully(b, note, sizeof(note));
+	else if (b->count > 0)
+		InsertRows(b, 0, b->count);
 	progress_args[0] = LSNGetDatum(reached->txn_end_lsn);
 	progress_args[1] = Int64GetDatum(reached->txn_records);
 	progress_args[2] = BoolGetDatum(reached->txn_complete);
@@ -333,12 +501,15 @@ WriteBatch(BemiDatabase *db, Batch *b, const BemiProgress *reached, TimestampTz 
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	sink.done = *reached;
+	if (replaced > 0)
+		BemiReportError(db, note); /* for bemi_status().last_error; the failure count resets below */
 	SpinLockAcquire(&db->mutex);
 	db->changes_written += b->count;
 	if (last_commit)
 		db->last_commit_at = last_commit;
 	db->failures = 0;
 	SpinLockRelease(&db->mutex);
+	BemiRecovered(db);
 }
 
 static bool
@@ -418,8 +589,11 @@ BemiSinkDrain(BemiDatabase *db)
 					batch.committed[i] = TimestampTzGetDatum(txn.commit_time);
 					batch.xid[i] = Int64GetDatum((int64) txn.xid);
 					batch.position[i] = LSNGetDatum(entry.lsn);
+					batch.table_oid[i] = ObjectIdGetDatum(entry.table_oid);
 					batch.count++;
-					batch.bytes += entry.before_len + entry.after_len + entry.pk_len;
+					/* Each array element is a copy: the context counts once per change. */
+					batch.bytes += (Size) entry.before_len + entry.after_len + Max(entry.pk_len, 0) +
+						VARSIZE(context) + entry.schema_len + entry.table_len;
 					reached.txn_records++;
 					break;
 				}

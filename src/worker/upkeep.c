@@ -40,8 +40,9 @@ BemiUpkeep(BemiDatabase *db)
 		Datum next;
 
 		SPI_connect();
-		if (SPI_execute("SELECT a.action, m.next_in FROM bemi._maintain_changes(now()) m "
-						"LEFT JOIN LATERAL unnest(m.actions) a (action) ON true", false, 0) != SPI_OK_SELECT ||
+		/* Runs as superuser: pg_catalog's functions named explicitly, as every worker statement. */
+		if (SPI_execute("SELECT a.action, m.next_in FROM bemi._maintain_changes(pg_catalog.now()) m "
+						"LEFT JOIN LATERAL pg_catalog.unnest(m.actions) a (action) ON true", false, 0) != SPI_OK_SELECT ||
 			SPI_processed < 1)
 			elog(ERROR, "bemi: partition upkeep returned nothing");
 		for (uint64 i = 0; i < SPI_processed; i++)

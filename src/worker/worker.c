@@ -68,19 +68,40 @@ Claim(Oid dboid)
 	return db;
 }
 
-/* After a failure, wait before trying again: 1 s, 2 s, 4 s ... up to a minute. */
+/*
+ * After a failure, wait before trying again: 1 s, 2 s, 4 s ... up to a minute. Writers set our
+ * latch at every commit, so the wait runs to its deadline whatever wakes us; only a shutdown
+ * (CHECK_FOR_INTERRUPTS), postmaster death, DROP DATABASE, DROP EXTENSION or a new CREATE
+ * EXTENSION cut it short.
+ */
 static void
 Backoff(BemiDatabase *db)
 {
 	int failures = db->failures;
-	long delay_ms;
+	TimestampTz deadline;
 
 	if (failures <= 0 || db->fresh)
 		return;
-	delay_ms = 1000L * Min(1L << Min(failures - 1, 10), MAX_BACKOFF_S);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										   1000L * Min(1L << Min(failures - 1, 10), MAX_BACKOFF_S));
 	pgstat_report_activity(STATE_IDLE, "bemi: waiting to retry after an error");
-	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, delay_ms, PG_WAIT_EXTENSION);
-	ResetLatch(MyLatch);
+	for (;;)
+	{
+		long remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+
+		CHECK_FOR_INTERRUPTS();
+		if (db->state == BEMI_PAUSED)
+		{
+			/* DROP DATABASE waits for our connection to go; we hold no slot yet. */
+			ereport(LOG, (errmsg("bemi: worker for database %u exiting for DROP DATABASE", db->dboid)));
+			proc_exit(0);
+		}
+		if (remaining <= 0 || db->state == BEMI_STOPPING || db->fresh)
+			break; /* DROP EXTENSION, or a new CREATE EXTENSION waiting for its slot */
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, Min(remaining, 1000L),
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
 }
 
 static bool
@@ -196,6 +217,7 @@ Flush(BemiDatabase *db, LogicalDecodingContext *ctx)
 		BemiSinkDrain(db);
 		commit_end = XactLastCommitEnd;
 	}
+	BemiRecovered(db);
 	confirm_lsn = reached;
 	ConfirmDurable(false);
 	if (reached > db->applied_lsn)
@@ -234,7 +256,7 @@ Stream(BemiDatabase *db, LogicalDecodingContext *ctx, const char *slot)
 		end_of_wal = GetFlushRecPtr(NULL);
 		if (ctx->reader->EndRecPtr < end_of_wal)
 			pgstat_report_activity(STATE_RUNNING, "bemi: decoding");
-		while (ctx->reader->EndRecPtr < end_of_wal && db->state == BEMI_RUNNING)
+		while (ctx->reader->EndRecPtr < end_of_wal && (db->state == BEMI_RUNNING || db->state == BEMI_FAILING))
 		{
 			char *errm = NULL;
 			XLogRecord *record = XLogReadRecord(ctx->reader, &errm);
@@ -341,7 +363,12 @@ Run(BemiDatabase *db)
 	if (!ExtensionInstalled())
 		Retire(db, NULL, slot);
 	RecreateLostSlot(db, slot);
-	BemiSetState(db, BEMI_RUNNING);
+	/* A worker restarted after a failure stays `failing` until it writes a batch (BemiRecovered). */
+	LWLockAcquire(bemi_shared->lock, LW_EXCLUSIVE);
+	if (db->state == BEMI_STARTING || db->state == BEMI_FAILED)
+		db->state = BEMI_RUNNING;
+	LWLockRelease(bemi_shared->lock);
+	ConditionVariableBroadcast(&db->progress_cv);
 
 	MemoryContextSwitchTo(worker_context);
 	SetupOrigin(db->dboid);
@@ -375,6 +402,12 @@ bemi_worker_main(Datum arg)
 	SetConfigOption("DateStyle", "ISO, YMD", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("IntervalStyle", "postgres", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("extra_float_digits", "1", PGC_SUSET, PGC_S_OVERRIDE);
+	/*
+	 * The worker runs as the bootstrap superuser: its statements must never resolve a name in a
+	 * schema that others can create in (a look-alike public.unnest would run as superuser). Every
+	 * statement also qualifies what it calls; this is the second lock.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
 	worker_context = AllocSetContextCreate(TopMemoryContext, "bemi worker", ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(worker_context);
@@ -392,8 +425,13 @@ bemi_worker_main(Datum arg)
 		MemoryContextSwitchTo(worker_context);
 		error = CopyErrorData();
 		BemiReportError(db, error->message);
+		LWLockAcquire(bemi_shared->lock, LW_EXCLUSIVE);
 		if (db->state == BEMI_STARTING)
-			BemiSetState(db, BEMI_FAILED);
+			db->state = BEMI_FAILED;
+		else if (db->state == BEMI_RUNNING)
+			db->state = BEMI_FAILING;
+		LWLockRelease(bemi_shared->lock);
+		ConditionVariableBroadcast(&db->progress_cv);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
