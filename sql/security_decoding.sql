@@ -165,6 +165,24 @@ SELECT bemi_wait();
 SELECT "table", operation, before, after FROM bemi.changes
  WHERE "table" = 'seasons' OR after->>'note' = 'after a late cast' ORDER BY id;
 
+-- A composite column whose type later gains an attribute of that type: the plan is made again.
+SET ROLE mallory;
+SET search_path = mallory;
+CREATE TYPE label AS (name text);
+ALTER TABLE seasons ADD COLUMN tag label;
+UPDATE seasons SET tag = ROW('plain');
+RESET ROLE;
+RESET search_path;
+SELECT bemi_wait();
+SET ROLE mallory;
+SET search_path = mallory;
+ALTER TYPE label ADD ATTRIBUTE s season;
+UPDATE seasons SET tag = ROW('sneaky', 'spring');
+RESET ROLE;
+RESET search_path;
+SELECT bemi_wait();
+SELECT operation, after FROM bemi.changes WHERE "table" = 'seasons' AND after ? 'tag' ORDER BY id;
+
 -- 7. A superuser's C cast is still used: an hstore column's image is to_jsonb's, through
 -- hstore's own cast to json.
 CREATE EXTENSION hstore;
@@ -210,9 +228,24 @@ SELECT count(*) AS decoded, count(c.id) AS same_as_worker
    AND c.before = d.doc->'before' AND c.after = d.doc->'after';
 SELECT count(*) FILTER (WHERE doc::text LIKE '%s3cr3t%') AS secrets FROM decoded;
 SELECT count(*) AS loot FROM mallory.loot;
+
+-- Plans are rebuilt after every invalidation, and the old ones freed: 200 changes of a wide
+-- table, each after DDL, leave this session's plan memory small.
+DO $$
+BEGIN
+    EXECUTE 'CREATE TABLE churn (id int PRIMARY KEY, ' ||
+            (SELECT string_agg(format('c%s text', g), ', ') FROM generate_series(1, 100) g) || ')';
+    FOR i IN 1..200 LOOP
+        EXECUTE format('ALTER TABLE churn ALTER COLUMN c1 SET DEFAULT %L', i);
+        INSERT INTO churn (id) VALUES (i);
+    END LOOP;
+END $$;
+SELECT count(*) AS decoded FROM pg_logical_slot_get_changes('sec_decoding', NULL, NULL) WHERE data LIKE '%"churn"%';
+SELECT sum(total_bytes) < 200000 AS plan_memory_bounded
+  FROM pg_backend_memory_contexts WHERE name IN ('bemi image plans', 'bemi image plan');
 SELECT pg_drop_replication_slot('sec_decoding');
 
-DROP TABLE decoded, tagged, graded, vault, ledger;
+DROP TABLE decoded, tagged, graded, churn, vault, ledger;
 DROP CAST (grade AS json);
 DROP FUNCTION grade_json(grade);
 DROP TYPE grade;
