@@ -140,12 +140,13 @@ SELECT jsonb_pretty(after) FROM bemi.changes WHERE "table" = 'nests';
 SELECT "table", after FROM bemi.changes WHERE after->>'note' = 'after nested casts';
 
 -- 6. A cast created after the table already has recorded changes: the worker planned the
--- column without a cast, and the cast still must not run for the next change.
+-- columns without a cast (an array of the type is to_jsonb's then), and the cast still must not
+-- run for the next change.
 SET ROLE mallory;
 SET search_path = mallory;
 CREATE TYPE season AS ENUM ('spring', 'autumn');
-ALTER TABLE seasons ADD COLUMN s season;
-INSERT INTO seasons VALUES (1, 'spring');
+ALTER TABLE seasons ADD COLUMN s season, ADD COLUMN past season[];
+INSERT INTO seasons VALUES (1, 'spring', '{spring}');
 RESET ROLE;
 RESET search_path;
 SELECT bemi_wait();
@@ -157,7 +158,7 @@ BEGIN
     RETURN json_build_object('stolen', (SELECT secret FROM public.vault));
 END $$;
 CREATE CAST (season AS json) WITH FUNCTION season_json(season);
-UPDATE seasons SET s = 'autumn';
+UPDATE seasons SET s = 'autumn', past = past || 'autumn'::season;
 RESET ROLE;
 RESET search_path;
 INSERT INTO ledger VALUES (6, 'after a late cast');

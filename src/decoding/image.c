@@ -172,23 +172,38 @@ IsTrustedFunction(Oid function)
 	return trusted;
 }
 
-/* A cast function from type to target, found as to_jsonb finds it, that may not run here. */
-static bool
-HasUntrustedCast(Oid type, Oid target)
+/* The function of the cast from type to target, found as to_jsonb finds it, or InvalidOid. */
+static Oid
+CastFunction(Oid type, Oid target)
 {
 	Oid function = InvalidOid;
 
-	return find_coercion_pathway(target, type, COERCION_EXPLICIT, &function) == COERCION_PATH_FUNC &&
-		   OidIsValid(function) && !IsTrustedFunction(function);
+	if (find_coercion_pathway(target, type, COERCION_EXPLICIT, &function) != COERCION_PATH_FUNC)
+		return InvalidOid;
+	return function;
+}
+
+/*
+ * Whether to_jsonb may be left to convert a scalar type that is not built in (an enum, a range,
+ * a multirange, a superuser's base type): it calls the type's cast to json, if any, so that cast
+ * must be trusted, and so must a cast to jsonb, which to_jsonb ignores, should that ever change.
+ */
+static bool
+CastsAreTrusted(Oid type)
+{
+	Oid to_json = CastFunction(type, JSONOID);
+	Oid to_jsonb = CastFunction(type, JSONBOID);
+
+	return (!OidIsValid(to_json) || IsTrustedFunction(to_json)) &&
+		   (!OidIsValid(to_jsonb) || IsTrustedFunction(to_jsonb));
 }
 
 /*
  * Whether to_jsonb of a value of this type could call an untrusted function. It mirrors
  * jsonb_categorize_type (PostgreSQL 15's jsonb.c; json_categorize_type in 16+): domains are
  * looked through, arrays are walked into their elements and composites into their columns, and
- * only a type that is none of these and not built in has its cast to json called. Casts to
- * jsonb, which to_jsonb ignores, count as well, should that ever change. Row types known only
- * at run time, and types nested deeper than MAX_TYPE_DEPTH, count as untrusted.
+ * only a type that is none of these and not built in has its cast to json called. Row types known
+ * only at run time, and types nested deeper than MAX_TYPE_DEPTH, count as untrusted.
  */
 static bool
 RunsUntrustedCode(Oid type, int depth)
@@ -218,11 +233,15 @@ RunsUntrustedCode(Oid type, int depth)
 		FreeTupleDesc(desc);
 		return untrusted;
 	}
-	if (type < FirstNormalObjectId)
-		return false;
-	return HasUntrustedCast(type, JSONOID) || HasUntrustedCast(type, JSONBOID);
+	return type >= FirstNormalObjectId && !CastsAreTrusted(type);
 }
 
+/*
+ * How a column of this (base) type becomes JSON. Where to_jsonb would run someone's code, the
+ * value's output text, which is what to_jsonb gives for a type without a cast. Output functions
+ * are safe to call: only a superuser can create a type with its own (a base type); an ordinary
+ * role's enums, ranges, composites and domains use built-in ones.
+ */
 static ColumnKind
 KindOf(Oid type)
 {
@@ -248,20 +267,22 @@ KindOf(Oid type)
 		case TIMESTAMPOID:
 		case TIMESTAMPTZOID:
 			return KIND_DATETIME;
+		case JSONOID:
+			return KIND_TO_JSONB;
 		default:
 			break;
 	}
-	/* Like to_jsonb: arrays, composites, json and types that cast to json are its business. */
-	if (!OidIsValid(get_element_type(type)) && !type_is_rowtype(type) && type != JSONOID &&
-		type < FirstNormalObjectId)
-		return KIND_OUTPUT;
+	/* Arrays and composites: to_jsonb's, unless it would meet an untrusted cast inside. */
+	if (OidIsValid(get_element_type(type)) || type_is_rowtype(type))
+		return RunsUntrustedCode(type, 0) ? KIND_OUTPUT : KIND_TO_JSONB;
 	/*
-	 * Unless to_jsonb would run someone's code: then the value's output text, which is what
-	 * to_jsonb gives for a type without a cast. Output functions are safe to call: only a
-	 * superuser can create a type with its own (base types); an ordinary role's enums, ranges,
-	 * composites and domains use built-in ones.
+	 * Any other type: its output text, unless it is not built in and has a trusted cast to json
+	 * (hstore's), which to_jsonb then calls. A type without a cast never reaches to_jsonb, whose
+	 * own lookup of casts at run time could otherwise see a cast this plan has not seen yet.
 	 */
-	return RunsUntrustedCode(type, 0) ? KIND_OUTPUT : KIND_TO_JSONB;
+	if (type >= FirstNormalObjectId && OidIsValid(CastFunction(type, JSONOID)) && CastsAreTrusted(type))
+		return KIND_TO_JSONB;
+	return KIND_OUTPUT;
 }
 
 /* The primary key's column names, looked up once per plan rather than per change. */
