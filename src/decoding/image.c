@@ -313,7 +313,7 @@ PlanPrimaryKey(Relation rel, ImagePlan *plan)
 
 /*
  * The relation's column plan, built once and again after any invalidation (ForgetPlans). A plan
- * built while an invalidation arrived is used for this change only.
+ * during whose build an invalidation arrived serves the caller once and is built again next time.
  */
 static ImagePlan *
 PlanFor(Relation rel)
