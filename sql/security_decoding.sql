@@ -101,7 +101,7 @@ END $$;
 CREATE CAST (tone AS jsonb) WITH FUNCTION tone_jsonb(tone);
 ALTER TABLE tones ADD COLUMN t tone;
 INSERT INTO tones VALUES (1, 'high');
-SELECT to_jsonb(t) AS what_to_jsonb_gives FROM tones t;
+SELECT to_jsonb(r.t) AS what_to_jsonb_gives FROM tones r;
 RESET ROLE;
 RESET search_path;
 INSERT INTO ledger VALUES (4, 'after a cast to jsonb');
@@ -109,8 +109,28 @@ SELECT bemi_wait();
 SELECT "table", after FROM bemi.changes
  WHERE "table" = 'tones' OR after->>'note' = 'after a cast to jsonb' ORDER BY id;
 
--- 5. The reading cast reached through an array, a composite, a domain and an array of it; and
--- casts of mallory's own range and multirange types. Each column is its text output.
+-- Casts that are not functions of hers: WITH INOUT (to_jsonb ignores it too), and a built-in
+-- polymorphic C function, which can only fail when called as a cast (to_jsonb fails on it).
+-- Both columns are their text output.
+SET ROLE mallory;
+SET search_path = mallory;
+CREATE TYPE pitch AS ENUM ('flat', 'sharp');
+CREATE CAST (pitch AS json) WITH INOUT;
+CREATE TYPE key AS ENUM ('minor', 'major');
+CREATE CAST (key AS json) WITH FUNCTION pg_catalog.to_json(anyelement);
+ALTER TABLE tones ADD COLUMN p pitch, ADD COLUMN k key;
+UPDATE tones SET p = 'sharp', k = 'major';
+RESET ROLE;
+RESET search_path;
+SELECT bemi_wait();
+SELECT operation, after FROM bemi.changes WHERE "table" = 'tones' AND operation = 'UPDATE';
+SET ROLE mallory;
+SELECT to_jsonb(r) FROM mallory.tones r;
+RESET ROLE;
+
+-- 5. The reading cast reached through an array, a composite, a domain, an array of the domain, a
+-- domain over the array and an array of the composite; and casts of mallory's own range and
+-- multirange types. Each column is its text output.
 SET ROLE mallory;
 SET search_path = mallory;
 CREATE TYPE secret_pair AS (label text, m secret_mood);
@@ -128,10 +148,12 @@ BEGIN
     RETURN json_build_object('stolen', (SELECT secret FROM public.vault));
 END $$;
 CREATE CAST (secret_multirange AS json) WITH FUNCTION secret_multirange_json(secret_multirange);
+CREATE DOMAIN secret_moods AS secret_mood[];
 ALTER TABLE nests ADD COLUMN arr secret_mood[], ADD COLUMN pair secret_pair, ADD COLUMN dom secret_mood_d,
-    ADD COLUMN dom_arr secret_mood_d[], ADD COLUMN rng secret_range, ADD COLUMN mrng secret_multirange;
-INSERT INTO nests VALUES (1, '{calm,curious}', ROW('x', 'curious'), 'calm', '{curious,NULL}',
-                          '[calm,curious]', '{[calm,calm], [curious,curious]}');
+    ADD COLUMN dom_arr secret_mood_d[], ADD COLUMN arr_dom secret_moods, ADD COLUMN pairs secret_pair[],
+    ADD COLUMN rng secret_range, ADD COLUMN mrng secret_multirange;
+INSERT INTO nests VALUES (1, '{calm,curious}', ROW('x', 'curious'), 'calm', '{curious,NULL}', '{calm}',
+                          ARRAY[ROW('y', 'calm')::secret_pair], '[calm,curious]', '{[calm,calm], [curious,curious]}');
 RESET ROLE;
 RESET search_path;
 INSERT INTO ledger VALUES (5, 'after nested casts');

@@ -153,11 +153,13 @@ CompareKeys(const void *a, const void *b)
 }
 
 /*
- * Whether a function may run inside decoding: C or internal code owned by a superuser, which no
- * ordinary role can have written or can rewrite (an extension's cast, like hstore's, is one).
+ * Whether a cast function may run inside decoding: C or internal code owned by a superuser, which
+ * no ordinary role can have written or can rewrite (an extension's cast, like hstore's, is one).
+ * Not a polymorphic one, though (a cast WITH FUNCTION to_json(anyelement)): called as a cast,
+ * without an expression to resolve its types from, it can only fail.
  */
 static bool
-IsTrustedFunction(Oid function)
+IsTrustedCastFunction(Oid function)
 {
 	HeapTuple tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(function));
 	Form_pg_proc proc;
@@ -168,6 +170,8 @@ IsTrustedFunction(Oid function)
 	proc = (Form_pg_proc) GETSTRUCT(tuple);
 	trusted = (proc->prolang == ClanguageId || proc->prolang == INTERNALlanguageId) &&
 			  superuser_arg(proc->proowner);
+	for (int i = 0; i < proc->pronargs; i++)
+		trusted &= !IsPolymorphicType(proc->proargtypes.values[i]);
 	ReleaseSysCache(tuple);
 	return trusted;
 }
@@ -194,8 +198,8 @@ CastsAreTrusted(Oid type)
 	Oid to_json = CastFunction(type, JSONOID);
 	Oid to_jsonb = CastFunction(type, JSONBOID);
 
-	return (!OidIsValid(to_json) || IsTrustedFunction(to_json)) &&
-		   (!OidIsValid(to_jsonb) || IsTrustedFunction(to_jsonb));
+	return (!OidIsValid(to_json) || IsTrustedCastFunction(to_json)) &&
+		   (!OidIsValid(to_jsonb) || IsTrustedCastFunction(to_jsonb));
 }
 
 /*
