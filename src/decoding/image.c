@@ -3,6 +3,12 @@
  *
  * An image is exactly to_jsonb() of the row (sql/images.sql compares them key by key), built
  * without going through to_jsonb's per-row catalog lookups, text round trips and key sorting.
+ *
+ * This runs inside logical decoding (the worker, a superuser, and any session that reads a slot
+ * with the bemi plugin), so it must run no code that an ordinary role could have written.
+ * to_jsonb would: it calls a type's cast to json, and the owner of a type may create one. A column
+ * whose conversion would call a function that is not a superuser's C code is recorded as its text
+ * output instead (sql/security_decoding.sql).
  */
 #include "postgres.h"
 
@@ -12,9 +18,13 @@
 #include "access/htup_details.h"
 #include "access/transam.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_language.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "parser/parse_coerce.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
@@ -44,9 +54,13 @@ typedef enum ColumnKind
 	KIND_TEXT,        /* text, varchar: the string itself */
 	KIND_JSONB,
 	KIND_DATETIME,    /* date, timestamp, timestamptz: ISO 8601 */
-	KIND_OUTPUT,      /* any other type with no JSON meaning: its output text */
-	KIND_TO_JSONB     /* arrays, composites, json, types with casts to json */
+	KIND_OUTPUT,      /* any other type with no JSON meaning, or one whose JSON conversion
+					   * would run untrusted code: its output text */
+	KIND_TO_JSONB     /* arrays, composites, json, types with trusted casts to json */
 } ColumnKind;
+
+/* How deep the type walk goes into arrays, composites and domains before it gives up. */
+#define MAX_TYPE_DEPTH 16
 
 typedef struct ColumnPlan
 {
@@ -62,6 +76,7 @@ typedef struct ImagePlan
 {
 	Oid relid;        /* hash key */
 	bool valid;
+	MemoryContext context; /* everything below; deleted when the plan is rebuilt */
 	int ncolumns;
 	ColumnPlan *columns; /* in jsonb key order */
 	int npk;             /* primary key columns, 0 without a primary key */
@@ -70,18 +85,59 @@ typedef struct ImagePlan
 
 static HTAB *image_plans = NULL;
 static MemoryContext plan_context = NULL;
+static bool stale_plans = false;     /* some plans are invalid and not freed yet */
+static uint64 plan_invalidations = 0; /* counts invalidations, to notice one during a build */
 
+/*
+ * Any DDL, and any change to casts, functions, types or roles, may change how a column becomes
+ * JSON (a cast to json created, its function given to another owner): every plan is rebuilt
+ * before the next change decoded after it. Plans are only marked here, since one may be in use;
+ * PlanFor frees them.
+ */
 static void
-ForgetPlans(Datum arg, Oid relid)
+ForgetPlans(void)
 {
 	HASH_SEQ_STATUS scan;
 	ImagePlan *plan;
 
+	plan_invalidations++;
 	if (image_plans == NULL)
 		return;
 	hash_seq_init(&scan, image_plans);
 	while ((plan = hash_seq_search(&scan)) != NULL)
 		plan->valid = false;
+	stale_plans = true;
+}
+
+static void
+ForgetPlansOnRelation(Datum arg, Oid relid)
+{
+	ForgetPlans();
+}
+
+static void
+ForgetPlansOnCatalog(Datum arg, int cache_id, uint32 hash_value)
+{
+	ForgetPlans();
+}
+
+/* Frees every invalid plan, those of dropped relations too, so the worker does not leak on DDL. */
+static void
+DropStalePlans(void)
+{
+	HASH_SEQ_STATUS scan;
+	ImagePlan *plan;
+
+	hash_seq_init(&scan, image_plans);
+	while ((plan = hash_seq_search(&scan)) != NULL)
+	{
+		if (plan->valid)
+			continue;
+		if (plan->context != NULL)
+			MemoryContextDelete(plan->context);
+		hash_search(image_plans, &plan->relid, HASH_REMOVE, NULL);
+	}
+	stale_plans = false;
 }
 
 /* jsonb orders object keys by length, then bytes. */
@@ -96,6 +152,100 @@ CompareKeys(const void *a, const void *b)
 	return memcmp(ka->val.string.val, kb->val.string.val, ka->val.string.len);
 }
 
+/*
+ * Whether a cast function may run inside decoding: C or internal code owned by a superuser, which
+ * no ordinary role can have written or can rewrite (an extension's cast, like hstore's, is one).
+ * Not a polymorphic one, though (a cast WITH FUNCTION to_json(anyelement)): called as a cast,
+ * without an expression to resolve its types from, it can only fail.
+ */
+static bool
+IsTrustedCastFunction(Oid function)
+{
+	HeapTuple tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(function));
+	Form_pg_proc proc;
+	bool trusted;
+
+	if (!HeapTupleIsValid(tuple))
+		return false;
+	proc = (Form_pg_proc) GETSTRUCT(tuple);
+	trusted = (proc->prolang == ClanguageId || proc->prolang == INTERNALlanguageId) &&
+			  superuser_arg(proc->proowner);
+	for (int i = 0; i < proc->pronargs; i++)
+		trusted &= !IsPolymorphicType(proc->proargtypes.values[i]);
+	ReleaseSysCache(tuple);
+	return trusted;
+}
+
+/* The function of the cast from type to target, found as to_jsonb finds it, or InvalidOid. */
+static Oid
+CastFunction(Oid type, Oid target)
+{
+	Oid function = InvalidOid;
+
+	if (find_coercion_pathway(target, type, COERCION_EXPLICIT, &function) != COERCION_PATH_FUNC)
+		return InvalidOid;
+	return function;
+}
+
+/*
+ * Whether to_jsonb may be left to convert a scalar type that is not built in (an enum, a range,
+ * a multirange, a superuser's base type): it calls the type's cast to json, if any, so that cast
+ * must be trusted, and so must a cast to jsonb, which to_jsonb ignores, should that ever change.
+ */
+static bool
+CastsAreTrusted(Oid type)
+{
+	Oid to_json = CastFunction(type, JSONOID);
+	Oid to_jsonb = CastFunction(type, JSONBOID);
+
+	return (!OidIsValid(to_json) || IsTrustedCastFunction(to_json)) &&
+		   (!OidIsValid(to_jsonb) || IsTrustedCastFunction(to_jsonb));
+}
+
+/*
+ * Whether to_jsonb of a value of this type could call an untrusted function. It mirrors
+ * jsonb_categorize_type (PostgreSQL 15's jsonb.c; json_categorize_type in 16+): domains are
+ * looked through, arrays are walked into their elements and composites into their columns, and
+ * only a type that is none of these and not built in has its cast to json called. Row types known
+ * only at run time, and types nested deeper than MAX_TYPE_DEPTH, count as untrusted.
+ */
+static bool
+RunsUntrustedCode(Oid type, int depth)
+{
+	Oid element;
+
+	if (depth > MAX_TYPE_DEPTH)
+		return true;
+	type = getBaseType(type);
+	element = get_element_type(type);
+	if (OidIsValid(element))
+		return RunsUntrustedCode(element, depth + 1);
+	if (type == ANYARRAYOID || type == RECORDARRAYOID || type == RECORDOID)
+		return true;
+	if (type_is_rowtype(type))
+	{
+		TupleDesc desc = lookup_rowtype_tupdesc_copy(type, -1);
+		bool untrusted = false;
+
+		for (int i = 0; i < desc->natts && !untrusted; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+
+			if (!att->attisdropped)
+				untrusted = RunsUntrustedCode(att->atttypid, depth + 1);
+		}
+		FreeTupleDesc(desc);
+		return untrusted;
+	}
+	return type >= FirstNormalObjectId && !CastsAreTrusted(type);
+}
+
+/*
+ * How a column of this (base) type becomes JSON. Where to_jsonb would run someone's code, the
+ * value's output text, which is what to_jsonb gives for a type without a cast. Output functions
+ * are safe to call: only a superuser can create a type with its own (a base type); an ordinary
+ * role's enums, ranges, composites and domains use built-in ones.
+ */
 static ColumnKind
 KindOf(Oid type)
 {
@@ -121,12 +271,20 @@ KindOf(Oid type)
 		case TIMESTAMPOID:
 		case TIMESTAMPTZOID:
 			return KIND_DATETIME;
+		case JSONOID:
+			return KIND_TO_JSONB;
 		default:
 			break;
 	}
-	/* Like to_jsonb: arrays, composites, json and types that cast to json are its business. */
-	if (OidIsValid(get_element_type(type)) || type_is_rowtype(type) || type == JSONOID ||
-		type >= FirstNormalObjectId)
+	/* Arrays and composites: to_jsonb's, unless it would meet an untrusted cast inside. */
+	if (OidIsValid(get_element_type(type)) || type_is_rowtype(type))
+		return RunsUntrustedCode(type, 0) ? KIND_OUTPUT : KIND_TO_JSONB;
+	/*
+	 * Any other type: its output text, unless it is not built in and has a trusted cast to json
+	 * (hstore's), which to_jsonb then calls. A type without a cast never reaches to_jsonb, whose
+	 * own lookup of casts at run time could otherwise see a cast this plan has not seen yet.
+	 */
+	if (type >= FirstNormalObjectId && OidIsValid(CastFunction(type, JSONOID)) && CastsAreTrusted(type))
 		return KIND_TO_JSONB;
 	return KIND_OUTPUT;
 }
@@ -157,6 +315,10 @@ PlanPrimaryKey(Relation rel, ImagePlan *plan)
 	ReleaseSysCache(index_tuple);
 }
 
+/*
+ * The relation's column plan, built once and again after any invalidation (ForgetPlans). A plan
+ * during whose build an invalidation arrived serves the caller once and is built again next time.
+ */
 static ImagePlan *
 PlanFor(Relation rel)
 {
@@ -165,6 +327,7 @@ PlanFor(Relation rel)
 	ImagePlan *plan;
 	bool found;
 	MemoryContext old;
+	uint64 invalidations;
 
 	if (image_plans == NULL)
 	{
@@ -175,13 +338,26 @@ PlanFor(Relation rel)
 		ctl.entrysize = sizeof(ImagePlan);
 		ctl.hcxt = plan_context;
 		image_plans = hash_create("bemi image plans", 128, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		CacheRegisterRelcacheCallback(ForgetPlans, (Datum) 0);
+		CacheRegisterRelcacheCallback(ForgetPlansOnRelation, (Datum) 0);
+		CacheRegisterSyscacheCallback(CASTSOURCETARGET, ForgetPlansOnCatalog, (Datum) 0);
+		CacheRegisterSyscacheCallback(PROCOID, ForgetPlansOnCatalog, (Datum) 0);
+		CacheRegisterSyscacheCallback(TYPEOID, ForgetPlansOnCatalog, (Datum) 0);
+		CacheRegisterSyscacheCallback(AUTHOID, ForgetPlansOnCatalog, (Datum) 0);
 	}
-	plan = hash_search(image_plans, &relid, HASH_ENTER, &found);
-	if (found && plan->valid && plan->ncolumns <= desc->natts)
+	plan = hash_search(image_plans, &relid, HASH_FIND, NULL);
+	if (plan != NULL && plan->valid && plan->ncolumns <= desc->natts)
 		return plan;
+	if (stale_plans)
+		DropStalePlans();
+	plan = hash_search(image_plans, &relid, HASH_ENTER, &found);
+	if (found && plan->context != NULL)
+		MemoryContextDelete(plan->context); /* did not fit the relation, or its build failed */
+	plan->valid = false;
+	plan->context = NULL; /* should creating the context fail, nothing to free */
+	plan->context = AllocSetContextCreate(plan_context, "bemi image plan", ALLOCSET_SMALL_SIZES);
+	invalidations = plan_invalidations;
 
-	old = MemoryContextSwitchTo(plan_context);
+	old = MemoryContextSwitchTo(plan->context);
 	plan->columns = palloc0(sizeof(ColumnPlan) * Max(desc->natts, 1));
 	plan->ncolumns = 0;
 	for (int i = 0; i < desc->natts; i++)
@@ -204,11 +380,11 @@ PlanFor(Relation rel)
 			bool varlena;
 
 			getTypeOutputInfo(col->type, &output, &varlena);
-			fmgr_info_cxt(output, &col->output, plan_context);
+			fmgr_info_cxt(output, &col->output, plan->context);
 		}
 		else if (col->kind == KIND_TO_JSONB)
 		{
-			fmgr_info_cxt(F_TO_JSONB, &col->to_jsonb, plan_context);
+			fmgr_info_cxt(F_TO_JSONB, &col->to_jsonb, plan->context);
 			col->to_jsonb.fn_expr = (Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
 														  list_make1(makeNullConst(att->atttypid, -1, InvalidOid)),
 														  InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
@@ -216,8 +392,10 @@ PlanFor(Relation rel)
 	}
 	qsort(plan->columns, plan->ncolumns, sizeof(ColumnPlan), CompareKeys);
 	PlanPrimaryKey(rel, plan);
-	plan->valid = true;
 	MemoryContextSwitchTo(old);
+	plan->valid = invalidations == plan_invalidations;
+	if (!plan->valid)
+		stale_plans = true;
 	return plan;
 }
 
