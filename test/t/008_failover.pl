@@ -41,7 +41,7 @@ is($primary->safe_psql('postgres', q{
 $primary->backup('b');
 my $standby = PostgreSQL::Test::Cluster->new('failover_standby', install_path => $install);
 $standby->init_from_backup($primary, 'b', has_streaming => 1);
-my $conninfo = $primary->connstr('postgres');
+my $conninfo = $primary->connstr . ' dbname=postgres';
 $standby->append_conf('postgresql.conf', qq{
 primary_slot_name = 'standby_1'
 primary_conninfo = '$conninfo'
@@ -53,7 +53,7 @@ $standby->start;
 $primary->safe_psql('postgres',
 	q{INSERT INTO ledger SELECT g, 'with the standby' FROM generate_series(101, 200) g});
 $primary->safe_psql('postgres', 'SELECT bemi_wait()');
-$primary->wait_for_replay_catchup($standby);
+$primary->wait_for_catchup($standby, 'replay', $primary->lsn('insert'));
 ok($standby->poll_query_until('postgres', q{
 	SELECT count(*) = 1 FROM pg_replication_slots
 	 WHERE slot_name LIKE 'bemi\_%' AND synced AND NOT temporary}),
@@ -62,7 +62,7 @@ ok($standby->poll_query_until('postgres', q{
 # Committed and replayed on the standby, perhaps not yet captured on the primary when it dies.
 $primary->safe_psql('postgres',
 	q{UPDATE ledger SET phase = 'last on the old primary' WHERE id > 150});
-$primary->wait_for_replay_catchup($standby);
+$primary->wait_for_catchup($standby, 'replay', $primary->lsn('insert'));
 $primary->stop('immediate');
 $standby->promote;
 
