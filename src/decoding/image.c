@@ -651,3 +651,17 @@ BemiPrimaryKey(Relation rel, Jsonb *image)
 		appendStringInfoChar(&out, ']');
 	return cstring_to_text_with_len(out.data, out.len);
 }
+
+PG_FUNCTION_INFO_V1(bemi_json_is_text);
+
+/*
+ * bemi_json_is_text(regtype) → boolean: does bemi record values of this type as their output
+ * text, because to_jsonb would run a function an ordinary role could have written? Time travel
+ * renders primary keys with it exactly as the images were built, and without calling that
+ * function itself (it may be run by a superuser on an untrusted role's table).
+ */
+Datum
+bemi_json_is_text(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(RunsUntrustedCode(PG_GETARG_OID(0), 0));
+}

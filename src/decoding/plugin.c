@@ -204,6 +204,19 @@ ApplicationContext(const char *payload, Size size, bool limit_size, Jsonb **pars
 											  CStringGetTextDatum(BEMI_RESERVED_KEY)));
 }
 
+/* A verified message of ours as a JSON object, or NULL if it is not one (then judged in full). */
+static Jsonb *
+ParsedOwnMessage(const char *payload, Size size)
+{
+	char *json = pnstrdup(payload, size);
+	Jsonb *parsed = ParseJson(json);
+
+	pfree(json);
+	if (parsed != NULL && (!JB_ROOT_IS_OBJECT(parsed) || JB_ROOT_IS_SCALAR(parsed)))
+		return NULL;
+	return parsed;
+}
+
 /* {"_bemi": <value of _bemi in the message>} when a verified message has it, else NULL. */
 static Jsonb *
 IdentityOf(Jsonb *message)
@@ -350,6 +363,29 @@ bemi_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn,
 	/* A look-alike of ours with a wrong MAC is judged by its payload, like any other message. */
 	verified = BemiVerifyMessage(txn->xid, message, size, &payload, &payload_len) &&
 		strcmp(prefix, BEMI_MESSAGE_PREFIX) == 0;
+	/*
+	 * The common case, once per writing transaction: our own message, built by our backend as the
+	 * application's object followed by its identity. It is the context as it stands; taking it
+	 * apart and putting it together again would cost two jsonb rebuilds for nothing.
+	 */
+	parsed = verified && !state->context_from_trigger ? ParsedOwnMessage(payload, payload_len) : NULL;
+	if (parsed != NULL)
+	{
+		Jsonb *identity = IdentityOf(parsed);
+
+		if (identity != NULL || state->identity == NULL)
+		{
+			Jsonb *candidates[] = {prev_context, prev_application, prev_identity};
+
+			state->identity = identity;
+			state->application = state->context = parsed;
+			FreeUnused(state, candidates, lengthof(candidates));
+			MemoryContextSwitchTo(old);
+			if (state->to_sink)
+				BemiSinkContext(state->context);
+			return;
+		}
+	}
 	application = ApplicationContext(payload, payload_len, !verified, &parsed);
 	if (verified)
 	{

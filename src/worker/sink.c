@@ -367,7 +367,10 @@ SystemicError(int sqlerrcode)
 		case ERRCODE_INTERNAL_ERROR:
 			return sqlerrcode != ERRCODE_INTERNAL_ERROR;
 		default:
-			return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE;
+			/* bemi.changes' one unique key is its generated id: a clash is never the change's
+			 * fault (a restore that loaded ids the sequence had not reached yet), and retrying
+			 * draws new ids. */
+			return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE || sqlerrcode == ERRCODE_UNIQUE_VIOLATION;
 	}
 }
 
