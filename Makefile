@@ -22,7 +22,7 @@ BEMI_CXXFLAGS = -std=c++17 -fPIC -O2 -g -Wall -Wextra -Werror -Wno-unused-parame
 SHLIB_LINK += -lfmt -lstdc++
 
 # pg_regress: one file per behaviour, on a temporary instance with our settings.
-REGRESS = boundary context comment capture images ddl partitions truncate plugin status bemi_trigger security history as_of revert retention security_decoding security_ddl security_identity security_names security_history security_time_travel misconfig
+REGRESS = boundary context comment capture images images_xml ddl partitions truncate plugin status bemi_trigger security history as_of revert retention security_decoding security_ddl security_identity security_names security_history security_time_travel misconfig
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/regress.conf --load-extension=bemi
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl

@@ -29,6 +29,13 @@ INSERT INTO comment_items VALUES (11, 'escaped') /*Bemi {"path": "\u002a/ Bemi\u
 -- Several statements in one query string: each comment belongs to its own statement.
 INSERT INTO comment_items VALUES (12, 'first') /*Bemi {"n": 1} Bemi*/; INSERT INTO comment_items VALUES (13, 'second'); INSERT INTO comment_items VALUES (14, 'third') /*Bemi {"n": 3} Bemi*/;
 
+-- A comment in front of its statement, as Bemi's Python package sends it (from PostgreSQL 18 a
+-- statement's location starts at its first token, after the comments), and in front of a second
+-- statement of a query string, behind other comments (nested ones too).
+/*Bemi {"front": 1} Bemi*/ INSERT INTO comment_items VALUES (16, 'front');
+INSERT INTO comment_items VALUES (17, 'no comment') \; /*Bemi {"front": 2} Bemi*/ /* other /* nested */ */
+  INSERT INTO comment_items VALUES (18, 'front of the second');
+
 -- Writes made by a function called from a commented statement carry the comment's context.
 CREATE FUNCTION comment_insert(i int) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN

@@ -1,8 +1,9 @@
-"""A real PostgreSQL 15 with the bemi extension, started once for the whole test session.
+"""A real PostgreSQL (15 to 18) with the bemi extension, started once for the whole test session.
 
 The server runs from a temporary directory as the current (unprivileged) user, listens on
 127.0.0.1 with a free port and on a unix socket in that directory, and is stopped at the end.
-Set BEMI_PG_BINDIR to use other server binaries than ``pg_config --bindir``.
+Set BEMI_PG_BINDIR to use other server binaries than ``pg_config --bindir`` (test/run-all sets it
+for each version it tests).
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ def bindir() -> Path:
         return Path(os.environ["BEMI_PG_BINDIR"])
     pg_config = shutil.which("pg_config") or "/usr/lib/postgresql/15/bin/pg_config"
     return Path(subprocess.run([pg_config, "--bindir"], check=True, capture_output=True, text=True).stdout.strip())
+
+
+def knows_setting(bin_dir: Path, name: str) -> bool:
+    """Does this server have the setting? (output_plugin_libraries: only this environment's Debian 15.)"""
+    described = subprocess.run([str(bin_dir / "postgres"), "--describe-config"], capture_output=True, text=True)
+    return any(line.split("\t", 1)[0] == name for line in described.stdout.splitlines())
 
 
 @dataclass
@@ -110,8 +117,11 @@ def pg(tmp_path_factory) -> Server:
     )
     if init.returncode != 0:
         pytest.fail(f"initdb failed:\n{init.stdout}\n{init.stderr}", pytrace=False)
+    settings = SERVER_SETTINGS.format(port=port, socket_dir=base)
+    if not knows_setting(bin_dir, "output_plugin_libraries"):
+        settings = "\n".join(l for l in settings.splitlines() if not l.startswith("output_plugin_libraries"))
     with open(data_dir / "postgresql.conf", "a") as conf:
-        conf.write(SERVER_SETTINGS.format(port=port, socket_dir=base))
+        conf.write(settings)
     server = Server("127.0.0.1", port, base, "postgres", "bemi_test", data_dir, log_file)
     start = subprocess.run(
         [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-l", str(log_file), "-w", "-t", "60", "start"],

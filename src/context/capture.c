@@ -19,6 +19,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "parser/scansup.h"
 #include "pgstat.h"
 #include "replication/message.h"
 #include "storage/proc.h"
@@ -282,6 +283,43 @@ BeforeWrite(void)
 	emitted_level = GetCurrentTransactionNestLevel();
 }
 
+/*
+ * Where the comments right in front of a statement begin. Up to 17 a statement's location took in
+ * the whitespace and comments before it; from 18 it is its first token, which would leave out the
+ * Bemi comment that Bemi's packages put in front. Steps back over whitespace and whole block
+ * comments (nested ones too, as PostgreSQL's lexer reads them) only, so it stops at the previous
+ * statement's end as 17 did.
+ */
+static int
+LeadingCommentsStart(const char *source, int location)
+{
+	int start = location;
+
+	for (int comments = 0; comments < 1000; comments++)
+	{
+		int p = start;
+		int depth = 1;
+		int i;
+
+		while (p > 0 && scanner_isspace(source[p - 1]))
+			p--;
+		if (p < 4 || source[p - 1] != '/' || source[p - 2] != '*')
+			break;
+		/* Back from the closing to its own opening, counting nested comments. */
+		for (i = p - 3; i >= 1 && depth > 0; i--)
+		{
+			if (source[i - 1] == '*' && source[i] == '/')
+				depth++, i--;
+			else if (source[i - 1] == '/' && source[i] == '*')
+				depth--, i -= depth > 0;
+		}
+		if (depth > 0)
+			break;
+		start = i;				/* the loop's last step left i on the opening's '/' */
+	}
+	return start;
+}
+
 /* A new top-level statement: its comment, if any, is the context of its writes. */
 static void
 StartStatement(const char *source, int location, int length)
@@ -293,6 +331,7 @@ StartStatement(const char *source, int location, int length)
 		return;
 	if (location < 0)
 		location = 0;
+	location = LeadingCommentsStart(source, location);
 	len = strlen(source + location);
 	if (length > 0 && length < len)
 		len = length;

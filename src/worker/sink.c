@@ -16,6 +16,9 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
+#if PG_VERSION_NUM >= 180000
+#include "common/file_utils.h"	/* PG_TEMP_FILES_DIR moved here from storage/fd.h in 18 */
+#endif
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "fmgr.h"

@@ -28,7 +28,7 @@ LookupSlot(const char *name, XLogRecPtr *lost_from)
 		{
 			found = true;
 			SpinLockAcquire(&s->mutex);
-#if PG_VERSION_NUM >= 170000
+#if PG_VERSION_NUM >= 160000
 			if (s->data.invalidated != RS_INVAL_NONE)
 				*lost_from = Max(s->data.confirmed_flush, 1);
 #else
@@ -70,7 +70,8 @@ BemiCreateSlot(const char *name)
 
 	CheckLogicalDecodingRequirements();
 #if PG_VERSION_NUM >= 170000
-	ReplicationSlotCreate(name, true, RS_EPHEMERAL, false, false, false);
+	/* Failover-ready: sync_replication_slots on a standby carries the slot (and the trail on). */
+	ReplicationSlotCreate(name, true, RS_EPHEMERAL, false, true, false);
 #else
 	ReplicationSlotCreate(name, true, RS_EPHEMERAL, false);
 #endif

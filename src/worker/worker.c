@@ -191,6 +191,7 @@ LetGo(BemiDatabase *db, LogicalDecodingContext *ctx)
  * The worker commits asynchronously (no WAL flush of its own per batch), so the slot may only be
  * confirmed up to `confirm_lsn` once the WAL holding our last commit, `commit_end`, is flushed.
  * A crash before that loses the batch and its progress together; decoding resumes before both.
+ * From 17 the same holds for the standbys named in synchronized_standby_slots.
  */
 static XLogRecPtr confirm_lsn = InvalidXLogRecPtr;
 static XLogRecPtr commit_end = InvalidXLogRecPtr;
@@ -202,8 +203,17 @@ ConfirmDurable(bool flush_now)
 		return;
 	if (flush_now)
 		XLogFlush(commit_end);
-	if (GetFlushRecPtr(NULL) >= commit_end)
-		LogicalConfirmReceivedLocation(confirm_lsn);
+	if (GetFlushRecPtr(NULL) < commit_end)
+		return;
+#if PG_VERSION_NUM >= 170000
+	/*
+	 * Failover: a standby syncs the slot's position only, so the slot may not pass what the
+	 * standbys of synchronized_standby_slots have of our trail (true when none are set).
+	 */
+	if (!StandbySlotsHaveCaughtup(commit_end, DEBUG1))
+		return;
+#endif
+	LogicalConfirmReceivedLocation(confirm_lsn);
 }
 
 /* Everything decoded so far is written: tell the waiters, confirm the slot once durable. */
