@@ -249,7 +249,7 @@ RecordGap(Oid ext_owner, Oid relid, const char *reason, const char *statement)
 									  /* 0.1.0's bemi.gaps: the facts go into the reason. */
 									  : "INSERT INTO bemi.gaps (from_lsn, to_lsn, reason) VALUES ($1, $2,"
 										" pg_catalog.format('%s (table %s, OID %s, role %s, statement: %s)',"
-										" $3, $4, $5, $6, pg_catalog.coalesce($7, '')))",
+										" $3, $4, $5, $6, COALESCE($7, '')))",
 								  7, types, args, nulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "bemi: could not record a gap in bemi.gaps");
 		SPI_finish();
