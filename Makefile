@@ -3,7 +3,11 @@ EXTENSION = bemi
 MODULE_big = bemi
 # The install script is assembled from ext/, one file per area; start.sql comes last.
 EXT_SQL = ext/core.sql $(filter-out ext/core.sql ext/start.sql,$(sort $(wildcard ext/*.sql))) ext/start.sql
-DATA_built = bemi--0.1.0.sql
+# The version is set in bemi.control (default_version) and nowhere else.
+EXTVERSION = $(shell sed -n "s/^default_version *= *'\\(.*\\)'/\\1/p" bemi.control)
+DATA_built = bemi--$(EXTVERSION).sql
+# Released install and upgrade scripts, frozen (never edited): ext/versions/, outside EXT_SQL.
+DATA = $(wildcard ext/versions/bemi--*.sql)
 PGFILEDESC = "bemi - context-aware audit trail for PostgreSQL"
 
 C_SRCS   = $(wildcard src/*.c src/*/*.c)
@@ -39,7 +43,7 @@ include $(PGXS)
 
 $(OBJS): $(wildcard include/bemi/*.h include/bemi/*.hpp src/*/*.hpp)
 
-bemi--0.1.0.sql: $(EXT_SQL)
+bemi--$(EXTVERSION).sql: $(EXT_SQL)
 	cat $^ > $@
 
 # The TAP suite alone (installcheck runs it after pg_regress).

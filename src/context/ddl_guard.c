@@ -193,6 +193,19 @@ StatementText(PlannedStmt *pstmt, const char *query_string)
 }
 
 /*
+ * Does bemi.gaps have the columns of 0.2.0 (relation, table_oid, role, statement)? Not while the
+ * database's SQL is still 0.1.0, between `make install` and ALTER EXTENSION bemi UPDATE.
+ */
+static bool
+GapsHaveRelation(void)
+{
+	Oid bemi_schema = get_namespace_oid("bemi", true);
+	Oid gaps = OidIsValid(bemi_schema) ? get_relname_relid("gaps", bemi_schema) : InvalidOid;
+
+	return OidIsValid(gaps) && get_attnum(gaps, "relation") != InvalidAttrNumber;
+}
+
+/*
  * One row in bemi.gaps, written as the extension's owner: the caller has no right on bemi.gaps
  * and gets none. Parameters only, fully qualified table, search_path pinned; SPI nests, so this
  * works from a function's EXECUTE too.
@@ -230,8 +243,13 @@ RecordGap(Oid ext_owner, Oid relid, const char *reason, const char *statement)
 								 GUC_ACTION_SAVE, true, 0, false);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "bemi: SPI_connect failed");
-		if (SPI_execute_with_args("INSERT INTO bemi.gaps (from_lsn, to_lsn, reason, relation, table_oid, role, statement)"
-								  " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+		if (SPI_execute_with_args(GapsHaveRelation()
+									  ? "INSERT INTO bemi.gaps (from_lsn, to_lsn, reason, relation, table_oid, role, statement)"
+										" VALUES ($1, $2, $3, $4, $5, $6, $7)"
+									  /* 0.1.0's bemi.gaps: the facts go into the reason. */
+									  : "INSERT INTO bemi.gaps (from_lsn, to_lsn, reason) VALUES ($1, $2,"
+										" pg_catalog.format('%s (table %s, OID %s, role %s, statement: %s)',"
+										" $3, $4, $5, $6, COALESCE($7, '')))",
 								  7, types, args, nulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "bemi: could not record a gap in bemi.gaps");
 		SPI_finish();

@@ -28,6 +28,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
+#include "catalog/namespace.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
@@ -83,6 +84,7 @@ static struct
 	int64 pending_changes;
 	char *database;
 	SPIPlanPtr insert_plan;
+	bool insert_has_table_oid; /* insert_plan writes bemi.changes.table_oid */
 	SPIPlanPtr progress_plan;
 	MemoryContext batch_context;
 	Jsonb *empty_context;
@@ -273,9 +275,26 @@ MakeArray(Datum *values, bool *nulls, int count, Oid type)
 }
 
 /*
+ * Does bemi.changes have table_oid? Not while the database's SQL is still 0.1.0: between
+ * `make install` of a newer library and ALTER EXTENSION bemi UPDATE (checked at every batch, so
+ * the update takes effect at the next one, and the other way round for a downgrade).
+ */
+static bool
+ChangesHaveTableOid(void)
+{
+	Oid bemi_schema = get_namespace_oid("bemi", true);
+	Oid changes = OidIsValid(bemi_schema) ? get_relname_relid("changes", bemi_schema) : InvalidOid;
+
+	return OidIsValid(changes) && get_attnum(changes, "table_oid") != InvalidAttrNumber;
+}
+
+/*
  * The worker's statements run as superuser: besides the worker's fixed search_path, each names
  * pg_catalog's functions and bemi's tables explicitly. ROWS FROM with one pg_catalog.unnest per
  * column (a qualified unnest takes one array) pairs the columns row by row.
+ * On a schema older than the library (no bemi.changes.table_oid) the changes are written without
+ * it: NULL there means "go by name", which is how that schema's readers go anyway. Nothing is
+ * dropped, and the log says at every (re)start what to run.
  */
 static void
 PreparePlans(void)
@@ -284,18 +303,42 @@ PreparePlans(void)
 									 TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
 									 INT8ARRAYOID, PG_LSNARRAYOID, OIDARRAYOID};
 	Oid progress_types[3] = {PG_LSNOID, INT8OID, BOOLOID};
+	bool with_table_oid = ChangesHaveTableOid();
 
-	if (sink.insert_plan)
+	if (sink.insert_plan && sink.insert_has_table_oid == with_table_oid)
 		return;
+	if (sink.insert_plan)
+	{
+		SPI_freeplan(sink.insert_plan);
+		SPI_freeplan(sink.progress_plan);
+		sink.insert_plan = sink.progress_plan = NULL;
+	}
+	if (!with_table_oid)
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("bemi: the SQL of extension bemi in database \"%s\" is older than its library", sink.database),
+				 errdetail("bemi.changes has no column table_oid: changes are recorded without it, and history "
+						   "goes by table name."),
+				 errhint("Run ALTER EXTENSION bemi UPDATE in database \"%s\".", sink.database)));
+	/* $12 is declared either way; the older statement leaves it unused. */
 	sink.insert_plan = SPI_prepare(
-		"INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \"table\","
-		" operation, committed_at, transaction_id, position, table_oid)"
-		" SELECT pk, b, a, c, $5, s, t, o, ts, x, p, r"
-		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
-		" pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
-		" pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12))"
-		" AS u(pk, b, a, c, s, t, o, ts, x, p, r)",
+		with_table_oid
+			? "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \"table\","
+			  " operation, committed_at, transaction_id, position, table_oid)"
+			  " SELECT pk, b, a, c, $5, s, t, o, ts, x, p, r"
+			  " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+			  " pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+			  " pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12))"
+			  " AS u(pk, b, a, c, s, t, o, ts, x, p, r)"
+			: "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \"table\","
+			  " operation, committed_at, transaction_id, position)"
+			  " SELECT pk, b, a, c, $5, s, t, o, ts, x, p"
+			  " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+			  " pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+			  " pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11))"
+			  " AS u(pk, b, a, c, s, t, o, ts, x, p)",
 		INSERT_ARGS, insert_types);
+	sink.insert_has_table_oid = with_table_oid;
 	sink.progress_plan = SPI_prepare(
 		"UPDATE bemi.progress SET txn_end_lsn = $1, txn_records = $2, txn_complete = $3,"
 		" updated_at = pg_catalog.now()",
