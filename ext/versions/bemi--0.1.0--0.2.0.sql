@@ -314,6 +314,14 @@ CREATE OR REPLACE FUNCTION @extschema@.bemi_diff(before_image jsonb, after_image
     AS 'MODULE_PATHNAME', 'bemi_diff' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.bemi_diff(jsonb, jsonb) IS 'What changed between two images, as {"column": [old, new]}';
 
+-- Does bemi record values of this type as their output text (to_jsonb would run a function an
+-- ordinary role could have written)? Time travel renders keys with it, as the images were built.
+-- Where it is true, format('%s', value) gives that text without calling any cast.
+CREATE FUNCTION @extschema@.bemi_json_is_text(type regtype) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'bemi_json_is_text' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.bemi_json_is_text(regtype) IS
+    'Whether bemi records values of this type as their text output (its JSON conversion would run user code)';
+
 
 CREATE OR REPLACE FUNCTION @extschema@.bemi_row_history(tbl regclass, primary_key text) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE
@@ -333,7 +341,10 @@ COMMENT ON FUNCTION @extschema@.bemi_row_history(regclass, text) IS
 -- every argument of the type it is declared with.)
 CREATE OR REPLACE FUNCTION @extschema@.bemi_row_history(tbl regclass, primary_key anycompatible) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE AS $$
-    SELECT * FROM @extschema@.bemi_row_history(tbl, pg_catalog.to_jsonb(primary_key) OPERATOR(pg_catalog.#>>) '{}'::pg_catalog.text[])
+    SELECT * FROM @extschema@.bemi_row_history(tbl,
+        CASE WHEN @extschema@.bemi_json_is_text(pg_catalog.pg_typeof(primary_key))
+             THEN pg_catalog.format('%s', primary_key)
+             ELSE pg_catalog.to_jsonb(primary_key) OPERATOR(pg_catalog.#>>) '{}'::pg_catalog.text[] END)
 $$;
 
 CREATE OR REPLACE FUNCTION @extschema@.bemi_rows_history(tbl regclass, primary_keys text[]) RETURNS SETOF @extschema@.bemi_change
@@ -504,9 +515,15 @@ BEGIN
                  AND min(a.atttypid::int) IN ('int2'::regtype::int, 'int4'::regtype::int, 'int8'::regtype::int,
                                               'text'::regtype::int, 'varchar'::regtype::int, 'uuid'::regtype::int)
                 THEN format('(t.%I)::text', min(a.attname))
+                -- A type whose JSON conversion would run an untrusted role's code is recorded as
+                -- its output text: format('%s') gives that without calling any of its casts.
+                WHEN count(*) = 1 AND bool_or(@extschema@.bemi_json_is_text(a.atttypid::regtype))
+                THEN format('format(''%%s'', t.%I)', min(a.attname))
                 WHEN count(*) = 1 THEN format('(to_jsonb(t.%I) #>> ''{}'')', min(a.attname))
                 ELSE format('(jsonb_build_array(%s)::text)',
-                            string_agg(format('t.%I', a.attname), ', ' ORDER BY k.ord)) END
+                            string_agg(CASE WHEN @extschema@.bemi_json_is_text(a.atttypid::regtype)
+                                            THEN format('format(''%%s'', t.%I)', a.attname)
+                                            ELSE format('t.%I', a.attname) END, ', ' ORDER BY k.ord)) END
       INTO key_columns, key_sql
       FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY AS k (attnum, ord), pg_attribute a
      WHERE i.indrelid = tbl AND i.indisprimary AND k.ord <= i.indnkeyatts
@@ -603,7 +620,8 @@ CREATE OR REPLACE FUNCTION @extschema@.bemi_row_as_of(tbl anyelement, primary_ke
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
 DECLARE
     target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
-    key text := to_jsonb(primary_key) #>> '{}';
+    key text := CASE WHEN @extschema@.bemi_json_is_text(pg_typeof(primary_key)) THEN format('%s', primary_key)
+                     ELSE to_jsonb(primary_key) #>> '{}' END;
     key_image jsonb;
     change record;
     base_id bigint := 0;
