@@ -100,6 +100,17 @@ SELECT bemi_set_context(json_build_object('client', :client_id, 'tx', random()):
 INSERT INTO load (client, payload) SELECT :client_id, md5(random()::text) FROM generate_series(1, 5);
 COMMIT;
 });
+# After a crash the server refuses connections for a moment, and psql may exit before reading its
+# input: poll_query_until then dies with "Broken pipe" instead of polling again.
+sub wait_for_server {
+	for my $try (1 .. 10) {
+		my $up = eval { $node->poll_query_until('app1', 'SELECT true') };
+		return 1 if $up;
+		sleep 1;
+	}
+	return 0;
+}
+
 for my $round (1 .. 4) {
 	my ($out, $err) = ('', '');
 	my $bench = IPC::Run::start(
@@ -115,7 +126,7 @@ for my $round (1 .. 4) {
 		$node->start;
 	}
 	$bench->finish;
-	$node->poll_query_until('app1', 'SELECT true') or die 'server did not come back';
+	wait_for_server() or die 'server did not come back';
 	my $rows = check_trail('app1', 'load', "round $round");
 	ok($rows > 0, "round $round: the load wrote rows");
 }
