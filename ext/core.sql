@@ -51,11 +51,29 @@ SELECT pg_catalog.pg_extension_config_dump('bemi.changes', '');
 SELECT pg_catalog.pg_extension_config_dump('bemi.changes_default', '');
 SELECT pg_catalog.pg_extension_config_dump('bemi.changes_id_seq', '');
 
--- Reading the trail is a privilege: grant the role bemi_reader (shared by every database).
+-- Reading the trail is a privilege: grant the role bemi_reader (shared by every database). A
+-- bemi_reader that exists already must be one a superuser controls: a role with CREATEROLE could
+-- have made it in advance, or granted it, to read every trail installed after (docs/security.md).
 DO $$
+DECLARE
+    suspect text;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'bemi_reader') THEN
         CREATE ROLE bemi_reader NOLOGIN;
+        RETURN;
+    END IF;
+    SELECT pg_catalog.string_agg(pg_catalog.format('%I', m.rolname), ', ' ORDER BY m.rolname) INTO suspect
+      FROM pg_catalog.pg_auth_members a
+      JOIN pg_catalog.pg_roles m ON m.oid OPERATOR(pg_catalog.=) a.member
+      JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantor
+     WHERE a.roleid OPERATOR(pg_catalog.=) 'bemi_reader'::pg_catalog.regrole
+       AND NOT m.rolsuper AND (a.admin_option OR NOT g.rolsuper);
+    IF suspect IS NOT NULL OR (SELECT rolcanlogin OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'bemi_reader') THEN
+        RAISE EXCEPTION 'role bemi_reader exists and is not under a superuser''s control'
+            USING ERRCODE = 'insufficient_privilege',
+            DETAIL = pg_catalog.format('bemi_reader reads every database''s trail. It must be NOLOGIN, and only superusers may grant it or administer it; %s.',
+                                       coalesce('these roles got it or its admin option from a non-superuser: ' || suspect, 'it can log in or is a superuser')),
+            HINT = 'Check who made bemi_reader; as a superuser, REVOKE those memberships (or DROP ROLE bemi_reader) and try again.';
     END IF;
 END $$;
 GRANT USAGE ON SCHEMA bemi TO bemi_reader;

@@ -46,6 +46,28 @@ CREATE TABLE public.items (id int PRIMARY KEY, name text);
 INSERT INTO public.items VALUES (1, 'before bemi');
 RESET ROLE;
 
+-- bemi_reader reads every database's trail. A role that controls it (here: it got the admin
+-- option, and granted it on) would read every trail installed after: bemi refuses to install.
+CREATE ROLE names_creator CREATEROLE;
+CREATE ROLE names_sneaky;
+GRANT bemi_reader TO names_creator WITH ADMIN OPTION;
+SET ROLE names_creator;
+GRANT bemi_reader TO names_sneaky;
+RESET ROLE;
+DO $$
+DECLARE
+    message text;
+    detail text;
+BEGIN
+    CREATE EXTENSION bemi;
+EXCEPTION WHEN insufficient_privilege THEN
+    GET STACKED DIAGNOSTICS message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
+    RAISE WARNING 'refused: % (%)', message, detail;
+END $$;
+SELECT count(*) AS installed FROM pg_extension WHERE extname = 'bemi';
+DROP ROLE names_sneaky;
+DROP ROLE names_creator;
+
 -- A superuser installs bemi into public, as usual.
 CREATE EXTENSION bemi;
 -- Nothing of bemi's is bound to an object outside pg_catalog and bemi's own.

@@ -12,6 +12,27 @@
 -- The same rule as the install script: names resolve only in pg_catalog (docs/security.md, "Names").
 SET LOCAL search_path = pg_catalog, pg_temp;
 
+-- bemi_reader (made by 0.1.0) must be one a superuser controls: a role with CREATEROLE could
+-- have made it in advance, or granted it, to read every trail installed after (docs/security.md).
+DO $$
+DECLARE
+    suspect text;
+BEGIN
+    SELECT pg_catalog.string_agg(pg_catalog.format('%I', m.rolname), ', ' ORDER BY m.rolname) INTO suspect
+      FROM pg_catalog.pg_auth_members a
+      JOIN pg_catalog.pg_roles m ON m.oid OPERATOR(pg_catalog.=) a.member
+      JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantor
+     WHERE a.roleid OPERATOR(pg_catalog.=) 'bemi_reader'::pg_catalog.regrole
+       AND NOT m.rolsuper AND (a.admin_option OR NOT g.rolsuper);
+    IF suspect IS NOT NULL OR (SELECT rolcanlogin OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'bemi_reader') THEN
+        RAISE EXCEPTION 'role bemi_reader exists and is not under a superuser''s control'
+            USING ERRCODE = 'insufficient_privilege',
+            DETAIL = pg_catalog.format('bemi_reader reads every database''s trail. It must be NOLOGIN, and only superusers may grant it or administer it; %s.',
+                                       coalesce('these roles got it or its admin option from a non-superuser: ' || suspect, 'it can log in or is a superuser')),
+            HINT = 'Check who made bemi_reader; as a superuser, REVOKE those memberships (or DROP ROLE bemi_reader) and try again.';
+    END IF;
+END $$;
+
 ------------------------------------------------------------------------------------------------
 -- Tables: new columns, at the end as in a fresh install
 ------------------------------------------------------------------------------------------------
