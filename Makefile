@@ -37,6 +37,10 @@ override with_llvm = no
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# The TAP files share test/perl/BemiTest.pm (a node with bemi's settings, wait_bemi); prove runs
+# from the source directory, so the path is relative to it. After PGXS, which sets PG_PROVE_FLAGS.
+PG_PROVE_FLAGS += -I test/perl
+
 
 %.o: %.cpp
 	$(CXX) $(BEMI_CXXFLAGS) $(CPPFLAGS) -c -o $@ $<
