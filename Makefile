@@ -62,6 +62,13 @@ test:
 demo:
 	./demo/run
 
+# Formats the C++ (src/*/*.cpp, src/*/*.hpp) with .clang-format (Debian: apt-get install
+# clang-format). The C files and include/bemi/*.h keep PostgreSQL's layout (pgindent), which
+# clang-format does not reproduce, so they are left alone.
+CLANG_FORMAT ?= clang-format
+format:
+	$(CLANG_FORMAT) -i $(wildcard src/*.cpp src/*/*.cpp src/*.hpp src/*/*.hpp include/bemi/*.hpp)
+
 # The comment scanner, fuzzed on its own under sanitizers (no server needed).
 test/fuzz/comment_fuzz: test/fuzz/comment_fuzz.cpp src/context/comment_scan.cpp include/bemi/comment_scan.h
 	$(CXX) -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -Wall -Wextra -Werror \
