@@ -13,6 +13,11 @@
 
 #include <limits.h>
 
+/* PostgreSQL 15 is the oldest supported: shmem_request_hook and MarkGUCPrefixReserved are used as is. */
+#if PG_VERSION_NUM < 150000
+#error "bemi needs PostgreSQL 15 or later"
+#endif
+
 PG_MODULE_MAGIC;
 
 #if PG_VERSION_NUM < 160000
@@ -26,7 +31,6 @@ int bemi_startup_timeout_ms = 30000;
 bool bemi_partitions_as_root = true;
 int bemi_flush_delay_ms = 10;
 
-#if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static void
 bemi_shmem_request(void)
@@ -36,7 +40,6 @@ bemi_shmem_request(void)
 	BemiShmemRequest();
 	BemiSecretShmemRequest();
 }
-#endif
 
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static void
@@ -75,11 +78,7 @@ DefineSettings(void)
 	DefineCustomBoolVariable("bemi.partitions_as_root",
 							 "Record changes to a partition under the name of its partitioned table.",
 							 NULL, &bemi_partitions_as_root, true, PGC_SIGHUP, 0, NULL, NULL, NULL);
-#if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("bemi");
-#else
-	EmitWarningsOnPlaceholders("bemi");
-#endif
 }
 
 void
@@ -92,13 +91,8 @@ _PG_init(void)
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 
-#if PG_VERSION_NUM >= 150000
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = bemi_shmem_request;
-#else
-	BemiShmemRequest();
-	BemiSecretShmemRequest();
-#endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = bemi_shmem_startup;
 	BemiRegisterLauncher();

@@ -272,11 +272,6 @@ bemi_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool is_init
 }
 
 static void
-bemi_shutdown(LogicalDecodingContext *ctx)
-{
-}
-
-static void
 bemi_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 {
 	PluginState *state = ctx->output_plugin_private;
@@ -643,5 +638,4 @@ _PG_output_plugin_init(OutputPluginCallbacks *cb)
 	cb->message_cb = bemi_message;
 	cb->commit_cb = bemi_commit;
 	cb->filter_by_origin_cb = bemi_filter_by_origin;
-	cb->shutdown_cb = bemi_shutdown;
 }

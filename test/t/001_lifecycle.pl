@@ -6,28 +6,18 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use BemiTest;
 
-my $node = PostgreSQL::Test::Cluster->new('lifecycle');
-$node->init(allows_streaming => 'logical');
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'bemi'
-output_plugin_libraries = 'pgoutput, test_decoding, bemi'
-max_worker_processes = 16
+my $node = bemi_node('lifecycle', conf => q{
 max_replication_slots = 10
 restart_after_crash = on
 log_statement = none
 });
-$node->start;
-
-sub wait_bemi {
-	my ($db) = @_;
-	$node->safe_psql($db, q{SELECT bemi_wait(pg_current_wal_lsn(), '120 seconds')});
-}
 
 # Every committed row of $table is in bemi.changes exactly once as a CREATE.
 sub check_trail {
 	my ($db, $table, $label) = @_;
-	wait_bemi($db);
+	wait_bemi($node, $db, 120);
 	my $rows = $node->safe_psql($db, qq{SELECT count(*) FROM $table});
 	my $result = $node->safe_psql($db, qq{
 		SELECT count(*), count(DISTINCT c.primary_key),
@@ -47,7 +37,7 @@ for my $i (1 .. 10) {
 		CREATE TABLE gap_$i (id int PRIMARY KEY, v text);
 		INSERT INTO gap_$i VALUES (1, 'right after'), (2, 'create extension');
 	});
-	wait_bemi('gap');
+	wait_bemi($node, 'gap', 120);
 	is($node->safe_psql('gap', qq{SELECT count(*) FROM bemi.changes WHERE "table" = 'gap_$i'}),
 		'2', "iteration $i: writes right after CREATE EXTENSION are captured");
 }
@@ -145,7 +135,7 @@ ok($node->poll_query_until('postgres',
 	'DROP EXTENSION stopped the worker');
 # Creating it again starts from scratch.
 $node->safe_psql('app2', 'CREATE EXTENSION bemi; INSERT INTO items (n) VALUES (2)');
-wait_bemi('app2');
+wait_bemi($node, 'app2', 120);
 is($node->safe_psql('app2', 'SELECT count(*) FROM bemi.changes'), '1', 'a new install records only new changes');
 
 $node->stop;

@@ -4,6 +4,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use BemiTest;
 
 # Not preloaded.
 my $node = PostgreSQL::Test::Cluster->new('not_preloaded');
@@ -16,14 +17,9 @@ like($err, qr/shared_preload_libraries/, 'the hint names shared_preload_librarie
 $node->stop;
 
 # wal_level below logical.
-my $replica = PostgreSQL::Test::Cluster->new('wal_replica');
-$replica->init;
-$replica->append_conf('postgresql.conf', qq{
+my $replica = bemi_node('wal_replica', conf => q{
 wal_level = replica
-shared_preload_libraries = 'bemi'
-output_plugin_libraries = 'pgoutput, test_decoding, bemi'
 });
-$replica->start;
 ($ret, $out, $err) = $replica->psql('postgres', 'CREATE EXTENSION bemi');
 isnt($ret, 0, 'CREATE EXTENSION fails with wal_level = replica');
 like($err, qr/wal_level = logical/, 'the error names wal_level');

@@ -5,25 +5,15 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use BemiTest;
 
 my $slow = $ENV{BEMI_SLOW_TESTS} ? 1 : 0;
-my $node = PostgreSQL::Test::Cluster->new('faults');
-$node->init(allows_streaming => 'logical');
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'bemi'
-output_plugin_libraries = 'pgoutput, test_decoding, bemi'
-max_worker_processes = 16
+my $node = bemi_node('faults', conf => q{
 max_connections = 60
 restart_after_crash = on
 log_statement = none
 });
-$node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION bemi');
-
-sub wait_bemi {
-	my ($db) = @_;
-	$node->safe_psql($db // 'postgres', q{SELECT bemi_wait(pg_current_wal_lsn(), '300 seconds')});
-}
 
 # 1. The worker cannot write a batch: it reports the error, retries with backoff, does not move
 # past the failed changes, and catches up once the cause is removed.
@@ -48,7 +38,7 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE "table
 	'nothing written while failing');
 ok($node->safe_psql('postgres', 'SELECT failures FROM bemi._worker_state()') >= 1, 'failures counted');
 $node->safe_psql('postgres', 'DELETE FROM fault');
-wait_bemi();
+wait_bemi($node);
 is($node->safe_psql('postgres', q{
 	SELECT count(*), count(DISTINCT primary_key) FROM bemi.changes WHERE "table" = 'orders'}),
 	'150|150', 'caught up: every change exactly once');
@@ -57,13 +47,13 @@ is($node->safe_psql('postgres', 'SELECT worker_state FROM bemi_status()'), 'runn
 # 2. DROP DATABASE of a database with the extension: the worker lets go, the slot goes with it.
 $node->safe_psql('postgres', 'CREATE DATABASE doomed');
 $node->safe_psql('doomed', 'CREATE EXTENSION bemi; CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)');
-wait_bemi('doomed');
+wait_bemi($node, 'doomed');
 # A DROP DATABASE that fails (someone is connected) leaves capture running and loses nothing.
 my $holder = $node->background_psql('doomed');
 ($ret, $out, $err) = $node->psql('postgres', 'DROP DATABASE doomed');
 isnt($ret, 0, 'DROP DATABASE fails while a session is connected');
 $node->safe_psql('doomed', 'INSERT INTO t VALUES (2)');
-wait_bemi('doomed');
+wait_bemi($node, 'doomed');
 is($node->safe_psql('doomed', 'SELECT count(*) FROM bemi.changes'), '2', 'capture resumed after the failed drop');
 $holder->quit;
 $node->safe_psql('postgres', 'DROP DATABASE doomed');
@@ -107,7 +97,7 @@ SKIP: {
 		INSERT INTO huge VALUES (6, repeat('z', 300 * 1024 * 1024));
 		COMMIT;
 	});
-	wait_bemi();
+	wait_bemi($node);
 	is($node->safe_psql('postgres', q{
 		SELECT count(*), count(*) FILTER (WHERE length(after->>'body') = 200 * 1024 * 1024)
 		  FROM bemi.changes WHERE "table" = 'huge'}), '6|5', 'every change of a 1.3 GB transaction recorded');
@@ -128,7 +118,7 @@ COMMIT;
 $node->safe_psql('postgres', 'CREATE TABLE concurrent (id bigserial PRIMARY KEY, client int, k bigint, touched int DEFAULT 0)');
 $node->command_ok([ 'pgbench', '-n', '-c', '32', '-j', '2', '-t', '50', '-f', $script, '-h', $node->host,
 		'-p', $node->port, 'postgres' ], '32 concurrent clients');
-wait_bemi();
+wait_bemi($node);
 is($node->safe_psql('postgres', q{
 	SELECT count(*) FROM concurrent c
 	  JOIN bemi.changes b ON b."table" = 'concurrent' AND b.primary_key = c.id::text
@@ -153,7 +143,7 @@ $node->safe_psql('postgres', 'DELETE FROM fault');
 ok($node->poll_query_until('postgres', q{SELECT count(*) > 0 FROM bemi.changes WHERE "table" = 'backlog'}),
 	'the worker started on the backlog');
 $node->restart;
-wait_bemi();
+wait_bemi($node);
 is($node->safe_psql('postgres', q{
 	SELECT count(*) FILTER (WHERE operation = 'CREATE'), count(DISTINCT primary_key) FILTER (WHERE operation = 'CREATE'),
 	       count(*) FILTER (WHERE operation = 'UPDATE')
@@ -172,7 +162,7 @@ for my $mode ('simple', 'extended', 'prepared') {
 	$node->command_ok([ 'pgbench', '-n', '-M', $mode, '-t', '3', '-f', $comment_script, '-h', $node->host,
 			'-p', $node->port, 'postgres' ], "pgbench -M $mode");
 }
-wait_bemi();
+wait_bemi($node);
 is($node->safe_psql('postgres', q{
 	SELECT string_agg(DISTINCT after->>'mode', ',' ORDER BY after->>'mode'), count(*) FILTER (WHERE context->>'via' = 'comment')
 	  FROM bemi.changes WHERE "table" = 'protocols'}), 'extended,prepared,simple|9',
@@ -210,7 +200,7 @@ ok($node->poll_query_until('postgres', q{
 	'the gap is recorded in bemi.gaps');
 like($node->safe_psql('postgres', 'SELECT reason FROM bemi.gaps ORDER BY id LIMIT 1'), qr/invalidated/, 'with its reason');
 $node->safe_psql('postgres', q{INSERT INTO churn (payload) VALUES ('after the gap')});
-wait_bemi();
+wait_bemi($node);
 is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE after->>'payload' = 'after the gap'}),
 	'1', 'capture goes on after the gap');
 

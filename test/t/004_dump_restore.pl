@@ -4,17 +4,12 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use BemiTest;
 
-my $conf = qq{
-shared_preload_libraries = 'bemi'
-output_plugin_libraries = 'pgoutput, test_decoding, bemi'
-max_worker_processes = 16
+my $conf = q{
 log_statement = none
 };
-my $old = PostgreSQL::Test::Cluster->new('old');
-$old->init(allows_streaming => 'logical');
-$old->append_conf('postgresql.conf', $conf);
-$old->start;
+my $old = bemi_node('old', conf => $conf);
 $old->safe_psql('postgres', 'CREATE DATABASE shop');
 $old->safe_psql('shop', q{
 	CREATE EXTENSION bemi;
@@ -43,10 +38,7 @@ my $dump = $old->basedir . '/shop.dump';
 $old->command_ok([ 'pg_dump', '-Fc', '-h', $old->host, '-p', $old->port, '-f', $dump, 'shop' ], 'pg_dump');
 $old->stop;
 
-my $new = PostgreSQL::Test::Cluster->new('new');
-$new->init(allows_streaming => 'logical');
-$new->append_conf('postgresql.conf', $conf);
-$new->start;
+my $new = bemi_node('new', conf => $conf);
 $new->safe_psql('postgres', 'CREATE DATABASE shop');
 $new->command_ok([ 'pg_restore', '-h', $new->host, '-p', $new->port, '-d', 'shop', $dump ], 'pg_restore');
 

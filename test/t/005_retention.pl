@@ -6,16 +6,11 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use BemiTest;
 
-my $node = PostgreSQL::Test::Cluster->new('retention');
-$node->init(allows_streaming => 'logical');
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'bemi'
-output_plugin_libraries = 'pgoutput, test_decoding, bemi'
-max_worker_processes = 16
+my $node = bemi_node('retention', conf => q{
 log_statement = none
 });
-$node->start;
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION bemi;
 	CREATE TABLE load (id bigserial PRIMARY KEY, client int, made_at timestamptz DEFAULT clock_timestamp());

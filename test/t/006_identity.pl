@@ -7,17 +7,12 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use BemiTest;
 
-my $node = PostgreSQL::Test::Cluster->new('identity');
-$node->init(allows_streaming => 'logical');
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'bemi'
-output_plugin_libraries = 'pgoutput, test_decoding, bemi'
-max_worker_processes = 16
+my $node = bemi_node('identity', conf => q{
 restart_after_crash = on
 log_statement = none
 });
-$node->start;
 my $key_file = $node->data_dir . '/bemi_secret';
 ok(-f $key_file, 'the key file is created at first start');
 is((stat $key_file)[7], 32, 'it holds 32 bytes');
@@ -38,10 +33,6 @@ $node->safe_psql('postgres', q{
 	END $$;
 	CREATE TRIGGER fail_batch BEFORE INSERT ON bemi.changes FOR EACH STATEMENT EXECUTE FUNCTION fail_batch();
 });
-
-sub wait_bemi {
-	$node->safe_psql('postgres', q{SELECT bemi_wait(pg_current_wal_lsn(), '300 seconds')});
-}
 
 # Writes as `writer`, with context, while the worker cannot record them; waits until it has tried.
 sub write_held {
@@ -73,7 +64,7 @@ write_held('clean', 1);
 $node->restart;
 is(slurp_file($key_file), $key, 'the key survives a restart');
 $node->safe_psql('postgres', 'DELETE FROM fault');
-wait_bemi();
+wait_bemi($node);
 is(recorded('clean'), '10|10|10', 'written before a clean restart, verified after it');
 
 # 2. A crash (immediate stop) between the write and its decoding.
@@ -81,7 +72,7 @@ write_held('crash', 11);
 $node->stop('immediate');
 $node->start;
 $node->safe_psql('postgres', 'DELETE FROM fault');
-wait_bemi();
+wait_bemi($node);
 is(recorded('crash'), '10|10|10', 'written before a crash, verified after it');
 
 # 3. A standby made with pg_basebackup has the same key.
@@ -101,13 +92,13 @@ unlink $key_file or die "unlink $key_file: $!";
 $node->start;
 isnt(slurp_file($key_file), $key, 'a new key is made when the file is missing');
 $node->safe_psql('postgres', 'DELETE FROM fault');
-wait_bemi();
+wait_bemi($node);
 is(recorded('lost key'), '10|0|10', 'messages signed with another key give no identity');
 $node->safe_psql('postgres', q{
 	SET ROLE writer;
 	INSERT INTO ledger VALUES (31, 'new key');
 });
-wait_bemi();
+wait_bemi($node);
 is(recorded('new key'), '1|1|0', 'new writes verify with the new key');
 
 $node->stop;

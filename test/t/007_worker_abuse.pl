@@ -6,23 +6,12 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use BemiTest;
 use Time::HiRes qw(sleep time);
 
-my $node = PostgreSQL::Test::Cluster->new('abuse');
-$node->init(allows_streaming => 'logical');
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'bemi'
-output_plugin_libraries = 'pgoutput, test_decoding, bemi'
-max_worker_processes = 16
+my $node = bemi_node('abuse', conf => q{
 log_statement = none
 });
-$node->start;
-
-sub wait_bemi {
-	my ($db, $timeout) = @_;
-	$node->safe_psql($db // 'postgres',
-		sprintf(q{SELECT bemi_wait(pg_current_wal_lsn(), '%d seconds')}, $timeout // 120));
-}
 
 # 1. appowner owns a database and may create in its public schema. It plants look-alikes of
 # every function and operator the worker's statements use; each records who ran it and, when
@@ -80,11 +69,11 @@ for my $round (1 .. 6) {
 		INSERT INTO public.app_rows SELECT g, 'round %d' FROM generate_series(%d, %d) g;
 		UPDATE public.app_rows SET note = note || '!' WHERE id / 100 = %d AND id %% 7 = 0;}, $round, $round * 100,
 		$round * 100 + 99, $round));
-	wait_bemi('app');
+	wait_bemi($node, 'app', 120);
 }
 ok($node->poll_query_until('app', qq{SELECT max(to_time) >= '$horizon'::timestamptz + interval '4 seconds' FROM bemi_partitions()}),
 	'the worker ran its upkeep several times (a new partition each second)');
-wait_bemi('app');
+wait_bemi($node, 'app', 120);
 is($node->safe_psql('app', q{SELECT rolsuper FROM pg_roles WHERE rolname = 'appowner'}), 'f',
 	'appowner is still not superuser');
 is($node->safe_psql('app', q{SELECT count(*) || ' ' || coalesce(string_agg(DISTINCT who || ':' || what, ', '), '')
@@ -106,7 +95,7 @@ $node->safe_psql('postgres', q{
 	CREATE TABLE pub (id int PRIMARY KEY, note text);
 	CREATE TABLE after_dos (id int PRIMARY KEY);
 });
-wait_bemi();
+wait_bemi($node, undef, 120);
 my $pid = $node->safe_psql('postgres', 'SELECT worker_pid FROM bemi_status()');
 my $started = time();
 $node->safe_psql('postgres', q{
@@ -146,7 +135,7 @@ $node->safe_psql('postgres', q{
 	  FROM generate_series(1, 2600);
 	INSERT INTO keyed VALUES ('\x03', 3);
 });
-wait_bemi();
+wait_bemi($node, undef, 120);
 like($node->safe_psql('postgres', q{
 	SELECT string_agg(coalesce(after->>'v', after->>'_bemi_write_error'), ' | ' ORDER BY position)
 	  FROM bemi.changes WHERE "table" = 'keyed' AND primary_key IS DISTINCT FROM '\x01'}),
@@ -159,7 +148,7 @@ like($node->safe_psql('postgres', 'SELECT last_error FROM bemi_status()'),
 	'bemi_status() says which change lost its images and why');
 is($node->safe_psql('postgres', 'SELECT worker_state FROM bemi_status()'), 'running', 'the worker is running');
 $node->safe_psql('postgres', q{INSERT INTO keyed VALUES ('\x04', 4)});
-wait_bemi();
+wait_bemi($node, undef, 120);
 is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE "table" = 'keyed'}), '4',
 	'later changes are recorded');
 
@@ -203,7 +192,7 @@ like($node->safe_psql('postgres', 'SELECT last_error FROM bemi_status()'), qr/in
 is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE "table" = 'busy'}), '0',
 	'no change was skipped or replaced meanwhile');
 $node->safe_psql('postgres', 'DELETE FROM fault');
-wait_bemi();
+wait_bemi($node, undef, 120);
 is($node->safe_psql('postgres', q{
 	SELECT count(*), count(DISTINCT primary_key), count(*) FILTER (WHERE "after" ? '_bemi_write_error')
 	  FROM bemi.changes WHERE "table" = 'busy'}),
@@ -220,7 +209,7 @@ $node->safe_psql('postgres', q{
 	INSERT INTO parted VALUES (1), (150);
 	TRUNCATE parted;
 });
-wait_bemi();
+wait_bemi($node, undef, 120);
 is($node->safe_psql('postgres', q{
 	SELECT count(*), count(*) FILTER (WHERE c.table_oid = to_regclass(pg_catalog.quote_ident(c.schema) || '.' ||
 	                                                                  pg_catalog.quote_ident(c."table")))

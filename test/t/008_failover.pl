@@ -11,22 +11,15 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use BemiTest;
 
 my $install = $ENV{BEMI_FAILOVER_INSTALL};
 plan skip_all => 'BEMI_FAILOVER_INSTALL (a PostgreSQL 17+ with bemi) is not set'
   unless $install && -x "$install/bin/postgres";
 
-my $primary = PostgreSQL::Test::Cluster->new('failover_primary', install_path => $install);
-$primary->init(allows_streaming => 'logical');
-my $opl = `"$install/bin/postgres" --describe-config` =~ /^output_plugin_libraries\t/m
-  ? "output_plugin_libraries = 'pgoutput, test_decoding, bemi'" : '';
-$primary->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'bemi'
-$opl
-max_worker_processes = 16
+my $primary = bemi_node('failover_primary', install_path => $install, conf => q{
 synchronized_standby_slots = 'standby_1'
 });
-$primary->start;
 $primary->safe_psql('postgres', q{
 	SELECT pg_create_physical_replication_slot('standby_1');
 	CREATE EXTENSION bemi;

@@ -7,21 +7,11 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use BemiTest;
 
-my $node = PostgreSQL::Test::Cluster->new('upgrade');
-$node->init(allows_streaming => 'logical');
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'bemi'
-output_plugin_libraries = 'pgoutput, test_decoding, bemi'
-max_worker_processes = 16
+my $node = bemi_node('upgrade', conf => q{
 log_statement = none
 });
-$node->start;
-
-sub wait_bemi {
-	my ($db) = @_;
-	$node->safe_psql($db, q{SELECT bemi_wait(pg_current_wal_lsn(), '300 seconds')});
-}
 
 # Ground truth, kept here as the test writes: one "pk|operation|context" line per change of orders.
 my @truth;
@@ -55,7 +45,7 @@ is($node->safe_psql('shop', q{SELECT extversion FROM pg_extension WHERE extname 
 	'installed as 0.1.0');
 
 # 2. The new library on the old SQL: capture runs, without table_oid, and the log says what to run.
-wait_bemi('shop');
+wait_bemi($node, 'shop');
 my $trail_sql = q{SELECT string_agg(concat_ws('|', primary_key, operation, (context - '_bemi')::text), E'\n' ORDER BY id)
                     FROM bemi.changes WHERE "table" = 'orders'};
 is($node->safe_psql('shop', $trail_sql), join("\n", @truth), 'captured on 0.1.0 SQL: every change once, with its context');
@@ -113,7 +103,7 @@ $node->safe_psql('shop', q{
 	COMMIT;
 });
 push @truth, "1|UPDATE|{\"request\": \"r3\"}", "6|CREATE|{\"request\": \"r3\"}";
-wait_bemi('shop');
+wait_bemi($node, 'shop');
 is($node->safe_psql('shop', $trail_sql), join("\n", @truth), 'after the update: every change once, with its context');
 is($node->safe_psql('shop', q{SELECT count(*) FROM bemi.changes WHERE id > 9 AND table_oid = 'orders'::regclass}), '2',
 	'new changes carry the table OID');
