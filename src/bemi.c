@@ -2,7 +2,10 @@
  * bemi.c: module entry. Settings, shared memory, hooks and the launcher are installed here;
  * each area does its own work.
  */
-#include "bemi/bemi.h"
+#include "bemi/settings.h"
+#include "bemi/registry.h"
+#include "bemi/lifecycle.h"
+#include "bemi/context.h"
 #include "bemi/secret.h"
 
 #include "fmgr.h"

@@ -4,7 +4,11 @@
 #ifndef BEMI_WORKER_H
 #define BEMI_WORKER_H
 
-#include "bemi/bemi.h"
+#include "bemi/registry.h"
+#include "bemi/settings.h"
+#include "bemi/sink.h"
+#include "bemi/lifecycle.h"
+#include "bemi/context.h"
 
 #include "replication/logical.h"
 #include "replication/origin.h"

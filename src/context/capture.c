@@ -8,7 +8,10 @@
  * Read-only work costs nothing. The same hooks hold a backend's first write while a new capture
  * slot is being created, so that no write after CREATE EXTENSION is missed.
  */
-#include "bemi/bemi.h"
+#include "bemi/settings.h"
+#include "bemi/registry.h"
+#include "bemi/lifecycle.h"
+#include "bemi/context.h"
 #include "bemi/comment.h"
 #include "bemi/secret.h"
 
@@ -222,32 +225,25 @@ EmitContext(void)
 	pfree(buf.data);
 }
 
+/* The new slot is consistent, or this entry is no longer a fresh start of this database. */
+static bool
+SlotReady(BemiDatabase *db, void *arg)
+{
+	return !db->fresh || db->state != BEMI_STARTING || db->dboid != MyDatabaseId;
+}
+
 /* Holds a first write while this database's new slot is not yet consistent. */
 static void
 WaitForCaptureSlot(BemiDatabase *db)
 {
-	TimestampTz deadline;
-
-	if (!db->fresh || db->state != BEMI_STARTING || TransactionIdIsValid(GetTopTransactionIdIfAny()))
+	if (SlotReady(db, NULL) || TransactionIdIsValid(GetTopTransactionIdIfAny()))
 		return;
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), bemi_startup_timeout_ms);
-	ConditionVariablePrepareToSleep(&db->progress_cv);
-	while (db->fresh && db->state == BEMI_STARTING && db->dboid == MyDatabaseId)
-	{
-		long remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-
-		if (remaining <= 0)
-		{
-			ConditionVariableCancelSleep();
-			ereport(WARNING,
-					(errmsg("bemi capture slot is not ready after %d ms; this write may not be recorded",
-							bemi_startup_timeout_ms),
-					 errhint("See bemi_status() and the server log.")));
-			return;
-		}
-		ConditionVariableTimedSleep(&db->progress_cv, remaining, PG_WAIT_EXTENSION);
-	}
-	ConditionVariableCancelSleep();
+	if (!BemiWaitFor(db, SlotReady, NULL,
+					 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), bemi_startup_timeout_ms), false))
+		ereport(WARNING,
+				(errmsg("bemi capture slot is not ready after %d ms; this write may not be recorded",
+						bemi_startup_timeout_ms),
+				 errhint("See bemi_status() and the server log.")));
 }
 
 /* Does this database capture? Until the launcher has run after a restart, assume it does. */

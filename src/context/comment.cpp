@@ -9,10 +9,10 @@ extern "C" {
 #include <string>
 #include <string_view>
 
-#include "../pg/guard.hpp"
+#include "bemi/guard.hpp"
 
 extern "C" {
-#include "bemi/bemi.h"
+#include "bemi/settings.h"
 #include "fmgr.h"
 #include "parser/parser.h"
 #include "utils/fmgrprotos.h"

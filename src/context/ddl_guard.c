@@ -20,7 +20,8 @@
  * Cost: statements without one of these subcommands return after a walk over their command list,
  * without a catalog lookup. Only the rare ones look for the extension and the table.
  */
-#include "bemi/bemi.h"
+#include "bemi/settings.h"
+#include "bemi/context.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"

@@ -12,7 +12,10 @@
  * verifies) and is copied by pg_basebackup (a standby decodes with the same key). Its readers are
  * exactly those who can read the data directory, who can read everything anyway.
  */
+#include "postgres.h"
+
 #include "bemi/bemi.h"
+#include "storage/lwlock.h"
 #include "bemi/secret.h"
 
 #include "common/hmac.h"

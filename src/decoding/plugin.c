@@ -8,6 +8,8 @@
  * pg_recvlogical) each is written as one JSON document. Callbacks never write to the database.
  */
 #include "bemi/bemi.h"
+#include "bemi/settings.h"
+#include "bemi/sink.h"
 #include "bemi/decoding.h"
 #include "bemi/secret.h"
 

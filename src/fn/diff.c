@@ -5,6 +5,8 @@
  * directly: no SQL function call, no set of keys. Values compare as jsonb's = does (1.0 = 1).
  * A column missing on one side is null there. NULL is read as {}.
  */
+#include "postgres.h"
+
 #include "bemi/bemi.h"
 
 #include "fmgr.h"

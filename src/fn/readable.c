@@ -9,6 +9,8 @@
  * only, and a later table of the same name inherits nothing. Changes committed before the trail
  * came to this database (restored from a dump: their OIDs are another database's) go by name.
  */
+#include "postgres.h"
+
 #include "bemi/bemi.h"
 
 #include "access/htup_details.h"

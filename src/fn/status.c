@@ -1,7 +1,7 @@
 /*
  * status.c: SQL functions that report on and wait for the worker.
  */
-#include "bemi/bemi.h"
+#include "bemi/registry.h"
 
 #include "access/htup_details.h"
 #include "access/xlog.h"
@@ -52,6 +52,24 @@ CapturingDatabaseOrError(void)
 	return db;
 }
 
+static XLogRecPtr
+AppliedLsn(BemiDatabase *db)
+{
+	XLogRecPtr applied;
+
+	SpinLockAcquire(&db->mutex);
+	applied = db->applied_lsn;
+	SpinLockRelease(&db->mutex);
+	return applied;
+}
+
+/* Everything before the target is recorded, or this database stopped capturing. */
+static bool
+AppliedOrStopped(BemiDatabase *db, void *arg)
+{
+	return AppliedLsn(db) >= *(XLogRecPtr *) arg || db->dboid != MyDatabaseId || db->state == BEMI_UNUSED;
+}
+
 /* Returns once every change committed before `lsn` is in bemi.changes. */
 Datum
 bemi_wait(PG_FUNCTION_ARGS)
@@ -71,42 +89,23 @@ bemi_wait(PG_FUNCTION_ARGS)
 	if (target % XLOG_BLCKSZ <= SizeOfXLogLongPHD)
 		target -= target % XLOG_BLCKSZ;
 	XLogFlush(Min(target, GetXLogInsertRecPtr()));
-	ConditionVariablePrepareToSleep(&db->progress_cv);
-	for (;;)
+	if (!BemiWaitFor(db, AppliedOrStopped, &target, deadline, true))
 	{
-		XLogRecPtr applied;
-		long remaining;
+		XLogRecPtr applied = AppliedLsn(db);
 
-		SpinLockAcquire(&db->mutex);
-		applied = db->applied_lsn;
-		SpinLockRelease(&db->mutex);
-		if (applied >= target)
-			break;
-		if (db->dboid != MyDatabaseId || db->state == BEMI_UNUSED)
-		{
-			ConditionVariableCancelSleep();
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("bemi stopped capturing this database while waiting")));
-		}
-		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-		if (remaining <= 0)
-		{
-			ConditionVariableCancelSleep();
-			ereport(ERROR,
-					(errcode(ERRCODE_QUERY_CANCELED),
-					 errmsg("bemi_wait timed out: changes up to %X/%X are not all recorded yet",
-							LSN_FORMAT_ARGS(target)),
-					 errdetail("The worker is %s and has recorded changes up to %X/%X.%s%s",
-							   StateName(db->state), LSN_FORMAT_ARGS(applied),
-							   db->last_error[0] ? " Its last error: " : "", db->last_error),
-					 errhint("See bemi_status() and the server log.")));
-		}
-		BemiWakeWorker(MyDatabaseId);
-		ConditionVariableTimedSleep(&db->progress_cv, Min(remaining, 100L), PG_WAIT_EXTENSION);
-		CHECK_FOR_INTERRUPTS();
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("bemi_wait timed out: changes up to %X/%X are not all recorded yet",
+						LSN_FORMAT_ARGS(target)),
+				 errdetail("The worker is %s and has recorded changes up to %X/%X.%s%s",
+						   StateName(db->state), LSN_FORMAT_ARGS(applied),
+						   db->last_error[0] ? " Its last error: " : "", db->last_error),
+				 errhint("See bemi_status() and the server log.")));
 	}
-	ConditionVariableCancelSleep();
+	if (AppliedLsn(db) < target)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("bemi stopped capturing this database while waiting")));
 	PG_RETURN_BOOL(true);
 }
 

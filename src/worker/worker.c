@@ -116,12 +116,6 @@ ExtensionInstalled(void)
 	return installed;
 }
 
-static void
-OriginName(Oid dboid, char *name, size_t len)
-{
-	snprintf(name, len, "bemi_%u", dboid);
-}
-
 /* Our commits carry a replication origin: the plugin skips them, so we never capture ourselves. */
 static void
 SetupOrigin(Oid dboid)
@@ -129,7 +123,7 @@ SetupOrigin(Oid dboid)
 	char name[NAMEDATALEN];
 	RepOriginId origin;
 
-	OriginName(dboid, name, sizeof(name));
+	BemiSlotName(dboid, name, sizeof(name));
 	StartTransactionCommand();
 	origin = replorigin_by_name(name, true);
 	if (origin == InvalidRepOriginId)
@@ -160,7 +154,7 @@ Retire(BemiDatabase *db, LogicalDecodingContext *ctx, const char *slot)
 		replorigin_session_reset();
 		replorigin_session_origin = InvalidRepOriginId;
 	}
-	OriginName(db->dboid, origin, sizeof(origin));
+	BemiSlotName(db->dboid, origin, sizeof(origin));
 	StartTransactionCommand();
 	replorigin_drop_by_name(origin, true, false);
 	CommitTransactionCommand();

@@ -2,9 +2,10 @@
  * registry.c: the shared-memory table of databases that have bemi, their worker and its progress.
  * Backends read it to gate first writes and to wait; the worker writes it.
  */
-#include "bemi/bemi.h"
+#include "bemi/registry.h"
 
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
@@ -160,4 +161,31 @@ void
 BemiSlotName(Oid dboid, char *name, size_t len)
 {
 	snprintf(name, len, "bemi_%u", dboid);
+}
+
+bool
+BemiWaitFor(BemiDatabase *db, BemiWaitCondition done, void *arg, TimestampTz deadline, bool wake_worker)
+{
+	bool reached = false;
+
+	ConditionVariablePrepareToSleep(&db->progress_cv);
+	for (;;)
+	{
+		long remaining;
+
+		if (done(db, arg))
+		{
+			reached = true;
+			break;
+		}
+		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (remaining <= 0)
+			break;
+		if (wake_worker)
+			BemiWakeWorker(db->dboid);
+		/* Short sleeps: a broadcast missed between the check and the sleep costs 100 ms at most. */
+		ConditionVariableTimedSleep(&db->progress_cv, Min(remaining, 100L), PG_WAIT_EXTENSION);
+	}
+	ConditionVariableCancelSleep();
+	return reached;
 }

@@ -2,33 +2,42 @@
  * lifecycle.c: what backends do to a database's capture when the extension or the database goes
  * away. The worker owns its slot; backends ask it to let go and wait for it.
  */
-#include "bemi/worker.h"
+#include "bemi/registry.h"
+#include "bemi/lifecycle.h"
 
 #include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "replication/origin.h"
 #include "utils/timestamp.h"
 
 #define LET_GO_TIMEOUT_MS 10000
+
+typedef struct ExitWait
+{
+	Oid dboid;
+	BemiWorkerState state;
+} ExitWait;
+
+/* The worker has exited, or the entry was given to something else. */
+static bool
+WorkerGone(BemiDatabase *db, void *arg)
+{
+	ExitWait *wait = (ExitWait *) arg;
+
+	return db->dboid != wait->dboid || db->state != (int) wait->state || db->pid == 0;
+}
 
 /* Sets a state the worker acts on, wakes it, and waits (bounded) until it has exited. */
 static void
 AskWorkerToExit(BemiDatabase *db, Oid dboid, BemiWorkerState state)
 {
-	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LET_GO_TIMEOUT_MS);
+	ExitWait wait = {dboid, state};
 
 	BemiSetState(db, state);
 	BemiWakeWorker(dboid);
-	ConditionVariablePrepareToSleep(&db->progress_cv);
-	while (db->dboid == dboid && db->state == (int) state && db->pid != 0)
-	{
-		long remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-
-		if (remaining <= 0)
-			break;
-		ConditionVariableTimedSleep(&db->progress_cv, Min(remaining, 100L), PG_WAIT_EXTENSION);
-	}
-	ConditionVariableCancelSleep();
+	(void) BemiWaitFor(db, WorkerGone, &wait,
+					   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LET_GO_TIMEOUT_MS), false);
 }
 
 /* After DROP EXTENSION commits: the worker drops its slot and origin, then exits. */
@@ -71,7 +80,7 @@ BemiFinishDropDatabase(Oid dboid, bool dropped)
 		char origin[NAMEDATALEN];
 
 		BemiSetState(db, BEMI_UNUSED);
-		snprintf(origin, sizeof(origin), "bemi_%u", dboid);
+		BemiSlotName(dboid, origin, sizeof(origin));
 		replorigin_drop_by_name(origin, true, false);
 	}
 	else

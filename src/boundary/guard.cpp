@@ -1,5 +1,5 @@
 // guard.cpp: the two directions of the C++/PostgreSQL error boundary (see guard.hpp).
-#include "guard.hpp"
+#include "bemi/guard.hpp"
 
 #include <cstring>
 #include <new>
@@ -15,8 +15,19 @@ const char *PgError::what() const noexcept {
 	return data_ && data_->message ? data_->message : "PostgreSQL error";
 }
 
+const void *ErrorStack() noexcept { return PG_exception_stack; }
+
+void CheckErrorStack(const void *expected, const char *where) noexcept {
+	if (PG_exception_stack != expected)
+		ereport(FATAL, (errcode(ERRCODE_INTERNAL_ERROR),
+						errmsg("bemi left PostgreSQL's error stack changed at %s", where),
+						errdetail("A C++ frame returned or threw while PostgreSQL pointed at it; "
+								  "the process stops rather than jump into it later.")));
+}
+
 ErrorData *PgTryCall(void (*fn)(void *), void *arg) {
 	MemoryContext caller_context = CurrentMemoryContext;
+	const void *stack = PG_exception_stack;
 	ErrorData *volatile error = nullptr;
 
 	PG_TRY();
@@ -30,6 +41,7 @@ ErrorData *PgTryCall(void (*fn)(void *), void *arg) {
 		FlushErrorState();
 	}
 	PG_END_TRY();
+	CheckErrorStack(stack, "bemi::PgCall");
 	return error;
 }
 

@@ -1,10 +1,18 @@
-// guard.hpp: the one crossing between C++ exceptions and PostgreSQL's longjmp errors.
+// guard.hpp: the one crossing between C++ exceptions and PostgreSQL's longjmp errors, one way
+// in each direction.
 //
-//  - Entry points PostgreSQL calls run their C++ body inside BEMI_GUARDED: any exception is
-//    caught, the C++ frames unwind, and only then is it raised as an ERROR.
-//  - C++ code calls PostgreSQL functions that may ereport(ERROR) through PgCall, which turns the
-//    ERROR into a PgError exception. The callable given to PgCall must own nothing with a
-//    destructor: longjmp leaves its frames without running them.
+//  - PostgreSQL -> C++: every C++ function a C shim calls runs its body through bemi::Enter. Any
+//    exception is caught, the C++ frames unwind, and only then, from Enter's own frame (which
+//    holds nothing with a destructor), is it raised as an ERROR with its SQLSTATE, detail and hint.
+//  - C++ -> PostgreSQL: C++ code calls PostgreSQL functions that may ereport(ERROR) through
+//    bemi::PgCall, which turns the ERROR into a PgError exception. The callable given to PgCall
+//    must own nothing with a destructor: longjmp leaves its frames without running them. Group
+//    PostgreSQL work (building a tuple, a jsonb) into one PgCall rather than one per function.
+//
+// Both check that PostgreSQL's error stack (PG_exception_stack) is the one they found: a C++
+// frame that returned or threw while PostgreSQL still pointed at its sigjmp_buf would make the
+// next ERROR jump into a dead frame. That is a bug in bemi, and it stops the process (FATAL)
+// before it can corrupt memory.
 #pragma once
 
 extern "C" {
@@ -55,12 +63,17 @@ struct GuardFailure {
 };
 
 // Runs fn(arg) under PG_TRY; returns the copied error, or nullptr if none was raised.
+// (The untemplated half of PgCall.)
 ErrorData *PgTryCall(void (*fn)(void *), void *arg);
 
 // Raises what a guard caught as a PostgreSQL ERROR. Call only from a frame with no C++ objects.
 [[noreturn]] void RaiseFailure(const GuardFailure *failure);
 
 void RecordFailure(GuardFailure *failure) noexcept;
+
+// FATAL unless PostgreSQL's error stack is `expected` (see above). `where` names the crossing.
+void CheckErrorStack(const void *expected, const char *where) noexcept;
+const void *ErrorStack() noexcept;
 
 template <typename F> auto PgCall(F &&f) -> decltype(f()) {
 	using R = decltype(f());
@@ -95,12 +108,27 @@ template <typename F> bool Guard(F &&f, GuardFailure *failure) noexcept {
 	}
 }
 
-} // namespace bemi
+// The way into C++ from PostgreSQL: runs f and returns its result, or raises what it threw as a
+// PostgreSQL ERROR once f's frames are gone. Call it from the extern "C" function a shim calls,
+// with nothing else alive in that function's frame. R must be a plain value (a Datum, a pointer).
+template <typename F> auto Enter(F &&f) -> decltype(f()) {
+	using R = decltype(f());
+	const void *stack = ErrorStack();
+	GuardFailure failure;
+	if constexpr (std::is_void_v<R>) {
+		bool ok = Guard([&]() { f(); }, &failure);
+		CheckErrorStack(stack, "bemi::Enter");
+		if (!ok)
+			RaiseFailure(&failure);
+	} else {
+		static_assert(std::is_trivially_destructible_v<R>, "Enter returns plain values only");
+		R result{};
+		bool ok = Guard([&]() { result = f(); }, &failure);
+		CheckErrorStack(stack, "bemi::Enter");
+		if (!ok)
+			RaiseFailure(&failure);
+		return result;
+	}
+}
 
-// The body runs as C++; its exception becomes an ERROR once the guard's frame has returned.
-#define BEMI_GUARDED(...)                                                                          \
-	do {                                                                                           \
-		bemi::GuardFailure bemi_failure_;                                                          \
-		if (!bemi::Guard([&]() { __VA_ARGS__; }, &bemi_failure_))                                  \
-			bemi::RaiseFailure(&bemi_failure_);                                                    \
-	} while (0)
+} // namespace bemi
