@@ -223,12 +223,4 @@ BEGIN
     END IF;
 END $$;
 
-------------------------------------------------------------------------------------------------
--- Internals
-------------------------------------------------------------------------------------------------
--- Proves the C++/PostgreSQL error boundary: 'cxx' throws a C++ exception, 'pg' raises a
--- PostgreSQL ERROR inside C++ code; both must surface as clean SQL errors.
-CREATE FUNCTION bemi._boundary_test(kind text) RETURNS text
-    AS 'MODULE_PATHNAME', 'bemi_boundary_test' LANGUAGE C VOLATILE STRICT;
-REVOKE ALL ON FUNCTION bemi._boundary_test(text) FROM PUBLIC;
 
