@@ -51,7 +51,7 @@ SELECT t AS "table", k.*, k.recorded = k.from_image AND k.recorded = k.from_row 
   FROM unnest(ARRAY['pk.by_int', 'pk.by_bigint', 'pk.by_text', 'pk.by_uuid', 'pk.by_numeric', 'pk.by_date',
                     'pk.by_mood', 'pk.by_pair', 'pk.by_triple', 'pk.by_part']::regclass[]) t, pk.keys(t) k;
 
--- The images behind the keys are the plugin's: a number stays a number, the mood is its text.
+-- The rule on images given by hand: a number stays a number (1.50), a missing column is null.
 SELECT bemi_primary_key('pk.by_pair', '{"a": 1, "b": "x", "n": 1}'),
        bemi_primary_key('pk.by_pair', '{"a": 1}') AS missing_column_is_null,
        bemi_primary_key('pk.by_numeric', '{"id": 1.50}');
