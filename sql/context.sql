@@ -75,3 +75,9 @@ COMMIT;
 
 -- Settings live under a reserved prefix.
 SET bemi.no_such_setting = 1;
+
+-- bemi_context() returns a copy: a context set later in the same statement does not change it.
+SELECT bemi_set_context('{"n": 1}', false);
+SELECT bemi_context() AS before_set, bemi_set_context('{"n": 2}', false) AS set;
+SELECT bemi_context() AS after_set;
+SELECT bemi_set_context(NULL, false);
