@@ -170,10 +170,14 @@ Datum
 bemi_context(PG_FUNCTION_ARGS)
 {
 	Jsonb *context = EffectiveContext();
+	Jsonb *copy;
 
 	if (context == NULL)
 		PG_RETURN_NULL();
-	PG_RETURN_JSONB_P(context);
+	/* A copy: a bemi_set_context later in the same statement frees ours. */
+	copy = palloc(VARSIZE(context));
+	memcpy(copy, context, VARSIZE(context));
+	PG_RETURN_JSONB_P(copy);
 }
 
 /*
