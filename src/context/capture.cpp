@@ -145,7 +145,8 @@ void BeforeWrite() {
 	Oid role = GetUserId();
 	if (!state.Writing(role))
 		return;
-	PgCall([&]() { EmitMessage(state.Effective()); });
+	const Jsonb *context = state.Effective();
+	PgCall([&]() { EmitMessage(context); });
 	state.MessageEmitted(role, GetCurrentTransactionNestLevel());
 }
 
