@@ -6,7 +6,7 @@ MODULE_big = bemi
 # when they are created, so a file comes after every file whose objects its bodies name:
 #  core.sql       the schema, bemi.changes, bemi.gaps, bemi.progress, context and status functions:
 #                 everything else is built on them.
-#  ddl_guard.sql  comments on bemi.gaps (core.sql) for the rows src/context/ddl_guard.c writes.
+#  ddl_guard.sql  comments on bemi.gaps (core.sql) for the rows src/context/ddl_guard.cpp writes.
 #  query.sql      history, time travel, reversion; creates bemi.tracking.
 #  retention.sql  partitions and retention; bemi._trail_starts_at() (LANGUAGE sql) updates
 #                 bemi.tracking, so it must come after query.sql.
