@@ -6,7 +6,7 @@ MODULE_big = bemi
 # when they are created, so a file comes after every file whose objects its bodies name:
 #  core.sql       the schema, bemi.changes, bemi.gaps, bemi.progress, context and status functions:
 #                 everything else is built on them.
-#  ddl_guard.sql  comments on bemi.gaps (core.sql) for the rows src/context/ddl_guard.c writes.
+#  ddl_guard.sql  comments on bemi.gaps (core.sql) for the rows src/context/ddl_guard.cpp writes.
 #  access.sql     bemi.tracking, who may read which changes (src/fn/readable.cpp), and the
 #                 SECURITY DEFINER readers of bemi.changes: everything below reads through them.
 #  history.sql    bemi_diff, bemi_primary_key, the bemi_change type and bemi._change (one row of
