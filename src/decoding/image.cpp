@@ -55,7 +55,7 @@ bool IsTrustedCastFunction(Oid function) {
 		return false;
 	auto proc = (Form_pg_proc)GETSTRUCT(tuple);
 	bool trusted = (proc->prolang == ClanguageId || proc->prolang == INTERNALlanguageId) &&
-				   superuser_arg(proc->proowner);
+	               superuser_arg(proc->proowner);
 	for (int i = 0; i < proc->pronargs; i++)
 		trusted &= !IsPolymorphicType(proc->proargtypes.values[i]);
 	ReleaseSysCache(tuple);
@@ -77,14 +77,14 @@ bool CastsAreTrusted(Oid type) {
 	Oid to_json = CastFunction(type, JSONOID);
 	Oid to_jsonb = CastFunction(type, JSONBOID);
 	return (!OidIsValid(to_json) || IsTrustedCastFunction(to_json)) &&
-		   (!OidIsValid(to_jsonb) || IsTrustedCastFunction(to_jsonb));
+	       (!OidIsValid(to_jsonb) || IsTrustedCastFunction(to_jsonb));
 }
 
 // How a column of this (base) type becomes JSON. Where to_jsonb would run someone's code, the
 // value's output text, which is what to_jsonb gives for a type without a cast. Output functions
 // are safe to call: only a superuser can create a type with its own (a base type); an ordinary
 // role's enums, ranges, composites and domains use built-in ones.
-ColumnKind KindOf(Oid type) {
+ColumnKind KindOf(Oid type, List **composites) {
 	switch (type) {
 	case BOOLOID:
 		return ColumnKind::Bool;
@@ -113,7 +113,7 @@ ColumnKind KindOf(Oid type) {
 	}
 	// Arrays and composites: to_jsonb's, unless it would meet an untrusted cast inside.
 	if (OidIsValid(get_element_type(type)) || type_is_rowtype(type))
-		return RunsUntrustedCode(type) ? ColumnKind::Output : ColumnKind::ToJsonb;
+		return RunsUntrustedCode(type, composites) ? ColumnKind::Output : ColumnKind::ToJsonb;
 	// Any other type: its output text, unless it is not built in and has a trusted cast to json
 	// (hstore's), which to_jsonb then calls. A type without a cast never reaches to_jsonb, whose
 	// own lookup of casts at run time could otherwise see a cast this plan has not seen yet.
@@ -148,8 +148,8 @@ void ColumnValue(const ColumnPlan &col, Datum value, JsonbValue *v) {
 	case ColumnKind::Int:
 		v->type = jbvNumeric;
 		v->val.numeric = int64_to_numeric(col.type == INT2OID   ? DatumGetInt16(value)
-										  : col.type == INT4OID ? DatumGetInt32(value)
-																: DatumGetInt64(value));
+		                                  : col.type == INT4OID ? DatumGetInt32(value)
+		                                                        : DatumGetInt64(value));
 		break;
 	case ColumnKind::Numeric: {
 		Numeric n = DatumGetNumeric(value);
@@ -166,7 +166,7 @@ void ColumnValue(const ColumnPlan &col, Datum value, JsonbValue *v) {
 		if (IsValidJsonNumber(text, strlen(text))) {
 			v->type = jbvNumeric;
 			v->val.numeric = DatumGetNumeric(DirectFunctionCall3(
-				numeric_in, CStringGetDatum(text), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
+			    numeric_in, CStringGetDatum(text), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
 		} else
 			SetString(v, text);
 		break;
@@ -201,8 +201,8 @@ void AppendJsonbValue(StringInfo out, JsonbValue *v, bool bare_string) {
 	if (bare_string && v->type == jbvString)
 		appendBinaryStringInfo(out, v->val.string.val, v->val.string.len);
 	else if (bare_string && v->type == jbvNumeric)
-		appendStringInfoString(out,
-							   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric))));
+		appendStringInfoString(
+		    out, DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric))));
 	else {
 		Jsonb *j = JsonbValueToJsonb(v);
 		JsonbToCString(out, &j->root, VARSIZE(j));
@@ -215,22 +215,25 @@ void AppendJsonbValue(StringInfo out, JsonbValue *v, bool bare_string) {
 // are looked through, arrays are walked into their elements and composites into their columns, and
 // only a type that is none of these and not built in has its cast to json called. Row types known
 // only at run time, and types nested deeper than kMaxTypeDepth, count as untrusted.
-bool RunsUntrustedCode(Oid type, int depth) {
+bool RunsUntrustedCode(Oid type, List **composites, int depth) {
 	if (depth > kMaxTypeDepth)
 		return true;
 	type = getBaseType(type);
 	Oid element = get_element_type(type);
 	if (OidIsValid(element))
-		return RunsUntrustedCode(element, depth + 1);
+		return RunsUntrustedCode(element, composites, depth + 1);
 	if (type == ANYARRAYOID || type == RECORDARRAYOID || type == RECORDOID)
 		return true;
 	if (type_is_rowtype(type)) {
+		// ALTER TYPE changes the composite's relation, not the types that contain it.
+		if (composites != nullptr)
+			*composites = lappend_oid(*composites, get_typ_typrelid(type));
 		TupleDesc desc = lookup_rowtype_tupdesc_copy(type, -1);
 		bool untrusted = false;
 		for (int i = 0; i < desc->natts && !untrusted; i++) {
 			Form_pg_attribute att = TupleDescAttr(desc, i);
 			if (!att->attisdropped)
-				untrusted = RunsUntrustedCode(att->atttypid, depth + 1);
+				untrusted = RunsUntrustedCode(att->atttypid, composites, depth + 1);
 		}
 		FreeTupleDesc(desc);
 		return untrusted;
@@ -238,10 +241,10 @@ bool RunsUntrustedCode(Oid type, int depth) {
 	return type >= FirstNormalObjectId && !CastsAreTrusted(type);
 }
 
-void PlanColumn(Form_pg_attribute att, int attno, MemoryContext context, ColumnPlan *col) {
+void PlanColumn(Form_pg_attribute att, int attno, MemoryContext context, ColumnPlan *col, List **composites) {
 	col->attno = attno;
 	col->type = getBaseType(att->atttypid);
-	col->kind = KindOf(col->type);
+	col->kind = KindOf(col->type, composites);
 	col->name = att->attname;
 	col->name_len = strlen(NameStr(col->name));
 	if (col->kind == ColumnKind::Float || col->kind == ColumnKind::Output) {
@@ -252,9 +255,9 @@ void PlanColumn(Form_pg_attribute att, int attno, MemoryContext context, ColumnP
 	} else if (col->kind == ColumnKind::ToJsonb) {
 		MemoryContext old = MemoryContextSwitchTo(context);
 		fmgr_info_cxt(F_TO_JSONB, &col->to_jsonb, context);
-		col->to_jsonb.fn_expr =
-			(Node *)makeFuncExpr(F_TO_JSONB, JSONBOID, list_make1(makeNullConst(att->atttypid, -1, InvalidOid)),
-								 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+		col->to_jsonb.fn_expr = (Node *)makeFuncExpr(F_TO_JSONB, JSONBOID,
+		                                             list_make1(makeNullConst(att->atttypid, -1, InvalidOid)),
+		                                             InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
 		MemoryContextSwitchTo(old);
 	}
 }

@@ -14,10 +14,12 @@ namespace bemi {
 
 // Whether to_jsonb of a value of this type could call a function an ordinary role could have
 // written (then the value is recorded as its output text). The rule bemi_json_is_text exposes.
-bool RunsUntrustedCode(Oid type, int depth = 0);
+// With `composites`, appends the relation OID of each composite type the answer depends on.
+bool RunsUntrustedCode(Oid type, List **composites = nullptr, int depth = 0);
 
-// Fills plan for a column of rel's descriptor (attname, type, kind, functions in `context`).
-void PlanColumn(Form_pg_attribute att, int attno, MemoryContext context, ColumnPlan *plan);
+// Fills plan for a column of rel's descriptor (attname, type, kind, functions in `context`);
+// appends to *composites the composite types' relations its plan depends on.
+void PlanColumn(Form_pg_attribute att, int attno, MemoryContext context, ColumnPlan *plan, List **composites);
 
 // Whether a sorts before b in a jsonb object (by length, then bytes).
 bool KeyBefore(const ColumnPlan &a, const ColumnPlan &b);

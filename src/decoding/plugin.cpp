@@ -30,17 +30,17 @@ extern "C" void BemiPluginCommit(LogicalDecodingContext *ctx, ReorderBufferTXN *
 }
 
 extern "C" void BemiPluginChange(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel,
-								 ReorderBufferChange *change) {
+                                 ReorderBufferChange *change) {
 	Enter([&]() { Session::Of(ctx).Change(txn, rel, change); });
 }
 
 extern "C" void BemiPluginTruncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, int nrelations,
-								   Relation relations[], ReorderBufferChange *change) {
+                                   Relation relations[], ReorderBufferChange *change) {
 	Enter([&]() { Session::Of(ctx).Truncate(txn, nrelations, relations, change); });
 }
 
 extern "C" void BemiPluginMessage(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn,
-								  bool transactional, const char *prefix, Size size, const char *message) {
+                                  bool transactional, const char *prefix, Size size, const char *message) {
 	Enter([&]() { Session::Of(ctx).Message(txn, transactional, prefix, size, message); });
 }
 

@@ -28,6 +28,7 @@ namespace {
 struct BuildCounts {
 	int columns;
 	int primary_key;
+	List *composites; // palloc'd in the entry's context
 };
 
 // The primary key's column names into names (room for natts), looked up once per plan rather than
@@ -103,11 +104,11 @@ std::unique_ptr<RecordedRelation> RecordedRelation::Build(Relation rel, MemoryCo
 		e->natts_ = natts;
 
 		TupleDesc desc = RelationGetDescr(rel);
-		BuildCounts found = {0, 0};
+		BuildCounts found = {0, 0, NIL};
 		for (int i = 0; i < desc->natts; i++) {
 			Form_pg_attribute att = TupleDescAttr(desc, i);
 			if (!att->attisdropped)
-				PlanColumn(att, i, e->context_, &columns[found.columns++]);
+				PlanColumn(att, i, e->context_, &columns[found.columns++], &found.composites);
 		}
 		found.primary_key = PlanPrimaryKey(rel, key);
 		MemoryContextSwitchTo(old);
@@ -115,9 +116,18 @@ std::unique_ptr<RecordedRelation> RecordedRelation::Build(Relation rel, MemoryCo
 	});
 	e->columns_.resize(counts.columns);
 	e->primary_key_.resize(counts.primary_key);
+	e->composites_.reserve(list_length(counts.composites));
+	ListCell *cell;
+	foreach (cell, counts.composites)
+		e->composites_.push_back(lfirst_oid(cell));
 	std::sort(e->columns_.begin(), e->columns_.end(), KeyBefore);
 	e->valid_ = true;
 	return entry;
+}
+
+bool RecordedRelation::DependsOn(Oid relid) const noexcept {
+	return relid == relid_ || relid == recorded_as_ ||
+	       std::find(composites_.begin(), composites_.end(), relid) != composites_.end();
 }
 
 RecordedRelation::~RecordedRelation() {
@@ -179,12 +189,13 @@ void RelationCache::Sweep() {
 	stale_ = false;
 }
 
-// A relation's own entry, and those of partitions recorded under it (its name is theirs).
+// The entries that depend on the relation: its own, those of partitions recorded under it (its
+// name is theirs), those with a column of its composite type.
 void RelationCache::Invalidate(Oid relid) noexcept {
 	invalidations_++;
-	for (auto &[oid, entry] : entries_) {
-		if (oid == relid || entry->recorded_as() == relid) {
-			entry->Invalidate();
+	for (auto &item : entries_) {
+		if (item.second->DependsOn(relid)) {
+			item.second->Invalidate();
 			stale_ = true;
 		}
 	}
@@ -192,8 +203,8 @@ void RelationCache::Invalidate(Oid relid) noexcept {
 
 void RelationCache::InvalidateAll() noexcept {
 	invalidations_++;
-	for (auto &[oid, entry] : entries_)
-		entry->Invalidate();
+	for (auto &item : entries_)
+		item.second->Invalidate();
 	stale_ = true;
 }
 

@@ -46,7 +46,7 @@ struct ColumnPlan {
 // whether they are recorded at all, and the plan of its images (columns in jsonb key order, the
 // primary key's column names). Built whole or not at all; immutable once built.
 class RecordedRelation {
-public:
+  public:
 	static std::unique_ptr<RecordedRelation> Build(Relation rel, MemoryContext parent);
 	~RecordedRelation();
 	RecordedRelation(const RecordedRelation &) = delete;
@@ -61,10 +61,13 @@ public:
 	const std::vector<NameData> &primary_key() const { return primary_key_; }
 	// Whether this plan may serve a change of rel: not invalidated, built for its descriptor.
 	bool Serves(Relation rel) const { return valid_ && natts_ == RelationGetDescr(rel)->natts; }
+	// Whether a change to relation relid (an invalidation) may change this entry: its own, its
+	// root's (whose name it records under), a composite type's its columns contain.
+	bool DependsOn(Oid relid) const noexcept;
 	void Invalidate() noexcept { valid_ = false; }
 	bool valid() const { return valid_; }
 
-private:
+  private:
 	RecordedRelation() = default;
 
 	MemoryContext context_ = nullptr; // the names and FmgrInfo memory; deleted with the entry
@@ -77,6 +80,7 @@ private:
 	const char *table_ = nullptr;
 	std::vector<ColumnPlan> columns_;
 	std::vector<NameData> primary_key_;
+	std::vector<Oid> composites_; // relations of the composite types in the columns' types
 };
 
 // The one cache of the process, keyed by relation OID. Invalidation callbacks only mark entries;
@@ -84,7 +88,7 @@ private:
 // callback), and replaced ones are kept until then, so a reference from Lookup stays good for the
 // rest of the change even if an invalidation arrives meanwhile.
 class RelationCache {
-public:
+  public:
 	static RelationCache &Get();
 
 	// The entry for rel, built again if it was invalidated. Valid until the next Sweep.
@@ -96,13 +100,13 @@ public:
 	void Invalidate(Oid relid) noexcept;
 	void InvalidateAll() noexcept;
 
-private:
+  private:
 	RelationCache() = default;
 
 	MemoryContext context_ = nullptr;
 	std::unordered_map<Oid, std::unique_ptr<RecordedRelation>> entries_;
 	std::vector<std::unique_ptr<RecordedRelation>> retired_;
-	bool stale_ = false;        // some entries are invalid and not freed yet
+	bool stale_ = false;       // some entries are invalid and not freed yet
 	uint64 invalidations_ = 0; // counts invalidations, to notice one during a build
 };
 

@@ -52,7 +52,7 @@ Jsonb *IdentityOf(Jsonb *message) {
 	if (message == nullptr)
 		return nullptr;
 	JsonbValue *value =
-		getKeyJsonValueFromContainer(&message->root, BEMI_RESERVED_KEY, strlen(BEMI_RESERVED_KEY), nullptr);
+	    getKeyJsonValueFromContainer(&message->root, BEMI_RESERVED_KEY, strlen(BEMI_RESERVED_KEY), nullptr);
 	if (value == nullptr)
 		return nullptr;
 	JsonbParseState *parse_state = nullptr;
@@ -66,7 +66,9 @@ Jsonb *IdentityOf(Jsonb *message) {
 	return JsonbValueToJsonb(pushJsonbValue(&parse_state, WJB_END_OBJECT, nullptr));
 }
 
-bool IsObject(Jsonb *j) { return JB_ROOT_IS_OBJECT(j) && !JB_ROOT_IS_SCALAR(j); }
+bool IsObject(Jsonb *j) {
+	return JB_ROOT_IS_OBJECT(j) && !JB_ROOT_IS_SCALAR(j);
+}
 
 void AppendField(StringInfo out, const char *name, const char *value, bool quote) {
 	appendStringInfo(out, "%s\"%s\": ", out->len > 1 ? ", " : "", name);
@@ -78,17 +80,20 @@ void AppendField(StringInfo out, const char *name, const char *value, bool quote
 		appendStringInfoString(out, value);
 }
 
-const char *JsonbText(Jsonb *j) { return JsonbToCString(nullptr, &j->root, VARSIZE(j)); }
+const char *JsonbText(Jsonb *j) {
+	return JsonbToCString(nullptr, &j->root, VARSIZE(j));
+}
 
 // Outside the worker: one JSON document per change, with the fields of a bemi.changes row.
 void WriteChange(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn, const BemiChange *change,
-				 Jsonb *context, const char *database) {
+                 Jsonb *context, const char *database) {
 	char number[32];
 
 	OutputPluginPrepareWrite(ctx, true);
 	StringInfo out = ctx->out;
 	appendStringInfoChar(out, '{');
-	AppendField(out, "primary_key", change->primary_key ? text_to_cstring(change->primary_key) : nullptr, true);
+	AppendField(out, "primary_key", change->primary_key ? text_to_cstring(change->primary_key) : nullptr,
+	            true);
 	AppendField(out, "before", JsonbText(change->before), false);
 	AppendField(out, "after", JsonbText(change->after), false);
 	AppendField(out, "context", JsonbText(context), false);
@@ -115,11 +120,11 @@ void Session::Start(LogicalDecodingContext *ctx, OutputPluginOptions *opt) {
 		auto elem = static_cast<DefElem *>(lfirst(option));
 		if (strcmp(elem->defname, "sink") != 0)
 			throw Error(ERRCODE_INVALID_PARAMETER_VALUE,
-						fmt::format("unknown option \"{}\" for the bemi output plugin", elem->defname), {},
-						"The bemi output plugin takes no options.");
+			            fmt::format("unknown option \"{}\" for the bemi output plugin", elem->defname), {},
+			            "The bemi output plugin takes no options.");
 		if (!bemi_sink_active)
 			throw Error(ERRCODE_INVALID_PARAMETER_VALUE,
-						"option \"sink\" of the bemi output plugin is only for the bemi worker");
+			            "option \"sink\" of the bemi output plugin is only for the bemi worker");
 		to_sink = true;
 	}
 	static_assert(std::is_trivially_destructible_v<Session>, "a Session goes with its memory context");
@@ -128,7 +133,8 @@ void Session::Start(LogicalDecodingContext *ctx, OutputPluginOptions *opt) {
 	session->to_sink_ = to_sink;
 	PgCall([&]() {
 		session->change_context_ = AllocSetContextCreate(ctx->context, "bemi change", ALLOCSET_DEFAULT_SIZES);
-		session->txn_context_ = AllocSetContextCreate(ctx->context, "bemi transaction", ALLOCSET_DEFAULT_SIZES);
+		session->txn_context_ =
+		    AllocSetContextCreate(ctx->context, "bemi transaction", ALLOCSET_DEFAULT_SIZES);
 	});
 	opt->output_type = OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
 	opt->receive_rewrites = false;
@@ -178,7 +184,7 @@ bool Session::SkipsOrigin(RepOriginId origin) const {
 // `_bemi` identity; any other message sets the application context only, and can neither remove
 // nor replace the identity.
 void Session::Message(ReorderBufferTXN *txn, bool transactional, const char *prefix, Size size,
-					  const char *message) {
+                      const char *message) {
 	if (!transactional || txn == nullptr || skip_txn_)
 		return;
 	bool ours = strcmp(prefix, BEMI_MESSAGE_PREFIX) == 0;
@@ -209,7 +215,8 @@ void Session::MessageInTxn(ReorderBufferTXN *txn, bool ours, Size size, const ch
 	// The common case, once per writing transaction: our own message, built by our backend as the
 	// application's object followed by its identity. It is the context as it stands; taking it
 	// apart and putting it together again would cost two jsonb rebuilds for nothing.
-	Jsonb *own = payload.verified && !context_from_trigger_ ? ParseObject(payload.data, payload.len) : nullptr;
+	Jsonb *own =
+	    payload.verified && !context_from_trigger_ ? ParseObject(payload.data, payload.len) : nullptr;
 	if (own != nullptr) {
 		Jsonb *identity = PgCall([&]() { return IdentityOf(own); });
 		if (identity != nullptr || identity_ == nullptr) {
@@ -237,7 +244,7 @@ void Session::MessageInTxn(ReorderBufferTXN *txn, bool ours, Size size, const ch
 	}
 	Jsonb *context = identity == nullptr ? application : PgCall([&]() {
 		return DatumGetJsonbP(
-			DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(application), JsonbPGetDatum(identity)));
+		    DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(application), JsonbPGetDatum(identity)));
 	});
 	// Bemi's trigger sends one message per row: what is replaced is freed, memory stays flat.
 	Jsonb *candidates[] = {previous[0], previous[1], previous[2], judged.application, judged.parsed, own};
@@ -269,7 +276,8 @@ Jsonb *Session::ParseObject(const char *payload, Size size) {
 	ErrorData *refused = nullptr;
 	try {
 		// jsonb_in only allocates memory: recovering without a subtransaction is safe.
-		parsed = PgCall([&]() { return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json))); });
+		parsed =
+		    PgCall([&]() { return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json))); });
 	} catch (const PgError &e) {
 		refused = e.data();
 	}
@@ -299,7 +307,7 @@ Session::Judged Session::JudgeApplicationContext(const char *payload, Size size,
 	const char *key = BEMI_RESERVED_KEY "_invalid_context";
 	if (limit_size && size > (Size)bemi_max_context_size) {
 		std::string reason = fmt::format("context of {} bytes is larger than bemi.max_context_size ({})",
-										 size_t(size), bemi_max_context_size);
+		                                 size_t(size), bemi_max_context_size);
 		return {Note(key, reason.c_str()), nullptr};
 	}
 	if (!pg_verify_mbstr(GetDatabaseEncoding(), payload, (int)size, true)) {
@@ -310,7 +318,8 @@ Session::Judged Session::JudgeApplicationContext(const char *payload, Size size,
 	Jsonb *parsed = nullptr;
 	ErrorData *refused = nullptr;
 	try {
-		parsed = PgCall([&]() { return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json))); });
+		parsed =
+		    PgCall([&]() { return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json))); });
 	} catch (const PgError &e) {
 		refused = e.data();
 	}
@@ -328,7 +337,7 @@ Session::Judged Session::JudgeApplicationContext(const char *payload, Size size,
 		return {Note(key, "context is not a JSON object"), nullptr};
 	Jsonb *application = PgCall([&]() {
 		return DatumGetJsonbP(DirectFunctionCall2(jsonb_delete, JsonbPGetDatum(parsed),
-												  CStringGetTextDatum(BEMI_RESERVED_KEY)));
+		                                          CStringGetTextDatum(BEMI_RESERVED_KEY)));
 	});
 	return {application, parsed};
 }
@@ -343,7 +352,7 @@ Jsonb *Session::Image(Relation rel, const RecordedRelation &plan, HeapTuple tupl
 		const char *reason = e.data()->message;
 		return PgCall([&]() {
 			ereport(WARNING, (errmsg("bemi: could not build the image of a row of \"%s\": %s",
-									 RelationGetRelationName(rel), reason)));
+			                         RelationGetRelationName(rel), reason)));
 			return ReservedNote(BEMI_RESERVED_KEY "_image_error", reason);
 		});
 	}
@@ -400,7 +409,8 @@ void Session::Change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *c
 		keyed_by_after = false;
 		break;
 	default:
-		throw Error(ERRCODE_INTERNAL_ERROR, fmt::format("bemi: unexpected change type {}", int(change->action)));
+		throw Error(ERRCODE_INTERNAL_ERROR,
+		            fmt::format("bemi: unexpected change type {}", int(change->action)));
 	}
 	PgCall([&]() {
 		// Without REPLICA IDENTITY FULL an old row holds only the identity columns.
@@ -413,7 +423,8 @@ void Session::Change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *c
 	});
 }
 
-void Session::Truncate(ReorderBufferTXN *txn, int nrelations, Relation relations[], ReorderBufferChange *change) {
+void Session::Truncate(ReorderBufferTXN *txn, int nrelations, Relation relations[],
+                       ReorderBufferChange *change) {
 	if (skip_txn_)
 		return;
 	RelationCache &cache = RelationCache::Get();

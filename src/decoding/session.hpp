@@ -19,7 +19,7 @@ class RecordedRelation;
 // Lives in the decoding context's memory (ctx->context) and holds only plain values and palloc'd
 // memory of that context, so it goes with the context however decoding ends (even by ERROR).
 class Session {
-public:
+  public:
 	// Parses the plugin's options; the session becomes ctx->output_plugin_private.
 	static void Start(LogicalDecodingContext *ctx, OutputPluginOptions *opt);
 	static Session &Of(LogicalDecodingContext *ctx) {
@@ -28,13 +28,14 @@ public:
 
 	void Begin(ReorderBufferTXN *txn);
 	void Commit(ReorderBufferTXN *txn);
-	void Message(ReorderBufferTXN *txn, bool transactional, const char *prefix, Size size, const char *message);
+	void Message(ReorderBufferTXN *txn, bool transactional, const char *prefix, Size size,
+	             const char *message);
 	void Change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *change);
 	void Truncate(ReorderBufferTXN *txn, int nrelations, Relation relations[], ReorderBufferChange *change);
 	// Inside the worker, its own writes carry its origin and are skipped.
 	bool SkipsOrigin(RepOriginId origin) const;
 
-private:
+  private:
 	explicit Session(LogicalDecodingContext *ctx) : ctx_(ctx) {}
 
 	// The application context of a message, judged under bemi_set_context's rules.
@@ -57,10 +58,10 @@ private:
 	bool to_sink_ = false;                   // running inside the worker
 	char *database_ = nullptr;
 	Jsonb *empty_ = nullptr;
-	Jsonb *context_ = nullptr;     // what changes carry now: application || identity, or nullptr
-	Jsonb *application_ = nullptr; // latest application context of the transaction, or nullptr
-	Jsonb *identity_ = nullptr;    // {"_bemi": ...} of the latest verified message, or nullptr
-	bool skip_txn_ = false;        // already written by an earlier run of the worker
+	Jsonb *context_ = nullptr;          // what changes carry now: application || identity, or nullptr
+	Jsonb *application_ = nullptr;      // latest application context of the transaction, or nullptr
+	Jsonb *identity_ = nullptr;         // {"_bemi": ...} of the latest verified message, or nullptr
+	bool skip_txn_ = false;             // already written by an earlier run of the worker
 	bool context_from_trigger_ = false; // the application context came from an unsigned message
 };
 
