@@ -18,7 +18,7 @@ COMMENT ON FUNCTION @extschema@.bemi_json_is_text(regtype) IS
     'Whether bemi records values of this type as their text output (its JSON conversion would run user code)';
 
 -- The primary key of a row image of a table, as bemi.changes.primary_key holds it: the output
--- plugin's own rule (src/decoding/image.c, BemiPrimaryKey), for SQL that matches rows to the
+-- plugin's own rule (src/decoding/image.cpp, BemiPrimaryKey), for SQL that matches rows to the
 -- trail (time travel). NULL when the table has no primary key.
 CREATE FUNCTION @extschema@.bemi_primary_key(tbl regclass, image jsonb) RETURNS text
     AS 'MODULE_PATHNAME', 'bemi_key_text' LANGUAGE C STABLE STRICT PARALLEL SAFE;
