@@ -9,13 +9,16 @@ MODULE_big = bemi
 #  ddl_guard.sql  comments on bemi.gaps (core.sql) for the rows src/context/ddl_guard.cpp writes.
 #  access.sql     bemi.tracking, who may read which changes (src/fn/readable.cpp), and the
 #                 SECURITY DEFINER readers of bemi.changes: everything below reads through them.
+#  rules.sql      bemi.rules (read by the output plugin, src/decoding/rules.cpp), bemi_admin and
+#                 the functions that change rules. Names only core.sql's objects; comes before
+#                 history.sql so that history, time travel and reverts can read the rules.
 #  history.sql    bemi_diff, bemi_primary_key, the bemi_change type and bemi._change (one row of
 #                 the trail as the functions return it), history and grouping.
 #  time_travel.sql bemi_as_of and friends; their bodies call history.sql's functions.
 #  revert.sql     reverts and roll-forward; call history.sql's and time_travel.sql's functions.
 #  retention.sql  partitions and retention; bemi._trail_starts_at() (LANGUAGE sql) updates
 #                 bemi.tracking (access.sql).
-EXT_SQL = ext/core.sql ext/ddl_guard.sql ext/access.sql ext/history.sql ext/time_travel.sql ext/revert.sql \
+EXT_SQL = ext/core.sql ext/ddl_guard.sql ext/access.sql ext/rules.sql ext/history.sql ext/time_travel.sql ext/revert.sql \
           ext/retention.sql ext/start.sql
 # The version is set in bemi.control (default_version) and nowhere else.
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\\(.*\\)'/\\1/p" bemi.control)
@@ -46,7 +49,7 @@ SHLIB_LINK += -lfmt -lstdc++
 # it out on servers without output_plugin_libraries, so a file after it would start from a
 # different trail on different servers. Last, it changes nothing any other file sees. (Today's
 # files do pass with it second: none relies on the trail before it; keep it that way anyway.)
-REGRESS = boundary context comment capture images images_xml ddl partitions truncate plugin status bemi_trigger security history as_of primary_key revert retention security_decoding security_ddl security_identity security_names security_history security_time_travel misconfig
+REGRESS = boundary context comment capture images images_xml ddl partitions truncate plugin status bemi_trigger security history as_of primary_key revert retention security_decoding security_ddl security_identity security_names security_history security_time_travel rules misconfig
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/regress.conf --load-extension=bemi
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
