@@ -1,6 +1,6 @@
 # In-place upgrades with the new library: a database still on 0.1.0's SQL keeps capturing
 # (without table_oid, and says what to run), ALTER EXTENSION bemi UPDATE keeps the trail as
-# written (0.1.0 -> 0.2.0 -> 0.3.0), capture goes on exactly once, the history functions read old
+# written (0.1.0 -> 0.2.0 -> 0.3.0 -> 0.4.0), capture goes on exactly once, the history functions read old
 # and new changes, and the upgraded schemas (from 0.1.0, and from a database created on 0.2.0)
 # are a fresh install's, bound to nothing outside pg_catalog and bemi's.
 use strict;
@@ -129,7 +129,7 @@ like($err, qr/permission denied|may not read|cannot read/i, 'a role without SELE
 # 7. On to 0.3.0 (the look-alikes still planted): the test-only bemi._boundary_test is gone, the
 # history functions read through their new definitions, time travel matches rows by the plugin's
 # own key rule. A database created on 0.2.0 takes the same step.
-$node->safe_psql('shop', 'ALTER EXTENSION bemi UPDATE');
+$node->safe_psql('shop', q{ALTER EXTENSION bemi UPDATE TO '0.3.0'});
 is($node->safe_psql('shop', q{SELECT extversion FROM pg_extension WHERE extname = 'bemi'}), '0.3.0', 'updated to 0.3.0');
 # (History is found by the name a change was recorded under: orders gets its name back.)
 $node->safe_psql('shop', 'DROP TABLE public.orders; ALTER TABLE orders_renamed RENAME TO orders');
@@ -146,9 +146,33 @@ is($node->safe_psql('shop', q{SET ROLE clerk;
 	'1:10,2:20,3:30,4:40,5:50', 'time travel after the update to 0.3.0: the table before r2');
 $node->safe_psql('postgres', 'CREATE DATABASE direct');
 $node->safe_psql('direct', q{CREATE EXTENSION bemi VERSION '0.2.0'});
-$node->safe_psql('direct', 'ALTER EXTENSION bemi UPDATE');
+$node->safe_psql('direct', q{ALTER EXTENSION bemi UPDATE TO '0.3.0'});
 is($node->safe_psql('direct', q{SELECT extversion FROM pg_extension WHERE extname = 'bemi'}), '0.3.0',
 	'a database created on 0.2.0 updated to 0.3.0');
+
+# 7b. On to 0.4.0 (the look-alikes still planted): tracking rules. The trail is kept, bemi.rules
+# starts empty, and a rule made after the update is in force from then on, also in the trail.
+my $trail_before_rules = $node->safe_psql('shop', $all_sql);
+for my $db ('shop', 'direct') {
+	$node->safe_psql($db, 'ALTER EXTENSION bemi UPDATE');
+	is($node->safe_psql($db, q{SELECT extversion FROM pg_extension WHERE extname = 'bemi'}), '0.4.0',
+		"$db updated to 0.4.0");
+}
+is($node->safe_psql('shop', 'SELECT count(*) FROM public.pwned'), '0', 'no look-alike ran during the update to 0.4.0');
+like($node->safe_psql('shop', $all_sql), qr/^\Q$trail_before_rules\E/, 'the trail is kept by the update to 0.4.0');
+is($node->safe_psql('shop', 'SELECT count(*) FROM bemi.rules'), '0', 'no rule after the update');
+my $last_id = $node->safe_psql('shop', 'SELECT max(id) FROM bemi.changes');
+$node->safe_psql('shop', q{
+	SELECT bemi_ignore('public.orders', '{amount}');
+	UPDATE orders SET amount = amount + 1 WHERE id = 1;
+	UPDATE orders SET id = 10 WHERE id = 2;
+});
+wait_bemi($node, 'shop');
+is($node->safe_psql('shop', qq{SELECT string_agg(schema || '.' || "table" || ':' || operation, ',' ORDER BY id)
+                                FROM bemi.changes WHERE id > $last_id}),
+	'bemi.rules:CREATE,public.orders:UPDATE',
+	'after the update, the rule is recorded and applies: an UPDATE of amount only is not recorded');
+$node->safe_psql('shop', 'DELETE FROM bemi.rules; UPDATE orders SET id = 2 WHERE id = 10');
 
 # 8. The upgraded schemas are a fresh install's: every member of the extension with its definition,
 # ACL and comment; the tables' columns, defaults, constraints, indexes; every dependency.
@@ -201,7 +225,7 @@ my $fresh = $node->safe_psql('fresh', $schema_sql);
 ok(length($fresh) > 10000, 'the schema description is not empty');
 for my $db ('shop', 'direct') {
 	my $upgraded = $node->safe_psql($db, $schema_sql);
-	is($upgraded, $fresh, "the upgraded schema ($db) is a fresh 0.3.0 install's");
+	is($upgraded, $fresh, "the upgraded schema ($db) is a fresh 0.4.0 install's");
 	if ($upgraded ne $fresh) {
 		my %f = map { $_ => 1 } split /\n/, $fresh;
 		my %u = map { $_ => 1 } split /\n/, $upgraded;
