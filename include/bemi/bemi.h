@@ -12,5 +12,9 @@
 #define BEMI_RESERVED_KEY "_bemi"            /* database-level identity inside a context */
 #define BEMI_MAX_DATABASES 64
 #define BEMI_ERROR_LEN 512
+/* What a mask rule (bemi_mask, issue 13) leaves of a value in images: the marker ('redact'), or
+ * the prefix followed by 64 hex digits of a keyed hash ('hash', secret.h BemiMaskHash). */
+#define BEMI_MASK_MARKER "[masked]"
+#define BEMI_MASK_HASH_PREFIX "hmac:"
 
 #endif /* BEMI_BEMI_H */

@@ -40,6 +40,15 @@ extern char *BemiSignMessage(TransactionId top_xid, const char *payload, int pay
 extern bool BemiVerifyMessage(TransactionId top_xid, const char *message, Size size, const char **payload,
 							  Size *payload_len);
 
+/*
+ * The keyed hash of a masked value (bemi_mask(..., 'hash')): 64 lowercase hex digits and a NUL
+ * into hex, HMAC-SHA256 of the value under a key of the database derived from the secret
+ * (HMAC(secret, "bemi:mask:1:" || database OID)), so equal values give equal hashes within one
+ * database and nobody without the data directory can compute one. False when this server has no
+ * key. Raw PostgreSQL: C++ calls it inside a PgCall.
+ */
+extern bool BemiMaskHash(Oid database, const char *value, Size len, char *hex);
+
 #ifdef __cplusplus
 }
 #endif

@@ -201,3 +201,68 @@ BemiVerifyMessage(TransactionId top_xid, const char *message, Size size, const c
 		diff |= expected[i] ^ message[BEMI_SIGNED_TAG_LEN + i];
 	return diff == 0;
 }
+
+/*
+ * The key of the masked-value hashes of one database: HMAC(secret, "bemi:mask:1:" || OID). Its
+ * own tag keeps it apart from the message MACs ("bemi:1:" || xid || payload). Cached per process.
+ */
+static bool
+MaskKey(Oid database, uint8 *key)
+{
+	static Oid cached_database = InvalidOid;
+	static uint8 cached_key[PG_SHA256_DIGEST_LENGTH];
+	static const char tag[] = "bemi:mask:1:";
+	pg_hmac_ctx *ctx;
+	uint8 oid[4];
+	bool ok;
+
+	if (OidIsValid(cached_database) && cached_database == database)
+	{
+		memcpy(key, cached_key, PG_SHA256_DIGEST_LENGTH);
+		return true;
+	}
+	if (bemi_secret == NULL || !bemi_secret->loaded)
+		return false;
+	oid[0] = (database >> 24) & 0xff;
+	oid[1] = (database >> 16) & 0xff;
+	oid[2] = (database >> 8) & 0xff;
+	oid[3] = database & 0xff;
+	ctx = pg_hmac_create(PG_SHA256);
+	if (ctx == NULL)
+		return false;
+	ok = pg_hmac_init(ctx, bemi_secret->key, BEMI_SECRET_LEN) == 0 &&
+		pg_hmac_update(ctx, (const uint8 *) tag, sizeof(tag) - 1) == 0 &&
+		pg_hmac_update(ctx, oid, sizeof(oid)) == 0 &&
+		pg_hmac_final(ctx, key, PG_SHA256_DIGEST_LENGTH) == 0;
+	pg_hmac_free(ctx);
+	if (ok)
+	{
+		memcpy(cached_key, key, PG_SHA256_DIGEST_LENGTH);
+		cached_database = database;
+	}
+	return ok;
+}
+
+bool
+BemiMaskHash(Oid database, const char *value, Size len, char *hex)
+{
+	uint8 key[PG_SHA256_DIGEST_LENGTH];
+	uint8 mac[PG_SHA256_DIGEST_LENGTH];
+	pg_hmac_ctx *ctx;
+	bool ok;
+
+	if (!MaskKey(database, key))
+		return false;
+	ctx = pg_hmac_create(PG_SHA256);
+	if (ctx == NULL)
+		return false;
+	ok = pg_hmac_init(ctx, key, sizeof(key)) == 0 &&
+		pg_hmac_update(ctx, (const uint8 *) value, len) == 0 &&
+		pg_hmac_final(ctx, mac, sizeof(mac)) == 0;
+	pg_hmac_free(ctx);
+	if (!ok)
+		return false;
+	MacToHex(mac, hex);
+	hex[BEMI_MAC_HEX_LEN] = '\0';
+	return true;
+}

@@ -18,6 +18,8 @@
 
 extern "C" {
 #include "access/detoast.h"
+#include "bemi/bemi.h"
+#include "bemi/secret.h"
 #include "access/htup_details.h"
 #include "access/sysattr.h"
 #include "access/transam.h"
@@ -30,6 +32,7 @@ extern "C" {
 #include "nodes/makefuncs.h"
 #include "parser/parse_coerce.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
@@ -193,6 +196,22 @@ void ColumnValue(const ColumnPlan &col, Datum value, JsonbValue *v) {
 	}
 }
 
+// What a mask rule leaves of a value: its keyed hash ("hmac:" and 64 hex digits of the HMAC of its
+// output text, under a key of this database that no role can read), or the marker. A server
+// without a key gives the marker: the value never shows.
+void MaskedValue(const ColumnPlan &col, Datum value, JsonbValue *v) {
+	if (col.mask == Mask::Hash) {
+		char *text = OutputFunctionCall(const_cast<FmgrInfo *>(&col.output), value);
+		char *hashed = (char *)palloc(sizeof(BEMI_MASK_HASH_PREFIX) + BEMI_MAC_HEX_LEN);
+		memcpy(hashed, BEMI_MASK_HASH_PREFIX, sizeof(BEMI_MASK_HASH_PREFIX) - 1);
+		if (BemiMaskHash(MyDatabaseId, text, strlen(text), hashed + sizeof(BEMI_MASK_HASH_PREFIX) - 1)) {
+			SetString(v, hashed);
+			return;
+		}
+	}
+	SetString(v, const_cast<char *>(BEMI_MASK_MARKER));
+}
+
 bool IsUnchangedToast(Form_pg_attribute att, Datum value, bool isnull) {
 	return !isnull && att->attlen == -1 && VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(value));
 }
@@ -247,6 +266,8 @@ void PlanColumn(Form_pg_attribute att, int attno, MemoryContext context, ColumnP
 	col->kind = KindOf(col->type, composites);
 	col->name = att->attname;
 	col->name_len = strlen(NameStr(col->name));
+	col->mask = Mask::None; // the rules' verdicts, if any, come after (relations.cpp)
+	col->ignorable = false;
 	if (col->kind == ColumnKind::Float || col->kind == ColumnKind::Output) {
 		Oid output;
 		bool varlena;
@@ -309,6 +330,8 @@ Jsonb *ImageOf(const RecordedRelation &plan, Relation rel, HeapTuple tuple, Heap
 		pairs[c].order = c;
 		if (nulls[i])
 			pairs[c].value.type = jbvNull;
+		else if (col.mask != Mask::None)
+			MaskedValue(col, values[i], &pairs[c].value);
 		else
 			ColumnValue(col, values[i], &pairs[c].value);
 		nested |= pairs[c].value.type == jbvBinary;
@@ -325,6 +348,52 @@ Jsonb *ImageOf(const RecordedRelation &plan, Relation rel, HeapTuple tuple, Heap
 	}
 	// Keys are already in jsonb order and unique: convert the object as it is.
 	return JsonbValueToJsonb(&object);
+}
+
+// Whether two values of a column are the same bytes; a value left out of the WAL (an unchanged
+// TOASTed one) is the same, one that cannot be read without a TOAST fetch is not.
+static bool SameValue(Form_pg_attribute att, Datum a, bool a_null, Datum b, bool b_null) {
+	if (a_null || b_null)
+		return a_null && b_null;
+	if (att->attlen != -1)
+		return datumIsEqual(a, b, att->attbyval, att->attlen);
+	auto va = (struct varlena *)DatumGetPointer(a);
+	auto vb = (struct varlena *)DatumGetPointer(b);
+	if (VARATT_IS_EXTERNAL_ONDISK(vb))
+		return true;
+	if (VARATT_IS_EXTERNAL_ONDISK(va))
+		return false;
+	if (VARATT_IS_EXTENDED(va))
+		va = detoast_attr(va);
+	if (VARATT_IS_EXTENDED(vb))
+		vb = detoast_attr(vb);
+	return VARSIZE_ANY_EXHDR(va) == VARSIZE_ANY_EXHDR(vb) &&
+	       memcmp(VARDATA_ANY(va), VARDATA_ANY(vb), VARSIZE_ANY_EXHDR(va)) == 0;
+}
+
+bool ChangesOnlyIgnorable(const RecordedRelation &plan, Relation rel, HeapTuple old_tuple, HeapTuple new_tuple) {
+	TupleDesc desc = RelationGetDescr(rel);
+	int natts = desc->natts;
+	auto old_values = (Datum *)palloc(natts * sizeof(Datum));
+	auto old_nulls = (bool *)palloc(natts * sizeof(bool));
+	auto new_values = (Datum *)palloc(natts * sizeof(Datum));
+	auto new_nulls = (bool *)palloc(natts * sizeof(bool));
+	heap_deform_tuple(old_tuple, desc, old_values, old_nulls);
+	heap_deform_tuple(new_tuple, desc, new_values, new_nulls);
+	// Every live column of the descriptor, masked-out ones too: a change the plan does not show is
+	// still a change.
+	for (int i = 0; i < natts; i++) {
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		if (att->attisdropped || SameValue(att, old_values[i], old_nulls[i], new_values[i], new_nulls[i]))
+			continue;
+		bool ignorable = false;
+		for (const ColumnPlan &col : plan.columns())
+			if (col.attno == i)
+				ignorable = col.ignorable;
+		if (!ignorable)
+			return false;
+	}
+	return true;
 }
 
 // Without REPLICA IDENTITY FULL an old row holds only the replica identity columns, the others

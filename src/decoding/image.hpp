@@ -27,6 +27,10 @@ bool KeyBefore(const ColumnPlan &a, const ColumnPlan &b);
 // to_jsonb() of the row; unchanged TOASTed values are taken from old_tuple when it has them.
 Jsonb *ImageOf(const RecordedRelation &plan, Relation rel, HeapTuple tuple, HeapTuple old_tuple);
 
+// Whether an UPDATE (REPLICA IDENTITY FULL: old_tuple holds every column) changed no column but
+// ignorable ones (rules.hpp, ignore with columns).
+bool ChangesOnlyIgnorable(const RecordedRelation &plan, Relation rel, HeapTuple old_tuple, HeapTuple new_tuple);
+
 // An old image reduced to the replica identity columns.
 Jsonb *IdentityImage(Relation rel, Jsonb *image);
 

@@ -7,8 +7,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string_view>
 
 #include "image.hpp"
+#include "rules.hpp"
 
 extern "C" {
 #include "access/htup_details.h"
@@ -73,7 +75,7 @@ void OnCatalog(Datum, int, uint32) noexcept {
 
 } // namespace
 
-std::unique_ptr<RecordedRelation> RecordedRelation::Build(Relation rel, MemoryContext parent) {
+std::unique_ptr<RecordedRelation> RecordedRelation::Build(Relation rel, MemoryContext parent, const Rules *rules) {
 	std::unique_ptr<RecordedRelation> entry(new RecordedRelation());
 	RecordedRelation *e = entry.get();
 	int natts = RelationGetDescr(rel)->natts;
@@ -98,7 +100,9 @@ std::unique_ptr<RecordedRelation> RecordedRelation::Build(Relation rel, MemoryCo
 		const char *own_schema = get_namespace_name(RelationGetNamespace(rel));
 		e->relid_ = relid;
 		e->recorded_as_ = recorded_as;
-		e->own_ = own_schema != nullptr && strcmp(own_schema, "bemi") == 0;
+		bool in_bemi = own_schema != nullptr && strcmp(own_schema, "bemi") == 0;
+		e->rules_table_ = in_bemi && recorded_as == relid && strcmp(RelationGetRelationName(rel), "rules") == 0;
+		e->own_ = in_bemi && !e->rules_table_;
 		e->schema_ = schema ? schema : "";
 		e->table_ = table ? table : pstrdup(RelationGetRelationName(rel));
 		e->natts_ = natts;
@@ -121,8 +125,48 @@ std::unique_ptr<RecordedRelation> RecordedRelation::Build(Relation rel, MemoryCo
 	foreach (cell, counts.composites)
 		e->composites_.push_back(lfirst_oid(cell));
 	std::sort(e->columns_.begin(), e->columns_.end(), KeyBefore);
+	if (rules != nullptr) {
+		e->rules_generation_ = rules->generation();
+		if (!e->own_ && !e->rules_table_)
+			e->ApplyRules(*rules);
+	}
 	e->valid_ = true;
 	return entry;
+}
+
+// The rules' verdicts on this relation, by the names its changes are recorded under: whether it
+// is ignored, and each column's mask and whether it is ignorable. Masked-out columns leave the
+// plan; a column masked by hash gets its output function (the text that is hashed).
+void RecordedRelation::ApplyRules(const Rules &rules) {
+	std::string_view schema(schema_), table(table_);
+	ignored_ = rules.IgnoresTable(schema, table);
+	bool needs_output = false;
+	for (ColumnPlan &col : columns_) {
+		std::string_view name(NameStr(col.name), col.name_len);
+		col.mask = rules.MaskOf(schema, table, name);
+		col.ignorable = rules.IgnoresColumn(schema, table, name);
+		has_ignorable_ |= col.ignorable;
+		needs_output |= col.mask == Mask::Hash && col.kind != ColumnKind::Float && col.kind != ColumnKind::Output;
+	}
+	columns_.erase(std::remove_if(columns_.begin(), columns_.end(),
+	                              [](const ColumnPlan &col) { return col.mask == Mask::Drop; }),
+	               columns_.end());
+	if (!needs_output)
+		return;
+	ColumnPlan *columns = columns_.data();
+	int ncolumns = int(columns_.size());
+	MemoryContext context = context_;
+	PgCall([&]() {
+		for (int c = 0; c < ncolumns; c++) {
+			ColumnPlan *col = &columns[c];
+			if (col->mask != Mask::Hash || col->kind == ColumnKind::Float || col->kind == ColumnKind::Output)
+				continue;
+			Oid output;
+			bool varlena;
+			getTypeOutputInfo(col->type, &output, &varlena);
+			fmgr_info_cxt(output, &col->output, context);
+		}
+	});
 }
 
 bool RecordedRelation::DependsOn(Oid relid) const noexcept {
@@ -155,14 +199,15 @@ RelationCache &RelationCache::Get() {
 
 // A plan during whose build an invalidation arrived serves the caller once and is built again
 // next time.
-const RecordedRelation &RelationCache::Lookup(Relation rel) {
+const RecordedRelation &RelationCache::Lookup(Relation rel, const Rules *rules) {
 	Oid relid = RelationGetRelid(rel);
+	uint64 generation = rules != nullptr ? rules->generation() : 0;
 	auto found = entries_.find(relid);
-	if (found != entries_.end() && found->second->Serves(rel))
+	if (found != entries_.end() && found->second->Serves(rel) && found->second->rules_generation() == generation)
 		return *found->second;
 
 	uint64 invalidations = invalidations_;
-	std::unique_ptr<RecordedRelation> built = RecordedRelation::Build(rel, context_);
+	std::unique_ptr<RecordedRelation> built = RecordedRelation::Build(rel, context_, rules);
 	if (invalidations != invalidations_) {
 		built->Invalidate();
 		stale_ = true;

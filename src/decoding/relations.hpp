@@ -31,6 +31,14 @@ enum class ColumnKind {
 	ToJsonb,  // arrays, composites, json, types with trusted casts to json
 };
 
+// What a mask rule (rules.hpp) puts in an image instead of a column's value, by strictness.
+enum class Mask : uint8 {
+	None,
+	Hash,   // "hmac:<hex>", a keyed hash of the value's output text: equal values, equal hashes
+	Redact, // a marker string
+	Drop,   // the column is left out of images (and out of the plan)
+};
+
 // One column of an image plan. Plain data: FmgrInfo's memory lives in the relation's context.
 struct ColumnPlan {
 	int attno; // 0-based index in the tuple
@@ -38,16 +46,21 @@ struct ColumnPlan {
 	Oid type; // base type
 	NameData name;
 	int name_len;
-	FmgrInfo output;   // Float, Output
+	FmgrInfo output;   // Float, Output, and any column masked by Hash
 	FmgrInfo to_jsonb; // ToJsonb: to_jsonb with this column's type as argument
+	Mask mask;         // None, Hash or Redact (a dropped column has no plan)
+	bool ignorable;    // an UPDATE changing only ignorable columns is not recorded
 };
+
+class Rules; // rules.hpp
 
 // A relation as decoding records it: where its changes go (a partition under its root by default),
 // whether they are recorded at all, and the plan of its images (columns in jsonb key order, the
 // primary key's column names). Built whole or not at all; immutable once built.
 class RecordedRelation {
   public:
-	static std::unique_ptr<RecordedRelation> Build(Relation rel, MemoryContext parent);
+	// With rules (in decoding), the entry holds their verdicts on the relation and its columns.
+	static std::unique_ptr<RecordedRelation> Build(Relation rel, MemoryContext parent, const Rules *rules);
 	~RecordedRelation();
 	RecordedRelation(const RecordedRelation &) = delete;
 	RecordedRelation &operator=(const RecordedRelation &) = delete;
@@ -55,6 +68,12 @@ class RecordedRelation {
 	Oid relid() const { return relid_; }
 	Oid recorded_as() const { return recorded_as_; }
 	bool own() const { return own_; } // in schema bemi: the worker's own tables, never recorded
+	// bemi.rules: recorded like a user table (every change of a rule is in the trail), and no
+	// rule applies to it.
+	bool rules_table() const { return rules_table_; }
+	bool ignored() const { return ignored_; } // by a rule: no change of it is recorded
+	bool has_ignorable() const { return has_ignorable_; }
+	uint64 rules_generation() const { return rules_generation_; }
 	const char *schema() const { return schema_; }
 	const char *table() const { return table_; }
 	const std::vector<ColumnPlan> &columns() const { return columns_; }
@@ -69,11 +88,16 @@ class RecordedRelation {
 
   private:
 	RecordedRelation() = default;
+	void ApplyRules(const Rules &rules);
 
 	MemoryContext context_ = nullptr; // the names and FmgrInfo memory; deleted with the entry
 	Oid relid_ = InvalidOid;
 	Oid recorded_as_ = InvalidOid;
 	bool own_ = false;
+	bool rules_table_ = false;
+	bool ignored_ = false;
+	bool has_ignorable_ = false;
+	uint64 rules_generation_ = 0; // Rules::generation() of the verdicts, 0 for none
 	bool valid_ = false;
 	int natts_ = 0;
 	const char *schema_ = nullptr;
@@ -91,8 +115,9 @@ class RelationCache {
   public:
 	static RelationCache &Get();
 
-	// The entry for rel, built again if it was invalidated. Valid until the next Sweep.
-	const RecordedRelation &Lookup(Relation rel);
+	// The entry for rel, built again if it was invalidated or the rules changed. Valid until the
+	// next Sweep. Decoding passes the rules (refreshed); SQL callers none.
+	const RecordedRelation &Lookup(Relation rel, const Rules *rules = nullptr);
 	// Frees invalidated and replaced entries (those of dropped relations too).
 	void Sweep();
 

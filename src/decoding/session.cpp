@@ -18,6 +18,7 @@
 
 #include "image.hpp"
 #include "relations.hpp"
+#include "rules.hpp"
 
 extern "C" {
 #include "bemi/bemi.h"
@@ -64,6 +65,37 @@ Jsonb *IdentityOf(Jsonb *message) {
 	pushJsonbValue(&parse_state, WJB_KEY, &key);
 	pushJsonbValue(&parse_state, WJB_VALUE, value);
 	return JsonbValueToJsonb(pushJsonbValue(&parse_state, WJB_END_OBJECT, nullptr));
+}
+
+// The role and application_name of a verified identity {"_bemi": {"role": ..., ...}}, pointing
+// into it; empty when absent.
+struct Writer {
+	const char *role;
+	int role_len;
+	const char *application_name;
+	int application_name_len;
+};
+
+void StringField(JsonbContainer *object, const char *key, const char **value, int *len) {
+	JsonbValue found;
+	*value = "";
+	*len = 0;
+	if (getKeyJsonValueFromContainer(object, key, strlen(key), &found) != nullptr && found.type == jbvString) {
+		*value = found.val.string.val;
+		*len = found.val.string.len;
+	}
+}
+
+Writer WriterOf(Jsonb *identity) {
+	Writer writer = {"", 0, "", 0};
+	JsonbValue inner;
+	if (getKeyJsonValueFromContainer(&identity->root, BEMI_RESERVED_KEY, strlen(BEMI_RESERVED_KEY), &inner) ==
+	        nullptr ||
+	    inner.type != jbvBinary)
+		return writer;
+	StringField(inner.val.binary.data, "role", &writer.role, &writer.role_len);
+	StringField(inner.val.binary.data, "application_name", &writer.application_name, &writer.application_name_len);
+	return writer;
 }
 
 bool IsObject(Jsonb *j) {
@@ -114,6 +146,8 @@ void WriteChange(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr 
 
 void Session::Start(LogicalDecodingContext *ctx, OutputPluginOptions *opt) {
 	bool to_sink = false;
+	// A session may start anywhere in the WAL: the rules are read again as of its first change.
+	Rules::Get().Drop();
 	ListCell *option;
 
 	foreach (option, ctx->output_plugin_options) {
@@ -142,6 +176,7 @@ void Session::Start(LogicalDecodingContext *ctx, OutputPluginOptions *opt) {
 }
 
 void Session::ClearContext() {
+	writer_identity_ = nullptr;
 	context_ = nullptr;
 	application_ = nullptr;
 	identity_ = nullptr;
@@ -254,6 +289,7 @@ void Session::MessageInTxn(ReorderBufferTXN *txn, bool ours, Size size, const ch
 // Sets what changes carry now, and frees the candidates the session no longer points to, each
 // once (jsonb_concat and jsonb_delete may return one of their arguments, so they can repeat).
 void Session::Replace(Jsonb *context, Jsonb *application, Jsonb *identity, Jsonb *const *candidates, int n) {
+	writer_identity_ = nullptr; // what was judged may be freed below, its address reused
 	context_ = context;
 	application_ = application;
 	identity_ = identity;
@@ -366,18 +402,62 @@ void Session::Emit(ReorderBufferTXN *txn, XLogRecPtr lsn, const BemiChange *chan
 		WriteChange(ctx_, txn, lsn, change, context_ ? context_ : empty_, database_);
 }
 
-void Session::Change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *change) {
-	if (skip_txn_)
-		return;
+// Whether the transaction's verified writer is one an ignore_writer rule names. Judged once per
+// identity and rules.
+bool Session::WriterIgnored(const Rules &rules) {
+	if (!rules.HasWriterRules() || identity_ == nullptr)
+		return false;
+	if (writer_identity_ == identity_ && writer_generation_ == rules.generation())
+		return writer_ignored_;
+	Jsonb *identity = identity_;
+	Writer writer = PgCall([&]() { return WriterOf(identity); });
+	writer_ignored_ = rules.IgnoresWriter(std::string_view(writer.role, writer.role_len),
+	                                      std::string_view(writer.application_name, writer.application_name_len));
+	writer_identity_ = identity_;
+	writer_generation_ = rules.generation();
+	return writer_ignored_;
+}
+
+// The rules in force for this change, and its relation's entry under them. A change of bemi.rules
+// drops the rules: the next change reads them as of its own snapshot, so a rule applies from
+// exactly the change after it, even in a transaction already written (skipped) by an earlier run.
+const RecordedRelation &Session::Plan(Relation rel, Rules **rules) {
 	RelationCache &cache = RelationCache::Get();
 	cache.Sweep();
-	const RecordedRelation &plan = cache.Lookup(rel);
-	if (plan.own())
+	Rules &current = Rules::Get();
+	current.Refresh();
+	const RecordedRelation &plan = cache.Lookup(rel, &current);
+	if (plan.rules_table())
+		current.Drop();
+	*rules = &current;
+	return plan;
+}
+
+void Session::Change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *change) {
+	Rules *rules = nullptr;
+	const RecordedRelation &plan = Plan(rel, &rules);
+	if (skip_txn_ || plan.own() || plan.ignored())
+		return;
+	if (!plan.rules_table() && WriterIgnored(*rules))
 		return;
 
 	HeapTuple new_tuple = CHANGE_TUPLE(change->data.tp.newtuple);
 	HeapTuple old_tuple = CHANGE_TUPLE(change->data.tp.oldtuple);
 	bool full_identity = rel->rd_rel->relreplident == REPLICA_IDENTITY_FULL;
+	// ignore with columns: only an old row with every column (REPLICA IDENTITY FULL) tells which
+	// columns an UPDATE changed; without one, the UPDATE is recorded.
+	if (change->action == REORDER_BUFFER_CHANGE_UPDATE && plan.has_ignorable() && full_identity && old_tuple &&
+	    new_tuple) {
+		bool skip = PgCall([&]() {
+			MemoryContext old = MemoryContextSwitchTo(change_context_);
+			bool only = ChangesOnlyIgnorable(plan, rel, old_tuple, new_tuple);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(change_context_);
+			return only;
+		});
+		if (skip)
+			return;
+	}
 	BemiChange record = {};
 	bool keyed_by_after = true; // which image the primary key is read from
 	record.table_oid = plan.recorded_as();
@@ -425,14 +505,22 @@ void Session::Change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *c
 
 void Session::Truncate(ReorderBufferTXN *txn, int nrelations, Relation relations[],
                        ReorderBufferChange *change) {
-	if (skip_txn_)
-		return;
 	RelationCache &cache = RelationCache::Get();
 	cache.Sweep();
+	Rules &rules = Rules::Get();
+	rules.Refresh();
 	std::vector<const RecordedRelation *> plans;
 	plans.reserve(nrelations);
-	for (int i = 0; i < nrelations; i++)
-		plans.push_back(&cache.Lookup(relations[i]));
+	bool rules_truncated = false;
+	for (int i = 0; i < nrelations; i++) {
+		plans.push_back(&cache.Lookup(relations[i], &rules));
+		rules_truncated |= plans.back()->rules_table();
+	}
+	if (rules_truncated)
+		rules.Drop();
+	if (skip_txn_)
+		return;
+	bool writer_ignored = WriterIgnored(rules);
 
 	for (int i = 0; i < nrelations; i++) {
 		const RecordedRelation &plan = *plans[i];
@@ -440,7 +528,7 @@ void Session::Truncate(ReorderBufferTXN *txn, int nrelations, Relation relations
 		// Partitions of one root truncated together are one TRUNCATE of the root.
 		for (int j = 0; j < i; j++)
 			seen |= plans[j]->recorded_as() == plan.recorded_as();
-		if (plan.own() || seen)
+		if (plan.own() || seen || plan.ignored() || (writer_ignored && !plan.rules_table()))
 			continue;
 		BemiChange record = {};
 		record.table_oid = plan.recorded_as();

@@ -15,6 +15,7 @@ struct BemiChange; // bemi/sink.h
 namespace bemi {
 
 class RecordedRelation;
+class Rules;
 
 // Lives in the decoding context's memory (ctx->context) and holds only plain values and palloc'd
 // memory of that context, so it goes with the context however decoding ends (even by ERROR).
@@ -51,6 +52,8 @@ class Session {
 	void ClearContext();
 	Jsonb *Image(Relation rel, const RecordedRelation &plan, HeapTuple tuple, HeapTuple old_tuple);
 	void Emit(ReorderBufferTXN *txn, XLogRecPtr lsn, const BemiChange *change);
+	const RecordedRelation &Plan(Relation rel, Rules **rules);
+	bool WriterIgnored(const Rules &rules);
 
 	LogicalDecodingContext *ctx_;
 	MemoryContext change_context_ = nullptr; // reset after every change
@@ -63,6 +66,10 @@ class Session {
 	Jsonb *identity_ = nullptr;         // {"_bemi": ...} of the latest verified message, or nullptr
 	bool skip_txn_ = false;             // already written by an earlier run of the worker
 	bool context_from_trigger_ = false; // the application context came from an unsigned message
+	// The last judgment of the writer by ignore_writer rules: of which identity, under which rules.
+	const Jsonb *writer_identity_ = nullptr;
+	uint64 writer_generation_ = 0;
+	bool writer_ignored_ = false;
 };
 
 } // namespace bemi

@@ -1,0 +1,75 @@
+// rules.hpp: the tracking rules of bemi.rules (issue 13) as decoding applies them. Runs in any
+// decoding process (the worker, or a session reading a slot with the bemi plugin), one set per
+// process, read with the decoding (historic) snapshot: a change is judged by the rules in force
+// when it was made.
+#pragma once
+
+#include "relations.hpp"
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bemi {
+
+// '*' matches any run of characters, none included; any other character matches itself
+// (bytewise, case-sensitive, as names compare in the catalogs).
+bool GlobMatch(std::string_view pattern, std::string_view name) noexcept;
+
+// The rules of the database, as of the change being decoded. Read from bemi.rules when first
+// needed and again after Drop: the plugin drops them when it decodes a change of bemi.rules (so a
+// rule committed in the middle of the stream applies from exactly there), when a new decoding
+// session starts (it may start anywhere in the WAL), and on a relcache invalidation of bemi.rules.
+// Relation entries record the generation their verdicts were made under (relations.hpp).
+class Rules {
+  public:
+	static Rules &Get();
+
+	// Reads bemi.rules again if the rules were dropped. At the start of a callback, before any
+	// relation entry is looked up; no reference into the rules is kept across callbacks.
+	void Refresh();
+	void Drop() noexcept { stale_ = true; }
+	uint64 generation() const { return generation_; }
+
+	// By the names a change is recorded under (a partition's root's, by default).
+	bool IgnoresTable(std::string_view schema, std::string_view table) const;
+	// Whether an UPDATE changing only such columns is left out (ignore with columns).
+	bool IgnoresColumn(std::string_view schema, std::string_view table, std::string_view column) const;
+	// The strictest mask of the column's matching rules (drop, then redact, then hash), or None.
+	Mask MaskOf(std::string_view schema, std::string_view table, std::string_view column) const;
+	bool HasWriterRules() const { return !writers_.empty(); }
+	// A writer is the verified `_bemi` identity of the transaction: its role and application_name.
+	bool IgnoresWriter(std::string_view role, std::string_view application_name) const;
+
+	// Relcache invalidation (callback): only marks.
+	void OnRelcache(Oid relid) noexcept;
+
+  private:
+	enum class Kind { Ignore, IgnoreColumns, Mask };
+	struct TableRule {
+		Kind kind;
+		std::string schema, table; // the two halves of the target pattern
+		std::vector<std::string> columns;
+		bemi::Mask mask;
+		bool Matches(std::string_view s, std::string_view t) const noexcept {
+			return GlobMatch(schema, s) && GlobMatch(table, t);
+		}
+		bool MatchesColumn(std::string_view column) const noexcept;
+	};
+	struct WriterRule {
+		bool any_role, any_application;
+		std::string role, application_name;
+	};
+
+	Rules() = default;
+	void Load();
+
+	MemoryContext load_context_ = nullptr; // what one read of bemi.rules allocates; reset by the next
+	std::vector<TableRule> tables_;
+	std::vector<WriterRule> writers_;
+	Oid relid_ = InvalidOid; // bemi.rules as last read, or InvalidOid when it did not exist
+	bool stale_ = true;
+	uint64 generation_ = 1; // 0 is "built without rules" (relations.hpp)
+};
+
+} // namespace bemi
