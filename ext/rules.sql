@@ -168,3 +168,68 @@ GRANT EXECUTE ON FUNCTION @extschema@.bemi_ignore(text, text[]) TO bemi_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.bemi_mask(text, text[], text) TO bemi_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.bemi_ignore_writer(name, text) TO bemi_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.bemi_drop_rule(bigint) TO bemi_admin;
+
+-- A pattern of bemi.rules as a LIKE pattern: * becomes %, LIKE's own wildcards and escape
+-- character stand for themselves. Compared under COLLATE "C": bytewise, as the plugin matches.
+CREATE FUNCTION bemi._rule_like(pattern text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT replace(replace(replace(replace(pattern, '\', '\\'), '%', '\%'), '_', '\_'), '*', '%')
+$$;
+
+-- Every user table (partitions are recorded under their root, and judged by its name) with what
+-- the rules make of it, and rules that match no table (a table renamed or dropped since): the
+-- plugin matches the same patterns against the names at the time of each change
+-- (src/decoding/rules.cpp). Runs with the caller's rights: trail readers and rule admins.
+CREATE FUNCTION @extschema@.bemi_tracked_tables(
+    OUT schema_name text, OUT table_name text, OUT recorded boolean, OUT ignored_columns text[],
+    OUT masked_columns text[], OUT replica_identity text, OUT problems text[])
+RETURNS SETOF record
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH rules AS (
+        SELECT r.id, r.kind, r.method, r.columns,
+               split_part(r.target, '.', 1) AS s, split_part(r.target, '.', 2) AS t
+          FROM bemi.rules r WHERE r.target IS NOT NULL),
+    tables AS (
+        SELECT c.oid AS rel, n.nspname::text AS s, c.relname::text AS t, c.relreplident AS replident
+          FROM bemi._user_tables() u
+          JOIN pg_class c ON c.oid = u.rel
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE NOT u.is_partition),
+    matches AS (
+        SELECT tb.rel, r.id, r.kind, r.method, r.columns
+          FROM tables tb JOIN rules r
+            ON tb.s COLLATE "C" LIKE bemi._rule_like(r.s) AND tb.t COLLATE "C" LIKE bemi._rule_like(r.t)),
+    cols AS (
+        SELECT m.rel, m.kind, m.method, a.attname::text AS col
+          FROM matches m
+          JOIN pg_attribute a ON a.attrelid = m.rel AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE m.kind IN ('ignore_columns', 'mask')
+           AND EXISTS (SELECT FROM unnest(m.columns) p WHERE a.attname::text COLLATE "C" LIKE bemi._rule_like(p)))
+    SELECT * FROM (
+        SELECT tb.s, tb.t,
+               NOT EXISTS (SELECT FROM matches m WHERE m.rel = tb.rel AND m.kind = 'ignore'),
+               ARRAY(SELECT DISTINCT c.col FROM cols c WHERE c.rel = tb.rel AND c.kind = 'ignore_columns' ORDER BY 1),
+               ARRAY(SELECT c.col || ':' || (array_agg(c.method ORDER BY array_position(ARRAY['drop', 'redact', 'hash'], c.method)))[1]
+                       FROM cols c WHERE c.rel = tb.rel AND c.kind = 'mask' GROUP BY c.col ORDER BY 1),
+               CASE tb.replident WHEN 'f' THEN 'full' WHEN 'd' THEN 'default' WHEN 'i' THEN 'index' ELSE 'nothing' END,
+               ARRAY(SELECT p FROM unnest(ARRAY[
+                   CASE WHEN tb.replident <> 'f'
+                        THEN 'REPLICA IDENTITY is not FULL: before images hold only the key' END,
+                   CASE WHEN tb.replident <> 'f' AND EXISTS (SELECT FROM cols c WHERE c.rel = tb.rel AND c.kind = 'ignore_columns')
+                        THEN 'ignored columns need REPLICA IDENTITY FULL: without it, every UPDATE is recorded' END,
+                   CASE WHEN NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = tb.rel AND i.indisprimary)
+                        THEN 'no primary key' END]) p WHERE p IS NOT NULL)
+          FROM tables tb
+        UNION ALL
+        SELECT NULL, NULL, NULL, NULL, NULL, NULL,
+               ARRAY[format('rule %s (%s %s.%s) matches no table', r.id, r.kind, r.s, r.t)]
+          FROM rules r WHERE NOT EXISTS (SELECT FROM matches m WHERE m.id = r.id)
+    ) t
+    ORDER BY 1, 2, 7
+$$;
+COMMENT ON FUNCTION @extschema@.bemi_tracked_tables() IS
+    'Every user table: whether it is recorded, its ignored and masked columns, its replica identity and what keeps its images incomplete; and the rules that match no table';
+REVOKE ALL ON FUNCTION bemi._rule_like(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.bemi_tracked_tables() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi._rule_like(text) TO bemi_reader, bemi_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.bemi_tracked_tables() TO bemi_reader, bemi_admin;

@@ -70,3 +70,108 @@ SELECT pg_temp.try($$INSERT INTO bemi.rules (kind, target) VALUES ('ignore', 'pu
 SELECT bemi_drop_rule(:admin_rule);
 RESET SESSION AUTHORIZATION;
 SELECT count(*) FROM bemi.rules;
+
+-- What the rules do. A slot of the plugin, made before any rule, reads the same changes as the
+-- worker afterwards: the plugin's own output must follow the same rules.
+\set SHOW_CONTEXT errors
+SELECT 'init' FROM pg_create_logical_replication_slot('rules_slot', 'bemi');
+CREATE SCHEMA rules_scratch;
+CREATE TABLE rules_scratch.early (id int PRIMARY KEY);
+CREATE TABLE rules_sessions (id int PRIMARY KEY, token text);
+CREATE TABLE rules_users (id int PRIMARY KEY, email text, password text, api_token text, ssn text,
+                          updated_at timestamptz, login_count int);
+CREATE TABLE rules_late (id int PRIMARY KEY);
+SELECT bemi_ignore('public.rules_sessions') AS r_sessions,
+       bemi_ignore('rules_scratch.*') AS r_scratch,
+       bemi_ignore('*.rules_users', '{updated_at, login_*}') AS r_noise,
+       bemi_mask('public.rules_users', '{password}') AS r_redact,
+       bemi_mask('public.rules_user*', '{api_*}', 'hash') AS r_hash,
+       bemi_mask('*.*', '{ssn}', 'drop') AS r_drop \gset
+-- Ignored tables: no change, no TRUNCATE; a table made later under rules_scratch.* from its first row.
+INSERT INTO rules_sessions VALUES (1, 'secret-session');
+TRUNCATE rules_sessions;
+INSERT INTO rules_scratch.early VALUES (1);
+CREATE TABLE rules_scratch.later (id int PRIMARY KEY);
+INSERT INTO rules_scratch.later VALUES (1);
+-- Masked columns: a marker, a keyed hash (equal values, equal hashes), or nothing.
+INSERT INTO rules_users VALUES (1, 'ann@example.com', 'secret-pass-1', 'secret-token', 'secret-ssn-1', now(), 0),
+                               (2, 'bob@example.com', 'secret-pass-2', 'secret-token', 'secret-ssn-2', now(), 0);
+-- An UPDATE of ignored columns only is not recorded; one that changes another column is, whole.
+UPDATE rules_users SET updated_at = updated_at + interval '1 day', login_count = login_count + 1 WHERE id = 1;
+UPDATE rules_users SET email = 'ann@example.org', updated_at = updated_at + interval '1 day' WHERE id = 1;
+UPDATE rules_users SET password = 'secret-pass-3' WHERE id = 2;
+-- A rule applies from the change after it, in the middle of a transaction too; a change made
+-- before it is recorded, however late decoding reaches it.
+BEGIN;
+INSERT INTO rules_late VALUES (1);
+SELECT bemi_ignore('public.rules_late') AS r_late \gset
+INSERT INTO rules_late VALUES (2);
+COMMIT;
+BEGIN;
+INSERT INTO rules_late VALUES (3);
+SELECT bemi_drop_rule(:r_late);
+INSERT INTO rules_late VALUES (4);
+COMMIT;
+SELECT bemi_wait();
+SELECT schema, "table", operation, primary_key, before - '{updated_at, api_token}'::text[] AS before,
+       after - '{updated_at, api_token}'::text[] AS after
+  FROM bemi.changes
+ WHERE "table" IN ('rules_sessions', 'early', 'later', 'rules_late') OR ("table" = 'rules_users' AND operation <> 'CREATE')
+ ORDER BY id;
+SELECT primary_key, after - '{updated_at, api_token}'::text[] AS after,
+       after->>'api_token' ~ '^hmac:[0-9a-f]{64}$' AS hashed
+  FROM bemi.changes WHERE "table" = 'rules_users' AND operation = 'CREATE' ORDER BY id;
+SELECT count(DISTINCT after->>'api_token') AS distinct_hashes
+  FROM bemi.changes WHERE "table" = 'rules_users' AND operation = 'CREATE';
+-- Every change of a rule is in the trail, with who made it.
+SELECT operation, coalesce(after, before)->>'kind' AS kind, coalesce(after, before)->>'target' AS target,
+       context->'_bemi'->>'role' = current_user AS by_me
+  FROM bemi.changes WHERE schema = 'bemi' AND "table" = 'rules' ORDER BY id;
+-- The plugin's output: the same changes, and no masked value anywhere.
+CREATE TEMP TABLE rules_decoded AS
+    SELECT data::jsonb AS doc FROM pg_logical_slot_get_changes('rules_slot', NULL, NULL);
+SELECT doc->>'schema' AS schema, doc->>'table' AS "table", doc->>'operation' AS operation, doc->>'primary_key' AS primary_key
+  FROM rules_decoded WHERE doc->>'table' IN ('rules_sessions', 'early', 'later', 'rules_late', 'rules_users');
+SELECT count(*) AS secrets_in_trail FROM bemi.changes WHERE "before"::text ~ 'secret-' OR "after"::text ~ 'secret-';
+SELECT count(*) AS secrets_in_output FROM rules_decoded WHERE doc::text ~ 'secret-';
+SELECT count(*) AS same_hashes FROM rules_decoded d, bemi.changes c
+ WHERE d.doc->>'table' = 'rules_users' AND c."table" = 'rules_users' AND c.operation = 'CREATE'
+   AND d.doc->>'operation' = 'CREATE' AND d.doc->>'primary_key' = c.primary_key
+   AND d.doc->'after'->>'api_token' = c.after->>'api_token';
+SELECT pg_drop_replication_slot('rules_slot');
+
+-- Writers: a role's or an application's changes are not recorded; others' are.
+GRANT ALL ON rules_late TO rules_app;
+SELECT bemi_ignore_writer(role => 'rules_app') AS r_role,
+       bemi_ignore_writer(application_name => 'rules etl') AS r_app \gset
+SET ROLE rules_app;
+INSERT INTO rules_late VALUES (10);
+RESET ROLE;
+SET application_name = 'rules etl';
+INSERT INTO rules_late VALUES (11);
+RESET application_name;
+INSERT INTO rules_late VALUES (12);
+SELECT bemi_wait();
+SELECT primary_key, context->'_bemi'->>'role' = current_user AS by_me
+  FROM bemi.changes WHERE "table" = 'rules_late' AND primary_key::int >= 10 ORDER BY id;
+
+-- What the rules make of each table, and the rules that match none.
+SELECT bemi_ignore('nowhere.*') AS r_nowhere \gset
+SELECT * FROM bemi_tracked_tables()
+ WHERE table_name LIKE 'rules\_%' OR schema_name = 'rules_scratch' OR table_name IS NULL;
+ALTER TABLE rules_users REPLICA IDENTITY DEFAULT;
+SELECT problems FROM bemi_tracked_tables() WHERE table_name = 'rules_users';
+SET ROLE rules_auditor;
+SELECT count(*) > 0 AS reads FROM bemi_tracked_tables();
+SET ROLE rules_app;
+SELECT pg_temp.try($$SELECT * FROM bemi_tracked_tables()$$) AS tracked_tables;
+RESET ROLE;
+
+-- The rules of this file go; the trail keeps their history.
+DELETE FROM bemi.rules;
+SELECT bemi_wait();
+SELECT count(*) AS rule_changes FROM bemi.changes WHERE schema = 'bemi' AND "table" = 'rules';
+DROP TABLE rules_sessions, rules_users, rules_late;
+DROP SCHEMA rules_scratch CASCADE;
+DROP OWNED BY rules_app, rules_admin, rules_auditor;
+DROP ROLE rules_app, rules_admin, rules_auditor;
