@@ -74,6 +74,8 @@ CREATE TABLE bemi.rules (
            END)
 );
 ALTER TABLE bemi.rules SET (user_catalog_table = true);
+-- A dropped rule is recorded whole, not just its id.
+ALTER TABLE bemi.rules REPLICA IDENTITY FULL;
 REVOKE ALL ON bemi.rules FROM PUBLIC;
 GRANT SELECT ON bemi.rules TO bemi_reader, bemi_admin;
 SELECT pg_catalog.pg_extension_config_dump('bemi.rules', '');

@@ -163,6 +163,7 @@ like($node->safe_psql('shop', $all_sql), qr/^\Q$trail_before_rules\E/, 'the trai
 is($node->safe_psql('shop', 'SELECT count(*) FROM bemi.rules'), '0', 'no rule after the update');
 my $last_id = $node->safe_psql('shop', 'SELECT max(id) FROM bemi.changes');
 $node->safe_psql('shop', q{
+	ALTER TABLE orders REPLICA IDENTITY FULL;
 	SELECT bemi_ignore('public.orders', '{amount}');
 	UPDATE orders SET amount = amount + 1 WHERE id = 1;
 	UPDATE orders SET id = 10 WHERE id = 2;
