@@ -1,0 +1,70 @@
+# Tracking rules (issue 13) judge a change by the rules in force when it was made, not when the
+# worker reaches it: with the worker held back (its batches fail) and the server restarted in
+# between, a rule committed after a change never drops it, one dropped before a change never
+# applies to it, and a masked value written before and after the restart hashes the same.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use BemiTest;
+
+my $node = bemi_node('rules', conf => q{
+log_statement = none
+});
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION bemi;
+	CREATE TABLE fault (on_purpose boolean);
+	CREATE FUNCTION fail_batch() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+	  IF EXISTS (SELECT FROM public.fault) THEN RAISE EXCEPTION 'injected failure'; END IF;
+	  RETURN NULL;
+	END $$;
+	CREATE TRIGGER fail_batch BEFORE INSERT ON bemi.changes FOR EACH STATEMENT EXECUTE FUNCTION fail_batch();
+	CREATE TABLE held (id int PRIMARY KEY, note text, token text);
+});
+wait_bemi($node);
+
+# The worker is held back: everything below waits in the WAL.
+$node->safe_psql('postgres', q{
+	INSERT INTO fault VALUES (true);
+	INSERT INTO held VALUES (1, 'before the rule', 'tok-a');
+	SELECT bemi_ignore('public.held');
+	INSERT INTO held VALUES (2, 'while ignored', 'tok-a');
+	SELECT bemi_drop_rule(id) FROM bemi.rules WHERE target = 'public.held';
+	SELECT bemi_mask('public.held', '{token}', 'hash');
+	INSERT INTO held VALUES (3, 'masked', 'tok-a');
+});
+ok($node->poll_query_until('postgres', q{SELECT last_error LIKE '%injected failure%' FROM bemi_status()}),
+	'the worker is held back');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE "table" = 'held'}), '0',
+	'nothing of held written yet');
+
+# A restart in between: the rules are read again, as of each change.
+$node->restart;
+$node->safe_psql('postgres', q{
+	SELECT bemi_ignore('public.held', '{note}');
+	INSERT INTO held VALUES (4, 'after the restart', 'tok-a');
+	UPDATE held SET note = 'note only' WHERE id = 4;
+	DELETE FROM fault;
+});
+wait_bemi($node);
+my $hash_sql = q{SELECT after->>'token' FROM bemi.changes WHERE "table" = 'held' AND primary_key = '%s'};
+my ($hash3, $hash4) = map { $node->safe_psql('postgres', sprintf($hash_sql, $_)) } (3, 4);
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(concat_ws('|', operation, primary_key, after->>'note', after->>'token'), E'\n' ORDER BY id)
+	  FROM bemi.changes WHERE "table" = 'held'}),
+	join("\n", 'CREATE|1|before the rule|tok-a', "CREATE|3|masked|$hash3", "CREATE|4|after the restart|$hash4"),
+	'each change judged by the rules of its time: 1 recorded, 2 ignored, 3 and 4 masked, the note-only UPDATE left out');
+like($node->safe_psql('postgres', q{SELECT after->>'token' FROM bemi.changes WHERE "table" = 'held' AND primary_key = '3'}),
+	qr/^hmac:[0-9a-f]{64}$/, 'the masked token is a keyed hash');
+is($node->safe_psql('postgres', q{SELECT count(DISTINCT after->>'token') FROM bemi.changes WHERE "table" = 'held' AND primary_key IN ('3', '4')}),
+	'1', 'equal values hash the same before and after a restart');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE after::text ~ 'tok-a' AND primary_key <> '1'}),
+	'0', 'the masked value is nowhere else in the trail');
+is($node->safe_psql('postgres', q{SELECT string_agg(operation || ':' || (coalesce(after, before)->>'kind'), ',' ORDER BY id)
+                                    FROM bemi.changes WHERE schema = 'bemi' AND "table" = 'rules'}),
+	'CREATE:ignore,DELETE:ignore,CREATE:mask,CREATE:ignore_columns', 'every change of a rule is in the trail');
+
+$node->stop;
+done_testing();
