@@ -129,9 +129,10 @@ SELECT operation, coalesce(after, before)->>'kind' AS kind, coalesce(after, befo
   FROM bemi.changes WHERE schema = 'bemi' AND "table" = 'rules' ORDER BY id;
 -- The plugin's output: the same changes, and no masked value anywhere.
 CREATE TEMP TABLE rules_decoded AS
-    SELECT data::jsonb AS doc FROM pg_logical_slot_get_changes('rules_slot', NULL, NULL);
+    SELECT lsn, data::jsonb AS doc FROM pg_logical_slot_get_changes('rules_slot', NULL, NULL);
 SELECT doc->>'schema' AS schema, doc->>'table' AS "table", doc->>'operation' AS operation, doc->>'primary_key' AS primary_key
-  FROM rules_decoded WHERE doc->>'table' IN ('rules_sessions', 'early', 'later', 'rules_late', 'rules_users');
+  FROM rules_decoded WHERE doc->>'table' IN ('rules_sessions', 'early', 'later', 'rules_late', 'rules_users')
+ ORDER BY lsn;
 SELECT count(*) AS secrets_in_trail FROM bemi.changes WHERE "before"::text ~ 'secret-' OR "after"::text ~ 'secret-';
 SELECT count(*) AS secrets_in_output FROM rules_decoded WHERE doc::text ~ 'secret-';
 SELECT count(*) AS same_hashes FROM rules_decoded d, bemi.changes c
