@@ -79,7 +79,8 @@ std::unique_ptr<Sink> StartSink(Oid dboid, const Progress &done) {
 		MakePGDirectory("base/" PG_TEMP_FILES_DIR);
 		snprintf(path, sizeof(path), "base/%s/%sbemi_spool_%u", PG_TEMP_FILES_DIR, PG_TEMP_FILE_PREFIX, dboid);
 		Found f{nullptr, BemiEmptyImage()};
-		InTransaction([&]() { f.database = pstrdup(get_database_name(dboid)); });
+		MemoryContext caller = CurrentMemoryContext; // the transaction's own memory goes at commit
+		InTransaction([&]() { f.database = MemoryContextStrdup(caller, get_database_name(dboid)); });
 		return f;
 	});
 	const char *empty = reinterpret_cast<const char *>(found.empty);
