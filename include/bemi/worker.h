@@ -32,7 +32,12 @@ extern RepOriginId bemi_worker_origin;
 /* worker.cpp: one database's worker, from claim to exit (called by bemi_worker_main). */
 extern void BemiWorkerRun(Oid dboid);
 
-/* worker_shim.c, launcher.c: the entry points the postmaster starts. */
+/* launcher.cpp: start the workers of every database with a bemi slot, then idle (the launcher). */
+extern void BemiLauncherRun(void);
+/* launcher.cpp: refuse a server that cannot capture, then start this database's worker. */
+extern void BemiStartWorker(void);
+
+/* worker_shim.c, launcher_shim.c: the entry points the postmaster starts. */
 extern PGDLLEXPORT void bemi_worker_main(Datum arg);
 extern PGDLLEXPORT void bemi_launcher_main(Datum arg);
 

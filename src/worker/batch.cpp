@@ -37,7 +37,9 @@ constexpr int kInsertArgs = 12;
 constexpr int kColumns = 11; // the per-row columns (the database is one value)
 
 // The arena holds whole varlenas, each MAXALIGNed like palloc'd ones.
-size_t Aligned(size_t size) { return MAXALIGN(size); }
+size_t Aligned(size_t size) {
+	return MAXALIGN(size);
+}
 
 // C-style, inside PgCall only.
 Datum MakeArray(Datum *values, bool *nulls, int count, Oid type) {
@@ -140,8 +142,8 @@ BatchWriter::Columns BatchWriter::Fill(const Batch &batch) {
 	pk_null_.resize(count);
 	Columns c;
 	Datum *column = datums_.data();
-	for (Datum **to : {&c.pk, &c.before, &c.after, &c.context, &c.schema, &c.table, &c.operation, &c.committed,
-					   &c.xid, &c.position, &c.table_oid}) {
+	for (Datum **to : {&c.pk, &c.before, &c.after, &c.context, &c.schema, &c.table, &c.operation,
+	                   &c.committed, &c.xid, &c.position, &c.table_oid}) {
 		*to = column;
 		column += count;
 	}
@@ -175,9 +177,9 @@ BatchWriter::Columns BatchWriter::Fill(const Batch &batch) {
 // it: NULL there means "go by name", which is how that schema's readers go anyway. Nothing is
 // dropped, and the log says at every (re)start what to run.
 void BatchWriter::PreparePlans() {
-	Oid insert_types[kInsertArgs] = {TEXTARRAYOID, JSONBARRAYOID,		JSONBARRAYOID, JSONBARRAYOID,
-									 TEXTOID,	   TEXTARRAYOID,		TEXTARRAYOID,  TEXTARRAYOID,
-									 TIMESTAMPTZARRAYOID, INT8ARRAYOID, PG_LSNARRAYOID, OIDARRAYOID};
+	Oid insert_types[kInsertArgs] = {
+	    TEXTARRAYOID, JSONBARRAYOID, JSONBARRAYOID,       JSONBARRAYOID, TEXTOID,        TEXTARRAYOID,
+	    TEXTARRAYOID, TEXTARRAYOID,  TIMESTAMPTZARRAYOID, INT8ARRAYOID,  PG_LSNARRAYOID, OIDARRAYOID};
 	Oid progress_types[3] = {PG_LSNOID, INT8OID, BOOLOID};
 	bool with_table_oid = ChangesHaveTableOid();
 
@@ -189,37 +191,43 @@ void BatchWriter::PreparePlans() {
 		insert_plan_ = progress_plan_ = nullptr;
 	}
 	if (!with_table_oid)
-		ereport(WARNING,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("bemi: the SQL of extension bemi in database \"%s\" is older than its library",
-						database_.c_str()),
-				 errdetail("bemi.changes has no column table_oid: changes are recorded without it, and history "
-						   "goes by table name."),
-				 errhint("Run ALTER EXTENSION bemi UPDATE in database \"%s\".", database_.c_str())));
+		ereport(
+		    WARNING,
+		    (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+		     errmsg("bemi: the SQL of extension bemi in database \"%s\" is older than its library",
+		            database_.c_str()),
+		     errdetail("bemi.changes has no column table_oid: changes are recorded without it, and history "
+		               "goes by table name."),
+		     errhint("Run ALTER EXTENSION bemi UPDATE in database \"%s\".", database_.c_str())));
 	// $12 is declared either way; the older statement leaves it unused.
 	insert_plan_ = SPI_prepare(
-		with_table_oid
-			? "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \"table\","
-			  " operation, committed_at, transaction_id, position, table_oid)"
-			  " SELECT pk, b, a, c, $5, s, t, o, ts, x, p, r"
-			  " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
-			  " pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
-			  " pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12))"
-			  " AS u(pk, b, a, c, s, t, o, ts, x, p, r)"
-			: "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \"table\","
-			  " operation, committed_at, transaction_id, position)"
-			  " SELECT pk, b, a, c, $5, s, t, o, ts, x, p"
-			  " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
-			  " pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
-			  " pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11))"
-			  " AS u(pk, b, a, c, s, t, o, ts, x, p)",
-		kInsertArgs, insert_types);
+	    with_table_oid
+	        ? "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema, "
+	          "\"table\","
+	          " operation, committed_at, transaction_id, position, table_oid)"
+	          " SELECT pk, b, a, c, $5, s, t, o, ts, x, p, r"
+	          " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+	          " pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+	          " pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11), "
+	          "pg_catalog.unnest($12))"
+	          " AS u(pk, b, a, c, s, t, o, ts, x, p, r)"
+	        : "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema, "
+	          "\"table\","
+	          " operation, committed_at, transaction_id, position)"
+	          " SELECT pk, b, a, c, $5, s, t, o, ts, x, p"
+	          " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+	          " pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+	          " pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11))"
+	          " AS u(pk, b, a, c, s, t, o, ts, x, p)",
+	    kInsertArgs, insert_types);
 	insert_has_table_oid_ = with_table_oid;
-	progress_plan_ = SPI_prepare("UPDATE bemi.progress SET txn_end_lsn = $1, txn_records = $2, txn_complete = $3,"
-								 " updated_at = pg_catalog.now()",
-								 3, progress_types);
+	progress_plan_ =
+	    SPI_prepare("UPDATE bemi.progress SET txn_end_lsn = $1, txn_records = $2, txn_complete = $3,"
+	                " updated_at = pg_catalog.now()",
+	                3, progress_types);
 	if (insert_plan_ == nullptr || progress_plan_ == nullptr)
-		elog(ERROR, "bemi: could not prepare the worker's statements: %s", SPI_result_code_string(SPI_result));
+		elog(ERROR, "bemi: could not prepare the worker's statements: %s",
+		     SPI_result_code_string(SPI_result));
 	SPI_keepplan(insert_plan_);
 	SPI_keepplan(progress_plan_);
 }
@@ -261,13 +269,13 @@ ErrorData *BatchWriter::TryInsertRow(const Columns &c, int i, MemoryContext row_
 	BeginInternalSubTransaction(nullptr);
 	MemoryContextSwitchTo(caller); // the error is copied into the context PgTryCall finds current
 	ErrorData *failure = PgTryCall(
-		[](void *p) {
-			auto *a = static_cast<Attempt *>(p);
-			MemoryContextSwitchTo(a->row_context);
-			a->writer->InsertRows(*a->columns, a->row, 1);
-			ReleaseCurrentSubTransaction();
-		},
-		&attempt);
+	    [](void *p) {
+		    auto *a = static_cast<Attempt *>(p);
+		    MemoryContextSwitchTo(a->row_context);
+		    a->writer->InsertRows(*a->columns, a->row, 1);
+		    ReleaseCurrentSubTransaction();
+	    },
+	    &attempt);
 	if (failure != nullptr)
 		RollbackAndReleaseCurrentSubTransaction();
 	MemoryContextSwitchTo(caller);
@@ -284,7 +292,7 @@ ErrorData *BatchWriter::TryInsertRow(const Columns &c, int i, MemoryContext row_
 // describes the first. C-style, inside PgCall only.
 int BatchWriter::InsertCarefully(const Columns &c, char *note, size_t note_len) {
 	MemoryContext row_context =
-		AllocSetContextCreate(CurrentMemoryContext, "bemi careful row", ALLOCSET_DEFAULT_SIZES);
+	    AllocSetContextCreate(CurrentMemoryContext, "bemi careful row", ALLOCSET_DEFAULT_SIZES);
 	int replaced = 0;
 
 	for (int i = 0; i < c.count; i++) {
@@ -311,15 +319,16 @@ int BatchWriter::InsertCarefully(const Columns &c, char *note, size_t note_len) 
 		char *schema = TextDatumGetCString(c.schema[i]);
 		char *table = TextDatumGetCString(c.table[i]);
 		XLogRecPtr lsn = DatumGetLSN(c.position[i]);
-		ereport(WARNING,
-				(errmsg("bemi: a %s of \"%s.%s\" at %X/%X is recorded without its images: %s",
-						TextDatumGetCString(c.operation[i]), schema, table, BEMI_LSN_ARGS(lsn), first->message),
-				 errdetail("The change is recorded with \"%s\" in place of its images%s.",
-						   BEMI_RESERVED_KEY "_write_error", c.pk_null[i] ? " and without its primary key" : ""),
-				 errhint("Find it in bemi.changes with: before ? '%s'.", BEMI_RESERVED_KEY "_write_error")));
+		ereport(
+		    WARNING,
+		    (errmsg("bemi: a %s of \"%s.%s\" at %X/%X is recorded without its images: %s",
+		            TextDatumGetCString(c.operation[i]), schema, table, BEMI_LSN_ARGS(lsn), first->message),
+		     errdetail("The change is recorded with \"%s\" in place of its images%s.",
+		               BEMI_RESERVED_KEY "_write_error", c.pk_null[i] ? " and without its primary key" : ""),
+		     errhint("Find it in bemi.changes with: before ? '%s'.", BEMI_RESERVED_KEY "_write_error")));
 		if (replaced++ == 0)
-			snprintf(note, note_len, "a change of \"%s.%s\" at %X/%X was recorded without its images: %s", schema,
-					 table, BEMI_LSN_ARGS(lsn), first->message);
+			snprintf(note, note_len, "a change of \"%s.%s\" at %X/%X was recorded without its images: %s",
+			         schema, table, BEMI_LSN_ARGS(lsn), first->message);
 		FreeErrorData(first);
 	}
 	MemoryContextDelete(row_context);
@@ -328,7 +337,8 @@ int BatchWriter::InsertCarefully(const Columns &c, char *note, size_t note_len) 
 
 // One transaction: the batch's rows and the progress they reach. The first batch after a failure
 // (db->failures > 0) is written carefully, row by row; a success returns to whole batches.
-void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &reached, TimestampTz last_commit) {
+void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &reached,
+                        TimestampTz last_commit) {
 	Columns columns = Fill(batch);
 	PgCall([&]() {
 		bool careful = db->failures > 0;
@@ -338,9 +348,9 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 		InTransactionWithSpi([&]() {
 			Datum progress_args[3];
 
-			pgstat_report_activity(STATE_RUNNING, careful
-													  ? "bemi: writing a batch of changes one by one after a failure"
-													  : "bemi: writing a batch of changes");
+			pgstat_report_activity(STATE_RUNNING,
+			                       careful ? "bemi: writing a batch of changes one by one after a failure"
+			                               : "bemi: writing a batch of changes");
 			PreparePlans();
 			if (columns.count > 0 && careful)
 				replaced = InsertCarefully(columns, note, sizeof(note));

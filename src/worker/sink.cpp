@@ -77,15 +77,16 @@ std::unique_ptr<Sink> StartSink(Oid dboid, const Progress &done) {
 		// In base/pgsql_tmp, named like PostgreSQL's own temporary files: the server removes it at
 		// start and after a crash, and the database's next worker replaces a leftover.
 		MakePGDirectory("base/" PG_TEMP_FILES_DIR);
-		snprintf(path, sizeof(path), "base/%s/%sbemi_spool_%u", PG_TEMP_FILES_DIR, PG_TEMP_FILE_PREFIX, dboid);
+		snprintf(path, sizeof(path), "base/%s/%sbemi_spool_%u", PG_TEMP_FILES_DIR, PG_TEMP_FILE_PREFIX,
+		         dboid);
 		Found f{nullptr, BemiEmptyImage()};
 		MemoryContext caller = CurrentMemoryContext; // the transaction's own memory goes at commit
 		InTransaction([&]() { f.database = MemoryContextStrdup(caller, get_database_name(dboid)); });
 		return f;
 	});
 	const char *empty = reinterpret_cast<const char *>(found.empty);
-	auto sink = std::make_unique<Sink>(path, found.database, std::vector<char>(empty, empty + VARSIZE(found.empty)),
-									   done);
+	auto sink = std::make_unique<Sink>(path, found.database,
+	                                   std::vector<char>(empty, empty + VARSIZE(found.empty)), done);
 	PgCall([&]() {
 		pfree(const_cast<char *>(found.database));
 		pfree(found.empty);
@@ -93,9 +94,10 @@ std::unique_ptr<Sink> StartSink(Oid dboid, const Progress &done) {
 	return sink;
 }
 
-Sink::Sink(std::string spool_path, std::string database, std::vector<char> empty_context, const Progress &done)
-	: spool_(std::move(spool_path), kSpoolMemory), done_(done),
-	  writer_(std::move(database), std::move(empty_context)) {
+Sink::Sink(std::string spool_path, std::string database, std::vector<char> empty_context,
+           const Progress &done)
+    : spool_(std::move(spool_path), kSpoolMemory), done_(done),
+      writer_(std::move(database), std::move(empty_context)) {
 	active_sink = this;
 	bemi_sink_active = true;
 }
@@ -111,8 +113,8 @@ Sink &Sink::Active() {
 	return *active_sink;
 }
 
-void Sink::Append(char kind, const void *fixed, uint32 fixed_size, const void *const *parts, const int32 *sizes,
-				  int nparts) {
+void Sink::Append(char kind, const void *fixed, uint32 fixed_size, const void *const *parts,
+                  const int32 *sizes, int nparts) {
 	EntryHeader header = {kind, fixed_size};
 	for (int i = 0; i < nparts; i++)
 		header.size += Max(sizes[i], 0);
@@ -163,14 +165,16 @@ void Sink::Change(XLogRecPtr lsn, const BemiChange &change) {
 	entry.before_len = static_cast<int32>(VARSIZE(change.before));
 	entry.after_len = static_cast<int32>(VARSIZE(change.after));
 	const void *parts[5] = {change.schema, change.table,
-							change.primary_key ? VARDATA_ANY(change.primary_key) : nullptr, change.before,
-							change.after};
+	                        change.primary_key ? VARDATA_ANY(change.primary_key) : nullptr, change.before,
+	                        change.after};
 	int32 sizes[5] = {entry.schema_len, entry.table_len, entry.pk_len, entry.before_len, entry.after_len};
 	Append(kChange, &entry, sizeof(entry), parts, sizes, 5);
 	pending_changes_++;
 }
 
-void Sink::Commit(XLogRecPtr end_lsn) { Append(kCommit, &end_lsn, sizeof(end_lsn), nullptr, nullptr, 0); }
+void Sink::Commit(XLogRecPtr end_lsn) {
+	Append(kCommit, &end_lsn, sizeof(end_lsn), nullptr, nullptr, 0);
+}
 
 /* ---- draining ---- */
 
@@ -244,10 +248,10 @@ void Sink::Drain(BemiDatabase *db) {
 			row.position = entry.lsn;
 			row.table_oid = entry.table_oid;
 			size_t context_size =
-				context == Batch::kNone ? writer_.EmptyContextSize() : VARSIZE(batch_.At(context));
+			    context == Batch::kNone ? writer_.EmptyContextSize() : VARSIZE(batch_.At(context));
 			// Each array element is a copy: the context counts once per change.
 			batch_.Add(row, static_cast<size_t>(entry.before_len) + entry.after_len + Max(entry.pk_len, 0) +
-								context_size + entry.schema_len + entry.table_len);
+			                    context_size + entry.schema_len + entry.table_len);
 			reached.txn_records++;
 			break;
 		}
@@ -261,7 +265,8 @@ void Sink::Drain(BemiDatabase *db) {
 			capacity = bemi_batch_size;
 		}
 	}
-	if (batch_.Count() > 0 || reached.txn_end_lsn != done_.txn_end_lsn || reached.txn_complete != done_.txn_complete)
+	if (batch_.Count() > 0 || reached.txn_end_lsn != done_.txn_end_lsn ||
+	    reached.txn_complete != done_.txn_complete)
 		WriteBatch(db, reached, last_commit);
 	spool_.Reset();
 	pending_changes_ = 0;
@@ -274,8 +279,8 @@ Progress LoadProgress() {
 		InTransactionWithSpi([&]() {
 			bool isnull;
 			if (SPI_execute("SELECT txn_end_lsn, txn_records, txn_complete FROM bemi.progress", true, 0) !=
-					SPI_OK_SELECT ||
-				SPI_processed != 1)
+			        SPI_OK_SELECT ||
+			    SPI_processed != 1)
 				elog(ERROR, "bemi: bemi.progress must hold exactly one row");
 			HeapTuple row = SPI_tuptable->vals[0];
 			TupleDesc desc = SPI_tuptable->tupdesc;

@@ -33,7 +33,7 @@ Progress LoadProgress();
 // one arena the batch owns, so filling a batch calls no PostgreSQL function and allocates nothing
 // per change once the arena has grown; the arena's bytes are bounded by the batch's limit.
 class Batch {
-public:
+  public:
 	static constexpr size_t kNone = SIZE_MAX; // no primary key; the empty context
 
 	struct Row {
@@ -64,7 +64,7 @@ public:
 	// Clear(kNone), and memory beyond a small arena goes back (the worker may idle for long).
 	void Release();
 
-private:
+  private:
 	static constexpr size_t kKeptBytes = 1024 * 1024;
 	std::vector<char> arena_;
 	std::vector<Row> rows_;
@@ -74,20 +74,21 @@ private:
 // Writes batches: one transaction with the rows (one INSERT, or change by change after a
 // failure) and the progress they reach. Owns the prepared statements.
 class BatchWriter {
-public:
+  public:
 	BatchWriter(std::string database, std::vector<char> empty_context)
-		: database_(std::move(database)), empty_context_(std::move(empty_context)) {}
+	    : database_(std::move(database)), empty_context_(std::move(empty_context)) {}
 	void Write(BemiDatabase *db, const Batch &batch, const Progress &reached, TimestampTz last_commit);
 	size_t EmptyContextSize() const { return empty_context_.size(); }
 
 	// The batch's columns as PostgreSQL reads them; plain pointers into the writer's buffers.
 	struct Columns {
 		int count;
-		Datum *pk, *before, *after, *context, *schema, *table, *operation, *committed, *xid, *position, *table_oid;
+		Datum *pk, *before, *after, *context, *schema, *table, *operation, *committed, *xid, *position,
+		    *table_oid;
 		bool *pk_null;
 	};
 
-private:
+  private:
 	Columns Fill(const Batch &batch);
 	// C-style, inside PgCall only.
 	void PreparePlans();
@@ -108,7 +109,7 @@ private:
 // replayed; between WAL records the worker drains the spool into batches. While a Sink lives,
 // bemi_sink_active is true and the BemiSink* functions of sink.h feed it.
 class Sink {
-public:
+  public:
 	// See StartSink().
 	Sink(std::string spool_path, std::string database, std::vector<char> empty_context, const Progress &done);
 	Sink(const Sink &) = delete;
@@ -129,18 +130,18 @@ public:
 	// Writes everything the spool holds, in batches of bemi.batch_size changes.
 	void Drain(BemiDatabase *db);
 
-private:
+  private:
 	void Append(char kind, const void *fixed, uint32 fixed_size, const void *const *parts, const int32 *sizes,
-				int nparts);
+	            int nparts);
 	void ReadExact(void *data, size_t size);
 	size_t ReadVarlena(size_t size);
 	size_t ReadText(int32 len);
 	void WriteBatch(BemiDatabase *db, const Progress &reached, TimestampTz last_commit);
 
 	Spool spool_;
-	Progress done_;           // what bemi.changes already holds
-	int64 skip_records_ = 0;  // records of the current transaction written by an earlier run
-	int64 txn_ordinal_ = 0;   // records of the current transaction seen so far
+	Progress done_;          // what bemi.changes already holds
+	int64 skip_records_ = 0; // records of the current transaction written by an earlier run
+	int64 txn_ordinal_ = 0;  // records of the current transaction seen so far
 	int64 pending_changes_ = 0;
 	Batch batch_;
 	BatchWriter writer_;

@@ -49,11 +49,14 @@ Spool::Spool(std::string path, size_t memory_limit) : path_(std::move(path)), me
 	std::remove(path_.c_str());
 }
 
-Spool::~Spool() { CloseFile(); }
+Spool::~Spool() {
+	CloseFile();
+}
 
 void Spool::Fail(const char *what) const {
 	int error = errno;
-	throw Error(FileAccessCode(error), fmt::format("bemi spool {}: {} ({})", path_, what, std::strerror(error)));
+	throw Error(FileAccessCode(error),
+	            fmt::format("bemi spool {}: {} ({})", path_, what, std::strerror(error)));
 }
 
 void Spool::CloseFile() noexcept {
@@ -71,7 +74,7 @@ void Spool::Spill() {
 		std::setvbuf(file_.get(), nullptr, _IOFBF, 1 << 20);
 	}
 	if (std::fseek(file_.get(), static_cast<long>(file_bytes_), SEEK_SET) != 0 ||
-		std::fwrite(memory_.data(), 1, memory_.size(), file_.get()) != memory_.size())
+	    std::fwrite(memory_.data(), 1, memory_.size(), file_.get()) != memory_.size())
 		Fail("cannot write");
 	file_bytes_ += memory_.size();
 	memory_.clear();

@@ -15,7 +15,7 @@
 namespace bemi {
 
 class Spool {
-public:
+  public:
 	// Starts empty; a file left at `path` by a crashed worker holds nothing we need and goes.
 	Spool(std::string path, size_t memory_limit);
 	Spool(const Spool &) = delete;
@@ -30,7 +30,7 @@ public:
 	// Forgets everything: the next append starts a new stream.
 	void Reset();
 
-private:
+  private:
 	struct Closer {
 		void operator()(std::FILE *file) const { std::fclose(file); }
 	};
@@ -40,7 +40,7 @@ private:
 
 	std::string path_;
 	size_t memory_limit_;
-	std::vector<char> memory_;               // the tail of the stream, not yet spilled
+	std::vector<char> memory_;                // the tail of the stream, not yet spilled
 	std::unique_ptr<std::FILE, Closer> file_; // the spilled head of the stream, if any
 	size_t file_bytes_ = 0;
 	size_t read_file_ = 0;         // read position within the file

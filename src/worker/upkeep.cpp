@@ -26,9 +26,9 @@ long MaintainChanges() {
 
 	// Runs as superuser: pg_catalog's functions named explicitly, as every worker statement.
 	if (SPI_execute("SELECT a.action, m.next_in FROM bemi._maintain_changes(pg_catalog.now()) m "
-					"LEFT JOIN LATERAL pg_catalog.unnest(m.actions) a (action) ON true",
-					false, 0) != SPI_OK_SELECT ||
-		SPI_processed < 1)
+	                "LEFT JOIN LATERAL pg_catalog.unnest(m.actions) a (action) ON true",
+	                false, 0) != SPI_OK_SELECT ||
+	    SPI_processed < 1)
 		elog(ERROR, "bemi: partition upkeep returned nothing");
 	for (uint64 i = 0; i < SPI_processed; i++) {
 		char *action = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
@@ -63,17 +63,17 @@ void Upkeep::RunIfDue(BemiDatabase *db) {
 			BeginInternalSubTransaction(nullptr);
 			MemoryContextSwitchTo(caller); // an error is copied into the caller's context
 			ErrorData *error = PgTryCall(
-				[](void *p) {
-					static_cast<Round *>(p)->next_ms = MaintainChanges();
-					ReleaseCurrentSubTransaction();
-				},
-				&round);
+			    [](void *p) {
+				    static_cast<Round *>(p)->next_ms = MaintainChanges();
+				    ReleaseCurrentSubTransaction();
+			    },
+			    &round);
 			if (error != nullptr) {
 				RollbackAndReleaseCurrentSubTransaction();
 				MemoryContextSwitchTo(caller);
 				CurrentResourceOwner = owner;
 				ereport(WARNING, (errmsg("bemi: partition upkeep failed: %s", error->message),
-								  errdetail("Capture goes on; upkeep is tried again in a minute.")));
+				                  errdetail("Capture goes on; upkeep is tried again in a minute.")));
 				BemiReportError(db, psprintf("partition upkeep: %s", error->message));
 				FreeErrorData(error);
 			} else

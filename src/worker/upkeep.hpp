@@ -12,10 +12,10 @@ namespace bemi {
 // Partitions made ahead of time, old ones dropped (ext/retention.sql does the work), when due.
 // A failure is reported and retried a minute later; it never stops capture.
 class Upkeep {
-public:
+  public:
 	void RunIfDue(BemiDatabase *db);
 
-private:
+  private:
 	TimestampTz next_ = 0;
 };
 

@@ -105,8 +105,8 @@ void Backoff(BemiDatabase *db) {
 
 	if (failures <= 0 || db->fresh)
 		return;
-	TimestampTz deadline =
-		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000L * Min(1L << Min(failures - 1, 10), kMaxBackoffS));
+	TimestampTz deadline = TimestampTzPlusMilliseconds(
+	    GetCurrentTimestamp(), 1000L * Min(1L << Min(failures - 1, 10), kMaxBackoffS));
 	pgstat_report_activity(STATE_IDLE, "bemi: waiting to retry after an error");
 	for (;;) {
 		long remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
@@ -120,7 +120,7 @@ void Backoff(BemiDatabase *db) {
 		if (remaining <= 0 || db->state == BEMI_STOPPING || db->fresh)
 			break; // DROP EXTENSION, or a new CREATE EXTENSION waiting for its slot
 		(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, Min(remaining, 1000L),
-						PG_WAIT_EXTENSION);
+		                PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }
@@ -142,13 +142,13 @@ void MarkFailed(BemiDatabase *db, const char *message) {
 // One run of a database's worker: from its slot to the stream loop, which ends only with the
 // process (an error, a shutdown, DROP EXTENSION, DROP DATABASE).
 class DatabaseRun {
-public:
+  public:
 	DatabaseRun(BemiDatabase *db, MemoryContext context) : db_(db), context_(context) {
 		BemiSlotName(db->dboid, slot_, sizeof(slot_));
 	}
 	[[noreturn]] void Run();
 
-private:
+  private:
 	void Start();
 	void RecreateLostSlot();
 	[[noreturn]] void Stream();
@@ -180,8 +180,8 @@ void DatabaseRun::Run() {
 		MemoryContextSwitchTo(context_);
 		ctx_ = BemiStartDecoding(slot_);
 		ereport(LOG, (errmsg("bemi: worker decoding database %u from %X/%X (written up to %X/%X)", db_->dboid,
-							 BEMI_LSN_ARGS(MyReplicationSlot->data.confirmed_flush),
-							 BEMI_LSN_ARGS(progress.txn_end_lsn))));
+		                     BEMI_LSN_ARGS(MyReplicationSlot->data.confirmed_flush),
+		                     BEMI_LSN_ARGS(progress.txn_end_lsn))));
 	});
 	Stream();
 }
@@ -219,11 +219,12 @@ void DatabaseRun::RecreateLostSlot() {
 
 		if (!exists || !XLogRecPtrIsInvalid(lost_from)) {
 			const char *reason =
-				exists ? "the capture slot was invalidated (max_slot_wal_keep_size exceeded)"
-					   : "the capture slot was missing (dropped, or the server was promoted from a standby)";
-			ereport(WARNING, (errmsg("bemi: %s; changes since %X/%X are lost", reason, BEMI_LSN_ARGS(lost_from)),
-							  errdetail("A new capture slot is created; the gap is recorded in bemi.gaps."),
-							  errhint("Raise max_slot_wal_keep_size, and watch bemi_status().")));
+			    exists ? "the capture slot was invalidated (max_slot_wal_keep_size exceeded)"
+			           : "the capture slot was missing (dropped, or the server was promoted from a standby)";
+			ereport(WARNING,
+			        (errmsg("bemi: %s; changes since %X/%X are lost", reason, BEMI_LSN_ARGS(lost_from)),
+			         errdetail("A new capture slot is created; the gap is recorded in bemi.gaps."),
+			         errhint("Raise max_slot_wal_keep_size, and watch bemi_status().")));
 			BemiReportError(db_, reason);
 			if (exists)
 				BemiDropSlot(slot_);
@@ -232,11 +233,12 @@ void DatabaseRun::RecreateLostSlot() {
 			InTransactionWithSpi([&]() {
 				Oid types[3] = {PG_LSNOID, PG_LSNOID, TEXTOID};
 				Datum args[3] = {LSNGetDatum(lost_from), LSNGetDatum(GetXLogInsertRecPtr()),
-								 CStringGetTextDatum(reason)};
+				                 CStringGetTextDatum(reason)};
 				char nulls[3] = {XLogRecPtrIsInvalid(lost_from) ? 'n' : ' ', ' ', ' '};
 
-				if (SPI_execute_with_args("INSERT INTO bemi.gaps (from_lsn, to_lsn, reason) VALUES ($1, $2, $3)", 3,
-										  types, args, nulls, false, 0) != SPI_OK_INSERT)
+				if (SPI_execute_with_args(
+				        "INSERT INTO bemi.gaps (from_lsn, to_lsn, reason) VALUES ($1, $2, $3)", 3, types,
+				        args, nulls, false, 0) != SPI_OK_INSERT)
 					elog(ERROR, "bemi: could not record a gap in bemi.gaps");
 			});
 		}
@@ -284,7 +286,8 @@ void DatabaseRun::Retire() {
 		}
 		BemiSlotName(db_->dboid, origin, sizeof(origin));
 		InTransaction([&]() { replorigin_drop_by_name(origin, true, false); });
-		ereport(LOG, (errmsg("bemi: capture stopped for database %u; slot \"%s\" dropped", db_->dboid, slot_)));
+		ereport(LOG,
+		        (errmsg("bemi: capture stopped for database %u; slot \"%s\" dropped", db_->dboid, slot_)));
 
 		LWLockAcquire(bemi_shared->lock, LW_EXCLUSIVE);
 		db_->pid = 0;
@@ -353,12 +356,14 @@ void DatabaseRun::Flush() {
 // Decodes WAL up to end_of_wal while the worker may; true if it stopped for a full batch.
 // C-style, inside PgCall only: one PgCall for a whole round of WAL records.
 bool DatabaseRun::Decode(XLogRecPtr end_of_wal) {
-	while (ctx_->reader->EndRecPtr < end_of_wal && (db_->state == BEMI_RUNNING || db_->state == BEMI_FAILING)) {
+	while (ctx_->reader->EndRecPtr < end_of_wal &&
+	       (db_->state == BEMI_RUNNING || db_->state == BEMI_FAILING)) {
 		char *errm = nullptr;
 		XLogRecord *record = XLogReadRecord(ctx_->reader, &errm);
 
 		if (errm)
-			elog(ERROR, "bemi: could not read WAL at %X/%X: %s", BEMI_LSN_ARGS(ctx_->reader->EndRecPtr), errm);
+			elog(ERROR, "bemi: could not read WAL at %X/%X: %s", BEMI_LSN_ARGS(ctx_->reader->EndRecPtr),
+			     errm);
 		if (record)
 			LogicalDecodingProcessRecord(ctx_, ctx_->reader);
 		if (sink_->PendingChanges() >= bemi_batch_size)
@@ -412,10 +417,11 @@ void DatabaseRun::Stream() {
 			if (pending_since == 0)
 				pending_since = GetCurrentTimestamp();
 			long remaining = TimestampDifferenceMilliseconds(
-				GetCurrentTimestamp(), TimestampTzPlusMilliseconds(pending_since, bemi_flush_delay_ms));
+			    GetCurrentTimestamp(), TimestampTzPlusMilliseconds(pending_since, bemi_flush_delay_ms));
 			if (remaining <= 0)
 				return false;
-			(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, remaining, PG_WAIT_EXTENSION);
+			(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, remaining,
+			                PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
 			return true;
 		});
@@ -430,7 +436,7 @@ void DatabaseRun::Stream() {
 				ConfirmDurable(true); // idle: make our last batch durable and confirm it
 				pgstat_report_activity(STATE_IDLE, nullptr);
 				(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kNaptimeMs,
-								PG_WAIT_EXTENSION);
+				                PG_WAIT_EXTENSION);
 				ResetLatch(MyLatch);
 			}
 		});
@@ -445,7 +451,8 @@ extern "C" void BemiWorkerRun(Oid dboid) {
 	bemi::Enter([&]() {
 		MemoryContext context = bemi::PgCall([&]() {
 			bemi::Connect(dboid);
-			MemoryContext worker = AllocSetContextCreate(TopMemoryContext, "bemi worker", ALLOCSET_DEFAULT_SIZES);
+			MemoryContext worker =
+			    AllocSetContextCreate(TopMemoryContext, "bemi worker", ALLOCSET_DEFAULT_SIZES);
 			MemoryContextSwitchTo(worker);
 			return worker;
 		});
