@@ -6,13 +6,17 @@ MODULE_big = bemi
 # when they are created, so a file comes after every file whose objects its bodies name:
 #  core.sql       the schema, bemi.changes, bemi.gaps, bemi.progress, context and status functions:
 #                 everything else is built on them.
-#  ddl_guard.sql  comments on bemi.gaps (core.sql) for the rows src/context/ddl_guard.c writes.
-#  query.sql      history, time travel, reversion; creates bemi.tracking.
+#  ddl_guard.sql  comments on bemi.gaps (core.sql) for the rows src/context/ddl_guard.cpp writes.
+#  access.sql     bemi.tracking, who may read which changes (src/fn/readable.cpp), and the
+#                 SECURITY DEFINER readers of bemi.changes: everything below reads through them.
+#  history.sql    bemi_diff, bemi_primary_key, the bemi_change type and bemi._change (one row of
+#                 the trail as the functions return it), history and grouping.
+#  time_travel.sql bemi_as_of and friends; their bodies call history.sql's functions.
+#  revert.sql     reverts and roll-forward; call history.sql's and time_travel.sql's functions.
 #  retention.sql  partitions and retention; bemi._trail_starts_at() (LANGUAGE sql) updates
-#                 bemi.tracking, so it must come after query.sql.
-#  start.sql      starts the worker while CREATE EXTENSION is still open: the last statement, so
-#                 the worker starts only on a complete schema (see the file).
-EXT_SQL = ext/core.sql ext/ddl_guard.sql ext/query.sql ext/retention.sql ext/start.sql
+#                 bemi.tracking (access.sql).
+EXT_SQL = ext/core.sql ext/ddl_guard.sql ext/access.sql ext/history.sql ext/time_travel.sql ext/revert.sql \
+          ext/retention.sql ext/start.sql
 # The version is set in bemi.control (default_version) and nowhere else.
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\\(.*\\)'/\\1/p" bemi.control)
 DATA_built = bemi--$(EXTVERSION).sql
@@ -42,7 +46,7 @@ SHLIB_LINK += -lfmt -lstdc++
 # it out on servers without output_plugin_libraries, so a file after it would start from a
 # different trail on different servers. Last, it changes nothing any other file sees. (Today's
 # files do pass with it second: none relies on the trail before it; keep it that way anyway.)
-REGRESS = boundary context comment capture images images_xml ddl partitions truncate plugin status bemi_trigger security history as_of revert retention security_decoding security_ddl security_identity security_names security_history security_time_travel misconfig
+REGRESS = boundary context comment capture images images_xml ddl partitions truncate plugin status bemi_trigger security history as_of primary_key revert retention security_decoding security_ddl security_identity security_names security_history security_time_travel misconfig
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/regress.conf --load-extension=bemi
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl

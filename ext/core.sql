@@ -95,7 +95,7 @@ REVOKE ALL ON bemi.progress FROM PUBLIC;
 -- Changes bemi could not record: its slot was invalidated or went missing (the worker writes the
 -- row), or a table owner took a table out of capture or rewrote its values (SET UNLOGGED,
 -- ALTER COLUMN ... TYPE: the backend writes the row in the ALTER's own transaction, with the
--- table, the role and the statement; see src/context/ddl_guard.c). Never silent.
+-- table, the role and the statement; see src/context/ddl_guard.cpp). Never silent.
 CREATE TABLE bemi.gaps (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     detected_at timestamptz NOT NULL DEFAULT now(),
@@ -223,12 +223,4 @@ BEGIN
     END IF;
 END $$;
 
-------------------------------------------------------------------------------------------------
--- Internals
-------------------------------------------------------------------------------------------------
--- Proves the C++/PostgreSQL error boundary: 'cxx' throws a C++ exception, 'pg' raises a
--- PostgreSQL ERROR inside C++ code; both must surface as clean SQL errors.
-CREATE FUNCTION bemi._boundary_test(kind text) RETURNS text
-    AS 'MODULE_PATHNAME', 'bemi_boundary_test' LANGUAGE C VOLATILE STRICT;
-REVOKE ALL ON FUNCTION bemi._boundary_test(text) FROM PUBLIC;
 

@@ -1,5 +1,5 @@
 ------------------------------------------------------------------------------------------------
--- DDL that takes changes out of the trail (src/context/ddl_guard.c writes these rows from the
+-- DDL that takes changes out of the trail (src/context/ddl_guard.cpp writes these rows from the
 -- backend that runs the ALTER, in its transaction, as the extension's owner).
 ------------------------------------------------------------------------------------------------
 COMMENT ON TABLE bemi.gaps IS

@@ -22,6 +22,14 @@ INSERT INTO comment_items VALUES (9, 'no end marker') /*Bemi {"user_id": 1} */;
 SET bemi.max_context_size = 16;
 INSERT INTO comment_items VALUES (10, 'too large') /*Bemi {"user_id": 1, "padding": "xxxxxxxxxxxx"} Bemi*/;
 RESET bemi.max_context_size;
+-- JSON too deep for the parser's stack is the comment's fault too (the statement, 200 kB, is not
+-- echoed; the detail, the parser's own message, differs between versions: terse).
+\set VERBOSITY terse
+\set ECHO none
+SELECT format('INSERT INTO comment_items VALUES (19, %L) /*Bemi {"deep": %s%s} Bemi*/',
+              'too deep', repeat('[', 100000), repeat(']', 100000)) \gexec
+\set ECHO all
+\set VERBOSITY default
 
 -- JSON escapes keep comment terminators out of the SQL comment.
 INSERT INTO comment_items VALUES (11, 'escaped') /*Bemi {"path": "\u002a/ Bemi\u002a/ \"quoted\" \\ done"} Bemi*/;

@@ -45,6 +45,16 @@ SELECT bemi_set_context('"a string"');
 ROLLBACK TO SAVEPOINT s;
 SELECT bemi_set_context('42');
 ROLLBACK TO SAVEPOINT s;
+-- The refusal shows the value, clipped to 1000 bytes.
+DO $$
+DECLARE
+  detail text;
+BEGIN
+  PERFORM bemi_set_context(to_jsonb(repeat('x', 5000)));
+EXCEPTION WHEN invalid_parameter_value THEN
+  GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+  RAISE NOTICE 'detail: % bytes: %', octet_length(detail), left(detail, 8) || '...' || right(detail, 8);
+END $$;
 SELECT bemi_context() AS unchanged;
 COMMIT;
 
@@ -75,3 +85,9 @@ COMMIT;
 
 -- Settings live under a reserved prefix.
 SET bemi.no_such_setting = 1;
+
+-- bemi_context() returns a copy: a context set later in the same statement does not change it.
+SELECT bemi_set_context('{"n": 1}', false);
+SELECT bemi_context() AS before_set, bemi_set_context('{"n": 2}', false) AS set;
+SELECT bemi_context() AS after_set;
+SELECT bemi_set_context(NULL, false);

@@ -26,3 +26,22 @@ ALTER TABLE ddl_keys DROP CONSTRAINT ddl_keys_pkey, ADD PRIMARY KEY (a, b);
 INSERT INTO ddl_keys VALUES (1, 2, 'y');
 SELECT bemi_wait();
 SELECT operation, primary_key FROM bemi.changes WHERE "table" = 'ddl_keys' ORDER BY id;
+
+-- Names come from the catalog as of each change, and a rename reaches the tables it names: a
+-- partitioned table renamed is the new name of its partitions' changes; a schema renamed, of
+-- its tables'. (The worker keeps what it knows of each table until DDL says it changed.)
+CREATE SCHEMA ddl_before;
+CREATE TABLE ddl_before.ddl_moved (id int PRIMARY KEY);
+CREATE TABLE ddl_roots (id int PRIMARY KEY) PARTITION BY RANGE (id);
+CREATE TABLE ddl_roots_low PARTITION OF ddl_roots FOR VALUES FROM (0) TO (100);
+INSERT INTO ddl_before.ddl_moved VALUES (1);
+INSERT INTO ddl_roots VALUES (1);
+ALTER SCHEMA ddl_before RENAME TO ddl_after;
+ALTER TABLE ddl_roots RENAME TO ddl_trunks;
+INSERT INTO ddl_after.ddl_moved VALUES (2);
+INSERT INTO ddl_trunks VALUES (2);
+SELECT bemi_wait();
+SELECT schema, "table", operation, primary_key FROM bemi.changes
+ WHERE "table" IN ('ddl_moved', 'ddl_roots', 'ddl_trunks', 'ddl_roots_low') ORDER BY id;
+DROP SCHEMA ddl_after CASCADE;
+DROP TABLE ddl_trunks;

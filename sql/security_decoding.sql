@@ -265,7 +265,7 @@ BEGIN
 END $$;
 SELECT count(*) AS decoded FROM pg_logical_slot_get_changes('sec_decoding', NULL, NULL) WHERE data LIKE '%"churn"%';
 SELECT sum(total_bytes) < 200000 AS plan_memory_bounded
-  FROM pg_backend_memory_contexts WHERE name IN ('bemi image plans', 'bemi image plan');
+  FROM pg_backend_memory_contexts WHERE name IN ('bemi relations', 'bemi relation');
 SELECT pg_drop_replication_slot('sec_decoding');
 
 DROP TABLE decoded, tagged, graded, churn, vault, ledger;

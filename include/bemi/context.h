@@ -1,6 +1,7 @@
 /*
- * context.h: what every backend runs (src/context): the hooks that attach context to
- * transactions and hold first writes for a new slot, and the DDL guard.
+ * context.h: what other areas see of the context area (src/context), which every backend runs:
+ * the hooks that attach context to transactions, hold first writes for a new slot and guard DDL.
+ * What its C shims call in its C++ core is in context_core.h.
  */
 #ifndef BEMI_CONTEXT_H
 #define BEMI_CONTEXT_H
@@ -14,9 +15,6 @@ extern "C" {
 /* True in bemi's own worker: its writes carry no context and are never captured. */
 extern bool bemi_is_worker;
 extern void BemiContextInit(void);
-
-struct PlannedStmt;
-extern void BemiGuardDdl(struct PlannedStmt *pstmt, const char *query_string);
 
 #ifdef __cplusplus
 }

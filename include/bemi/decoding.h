@@ -1,5 +1,7 @@
 /*
- * decoding.h: turning decoded tuples into change images (decoding/image.c).
+ * decoding.h: turning decoded tuples into change images (src/decoding: image.cpp, entered through
+ * plugin.cpp). Callable from C; an error comes back as a PostgreSQL ERROR. Plans are cached per
+ * relation for the life of the process and follow its invalidations.
  */
 #ifndef BEMI_DECODING_H
 #define BEMI_DECODING_H
@@ -9,6 +11,10 @@
 #include "access/htup.h"
 #include "utils/jsonb.h"
 #include "utils/rel.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 /* to_jsonb() of a row; unchanged TOASTed values are taken from old_tuple when it has them. */
 extern Jsonb *BemiImageFromTuple(Relation rel, HeapTuple tuple, HeapTuple old_tuple);
@@ -24,5 +30,9 @@ extern Jsonb *BemiEmptyImage(void);
  * JSON array for a composite key; NULL when the table has no primary key.
  */
 extern text *BemiPrimaryKey(Relation rel, Jsonb *image);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

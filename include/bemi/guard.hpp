@@ -53,13 +53,14 @@ private:
 	std::string message_, detail_, hint_;
 };
 
-// What an entry guard caught; fixed buffers so that recording it cannot fail.
+// What an entry guard caught; fixed buffers so that recording it cannot fail. Only RecordFailure
+// fills the buffers (Enter runs on every hook call: nothing is zeroed when nothing fails).
 struct GuardFailure {
 	ErrorData *pg_error = nullptr;
 	int sqlstate = 0;
-	char message[1024] = {};
-	char detail[1024] = {};
-	char hint[512] = {};
+	char message[1024];
+	char detail[1024];
+	char hint[512];
 };
 
 // Runs fn(arg) under PG_TRY; returns the copied error, or nullptr if none was raised.

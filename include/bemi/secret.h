@@ -22,6 +22,10 @@ extern "C" {
 #define BEMI_MAC_HEX_LEN 64
 #define BEMI_SIGNED_HEADER_LEN (BEMI_SIGNED_TAG_LEN + BEMI_MAC_HEX_LEN + 1)
 
+/*
+ * secret.c stays C: every line of it is a PostgreSQL call (shared memory, the key file, pg_hmac).
+ * BemiSignMessage and BemiVerifyMessage may ERROR (out of memory): C++ calls them inside a PgCall.
+ */
 extern void BemiSecretShmemRequest(void);
 extern void BemiSecretShmemStartup(void);
 

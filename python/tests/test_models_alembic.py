@@ -107,7 +107,7 @@ def test_alembic_helper_enables_the_extension_and_full_replica_identity(pg):
             "SELECT relname, relreplident FROM pg_class WHERE relname IN ('Todo', 'plain')")).all())
         assert identities == {"Todo": "f", "plain": "f"}
     with engine.begin() as conn:
-        # With bemi installed only a superuser with the setting off may drop FULL (ddl_guard.c).
+        # With bemi installed only a superuser with the setting off may drop FULL (src/context/ddl_guard.cpp).
         conn.execute(text("SET LOCAL bemi.replica_identity_full = off"))
         conn.execute(text("ALTER TABLE plain REPLICA IDENTITY DEFAULT"))
         plain = Table("plain", MetaData(), Column("id", Integer, primary_key=True))

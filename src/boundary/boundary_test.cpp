@@ -1,6 +1,9 @@
-// boundary_test.cpp: bemi_boundary_test(kind), a C entry point in the library that exercises both
-// directions of the C++/PostgreSQL error boundary. No install script creates it: sql/boundary.sql
-// declares it for the test's own session (only a superuser can declare a C function).
+// boundary_test.cpp: the core of bemi_boundary_test(kind) (its C entry is in src/fn/fn_shim.c),
+// which exercises both directions of the C++/PostgreSQL error boundary. No install script creates
+// it: sql/boundary.sql declares it for the test's own session (only a superuser can declare a C
+// function).
+#include "../fn/fn.h"
+
 #include "bemi/guard.hpp"
 
 #include <fmt/format.h>
@@ -10,11 +13,7 @@
 
 extern "C" {
 #include "executor/spi.h"
-#include "fmgr.h"
 #include "utils/builtins.h"
-#include "utils/lsyscache.h"
-
-PG_FUNCTION_INFO_V1(bemi_boundary_test);
 }
 
 namespace bemi {
@@ -23,7 +22,7 @@ namespace {
 // An ERROR raised by PostgreSQL code running under C++ frames, with a detail and a hint.
 void RaisePgError() {
 	ereport(ERROR, (errcode(ERRCODE_CHECK_VIOLATION), errmsg("PostgreSQL error under C++ frames"),
-					errdetail("detail from PostgreSQL"), errhint("hint from PostgreSQL")));
+	                errdetail("detail from PostgreSQL"), errhint("hint from PostgreSQL")));
 }
 
 // Runs `sql` through SPI, under C++ frames: what it raises comes back as a PgError.
@@ -46,10 +45,11 @@ std::string BoundaryTest(const std::string &kind, const std::string &function) {
 		throw std::runtime_error(fmt::format("C++ exception from bemi ({} objects unwound)", owned.size()));
 	if (kind == "bemi")
 		throw Error(ERRCODE_INVALID_PARAMETER_VALUE, "bemi error with an SQLSTATE", "detail survives",
-					"hint survives");
+		            "hint survives");
 	if (kind == "pg") {
 		// A PostgreSQL ERROR raised inside C++: becomes PgError, unwinds `owned`, is re-raised.
-		PgCall([]() { return DatumGetInt32(DirectFunctionCall2(int4div, Int32GetDatum(1), Int32GetDatum(0))); });
+		PgCall(
+		    []() { return DatumGetInt32(DirectFunctionCall2(int4div, Int32GetDatum(1), Int32GetDatum(0))); });
 		return "unreachable";
 	}
 	if (kind == "pg_detail") {
@@ -60,23 +60,21 @@ std::string BoundaryTest(const std::string &kind, const std::string &function) {
 	// executor), its Enter raises an ERROR, the outer PgCall turns it back into an exception,
 	// and the outer Enter raises it again: SQLSTATE, detail and hint unchanged.
 	if (kind == "nested_bemi" || kind == "nested_pg" || kind == "nested_ok")
-		return "nested: " + RunNested(fmt::format("SELECT {}('{}')", function, kind.substr(7) == "pg" ? "pg_detail" : kind.substr(7)));
+		return "nested: " + RunNested(fmt::format("SELECT {}('{}')", function,
+		                                          kind.substr(7) == "pg" ? "pg_detail" : kind.substr(7)));
 	if (kind == "ok")
 		return "ok";
 	throw Error(ERRCODE_INVALID_PARAMETER_VALUE, fmt::format("unknown kind \"{}\"", kind), {},
-				"Use cxx, bemi, pg, pg_detail, nested_bemi, nested_pg, nested_ok or ok.");
+	            "Use cxx, bemi, pg, pg_detail, nested_bemi, nested_pg, nested_ok or ok.");
 }
 
 } // namespace
 } // namespace bemi
 
-extern "C" Datum bemi_boundary_test(PG_FUNCTION_ARGS) {
-	const char *kind = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	Oid fn = fcinfo->flinfo->fn_oid;
-	const char *function = quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)), get_func_name(fn));
-	text *result = bemi::Enter([&]() {
+extern "C" text *BemiBoundaryTest(const char *kind, const char *function) {
+	return bemi::Enter([&]() {
 		std::string answer = bemi::BoundaryTest(kind, function);
-		return bemi::PgCall([&]() { return cstring_to_text_with_len(answer.data(), static_cast<int>(answer.size())); });
+		return bemi::PgCall(
+		    [&]() { return cstring_to_text_with_len(answer.data(), static_cast<int>(answer.size())); });
 	});
-	PG_RETURN_TEXT_P(result);
 }

@@ -52,6 +52,7 @@ static void CopyText(char *to, size_t size, const char *from) {
 
 // Called inside a catch handler: classifies the in-flight exception without allocating.
 void RecordFailure(GuardFailure *failure) noexcept {
+	failure->message[0] = failure->detail[0] = failure->hint[0] = '\0';
 	try {
 		throw;
 	} catch (const PgError &e) {

@@ -1,7 +1,8 @@
-# In-place upgrade 0.1.0 -> 0.2.0 with the new library: a database still on 0.1.0's SQL keeps
-# capturing (without table_oid, and says what to run), ALTER EXTENSION bemi UPDATE keeps the trail
-# as written, capture goes on exactly once, the history functions read old and new changes, and
-# the upgraded schema is a fresh 0.2.0 install's, bound to nothing outside pg_catalog and bemi's.
+# In-place upgrades with the new library: a database still on 0.1.0's SQL keeps capturing
+# (without table_oid, and says what to run), ALTER EXTENSION bemi UPDATE keeps the trail as
+# written (0.1.0 -> 0.2.0 -> 0.3.0), capture goes on exactly once, the history functions read old
+# and new changes, and the upgraded schemas (from 0.1.0, and from a database created on 0.2.0)
+# are a fresh install's, bound to nothing outside pg_catalog and bemi's.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -81,7 +82,7 @@ $node->safe_psql('shop', q{
 	    LANGUAGE plpgsql AS $$BEGIN PERFORM public.pwn('= (name, text)'); RETURN $1 OPERATOR(pg_catalog.=) $2; END$$;
 	CREATE OPERATOR public.= (LEFTARG = name, RIGHTARG = text, FUNCTION = public.pwn_eq);
 });
-$node->safe_psql('shop', 'ALTER EXTENSION bemi UPDATE');
+$node->safe_psql('shop', q{ALTER EXTENSION bemi UPDATE TO '0.2.0'});
 is($node->safe_psql('shop', q{SELECT extversion FROM pg_extension WHERE extname = 'bemi'}), '0.2.0', 'updated to 0.2.0');
 is($node->safe_psql('shop', 'SELECT count(*) FROM public.pwned'), '0', 'no look-alike ran during the update');
 
@@ -125,7 +126,31 @@ is($node->safe_psql('shop', q{SET ROLE clerk;
 my ($ret, $out, $err) = $node->psql('shop', q{SET ROLE planter; SELECT * FROM bemi_row_history('orders_renamed', 1)});
 like($err, qr/permission denied|may not read|cannot read/i, 'a role without SELECT on the table reads nothing');
 
-# 7. The upgraded schema is a fresh install's: every member of the extension with its definition,
+# 7. On to 0.3.0 (the look-alikes still planted): the test-only bemi._boundary_test is gone, the
+# history functions read through their new definitions, time travel matches rows by the plugin's
+# own key rule. A database created on 0.2.0 takes the same step.
+$node->safe_psql('shop', 'ALTER EXTENSION bemi UPDATE');
+is($node->safe_psql('shop', q{SELECT extversion FROM pg_extension WHERE extname = 'bemi'}), '0.3.0', 'updated to 0.3.0');
+# (History is found by the name a change was recorded under: orders gets its name back.)
+$node->safe_psql('shop', 'DROP TABLE public.orders; ALTER TABLE orders_renamed RENAME TO orders');
+is($node->safe_psql('shop', 'SELECT count(*) FROM public.pwned'), '0', 'no look-alike ran during the update to 0.3.0');
+is($node->safe_psql('shop', q{SELECT to_regprocedure('bemi._boundary_test(text)') IS NULL}), 't',
+	'the boundary test function is no longer installed');
+is($node->safe_psql('shop', q{SET ROLE clerk;
+	SELECT string_agg(operation || ':' || (context->>'request'), ',') FROM bemi_row_history('orders', 1)}),
+	'UPDATE:r3,UPDATE:r2,CREATE:r1', 'row history after the update to 0.3.0');
+is($node->safe_psql('shop', q{SET ROLE clerk;
+	SELECT string_agg(id || ':' || amount, ',' ORDER BY id)
+	  FROM bemi_as_of(NULL::orders, (SELECT min(committed_at) - interval '1 microsecond'
+	                                   FROM bemi_context_history('{"request": "r2"}')))}),
+	'1:10,2:20,3:30,4:40,5:50', 'time travel after the update to 0.3.0: the table before r2');
+$node->safe_psql('postgres', 'CREATE DATABASE direct');
+$node->safe_psql('direct', q{CREATE EXTENSION bemi VERSION '0.2.0'});
+$node->safe_psql('direct', 'ALTER EXTENSION bemi UPDATE');
+is($node->safe_psql('direct', q{SELECT extversion FROM pg_extension WHERE extname = 'bemi'}), '0.3.0',
+	'a database created on 0.2.0 updated to 0.3.0');
+
+# 8. The upgraded schemas are a fresh install's: every member of the extension with its definition,
 # ACL and comment; the tables' columns, defaults, constraints, indexes; every dependency.
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
 $node->safe_psql('fresh', 'CREATE EXTENSION bemi');
@@ -172,18 +197,20 @@ SELECT string_agg(line, E'\n' ORDER BY line) FROM (
 	SELECT 'schema bemi acl=' || nspacl::text FROM pg_namespace WHERE nspname = 'bemi'
 ) lines(line)
 };
-my $upgraded = $node->safe_psql('shop', $schema_sql);
 my $fresh = $node->safe_psql('fresh', $schema_sql);
 ok(length($fresh) > 10000, 'the schema description is not empty');
-is($upgraded, $fresh, 'the upgraded schema is a fresh 0.2.0 install\'s');
-if ($upgraded ne $fresh) {
-	my %f = map { $_ => 1 } split /\n/, $fresh;
-	my %u = map { $_ => 1 } split /\n/, $upgraded;
-	diag("only upgraded: $_") for grep { !$f{$_} } split /\n/, $upgraded;
-	diag("only fresh: $_") for grep { !$u{$_} } split /\n/, $fresh;
+for my $db ('shop', 'direct') {
+	my $upgraded = $node->safe_psql($db, $schema_sql);
+	is($upgraded, $fresh, "the upgraded schema ($db) is a fresh 0.3.0 install's");
+	if ($upgraded ne $fresh) {
+		my %f = map { $_ => 1 } split /\n/, $fresh;
+		my %u = map { $_ => 1 } split /\n/, $upgraded;
+		diag("only upgraded: $_") for grep { !$f{$_} } split /\n/, $upgraded;
+		diag("only fresh: $_") for grep { !$u{$_} } split /\n/, $fresh;
+	}
 }
 
-# 8. The upgraded database is bound to nothing outside pg_catalog and bemi's own (security_names).
+# 9. The upgraded database is bound to nothing outside pg_catalog and bemi's own (security_names).
 is($node->safe_psql('shop', q{
 	SELECT string_agg(pg_describe_object(d.classid, d.objid, 0) || ' -> ' || pg_describe_object(d.refclassid, d.refobjid, 0), ', ')
 	  FROM pg_depend d

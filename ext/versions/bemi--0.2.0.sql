@@ -1,3 +1,248 @@
+-- bemi: context-aware audit trail. Complain if the script is sourced in psql.
+\echo Use "CREATE EXTENSION bemi" to load this file. \quit
+
+-- Names in this script resolve only in pg_catalog (and pg_temp, last): a role that may create in
+-- the extension's schema (often public) must never get its look-alike function or operator
+-- bound into bemi's objects. So every object of the extension's schema is created and referred
+-- to as @extschema@.name, and bemi's own as bemi.name. SET LOCAL, not SET: CREATE EXTENSION
+-- undoes it when the script ends. (docs/security.md, "Names")
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+-- Tables live in the fixed schema "bemi"; user-facing functions in the extension's schema
+-- (normally public), so `SELECT bemi_set_context(...)` works without qualification.
+CREATE SCHEMA bemi;
+REVOKE ALL ON SCHEMA bemi FROM PUBLIC;
+
+-- One row per captured change. Column names follow Bemi's `changes` table.
+-- Names and keys compare bytewise (COLLATE "C"): index maintenance on the ingest path is cheaper.
+-- Partitioned by committed_at so that retention drops whole partitions (ext/retention.sql).
+-- Until retention is set up, every change is in the default partition.
+-- The indexes are the partitions' own, defined on the default partition and copied to each
+-- partition the worker makes (LIKE ... INCLUDING INDEXES): an index on the parent would be
+-- created again by pg_restore for the restored partitions, and fail.
+CREATE TABLE bemi.changes (
+    id             bigint GENERATED ALWAYS AS IDENTITY,
+    primary_key    text COLLATE "C",
+    "before"       jsonb NOT NULL DEFAULT '{}',
+    "after"        jsonb NOT NULL DEFAULT '{}',
+    context        jsonb NOT NULL DEFAULT '{}',
+    database       text COLLATE "C" NOT NULL,
+    schema         text COLLATE "C" NOT NULL,
+    "table"        text COLLATE "C" NOT NULL,
+    operation      text COLLATE "C" NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')),
+    committed_at   timestamptz NOT NULL,
+    transaction_id bigint NOT NULL,
+    position       pg_lsn NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- The recorded table's OID (the partitioned table's, for a partition recorded under its
+    -- root): history follows the table, not whichever table holds its name now. Meaningful for
+    -- changes committed after bemi.tracking.oids_since only (before that: another database,
+    -- restored from a dump).
+    table_oid      oid
+) PARTITION BY RANGE (committed_at);
+CREATE TABLE bemi.changes_default PARTITION OF bemi.changes (PRIMARY KEY (id)) DEFAULT;
+CREATE INDEX changes_default_row_history ON bemi.changes_default ("table", primary_key, schema, id);
+CREATE INDEX changes_default_committed_at ON bemi.changes_default USING brin (committed_at);
+CREATE INDEX changes_default_transaction ON bemi.changes_default (transaction_id, position);
+CREATE INDEX changes_default_context ON bemi.changes_default USING gin (context pg_catalog.jsonb_path_ops);
+REVOKE ALL ON bemi.changes FROM PUBLIC;
+-- pg_dump skips extension tables unless told: the trail must survive a dump and restore.
+SELECT pg_catalog.pg_extension_config_dump('bemi.changes', '');
+SELECT pg_catalog.pg_extension_config_dump('bemi.changes_default', '');
+SELECT pg_catalog.pg_extension_config_dump('bemi.changes_id_seq', '');
+
+-- Reading the trail is a privilege: grant the role bemi_reader (shared by every database). A
+-- bemi_reader that exists already must be one a superuser controls: a role with CREATEROLE could
+-- have made it in advance, or granted it, to read every trail installed after (docs/security.md).
+DO $$
+DECLARE
+    suspect text;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'bemi_reader') THEN
+        CREATE ROLE bemi_reader NOLOGIN;
+        RETURN;
+    END IF;
+    SELECT pg_catalog.string_agg(pg_catalog.format('%I', m.rolname), ', ' ORDER BY m.rolname) INTO suspect
+      FROM pg_catalog.pg_auth_members a
+      JOIN pg_catalog.pg_roles m ON m.oid OPERATOR(pg_catalog.=) a.member
+      JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantor
+     WHERE a.roleid OPERATOR(pg_catalog.=) 'bemi_reader'::pg_catalog.regrole
+       AND NOT m.rolsuper AND (a.admin_option OR NOT g.rolsuper);
+    IF suspect IS NOT NULL OR (SELECT rolcanlogin OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'bemi_reader') THEN
+        RAISE EXCEPTION 'role bemi_reader exists and is not under a superuser''s control'
+            USING ERRCODE = 'insufficient_privilege',
+            DETAIL = pg_catalog.format('bemi_reader reads every database''s trail. It must be NOLOGIN, and only superusers may grant it or administer it; %s.',
+                                       coalesce('these roles got it or its admin option from a non-superuser: ' || suspect, 'it can log in or is a superuser')),
+            HINT = 'Check who made bemi_reader; as a superuser, REVOKE those memberships (or DROP ROLE bemi_reader) and try again.';
+    END IF;
+END $$;
+GRANT USAGE ON SCHEMA bemi TO bemi_reader;
+GRANT SELECT ON bemi.changes TO bemi_reader;
+
+-- The worker's progress, written in the same transaction as the rows it covers.
+-- All transactions whose commit record ends before txn_end_lsn are written; of the transaction
+-- ending at txn_end_lsn, the first txn_records changes are written (all of them if txn_complete).
+CREATE TABLE bemi.progress (
+    singleton    boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    txn_end_lsn  pg_lsn NOT NULL DEFAULT '0/0',
+    txn_records  bigint NOT NULL DEFAULT 0,
+    txn_complete boolean NOT NULL DEFAULT true,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO bemi.progress DEFAULT VALUES;
+REVOKE ALL ON bemi.progress FROM PUBLIC;
+
+-- Changes bemi could not record: its slot was invalidated or went missing (the worker writes the
+-- row), or a table owner took a table out of capture or rewrote its values (SET UNLOGGED,
+-- ALTER COLUMN ... TYPE: the backend writes the row in the ALTER's own transaction, with the
+-- table, the role and the statement; see src/context/ddl_guard.c). Never silent.
+CREATE TABLE bemi.gaps (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    detected_at timestamptz NOT NULL DEFAULT now(),
+    from_lsn    pg_lsn,
+    to_lsn      pg_lsn NOT NULL,
+    reason      text NOT NULL,
+    relation    text COLLATE "C",
+    table_oid   oid,
+    role        text COLLATE "C",
+    statement   text
+);
+REVOKE ALL ON bemi.gaps FROM PUBLIC;
+GRANT SELECT ON bemi.gaps TO bemi_reader;
+SELECT pg_catalog.pg_extension_config_dump('bemi.gaps', '');
+
+------------------------------------------------------------------------------------------------
+-- Context
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.bemi_set_context(context jsonb, is_local boolean DEFAULT true) RETURNS void
+    AS 'MODULE_PATHNAME', 'bemi_set_context' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.bemi_set_context(jsonb, boolean) IS
+    'Attach a JSON object to the changes that follow: this transaction (default) or the session; NULL clears';
+
+CREATE FUNCTION @extschema@.bemi_context() RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'bemi_context' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.bemi_context() IS 'The context that the next change of this session would carry';
+
+------------------------------------------------------------------------------------------------
+-- Status and waiting
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.bemi_wait(lsn pg_lsn DEFAULT pg_current_wal_insert_lsn(), timeout interval DEFAULT '60 seconds')
+    RETURNS boolean AS 'MODULE_PATHNAME', 'bemi_wait' LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.bemi_wait(pg_lsn, interval) IS
+    'Returns true once every change committed before lsn is visible in bemi.changes; errors on timeout';
+
+-- The tables whose changes bemi records: permanent tables outside the system schemas and bemi.
+CREATE FUNCTION bemi._user_tables(OUT rel oid, OUT name text, OUT is_partition boolean) RETURNS SETOF record
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relispartition
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'bemi')
+       AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
+$$;
+
+CREATE FUNCTION bemi._worker_state(
+    OUT worker_pid integer, OUT worker_state text, OUT slot_name text, OUT applied_lsn pg_lsn,
+    OUT changes_written bigint, OUT last_commit_at timestamptz, OUT last_error text,
+    OUT last_error_at timestamptz, OUT failures integer)
+    AS 'MODULE_PATHNAME', 'bemi_worker_state' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION @extschema@.bemi_status(
+    OUT database text, OUT worker_pid integer, OUT worker_state text, OUT slot_name text,
+    OUT slot_active boolean, OUT confirmed_lsn pg_lsn, OUT current_lsn pg_lsn,
+    OUT lag_bytes numeric, OUT lag_seconds double precision, OUT retained_wal_bytes numeric,
+    OUT wal_status text, OUT changes_written bigint, OUT last_error text, OUT last_error_at timestamptz,
+    OUT incomplete_image_tables text[], OUT tables_without_primary_key text[],
+    OUT settings_problems text[], OUT gaps bigint)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT current_database()::text, w.worker_pid, w.worker_state, w.slot_name,
+           s.active, s.confirmed_flush_lsn, pg_current_wal_lsn(),
+           pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(s.confirmed_flush_lsn, pg_current_wal_lsn())),
+           CASE WHEN w.last_commit_at IS NULL OR s.confirmed_flush_lsn >= pg_current_wal_lsn() THEN 0
+                ELSE extract(epoch FROM clock_timestamp() - w.last_commit_at)::double precision END,
+           pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(s.restart_lsn, pg_current_wal_lsn())),
+           s.wal_status, w.changes_written, w.last_error, w.last_error_at,
+           ARRAY(SELECT t.name FROM bemi._user_tables() t JOIN pg_class c ON c.oid = t.rel
+                  WHERE c.relreplident <> 'f' ORDER BY 1),
+           ARRAY(SELECT t.name FROM bemi._user_tables() t
+                  WHERE NOT t.is_partition
+                    AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = t.rel AND i.indisprimary)
+                  ORDER BY 1),
+           ARRAY(SELECT p FROM unnest(ARRAY[
+               CASE WHEN current_setting('wal_level') <> 'logical'
+                    THEN 'wal_level must be logical (now ' || current_setting('wal_level') || ')' END,
+               CASE WHEN NOT ('bemi' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ',')))
+                    THEN 'shared_preload_libraries must include bemi' END,
+               CASE WHEN current_setting('output_plugin_libraries', true) IS NOT NULL
+                     AND NOT ('bemi' = ANY (string_to_array(replace(current_setting('output_plugin_libraries', true), ' ', ''), ',')))
+                    THEN 'output_plugin_libraries must include bemi' END]) AS p WHERE p IS NOT NULL),
+           (SELECT count(*) FROM bemi.gaps)
+      FROM bemi._worker_state() w
+      LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name
+$$;
+COMMENT ON FUNCTION @extschema@.bemi_status() IS 'The worker, its slot, lag, retained WAL, last error and configuration problems';
+REVOKE ALL ON FUNCTION @extschema@.bemi_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.bemi_status() TO bemi_reader;
+GRANT EXECUTE ON FUNCTION bemi._worker_state() TO bemi_reader;
+
+------------------------------------------------------------------------------------------------
+-- Replica identity: complete before-images by default (bemi.replica_identity_full = off to opt out)
+------------------------------------------------------------------------------------------------
+-- Runs as the role that created the table (its owner, who may not use schema bemi): it names
+-- nothing of bemi's, only catalogs. An ordinary role's CREATE TABLE must never fail here.
+CREATE FUNCTION bemi._on_create_table() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel regclass;
+BEGIN
+    IF NOT coalesce(current_setting('bemi.replica_identity_full', true), 'on')::boolean THEN
+        RETURN;
+    END IF;
+    FOR rel IN SELECT c.oid FROM pg_event_trigger_ddl_commands() d JOIN pg_class c ON c.oid = d.objid
+                WHERE d.object_type = 'table' AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+                  AND c.relreplident = 'd'
+                  AND c.relnamespace NOT IN (SELECT n.oid FROM pg_namespace n
+                                              WHERE n.nspname IN ('bemi', 'pg_catalog', 'information_schema')) LOOP
+        EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', rel);
+    END LOOP;
+END $$;
+
+CREATE EVENT TRIGGER bemi_replica_identity ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+    EXECUTE FUNCTION bemi._on_create_table();
+
+DO $$
+DECLARE
+    rel regclass;
+BEGIN
+    IF coalesce(current_setting('bemi.replica_identity_full', true), 'on')::boolean THEN
+        FOR rel IN SELECT t.rel FROM bemi._user_tables() t JOIN pg_class c ON c.oid = t.rel
+                    WHERE c.relreplident = 'd' LOOP
+            EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', rel);
+        END LOOP;
+    END IF;
+END $$;
+
+------------------------------------------------------------------------------------------------
+-- Internals
+------------------------------------------------------------------------------------------------
+-- Proves the C++/PostgreSQL error boundary: 'cxx' throws a C++ exception, 'pg' raises a
+-- PostgreSQL ERROR inside C++ code; both must surface as clean SQL errors.
+CREATE FUNCTION bemi._boundary_test(kind text) RETURNS text
+    AS 'MODULE_PATHNAME', 'bemi_boundary_test' LANGUAGE C VOLATILE STRICT;
+REVOKE ALL ON FUNCTION bemi._boundary_test(text) FROM PUBLIC;
+
+------------------------------------------------------------------------------------------------
+-- DDL that takes changes out of the trail (src/context/ddl_guard.c writes these rows from the
+-- backend that runs the ALTER, in its transaction, as the extension's owner).
+------------------------------------------------------------------------------------------------
+COMMENT ON TABLE bemi.gaps IS
+    'Changes bemi could not record: a lost capture slot, or DDL that took a table out of capture or rewrote its values';
+COMMENT ON COLUMN bemi.gaps.relation IS
+    'The table the gap concerns (schema-qualified, as named when the gap was recorded); NULL for a lost slot';
+COMMENT ON COLUMN bemi.gaps.table_oid IS 'That table''s OID';
+COMMENT ON COLUMN bemi.gaps.role IS 'The role that ran the statement (current_user)';
+COMMENT ON COLUMN bemi.gaps.statement IS 'The statement, cut at 2000 bytes';
 ------------------------------------------------------------------------------------------------
 -- Using the trail: history, time travel, grouping, reversion (docs/sql-reference.md)
 ------------------------------------------------------------------------------------------------
@@ -824,3 +1069,253 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION @extschema@.bemi_roll_forward(bigint, boolean, boolean) IS
     'Re-apply the changes a revert undid (the revert''s transaction_id), with the same conflict checks';
+------------------------------------------------------------------------------------------------
+-- Retention: bemi.changes partitioned by committed_at, old partitions dropped
+------------------------------------------------------------------------------------------------
+-- bemi_set_retention() turns it on. The worker then keeps partitions made ahead of time and
+-- drops those older than the retention (bemi._maintain_changes, about every minute). A change
+-- whose commit time has no partition of its own lands in bemi.changes_default, never nowhere:
+-- when a partition is made for its range later, it is moved there first.
+
+-- No row: partitions are not managed and every change stays in bemi.changes_default.
+CREATE TABLE bemi.retention (
+    singleton          boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    retention          interval CHECK (retention > interval '0'),
+    partition_interval interval NOT NULL CHECK (partition_interval >= interval '1 second'),
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON bemi.retention FROM PUBLIC;
+GRANT SELECT ON bemi.retention TO bemi_reader;
+SELECT pg_catalog.pg_extension_config_dump('bemi.retention', '');
+
+-- The partitions of bemi.changes other than the default, with their bounds.
+CREATE FUNCTION bemi._partitions(OUT part regclass, OUT from_time timestamptz, OUT to_time timestamptz)
+RETURNS SETOF record
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
+    SELECT c.oid::regclass,
+           CASE WHEN b[1] = 'MINVALUE' THEN '-infinity' ELSE b[2]::timestamptz END,
+           CASE WHEN b[3] = 'MAXVALUE' THEN 'infinity' ELSE b[4]::timestamptz END
+      FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid,
+           regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                        '^FOR VALUES FROM \((MINVALUE|''([^'']*)'')\) TO \((MAXVALUE|''([^'']*)'')\)$') b
+     WHERE i.inhparent = 'bemi.changes'::regclass AND b IS NOT NULL
+     ORDER BY 2
+$$;
+
+-- The start of the partition holding `at`: whole months for intervals of months, else a
+-- multiple of the interval since 2000-01-01 UTC (so '1 day' gives UTC days).
+CREATE FUNCTION bemi._partition_start(at timestamptz, step interval) RETURNS timestamptz
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+DECLARE
+    months int := extract(year FROM step)::int * 12 + extract(month FROM step)::int;
+    m int;
+BEGIN
+    IF months = 0 THEN
+        RETURN date_bin(step, at, timestamptz '2000-01-01 00:00:00+00');
+    END IF;
+    m := (extract(year FROM at)::int - 2000) * 12 + extract(month FROM at)::int - 1;
+    RETURN timestamptz '2000-01-01 00:00:00+00' + make_interval(months => m - ((m % months) + months) % months);
+END $$;
+
+-- Makes the partition [lo, hi), first moving into it the changes bemi.changes_default holds for
+-- that range. The new table takes no lock that stops reading bemi.changes; the default
+-- partition is locked briefly.
+CREATE FUNCTION bemi._make_partition(lo timestamptz, hi timestamptz) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
+DECLARE
+    name text := 'changes_' || to_char(lo, CASE WHEN lo = date_trunc('day', lo) THEN 'YYYYMMDD'
+                                                ELSE 'YYYYMMDD"_"HH24MISS' END);
+    moved bigint;
+BEGIN
+    LOCK TABLE bemi.changes IN SHARE UPDATE EXCLUSIVE MODE;
+    LOCK TABLE bemi.changes_default IN ACCESS EXCLUSIVE MODE;
+    EXECUTE format('CREATE TABLE bemi.%I (LIKE bemi.changes_default INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)', name);
+    EXECUTE format('WITH moved AS (DELETE FROM bemi.changes_default WHERE committed_at >= $1 AND committed_at < $2 RETURNING *)'
+                   ' INSERT INTO bemi.%I SELECT * FROM moved', name) USING lo, hi;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    EXECUTE format('ALTER TABLE bemi.changes ATTACH PARTITION bemi.%I FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
+    RETURN format('created bemi.%I for [%s, %s)', name, lo, hi)
+        || CASE WHEN moved > 0 THEN format(', moving %s changes out of bemi.changes_default', moved) ELSE '' END;
+END $$;
+
+-- One round of upkeep at time `now`: partitions past the retention dropped, then partitions made
+-- for the current and the next intervals (and for any gap since the newest one, so that a worker
+-- that was down finds room for its backlog). A step that cannot get its locks within lock_timeout
+-- is left for the next round: waiting longer would hold up readers queued behind the lock.
+-- Returns what it did, and when it wants to run again.
+CREATE FUNCTION bemi._maintain_changes(now timestamptz, OUT actions text[], OUT next_in interval)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET lock_timeout = '500ms' AS $$
+DECLARE
+    cfg bemi.retention;
+    lo timestamptz;
+    hi timestamptz;
+    horizon timestamptz;
+    cutoff timestamptz;
+    newest timestamptz;
+    p record;
+    part text;
+    n bigint;
+BEGIN
+    actions := '{}';
+    next_in := '5 seconds';  -- not set up: look again soon, for bemi_set_retention()
+    SELECT * INTO cfg FROM bemi.retention;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    -- One round at a time (the worker's, a user's): decisions are made under this lock.
+    BEGIN
+        LOCK TABLE bemi.changes IN SHARE UPDATE EXCLUSIVE MODE;
+    EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+        actions := ARRAY['bemi.changes is busy; upkeep is tried again later'];
+        next_in := '10 seconds';
+        RETURN;
+    END;
+    next_in := least(greatest(cfg.partition_interval / 4, interval '1 second'), interval '1 minute');
+
+    -- Where the partitions end, before retention drops any (see the gap below).
+    SELECT max(to_time) INTO newest FROM bemi._partitions() WHERE to_time < 'infinity';
+
+    -- Drops first: they need bemi.changes itself locked, and taking that lock before any of
+    -- its partitions keeps the order readers use (no deadlock with a reader).
+    IF cfg.retention IS NOT NULL THEN
+        -- Time travel cannot reach behind the cutoff any more: say so before anything goes.
+        cutoff := now - cfg.retention;
+        FOR p IN SELECT * FROM bemi._partitions() WHERE to_time <= cutoff LOOP
+            part := p.part::text;
+            BEGIN
+                PERFORM bemi._trail_starts_at(p.to_time);
+                EXECUTE format('ALTER TABLE bemi.changes DETACH PARTITION %s', part);
+                EXECUTE format('DROP TABLE %s', part);
+                actions := actions || format('dropped %s [%s, %s): older than the retention of %s', part, p.from_time, p.to_time, cfg.retention);
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                actions := actions || format('could not lock bemi.changes to drop %s; trying again later', part);
+                EXIT;
+            END;
+        END LOOP;
+    END IF;
+
+    -- Partitions from the current interval (or the end of the newest partition, if that is
+    -- later than the retention's cutoff) to three intervals (and at least 15 seconds) ahead.
+    lo := bemi._partition_start(now, cfg.partition_interval);
+    IF newest IS NOT NULL AND newest < lo THEN
+        lo := greatest(newest, bemi._partition_start(now - coalesce(cfg.retention, interval '0'), cfg.partition_interval));
+    END IF;
+    horizon := now + greatest(3 * cfg.partition_interval, interval '15 seconds');
+    WHILE lo < horizon LOOP
+        hi := bemi._partition_start(lo, cfg.partition_interval) + cfg.partition_interval;
+        SELECT * INTO p FROM bemi._partitions() WHERE from_time <= lo AND to_time > lo;
+        IF FOUND THEN
+            lo := p.to_time;
+            CONTINUE;
+        END IF;
+        -- Existing partitions made with another interval keep their bounds: fill around them.
+        hi := least(hi, coalesce((SELECT min(from_time) FROM bemi._partitions() WHERE from_time > lo), hi));
+        BEGIN
+            actions := actions || bemi._make_partition(lo, hi);
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            actions := actions || format('could not lock bemi.changes to make a partition for [%s, %s); trying again later', lo, hi);
+            EXIT;
+        END;
+        lo := hi;
+    END LOOP;
+
+    IF cfg.retention IS NOT NULL THEN
+        -- Old changes in the default partition (from before retention was set up): in slices, so
+        -- that one round stays short.
+        IF EXISTS (SELECT 1 FROM bemi.changes_default WHERE committed_at < cutoff) THEN
+            PERFORM bemi._trail_starts_at(cutoff);
+            DELETE FROM bemi.changes_default
+             WHERE ctid = ANY (ARRAY(SELECT ctid FROM bemi.changes_default WHERE committed_at < cutoff LIMIT 100000));
+            GET DIAGNOSTICS n = ROW_COUNT;
+            actions := actions || format('deleted %s changes older than %s from bemi.changes_default', n, cutoff);
+            IF n = 100000 THEN
+                next_in := '1 second';
+            END IF;
+        END IF;
+    END IF;
+END $$;
+
+-- Changes before `at` are going: time travel starts there now, and no table can be rebuilt from
+-- the trail alone (their first rows may be in what is dropped).
+CREATE FUNCTION bemi._trail_starts_at(at timestamptz) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE bemi.tracking
+       SET started_at = at,
+           nonempty_tables = ARRAY(SELECT t.name FROM bemi._user_tables() t WHERE NOT t.is_partition)
+     WHERE started_at < at
+$$;
+
+-- Turn retention on, change it, or (retention NULL) keep changes for ever in partitions.
+CREATE FUNCTION @extschema@.bemi_set_retention(retention interval, partition_interval interval DEFAULT '1 day')
+RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF partition_interval IS NULL THEN
+        RAISE EXCEPTION 'partition_interval must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Use bemi_reset_retention() to stop managing partitions.';
+    END IF;
+    IF partition_interval < interval '1 second' THEN
+        RAISE EXCEPTION 'partition_interval must be at least 1 second, not %', partition_interval
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF date_trunc('month', partition_interval) NOT IN (interval '0', partition_interval) THEN
+        RAISE EXCEPTION 'partition_interval % mixes months with days or hours', partition_interval
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use whole months (''1 month'') or a fixed length (''7 days'').';
+    END IF;
+    IF retention <= interval '0' THEN
+        RAISE EXCEPTION 'retention must be positive, not %', retention USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass NULL to keep changes for ever.';
+    END IF;
+    IF retention < partition_interval THEN
+        RAISE EXCEPTION 'retention % is shorter than partition_interval %', retention, partition_interval
+            USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = 'Whole partitions are dropped: a partition is kept until all of it is older than the retention.',
+            HINT = 'Use a shorter partition_interval.';
+    END IF;
+    INSERT INTO bemi.retention (retention, partition_interval) VALUES (retention, partition_interval)
+        ON CONFLICT (singleton) DO UPDATE
+        SET retention = excluded.retention, partition_interval = excluded.partition_interval, updated_at = now();
+    RETURN QUERY SELECT unnest((bemi._maintain_changes(now())).actions);
+END $$;
+COMMENT ON FUNCTION @extschema@.bemi_set_retention(interval, interval) IS
+    'Partition bemi.changes by committed_at and drop changes older than retention (NULL: keep them)';
+
+CREATE FUNCTION @extschema@.bemi_reset_retention() RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM bemi.retention;
+$$;
+COMMENT ON FUNCTION @extschema@.bemi_reset_retention() IS
+    'Stop making and dropping partitions; existing partitions stay, new changes go to bemi.changes_default';
+
+-- Run a round of upkeep now (the worker does it on its own).
+CREATE FUNCTION @extschema@.bemi_maintain_changes() RETURNS SETOF text
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT unnest((bemi._maintain_changes(now())).actions);
+$$;
+COMMENT ON FUNCTION @extschema@.bemi_maintain_changes() IS
+    'Make the partitions bemi.changes needs now and apply the retention; returns what it did';
+
+-- The partitions of the trail, oldest first.
+CREATE FUNCTION @extschema@.bemi_partitions(OUT partition_name text, OUT from_time timestamptz, OUT to_time timestamptz,
+                                OUT bytes bigint)
+RETURNS SETOF record
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'bemi.changes_default', NULL::timestamptz, NULL::timestamptz, pg_total_relation_size('bemi.changes_default')
+    UNION ALL
+    SELECT part::text, from_time, to_time, pg_total_relation_size(part) FROM bemi._partitions()
+$$;
+COMMENT ON FUNCTION @extschema@.bemi_partitions() IS 'The partitions of bemi.changes, with their ranges and sizes';
+
+REVOKE ALL ON FUNCTION @extschema@.bemi_set_retention(interval, interval), @extschema@.bemi_reset_retention(),
+    @extschema@.bemi_maintain_changes(), @extschema@.bemi_partitions(), bemi._maintain_changes(timestamptz), bemi._make_partition(timestamptz, timestamptz),
+    bemi._trail_starts_at(timestamptz), bemi._partitions() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.bemi_partitions() TO bemi_reader;
+------------------------------------------------------------------------------------------------
+-- Start capture: this must stay the last statement of the script.
+------------------------------------------------------------------------------------------------
+-- Starts this database's worker while CREATE EXTENSION is still open: the worker's slot becomes
+-- consistent as this transaction commits, so no write after it is missed.
+CREATE FUNCTION bemi._start_worker() RETURNS void
+    AS 'MODULE_PATHNAME', 'bemi_start_worker' LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION bemi._start_worker() FROM PUBLIC;
+SELECT bemi._start_worker();

@@ -1,0 +1,210 @@
+------------------------------------------------------------------------------------------------
+-- Time travel: a table or a row as it was at a moment, rebuilt from its current rows and the
+-- trail (docs/sql-reference.md). PL/pgSQL running as the caller; reads through history.sql.
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.bemi_tracking_started_at() RETURNS timestamptz
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT t.started_at FROM bemi._tracking() t;
+END;
+COMMENT ON FUNCTION @extschema@.bemi_tracking_started_at() IS
+    'Where the trail starts: when tracking began, or where retention cut it. Time travel reaches back to here';
+
+-- When tracking began, and whether the table held rows then (if so, the trail alone cannot
+-- rebuild it). Raises unless the caller may read the table's changes.
+CREATE FUNCTION @extschema@.bemi_tracking(tbl regclass, OUT started_at timestamptz, OUT had_rows_at_start boolean)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT t.started_at, format('%I.%I', r.schema_name, r.table_name) = ANY (t.nonempty_tables)
+      FROM bemi._readable_table(bemi_tracking.tbl) r, bemi._tracking() t;
+END;
+COMMENT ON FUNCTION @extschema@.bemi_tracking(regclass) IS
+    'When tracking began, and whether the table already held rows then';
+
+-- The table behind a row type, the SQL that renders a row's key as bemi.changes.primary_key
+-- holds it (alias t; through bemi_primary_key, the plugin's rule), and the column list of the
+-- key. Checks everything time travel needs.
+CREATE FUNCTION @extschema@.bemi_time_travel_target(row_type regtype, at timestamptz, OUT tbl regclass,
+                                        OUT key_sql text, OUT key_columns text[],
+                                        OUT had_rows_at_start boolean)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    started timestamptz;
+BEGIN
+    IF at IS NULL THEN
+        RAISE EXCEPTION 'the moment must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass a timestamptz, for example now() - interval ''1 hour''.';
+    END IF;
+    SELECT nullif(typrelid, 0)::regclass INTO tbl FROM pg_type WHERE oid = row_type;
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'time travel needs a table''s row type, not %', coalesce(row_type::text, 'NULL')
+            USING ERRCODE = 'wrong_object_type', HINT = 'Pass NULL::tablename as the first argument.';
+    END IF;
+    SELECT * INTO started, had_rows_at_start FROM @extschema@.bemi_tracking(tbl);
+    -- The key text comes from the output plugin's own rule (bemi_primary_key), applied to an
+    -- image of the key columns built as the plugin builds images: a type whose JSON conversion
+    -- would run an untrusted role's code is recorded as its output text, which format('%s')
+    -- gives without calling any of its casts. One exception, for speed (time travel renders the
+    -- key of every current row, and building an image costs as much again as the rest): a key of
+    -- one integer, text or uuid column is its own text, which a plain cast gives; sql/primary_key.sql
+    -- checks that both give the same text.
+    SELECT array_agg(a.attname::text ORDER BY k.ord),
+           CASE WHEN count(*) = 1 AND min(a.atttypid::int) = max(a.atttypid::int)
+                 AND min(a.atttypid::int) IN ('int2'::regtype::int, 'int4'::regtype::int, 'int8'::regtype::int,
+                                              'text'::regtype::int, 'varchar'::regtype::int, 'uuid'::regtype::int)
+                THEN format('(t.%I)::pg_catalog.text', min(a.attname))
+                ELSE format('@extschema@.bemi_primary_key(%s::pg_catalog.oid::pg_catalog.regclass, pg_catalog.jsonb_build_object(%s))',
+                            tbl::oid,
+                            string_agg(format('%L::pg_catalog.text, ', a.attname)
+                                       || CASE WHEN @extschema@.bemi_json_is_text(a.atttypid::regtype)
+                                               THEN format('pg_catalog.format(''%%s'', t.%I)', a.attname)
+                                               ELSE format('t.%I', a.attname) END, ', ' ORDER BY k.ord)) END
+      INTO key_columns, key_sql
+      FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY AS k (attnum, ord), pg_attribute a
+     WHERE i.indrelid = tbl AND i.indisprimary AND k.ord <= i.indnkeyatts
+       AND a.attrelid = tbl AND a.attnum = k.attnum;
+    IF key_columns IS NULL THEN
+        RAISE EXCEPTION 'table % has no primary key', tbl USING ERRCODE = 'feature_not_supported',
+            DETAIL = 'Time travel and reverts match the trail to rows by primary key.',
+            HINT = 'Add a primary key; its changes are tracked from then on.';
+    END IF;
+    IF at > clock_timestamp() THEN
+        RAISE EXCEPTION 'cannot read % as of %: that moment is in the future', tbl, at
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Read the table itself for its current state.';
+    END IF;
+    IF at < started THEN
+        RAISE EXCEPTION 'cannot read % as of %: the trail starts later', tbl, at
+            USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('The trail starts at %s (when tracking began, or where retention cut it); it cannot tell what the table held before.', started),
+            HINT = 'Pick a moment after bemi_tracking_started_at().';
+    END IF;
+END $$;
+COMMENT ON FUNCTION @extschema@.bemi_time_travel_target(regtype, timestamptz) IS
+    'Checks a time-travel request and returns the table, its key expression and key columns';
+
+-- A table as it was at a moment, as rows of its own type: the current rows that no change
+-- after the moment touched, plus the before-image of the first change after the moment of every
+-- row that was changed since (unless that change created the row). After a TRUNCATE later than
+-- the moment, the current rows say nothing: the state is replayed from the trail instead, which
+-- works when the table was empty at a recorded TRUNCATE before the moment or when tracking began.
+-- Waits for the trail to catch up with everything committed before the call.
+CREATE FUNCTION @extschema@.bemi_as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+DECLARE
+    target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
+    base_id bigint;
+    base_at timestamptz;
+BEGIN
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
+        BEGIN
+            RETURN QUERY EXECUTE format($q$
+                WITH firsts AS (
+                    SELECT DISTINCT ON (h.primary_key) h.primary_key, h.operation, h."before"
+                      FROM @extschema@.bemi_table_history($1, $2, 'infinity'::timestamptz) h
+                     WHERE h.committed_at > $2
+                     ORDER BY h.primary_key, h.id)
+                SELECT t.* FROM %1$s t
+                 WHERE NOT EXISTS (SELECT 1 FROM firsts f WHERE f.primary_key = %2$s)
+                UNION ALL
+                SELECT r.* FROM firsts f, jsonb_populate_record(NULL::%1$s, f."before") r
+                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql)
+                USING target.tbl, at;
+        EXCEPTION WHEN data_exception THEN
+            RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
+                USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+                HINT = 'A column''s type changed since; read the images with bemi_table_history instead.';
+        END;
+        RETURN;
+    END IF;
+    -- Truncated since: rebuild from the last empty state at or before the moment.
+    SELECT id, committed_at INTO base_id, base_at FROM @extschema@.bemi_table_truncations(target.tbl)
+     WHERE committed_at <= at ORDER BY id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        IF target.had_rows_at_start THEN
+            RAISE EXCEPTION 'cannot read % as of %: it was truncated since, and the trail does not hold its rows at that moment',
+                target.tbl, at USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = 'The table already held rows when tracking began, and no TRUNCATE before the moment emptied it.',
+                HINT = 'Read it as of a moment after a recorded TRUNCATE, or restore a backup.';
+        END IF;
+        base_id := 0;
+        base_at := '-infinity';
+    END IF;
+    BEGIN
+        RETURN QUERY EXECUTE format($q$
+            SELECT r.* FROM (
+                SELECT DISTINCT ON (h.primary_key) h.operation, h."after"
+                  FROM @extschema@.bemi_table_history($1, $3, $2) h
+                 WHERE h.id > $4 AND h.operation <> 'TRUNCATE'
+                 ORDER BY h.primary_key, h.id DESC) l,
+                jsonb_populate_record(NULL::%1$s, l."after") r
+             WHERE l.operation <> 'DELETE'$q$, target.tbl)
+            USING target.tbl, at, base_at, base_id;
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
+            USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+            HINT = 'A column''s type changed since; read the images with bemi_table_history instead.';
+    END;
+END $$;
+COMMENT ON FUNCTION @extschema@.bemi_as_of(anyelement, timestamptz) IS
+    'SELECT * FROM bemi_as_of(NULL::tbl, moment): the rows of tbl as they were at that moment';
+
+-- One row as it was at a moment, or NULL if it did not exist then. The key is the row's primary
+-- key value (26, 'ACME-1') or, for a composite key, an array or JSON array text ('[3, 14]').
+CREATE FUNCTION @extschema@.bemi_row_as_of(tbl anyelement, primary_key anycompatible, at timestamptz) RETURNS anyelement
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+DECLARE
+    target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
+    key text := CASE WHEN @extschema@.bemi_json_is_text(pg_typeof(primary_key)) THEN format('%s', primary_key)
+                     ELSE to_jsonb(primary_key) #>> '{}' END;
+    key_image jsonb;
+    change record;
+    base_id bigint := 0;
+BEGIN
+    IF key IS NULL THEN
+        RAISE EXCEPTION 'the primary key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    BEGIN
+        SELECT h.operation, h."before" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
+         WHERE h.committed_at > at ORDER BY h.id LIMIT 1;
+        IF FOUND THEN
+            -- The first change after the moment knows the row as it was (or that it did not exist).
+            RETURN CASE WHEN change.operation = 'CREATE' THEN NULL
+                        ELSE jsonb_populate_record(tbl, change."before") END;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
+            -- Untouched since: it is as it is now.
+            key_image := CASE WHEN cardinality(target.key_columns) = 1
+                              THEN jsonb_build_object(target.key_columns[1], key)
+                              ELSE (SELECT jsonb_object_agg(c, key::jsonb -> (o::int - 1))
+                                      FROM unnest(target.key_columns) WITH ORDINALITY AS u (c, o)) END;
+            EXECUTE format('SELECT t.* FROM %1$s t, jsonb_populate_record(NULL::%1$s, $1) k WHERE (%2$s) = (%3$s)',
+                           target.tbl,
+                           (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(target.key_columns) c),
+                           (SELECT string_agg(format('k.%I', c), ', ') FROM unnest(target.key_columns) c))
+                INTO tbl USING key_image;
+            RETURN tbl;
+        END IF;
+        -- Truncated since: the latest change at or before the moment, after the last empty state.
+        SELECT coalesce(max(id), 0) INTO base_id FROM @extschema@.bemi_table_truncations(target.tbl)
+         WHERE committed_at <= at;
+        IF base_id = 0 AND target.had_rows_at_start THEN
+            RAISE EXCEPTION 'cannot read a row of % as of %: the table was truncated since, and the trail does not hold its rows at that moment',
+                target.tbl, at USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = 'The table already held rows when tracking began, and no TRUNCATE before the moment emptied it.',
+                HINT = 'Read it as of a moment after a recorded TRUNCATE, or restore a backup.';
+        END IF;
+        SELECT h.operation, h."after" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
+         WHERE h.committed_at <= at AND h.id > base_id ORDER BY h.id DESC LIMIT 1;
+        RETURN CASE WHEN NOT FOUND OR change.operation = 'DELETE' THEN NULL
+                    ELSE jsonb_populate_record(tbl, change."after") END;
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
+            USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+            HINT = 'A column''s type changed since; read the images with bemi_row_history instead.';
+    END;
+END $$;
+COMMENT ON FUNCTION @extschema@.bemi_row_as_of(anyelement, anycompatible, timestamptz) IS
+    'bemi_row_as_of(NULL::tbl, key, moment): one row as it was at that moment, NULL if it did not exist';
+
