@@ -70,8 +70,12 @@ PG_PROVE_FLAGS += -I test/perl
 
 $(OBJS): $(wildcard include/bemi/*.h include/bemi/*.hpp src/*/*.hpp)
 
-bemi--$(EXTVERSION).sql: $(EXT_SQL)
-	cat $^ > $@
+# The columns of a bemi_change, from a bemi.changes row `c`: the one list the history functions
+# share (ext/history.sql says why it is substituted rather than a function).
+BEMI_CHANGE_COLUMNS = c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+
+bemi--$(EXTVERSION).sql: $(EXT_SQL) Makefile
+	cat $(EXT_SQL) | sed 's|@BEMI_CHANGE_COLUMNS@|$(BEMI_CHANGE_COLUMNS)|g' > $@
 
 # The TAP suite alone (installcheck runs it after pg_regress).
 .PHONY: tapcheck

@@ -8,8 +8,8 @@
 --     mistake (the boundary test declares its own);
 --   - bemi_primary_key(regclass, jsonb) is new: the output plugin's primary-key rule, which time
 --     travel now uses (bemi_time_travel_target's key_sql) instead of a copy of it in SQL;
---   - bemi._change(bemi.changes) is new: the one mapping of a trail row to a bemi_change, which
---     the history functions now use instead of seven copies of the column list.
+--   - the history functions' column list is written once in the source (the Makefile fills it
+--     in); bemi_table_truncations computes its diff like the others (the same '{}').
 -- Their definitions below are 0.3.0's (ext/*.sql at its release); functions whose signatures
 -- hold are replaced in place (CREATE OR REPLACE), so that grants others made on them stay.
 \echo Use "ALTER EXTENSION bemi UPDATE TO '0.3.0'" to load this file. \quit
@@ -20,34 +20,18 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 DROP FUNCTION bemi._boundary_test(text);
 
 -- The primary key of a row image of a table, as bemi.changes.primary_key holds it: the output
--- plugin's own rule (src/decoding/image.c, BemiPrimaryKey), for SQL that matches rows to the
+-- plugin's own rule (src/decoding/image.cpp, BemiPrimaryKey), for SQL that matches rows to the
 -- trail (time travel). NULL when the table has no primary key.
 CREATE FUNCTION @extschema@.bemi_primary_key(tbl regclass, image jsonb) RETURNS text
     AS 'MODULE_PATHNAME', 'bemi_key_text' LANGUAGE C STABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.bemi_primary_key(regclass, jsonb) IS
     'The primary key of a row image of tbl, as bemi.changes.primary_key holds it';
 
--- A bemi.changes row as a bemi_change: the one place that says how. SQL, one expression, no SET
--- and not STRICT, so that it is inlined into the functions below: (bemi._change(c)).* costs
--- what the column list written out would, with bemi_diff computed once per row. (The planner
--- takes a field straight out of the ROW only when its collation is the type's: hence COLLATE
--- "default" on bemi.changes' "C" columns; without it, every text field would compute the whole
--- row, bemi_diff included.)
-CREATE FUNCTION bemi._change(c bemi.changes) RETURNS @extschema@.bemi_change
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT ROW(c.id, c.schema COLLATE pg_catalog."default", c."table" COLLATE pg_catalog."default",
-               c.primary_key COLLATE pg_catalog."default", c.operation COLLATE pg_catalog."default",
-               @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at,
-               c.transaction_id, c.position)::@extschema@.bemi_change;
-END;
-REVOKE ALL ON FUNCTION bemi._change(bemi.changes) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi._change(bemi.changes) TO PUBLIC;
-
 CREATE OR REPLACE FUNCTION @extschema@.bemi_row_history(tbl regclass, primary_key text) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT (bemi._change(c)).*
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"),
+           c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._readable_table(bemi_row_history.tbl) t,
            LATERAL bemi._row_trail(bemi_row_history.tbl, t.schema_name, t.table_name,
                                    ARRAY[bemi_row_history.primary_key]) c
@@ -57,7 +41,8 @@ END;
 CREATE OR REPLACE FUNCTION @extschema@.bemi_rows_history(tbl regclass, primary_keys text[]) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT (bemi._change(c)).*
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"),
+           c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._readable_table(bemi_rows_history.tbl) t,
            LATERAL bemi._row_trail(bemi_rows_history.tbl, t.schema_name, t.table_name, bemi_rows_history.primary_keys) c
      ORDER BY c.id DESC;
@@ -67,7 +52,8 @@ CREATE OR REPLACE FUNCTION @extschema@.bemi_table_history(tbl regclass, since ti
                                                until timestamptz DEFAULT 'infinity') RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT (bemi._change(c)).*
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"),
+           c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._readable_table(bemi_table_history.tbl) t,
            LATERAL bemi._table_time_trail(bemi_table_history.tbl, t.schema_name, t.table_name,
                                           coalesce(bemi_table_history.since, '-infinity'),
@@ -78,7 +64,8 @@ END;
 CREATE OR REPLACE FUNCTION @extschema@.bemi_table_truncations(tbl regclass) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT (bemi._change(c)).*
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"),
+           c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._readable_table(bemi_table_truncations.tbl) t,
            LATERAL bemi._truncate_trail(bemi_table_truncations.tbl, t.schema_name, t.table_name) c
      ORDER BY c.id DESC;
@@ -87,7 +74,8 @@ END;
 CREATE OR REPLACE FUNCTION @extschema@.bemi_transaction_history(transaction_id bigint) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT (bemi._change(c)).*
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"),
+           c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._transaction_trail(bemi._caller(), bemi_transaction_history.transaction_id) c
      ORDER BY c.id DESC;
 END;
@@ -95,7 +83,8 @@ END;
 CREATE OR REPLACE FUNCTION @extschema@.bemi_context_history(context jsonb) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT (bemi._change(c)).*
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"),
+           c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._context_trail(bemi._caller(), bemi_context_history.context) c
      ORDER BY c.id DESC;
 END;
@@ -103,7 +92,8 @@ END;
 CREATE OR REPLACE FUNCTION @extschema@.bemi_changes(ids bigint[]) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT (bemi._change(c)).*
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"),
+           c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
       FROM bemi._id_trail(bemi._caller(), bemi_changes.ids) c
      ORDER BY c.id DESC;
 END;

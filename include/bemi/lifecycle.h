@@ -1,6 +1,6 @@
 /*
  * lifecycle.h: starting and stopping a database's capture. The launcher and the worker's start
- * are in src/worker/launcher.c; what backends do when the extension or the database goes away is
+ * are in src/worker/launcher.cpp; what backends do when the extension or the database goes away is
  * in src/shared/lifecycle.c.
  */
 #ifndef BEMI_LIFECYCLE_H

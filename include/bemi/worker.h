@@ -1,5 +1,6 @@
 /*
- * worker.h: pieces of the background worker (the files in src/worker).
+ * worker.h: the background worker's pieces that C and C++ share (src/worker). The worker's core
+ * is C++ (the .hpp files in src/worker); what is here is called across the boundary.
  */
 #ifndef BEMI_WORKER_H
 #define BEMI_WORKER_H
@@ -13,24 +14,11 @@
 #include "replication/logical.h"
 #include "replication/origin.h"
 
-/* Where the worker stands in the stream; see bemi.progress. */
-typedef struct BemiProgress
-{
-	XLogRecPtr txn_end_lsn;
-	int64 txn_records;
-	bool txn_complete;
-} BemiProgress;
+#ifdef __cplusplus
+extern "C" {
+#endif
 
-/* sink.c: buffers the plugin's records, writes them in batches with the progress. */
-extern void BemiSinkStart(Oid dboid, const BemiProgress *progress);
-extern bool BemiSinkPending(void);
-extern int64 BemiSinkPendingChanges(void);
-extern void BemiSinkDrain(BemiDatabase *db);
-extern void BemiSinkStop(void);
-extern BemiProgress BemiLoadProgress(void);
-extern void BemiRecordGap(XLogRecPtr from_lsn, const char *reason);
-
-/* slot.c: the database's logical slot and decoding context. */
+/* slot_shim.c (C: XL_ROUTINE): the database's logical slot and decoding context. */
 extern bool BemiSlotExists(const char *name);
 extern XLogRecPtr BemiSlotLostFrom(const char *name); /* invalid unless PostgreSQL invalidated it */
 extern void BemiCreateSlot(const char *name);
@@ -38,14 +26,23 @@ extern void BemiDropSlot(const char *name);
 extern LogicalDecodingContext *BemiStartDecoding(const char *name);
 extern void BemiStopDecoding(LogicalDecodingContext *ctx);
 
-/* upkeep.c: partitions and retention of bemi.changes, when due. */
-extern void BemiUpkeep(BemiDatabase *db);
-
-/* plugin.c */
+/* plugin: the worker's replication origin, whose changes the plugin skips. */
 extern RepOriginId bemi_worker_origin;
 
-/* worker.c */
+/* worker.cpp: one database's worker, from claim to exit (called by bemi_worker_main). */
+extern void BemiWorkerRun(Oid dboid);
+
+/* launcher.cpp: start the workers of every database with a bemi slot, then idle (the launcher). */
+extern void BemiLauncherRun(void);
+/* launcher.cpp: refuse a server that cannot capture, then start this database's worker. */
+extern void BemiStartWorker(void);
+
+/* worker_shim.c, launcher_shim.c: the entry points the postmaster starts. */
 extern PGDLLEXPORT void bemi_worker_main(Datum arg);
 extern PGDLLEXPORT void bemi_launcher_main(Datum arg);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -1,5 +1,5 @@
 /*
- * slot.c: the database's logical replication slot, created, opened for decoding and dropped by
+ * slot_shim.c: the database's logical replication slot, created, opened for decoding and dropped by
  * its worker. C only: XL_ROUTINE is a compound literal C++ cannot spell.
  */
 #include "bemi/worker.h"

@@ -1,0 +1,317 @@
+// sink.cpp: from decoded records to batches of bemi.changes (runs in the worker).
+//
+// While a transaction is replayed the plugin appends its records to the spool (memory, then a
+// file). Between WAL records the worker drains the spool in batches (batch.cpp writes them: one
+// multi-row INSERT per batch and the new progress, in one transaction). Progress counts records
+// within a transaction, so a crash in the middle of a huge transaction resumes exactly where the
+// last batch ended.
+//
+// Crossings: the BemiSink* functions at the bottom are what the plugin calls, from decoding inside
+// the worker's PgCall around LogicalDecodingProcessRecord (the decoding core calls them inside its
+// own PgCall); each enters C++ through bemi::Enter, so an exception (a spool that cannot write)
+// becomes an ERROR there and never unwinds PostgreSQL's decoding frames.
+#include "sink.hpp"
+
+#include "transaction.hpp"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+extern "C" {
+#include "bemi/decoding.h"
+#include "bemi/settings.h"
+#include "commands/dbcommands.h"
+#if PG_VERSION_NUM >= 180000
+#include "common/file_utils.h" /* PG_TEMP_FILES_DIR moved here from storage/fd.h in 18 */
+#endif
+#include "storage/fd.h"
+#include "utils/pg_lsn.h"
+}
+
+bool bemi_sink_active = false;
+
+namespace bemi {
+
+namespace {
+
+constexpr size_t kSpoolMemory = 16 * 1024 * 1024;
+constexpr size_t kBatchBytes = 64 * 1024 * 1024; // every byte a batch's column arrays hold, far below 1 GB
+
+Sink *active_sink = nullptr;
+
+enum EntryKind : char { kBegin = 'B', kContext = 'X', kChange = 'C', kCommit = 'E' };
+
+struct EntryHeader {
+	char kind;
+	uint32 size; // payload bytes that follow
+};
+
+struct BeginEntry {
+	TransactionId xid;
+	XLogRecPtr end_lsn;
+	TimestampTz commit_time;
+};
+
+// A change entry: this, then schema, table, primary key, before, after (lengths below).
+struct ChangeEntry {
+	XLogRecPtr lsn;
+	Oid table_oid;
+	char operation[12];
+	int32 schema_len;
+	int32 table_len;
+	int32 pk_len; // -1: no primary key
+	int32 before_len;
+	int32 after_len;
+};
+
+} // namespace
+
+std::unique_ptr<Sink> StartSink(Oid dboid, const Progress &done) {
+	struct Found {
+		const char *database;
+		Jsonb *empty;
+	};
+	char path[MAXPGPATH];
+	Found found = PgCall([&]() {
+		// In base/pgsql_tmp, named like PostgreSQL's own temporary files: the server removes it at
+		// start and after a crash, and the database's next worker replaces a leftover.
+		MakePGDirectory("base/" PG_TEMP_FILES_DIR);
+		snprintf(path, sizeof(path), "base/%s/%sbemi_spool_%u", PG_TEMP_FILES_DIR, PG_TEMP_FILE_PREFIX,
+		         dboid);
+		Found f{nullptr, BemiEmptyImage()};
+		MemoryContext caller = CurrentMemoryContext; // the transaction's own memory goes at commit
+		InTransaction([&]() { f.database = MemoryContextStrdup(caller, get_database_name(dboid)); });
+		return f;
+	});
+	const char *empty = reinterpret_cast<const char *>(found.empty);
+	auto sink = std::make_unique<Sink>(path, found.database,
+	                                   std::vector<char>(empty, empty + VARSIZE(found.empty)), done);
+	PgCall([&]() {
+		pfree(const_cast<char *>(found.database));
+		pfree(found.empty);
+	});
+	return sink;
+}
+
+Sink::Sink(std::string spool_path, std::string database, std::vector<char> empty_context,
+           const Progress &done)
+    : spool_(std::move(spool_path), kSpoolMemory), done_(done),
+      writer_(std::move(database), std::move(empty_context)) {
+	active_sink = this;
+	bemi_sink_active = true;
+}
+
+Sink::~Sink() {
+	active_sink = nullptr;
+	bemi_sink_active = false;
+}
+
+Sink &Sink::Active() {
+	if (!active_sink)
+		throw Error(ERRCODE_INTERNAL_ERROR, "bemi: the sink is fed outside the worker");
+	return *active_sink;
+}
+
+void Sink::Append(char kind, const void *fixed, uint32 fixed_size, const void *const *parts,
+                  const int32 *sizes, int nparts) {
+	EntryHeader header = {kind, fixed_size};
+	for (int i = 0; i < nparts; i++)
+		header.size += Max(sizes[i], 0);
+	spool_.Append(&header, sizeof(header));
+	spool_.Append(fixed, fixed_size);
+	for (int i = 0; i < nparts; i++)
+		if (sizes[i] > 0)
+			spool_.Append(parts[i], sizes[i]);
+}
+
+// Called by the plugin at BEGIN: is this whole transaction already written?
+bool Sink::SkipTransaction(XLogRecPtr end_lsn) {
+	skip_records_ = 0;
+	txn_ordinal_ = 0;
+	if (end_lsn < done_.txn_end_lsn)
+		return true;
+	if (end_lsn == done_.txn_end_lsn) {
+		if (done_.txn_complete)
+			return true;
+		skip_records_ = done_.txn_records;
+	}
+	return false;
+}
+
+void Sink::Begin(TransactionId xid, XLogRecPtr end_lsn, TimestampTz commit_time) {
+	BeginEntry entry = {xid, end_lsn, commit_time};
+	Append(kBegin, &entry, sizeof(entry), nullptr, nullptr, 0);
+}
+
+void Sink::Context(const Jsonb *context) {
+	const void *parts[1] = {context};
+	int32 sizes[1] = {static_cast<int32>(VARSIZE(context))};
+	Append(kContext, nullptr, 0, parts, sizes, 1);
+}
+
+void Sink::Change(XLogRecPtr lsn, const BemiChange &change) {
+	// Ordinals count every record, skipped or not, so they match across runs.
+	if (++txn_ordinal_ <= skip_records_)
+		return;
+	ChangeEntry entry;
+	std::memset(&entry, 0, sizeof(entry));
+	entry.lsn = lsn;
+	entry.table_oid = change.table_oid;
+	strlcpy(entry.operation, change.operation, sizeof(entry.operation));
+	entry.schema_len = static_cast<int32>(std::strlen(change.schema));
+	entry.table_len = static_cast<int32>(std::strlen(change.table));
+	entry.pk_len = change.primary_key ? static_cast<int32>(VARSIZE_ANY_EXHDR(change.primary_key)) : -1;
+	entry.before_len = static_cast<int32>(VARSIZE(change.before));
+	entry.after_len = static_cast<int32>(VARSIZE(change.after));
+	const void *parts[5] = {change.schema, change.table,
+	                        change.primary_key ? VARDATA_ANY(change.primary_key) : nullptr, change.before,
+	                        change.after};
+	int32 sizes[5] = {entry.schema_len, entry.table_len, entry.pk_len, entry.before_len, entry.after_len};
+	Append(kChange, &entry, sizeof(entry), parts, sizes, 5);
+	pending_changes_++;
+}
+
+void Sink::Commit(XLogRecPtr end_lsn) {
+	Append(kCommit, &end_lsn, sizeof(end_lsn), nullptr, nullptr, 0);
+}
+
+/* ---- draining ---- */
+
+void Sink::ReadExact(void *data, size_t size) {
+	if (!spool_.Read(data, size))
+		throw Error(ERRCODE_INTERNAL_ERROR, "bemi: spool ended inside a record");
+}
+
+// A whole varlena of `size` bytes (a jsonb), into the batch's arena.
+size_t Sink::ReadVarlena(size_t size) {
+	size_t offset = batch_.Reserve(size);
+	ReadExact(batch_.At(offset), size);
+	return offset;
+}
+
+// `len` bytes of a text's data, into the batch's arena as a text.
+size_t Sink::ReadText(int32 len) {
+	size_t offset = batch_.ReserveText(len);
+	ReadExact(batch_.At(offset) + VARHDRSZ, len);
+	return offset;
+}
+
+void Sink::WriteBatch(BemiDatabase *db, const Progress &reached, TimestampTz last_commit) {
+	writer_.Write(db, batch_, reached, last_commit);
+	done_ = reached;
+}
+
+void Sink::Drain(BemiDatabase *db) {
+	EntryHeader header;
+	BeginEntry txn = {};
+	Progress reached = done_;
+	TimestampTz last_commit = 0;
+	size_t context = Batch::kNone; // the current context, in the batch's arena
+	int capacity = bemi_batch_size;
+
+	batch_.Clear(Batch::kNone);
+	while (spool_.Read(&header, sizeof(header))) {
+		switch (header.kind) {
+		case kBegin:
+			ReadExact(&txn, sizeof(txn));
+			context = Batch::kNone;
+			reached.txn_end_lsn = txn.end_lsn;
+			reached.txn_records = txn.end_lsn == done_.txn_end_lsn ? done_.txn_records : 0;
+			reached.txn_complete = false;
+			break;
+		case kContext:
+			context = ReadVarlena(header.size);
+			break;
+		case kCommit: {
+			XLogRecPtr end_lsn;
+			ReadExact(&end_lsn, sizeof(end_lsn));
+			reached.txn_complete = true;
+			last_commit = txn.commit_time;
+			break;
+		}
+		case kChange: {
+			ChangeEntry entry;
+			Batch::Row row;
+			ReadExact(&entry, sizeof(entry));
+			row.schema = ReadText(entry.schema_len);
+			row.table = ReadText(entry.table_len);
+			row.pk = entry.pk_len < 0 ? Batch::kNone : ReadText(entry.pk_len);
+			row.before = ReadVarlena(entry.before_len);
+			row.after = ReadVarlena(entry.after_len);
+			size_t operation_len = strnlen(entry.operation, sizeof(entry.operation));
+			row.operation = batch_.ReserveText(operation_len);
+			std::memcpy(batch_.At(row.operation) + VARHDRSZ, entry.operation, operation_len);
+			row.context = context;
+			row.committed = txn.commit_time;
+			row.xid = txn.xid;
+			row.position = entry.lsn;
+			row.table_oid = entry.table_oid;
+			size_t context_size =
+			    context == Batch::kNone ? writer_.EmptyContextSize() : VARSIZE(batch_.At(context));
+			// Each array element is a copy: the context counts once per change.
+			batch_.Add(row, static_cast<size_t>(entry.before_len) + entry.after_len + Max(entry.pk_len, 0) +
+			                    context_size + entry.schema_len + entry.table_len);
+			reached.txn_records++;
+			break;
+		}
+		default:
+			throw Error(ERRCODE_INTERNAL_ERROR, fmt::format("bemi: corrupt spool entry '{}'", header.kind));
+		}
+		if (batch_.Count() >= capacity || batch_.Bytes() >= kBatchBytes) {
+			WriteBatch(db, reached, last_commit);
+			// The current context outlives the batch: it stays in the arena.
+			context = batch_.Clear(context);
+			capacity = bemi_batch_size;
+		}
+	}
+	if (batch_.Count() > 0 || reached.txn_end_lsn != done_.txn_end_lsn ||
+	    reached.txn_complete != done_.txn_complete)
+		WriteBatch(db, reached, last_commit);
+	spool_.Reset();
+	pending_changes_ = 0;
+	batch_.Release();
+}
+
+Progress LoadProgress() {
+	Progress progress;
+	PgCall([&]() {
+		InTransactionWithSpi([&]() {
+			bool isnull;
+			if (SPI_execute("SELECT txn_end_lsn, txn_records, txn_complete FROM bemi.progress", true, 0) !=
+			        SPI_OK_SELECT ||
+			    SPI_processed != 1)
+				elog(ERROR, "bemi: bemi.progress must hold exactly one row");
+			HeapTuple row = SPI_tuptable->vals[0];
+			TupleDesc desc = SPI_tuptable->tupdesc;
+			progress.txn_end_lsn = DatumGetLSN(SPI_getbinval(row, desc, 1, &isnull));
+			progress.txn_records = DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
+			progress.txn_complete = DatumGetBool(SPI_getbinval(row, desc, 3, &isnull));
+		});
+	});
+	return progress;
+}
+
+} // namespace bemi
+
+// ---- The plugin's calls (sink.h): each enters the sink through the guard. ----
+
+extern "C" bool BemiSinkSkipTransaction(XLogRecPtr end_lsn) {
+	return bemi::Enter([&]() { return bemi::Sink::Active().SkipTransaction(end_lsn); });
+}
+
+extern "C" void BemiSinkBegin(TransactionId xid, XLogRecPtr end_lsn, TimestampTz commit_time) {
+	bemi::Enter([&]() { bemi::Sink::Active().Begin(xid, end_lsn, commit_time); });
+}
+
+extern "C" void BemiSinkContext(Jsonb *context) {
+	bemi::Enter([&]() { bemi::Sink::Active().Context(context); });
+}
+
+extern "C" void BemiSinkChange(XLogRecPtr lsn, const BemiChange *change) {
+	bemi::Enter([&]() { bemi::Sink::Active().Change(lsn, *change); });
+}
+
+extern "C" void BemiSinkCommit(XLogRecPtr end_lsn) {
+	bemi::Enter([&]() { bemi::Sink::Active().Commit(end_lsn); });
+}

@@ -1,0 +1,153 @@
+// sink.hpp: the worker's sink, from the plugin's records to rows of bemi.changes (sink.cpp,
+// batch.cpp). Worker code only; the plugin reaches the sink through include/bemi/sink.h.
+#pragma once
+
+#include "spool.hpp"
+
+extern "C" {
+#include "access/xlogdefs.h"
+#include "bemi/registry.h"
+#include "bemi/sink.h"
+#include "datatype/timestamp.h"
+#include "executor/spi.h"
+}
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace bemi {
+
+// Where the worker stands in the stream; see bemi.progress.
+struct Progress {
+	XLogRecPtr txn_end_lsn = InvalidXLogRecPtr;
+	int64 txn_records = 0;
+	bool txn_complete = true;
+};
+
+// What bemi.progress holds (its own transaction).
+Progress LoadProgress();
+
+// A batch of changes ready to insert. Their variable parts (texts, jsonbs: whole varlenas) live in
+// one arena the batch owns, so filling a batch calls no PostgreSQL function and allocates nothing
+// per change once the arena has grown; the arena's bytes are bounded by the batch's limit.
+class Batch {
+  public:
+	static constexpr size_t kNone = SIZE_MAX; // no primary key; the empty context
+
+	struct Row {
+		size_t pk, before, after, context, schema, table, operation; // arena offsets
+		TimestampTz committed;
+		TransactionId xid;
+		XLogRecPtr position;
+		Oid table_oid;
+	};
+
+	// Room for a varlena of `size` bytes (header included), MAXALIGNed; its offset.
+	size_t Reserve(size_t size);
+	// Room for a text of `len` bytes, its header set; its offset (the bytes follow VARHDRSZ).
+	size_t ReserveText(size_t len);
+	char *At(size_t offset) { return arena_.data() + offset; }
+	const char *At(size_t offset) const { return arena_.data() + offset; }
+
+	// `bytes`: what the row's values add to the statement's arrays.
+	void Add(const Row &row, size_t bytes) {
+		rows_.push_back(row);
+		bytes_ += bytes;
+	}
+	int Count() const { return static_cast<int>(rows_.size()); }
+	size_t Bytes() const { return bytes_; }
+	const std::vector<Row> &Rows() const { return rows_; }
+	// Forgets the rows, keeping only the varlena at `keep` (kNone: nothing); its new offset.
+	size_t Clear(size_t keep);
+	// Clear(kNone), and memory beyond a small arena goes back (the worker may idle for long).
+	void Release();
+
+  private:
+	static constexpr size_t kKeptBytes = 1024 * 1024;
+	std::vector<char> arena_;
+	std::vector<Row> rows_;
+	size_t bytes_ = 0;
+};
+
+// Writes batches: one transaction with the rows (one INSERT, or change by change after a
+// failure) and the progress they reach. Owns the prepared statements.
+class BatchWriter {
+  public:
+	BatchWriter(std::string database, std::vector<char> empty_context)
+	    : database_(std::move(database)), empty_context_(std::move(empty_context)) {}
+	void Write(BemiDatabase *db, const Batch &batch, const Progress &reached, TimestampTz last_commit);
+	size_t EmptyContextSize() const { return empty_context_.size(); }
+
+	// The batch's columns as PostgreSQL reads them; plain pointers into the writer's buffers.
+	struct Columns {
+		int count;
+		Datum *pk, *before, *after, *context, *schema, *table, *operation, *committed, *xid, *position,
+		    *table_oid;
+		bool *pk_null;
+	};
+
+  private:
+	Columns Fill(const Batch &batch);
+	// C-style, inside PgCall only.
+	void PreparePlans();
+	void InsertRows(const Columns &c, int first, int count);
+	ErrorData *TryInsertRow(const Columns &c, int i, MemoryContext row_context);
+	int InsertCarefully(const Columns &c, char *note, size_t note_len);
+
+	std::string database_;
+	std::vector<char> empty_context_; // the jsonb {} of changes without context
+	std::vector<Datum> datums_;       // the columns' values, column after column
+	std::vector<char> pk_null_;       // bool per row (a vector<bool> has no data())
+	SPIPlanPtr insert_plan_ = nullptr;
+	bool insert_has_table_oid_ = false; // insert_plan_ writes bemi.changes.table_oid
+	SPIPlanPtr progress_plan_ = nullptr;
+};
+
+// The sink of one worker run: the plugin's records go to the spool while a transaction is
+// replayed; between WAL records the worker drains the spool into batches. While a Sink lives,
+// bemi_sink_active is true and the BemiSink* functions of sink.h feed it.
+class Sink {
+  public:
+	// See StartSink().
+	Sink(std::string spool_path, std::string database, std::vector<char> empty_context, const Progress &done);
+	Sink(const Sink &) = delete;
+	Sink &operator=(const Sink &) = delete;
+	~Sink();
+	static Sink &Active();
+
+	// The plugin's side.
+	bool SkipTransaction(XLogRecPtr end_lsn);
+	void Begin(TransactionId xid, XLogRecPtr end_lsn, TimestampTz commit_time);
+	void Context(const Jsonb *context);
+	void Change(XLogRecPtr lsn, const BemiChange &change);
+	void Commit(XLogRecPtr end_lsn);
+
+	// The worker's side.
+	bool Pending() const { return spool_.Bytes() > 0; }
+	int64 PendingChanges() const { return pending_changes_; }
+	// Writes everything the spool holds, in batches of bemi.batch_size changes.
+	void Drain(BemiDatabase *db);
+
+  private:
+	void Append(char kind, const void *fixed, uint32 fixed_size, const void *const *parts, const int32 *sizes,
+	            int nparts);
+	void ReadExact(void *data, size_t size);
+	size_t ReadVarlena(size_t size);
+	size_t ReadText(int32 len);
+	void WriteBatch(BemiDatabase *db, const Progress &reached, TimestampTz last_commit);
+
+	Spool spool_;
+	Progress done_;          // what bemi.changes already holds
+	int64 skip_records_ = 0; // records of the current transaction written by an earlier run
+	int64 txn_ordinal_ = 0;  // records of the current transaction seen so far
+	int64 pending_changes_ = 0;
+	Batch batch_;
+	BatchWriter writer_;
+};
+
+// The sink of database dboid's worker, which has written up to `done`.
+std::unique_ptr<Sink> StartSink(Oid dboid, const Progress &done);
+
+} // namespace bemi

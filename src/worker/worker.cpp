@@ -1,0 +1,471 @@
+// worker.cpp: one background worker per database that has bemi (entered from worker_shim.c).
+//
+// It owns the database's slot, decodes in-process with the bemi plugin into its sink, writes
+// batches to bemi.changes with its progress, and confirms the slot only up to what is committed.
+// Errors end the process; the postmaster starts it again and it resumes from bemi.progress.
+//
+// Crossings: BemiWorkerRun enters C++ through bemi::Enter. Every PostgreSQL call below is inside
+// a PgCall: one per step (a round of decoding up to a full batch, a flush, a wait), never one per
+// WAL record. Decoding calls the plugin, which feeds the Sink through sink.h's functions, each
+// entered through the guard again (sink.cpp).
+#include "sink.hpp"
+#include "transaction.hpp"
+#include "upkeep.hpp"
+
+#include <memory>
+
+extern "C" {
+#include "bemi/worker.h"
+#include "access/xlog.h"
+#include "access/xlogreader.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "catalog/pg_type.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "replication/decode.h"
+#include "replication/slot.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/pg_lsn.h"
+#include "utils/timestamp.h"
+}
+
+namespace bemi {
+
+namespace {
+
+constexpr long kNaptimeMs = 1000;
+constexpr long kMaxBackoffS = 60;
+
+BemiDatabase *claimed = nullptr;
+
+// Clears our claim on the entry however the process ends (a PostgreSQL exit callback: plain C).
+void ReleaseClaim(int code, Datum arg) {
+	if (claimed == nullptr)
+		return;
+	LWLockAcquire(bemi_shared->lock, LW_EXCLUSIVE);
+	if (claimed->pid == MyProcPid) {
+		claimed->pid = 0;
+		claimed->latch = nullptr;
+	}
+	LWLockRelease(bemi_shared->lock);
+	ConditionVariableBroadcast(&claimed->progress_cv);
+}
+
+// The connection and the settings every statement and image of the worker depends on.
+// C-style, inside PgCall only.
+void Connect(Oid dboid) {
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	bemi_is_worker = true;
+	pgstat_report_appname("bemi worker");
+	SetConfigOption("application_name", "bemi worker", PGC_USERSET, PGC_S_OVERRIDE);
+	// Batches commit without waiting for a WAL flush: see DatabaseRun::ConfirmDurable().
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	// Images must not depend on server defaults: times in UTC, ISO styles.
+	SetConfigOption("TimeZone", "UTC", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("DateStyle", "ISO, YMD", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("IntervalStyle", "postgres", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("extra_float_digits", "1", PGC_SUSET, PGC_S_OVERRIDE);
+	// The worker runs as the bootstrap superuser: its statements must never resolve a name in a
+	// schema that others can create in (a look-alike public.unnest would run as superuser). Every
+	// statement also qualifies what it calls; this is the second lock.
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+// One worker per database: a second one (after a crash restart, say) leaves quietly.
+// C-style, inside PgCall only.
+BemiDatabase *Claim(Oid dboid) {
+	BemiDatabase *db = BemiAddDatabase(dboid, false);
+
+	LWLockAcquire(bemi_shared->lock, LW_EXCLUSIVE);
+	bool taken = db->pid != 0 && db->pid != MyProcPid && kill(db->pid, 0) == 0;
+	if (!taken) {
+		db->pid = MyProcPid;
+		db->latch = MyLatch;
+	}
+	LWLockRelease(bemi_shared->lock);
+	if (taken)
+		proc_exit(0);
+	claimed = db;
+	before_shmem_exit(ReleaseClaim, Datum(0));
+	return db;
+}
+
+// After a failure, wait before trying again: 1 s, 2 s, 4 s ... up to a minute. Writers set our
+// latch at every commit, so the wait runs to its deadline whatever wakes us; only a shutdown
+// (CHECK_FOR_INTERRUPTS), postmaster death, DROP DATABASE, DROP EXTENSION or a new CREATE
+// EXTENSION cut it short. C-style, inside PgCall only.
+void Backoff(BemiDatabase *db) {
+	int failures = db->failures;
+
+	if (failures <= 0 || db->fresh)
+		return;
+	TimestampTz deadline = TimestampTzPlusMilliseconds(
+	    GetCurrentTimestamp(), 1000L * Min(1L << Min(failures - 1, 10), kMaxBackoffS));
+	pgstat_report_activity(STATE_IDLE, "bemi: waiting to retry after an error");
+	for (;;) {
+		long remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+
+		CHECK_FOR_INTERRUPTS();
+		if (db->state == BEMI_PAUSED) {
+			// DROP DATABASE waits for our connection to go; we hold no slot yet.
+			ereport(LOG, (errmsg("bemi: worker for database %u exiting for DROP DATABASE", db->dboid)));
+			proc_exit(0);
+		}
+		if (remaining <= 0 || db->state == BEMI_STOPPING || db->fresh)
+			break; // DROP EXTENSION, or a new CREATE EXTENSION waiting for its slot
+		(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, Min(remaining, 1000L),
+		                PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+// The run failed: say so in bemi_status() before the error ends the process.
+void MarkFailed(BemiDatabase *db, const char *message) {
+	PgCall([&]() {
+		BemiReportError(db, message);
+		LWLockAcquire(bemi_shared->lock, LW_EXCLUSIVE);
+		if (db->state == BEMI_STARTING)
+			db->state = BEMI_FAILED;
+		else if (db->state == BEMI_RUNNING)
+			db->state = BEMI_FAILING;
+		LWLockRelease(bemi_shared->lock);
+		ConditionVariableBroadcast(&db->progress_cv);
+	});
+}
+
+// One run of a database's worker: from its slot to the stream loop, which ends only with the
+// process (an error, a shutdown, DROP EXTENSION, DROP DATABASE).
+class DatabaseRun {
+  public:
+	DatabaseRun(BemiDatabase *db, MemoryContext context) : db_(db), context_(context) {
+		BemiSlotName(db->dboid, slot_, sizeof(slot_));
+	}
+	[[noreturn]] void Run();
+
+  private:
+	void Start();
+	void RecreateLostSlot();
+	[[noreturn]] void Stream();
+	bool Decode(XLogRecPtr end_of_wal);
+	void Flush();
+	void ConfirmDurable(bool flush_now);
+	[[noreturn]] void Retire();
+	[[noreturn]] void LetGo();
+
+	BemiDatabase *db_;
+	MemoryContext context_; // long-lived; transactions leave TopMemoryContext current
+	char slot_[NAMEDATALEN];
+	LogicalDecodingContext *ctx_ = nullptr;
+	std::unique_ptr<Sink> sink_;
+	Upkeep upkeep_;
+	// The worker commits asynchronously (no WAL flush of its own per batch), so the slot may only
+	// be confirmed up to confirm_lsn_ once the WAL holding our last commit, commit_end_, is flushed.
+	XLogRecPtr confirm_lsn_ = InvalidXLogRecPtr;
+	XLogRecPtr commit_end_ = InvalidXLogRecPtr;
+};
+
+// Slot, origin, progress and decoding context; then the stream.
+void DatabaseRun::Run() {
+	Start();
+	RecreateLostSlot();
+	Progress progress = LoadProgress();
+	sink_ = StartSink(db_->dboid, progress);
+	PgCall([&]() {
+		MemoryContextSwitchTo(context_);
+		ctx_ = BemiStartDecoding(slot_);
+		ereport(LOG, (errmsg("bemi: worker decoding database %u from %X/%X (written up to %X/%X)", db_->dboid,
+		                     BEMI_LSN_ARGS(MyReplicationSlot->data.confirmed_flush),
+		                     BEMI_LSN_ARGS(progress.txn_end_lsn))));
+	});
+	Stream();
+}
+
+void DatabaseRun::Start() {
+	bool installed = PgCall([&]() {
+		if (db_->fresh) {
+			// CREATE EXTENSION is still open: this waits for it, then every later write is decoded.
+			pgstat_report_activity(STATE_RUNNING, "bemi: creating capture slot");
+			if (BemiSlotExists(slot_))
+				BemiDropSlot(slot_);
+			InTransaction([&]() { BemiCreateSlot(slot_); });
+			LWLockAcquire(bemi_shared->lock, LW_EXCLUSIVE);
+			db_->fresh = false;
+			LWLockRelease(bemi_shared->lock);
+			ereport(LOG, (errmsg("bemi: capture slot \"%s\" created for database %u", slot_, db_->dboid)));
+		}
+		bool found = false;
+		InTransaction([&]() { found = OidIsValid(get_extension_oid("bemi", true)); });
+		return found;
+	});
+	if (!installed)
+		Retire();
+}
+
+// A slot that is missing (a failover to a standby, someone dropped it) or that PostgreSQL
+// invalidated (max_slot_wal_keep_size exceeded) means changes were lost. Capture goes on with a
+// new slot, and the loss is recorded in bemi.gaps, bemi_status() and the log. Then the worker
+// is running (a worker restarted after a failure stays `failing` until it writes a batch), and
+// its commits carry its replication origin: the plugin skips them, so it never captures itself.
+void DatabaseRun::RecreateLostSlot() {
+	PgCall([&]() {
+		bool exists = BemiSlotExists(slot_);
+		XLogRecPtr lost_from = exists ? BemiSlotLostFrom(slot_) : InvalidXLogRecPtr;
+
+		if (!exists || !XLogRecPtrIsInvalid(lost_from)) {
+			const char *reason =
+			    exists ? "the capture slot was invalidated (max_slot_wal_keep_size exceeded)"
+			           : "the capture slot was missing (dropped, or the server was promoted from a standby)";
+			ereport(WARNING,
+			        (errmsg("bemi: %s; changes since %X/%X are lost", reason, BEMI_LSN_ARGS(lost_from)),
+			         errdetail("A new capture slot is created; the gap is recorded in bemi.gaps."),
+			         errhint("Raise max_slot_wal_keep_size, and watch bemi_status().")));
+			BemiReportError(db_, reason);
+			if (exists)
+				BemiDropSlot(slot_);
+			InTransaction([&]() { BemiCreateSlot(slot_); });
+			// Capture lost changes: say so in bemi.gaps, never silently.
+			InTransactionWithSpi([&]() {
+				Oid types[3] = {PG_LSNOID, PG_LSNOID, TEXTOID};
+				Datum args[3] = {LSNGetDatum(lost_from), LSNGetDatum(GetXLogInsertRecPtr()),
+				                 CStringGetTextDatum(reason)};
+				char nulls[3] = {XLogRecPtrIsInvalid(lost_from) ? 'n' : ' ', ' ', ' '};
+
+				if (SPI_execute_with_args(
+				        "INSERT INTO bemi.gaps (from_lsn, to_lsn, reason) VALUES ($1, $2, $3)", 3, types,
+				        args, nulls, false, 0) != SPI_OK_INSERT)
+					elog(ERROR, "bemi: could not record a gap in bemi.gaps");
+			});
+		}
+
+		LWLockAcquire(bemi_shared->lock, LW_EXCLUSIVE);
+		if (db_->state == BEMI_STARTING || db_->state == BEMI_FAILED)
+			db_->state = BEMI_RUNNING;
+		LWLockRelease(bemi_shared->lock);
+		ConditionVariableBroadcast(&db_->progress_cv);
+
+		MemoryContextSwitchTo(context_);
+		char name[NAMEDATALEN];
+		BemiSlotName(db_->dboid, name, sizeof(name));
+		RepOriginId origin = InvalidRepOriginId;
+		InTransaction([&]() {
+			origin = replorigin_by_name(name, true);
+			if (origin == InvalidRepOriginId)
+				origin = replorigin_create(name);
+		});
+#if PG_VERSION_NUM >= 160000
+		replorigin_session_setup(origin, 0);
+#else
+		replorigin_session_setup(origin);
+#endif
+		replorigin_session_origin = origin;
+		bemi_worker_origin = origin;
+	});
+}
+
+// DROP EXTENSION (or a database without it): drop slot and origin, free the entry, exit.
+void DatabaseRun::Retire() {
+	PgCall([&]() {
+		pgstat_report_activity(STATE_RUNNING, "bemi: dropping capture slot");
+		if (ctx_)
+			BemiStopDecoding(ctx_);
+	});
+	sink_.reset();
+	PgCall([&]() {
+		char origin[NAMEDATALEN];
+
+		BemiDropSlot(slot_);
+		if (replorigin_session_origin != InvalidRepOriginId) {
+			replorigin_session_reset();
+			replorigin_session_origin = InvalidRepOriginId;
+		}
+		BemiSlotName(db_->dboid, origin, sizeof(origin));
+		InTransaction([&]() { replorigin_drop_by_name(origin, true, false); });
+		ereport(LOG,
+		        (errmsg("bemi: capture stopped for database %u; slot \"%s\" dropped", db_->dboid, slot_)));
+
+		LWLockAcquire(bemi_shared->lock, LW_EXCLUSIVE);
+		db_->pid = 0;
+		db_->latch = nullptr;
+		db_->fresh = false;
+		db_->state = BEMI_UNUSED;
+		LWLockRelease(bemi_shared->lock);
+		ConditionVariableBroadcast(&db_->progress_cv);
+		claimed = nullptr;
+		proc_exit(0);
+	});
+	pg_unreachable();
+}
+
+// DROP DATABASE: release the slot and the connection; the backend dropping it takes over.
+void DatabaseRun::LetGo() {
+	PgCall([&]() { BemiStopDecoding(ctx_); });
+	sink_.reset();
+	PgCall([&]() {
+		ereport(LOG, (errmsg("bemi: worker for database %u exiting for DROP DATABASE", db_->dboid)));
+		proc_exit(0);
+	});
+	pg_unreachable();
+}
+
+// Confirms the slot up to confirm_lsn_ once our last commit is durable. From 17 the same holds
+// for the standbys named in synchronized_standby_slots. C-style, inside PgCall only.
+void DatabaseRun::ConfirmDurable(bool flush_now) {
+	if (confirm_lsn_ <= MyReplicationSlot->data.confirmed_flush)
+		return;
+	if (flush_now)
+		XLogFlush(commit_end_);
+	if (GetFlushRecPtr(NULL) < commit_end_)
+		return;
+#if PG_VERSION_NUM >= 170000
+	// Failover: a standby syncs the slot's position only, so the slot may not pass what the
+	// standbys of synchronized_standby_slots have of our trail (true when none are set).
+	if (!StandbySlotsHaveCaughtup(commit_end_, DEBUG1))
+		return;
+#endif
+	LogicalConfirmReceivedLocation(confirm_lsn_);
+}
+
+// Everything decoded so far is written: tell the waiters, confirm the slot once durable.
+void DatabaseRun::Flush() {
+	XLogRecPtr reached = ctx_->reader->EndRecPtr;
+
+	if (sink_->Pending()) {
+		sink_->Drain(db_);
+		commit_end_ = XactLastCommitEnd;
+	}
+	PgCall([&]() {
+		MemoryContextSwitchTo(context_);
+		BemiRecovered(db_);
+		confirm_lsn_ = reached;
+		ConfirmDurable(false);
+		if (reached > db_->applied_lsn) {
+			SpinLockAcquire(&db_->mutex);
+			db_->applied_lsn = reached;
+			SpinLockRelease(&db_->mutex);
+			ConditionVariableBroadcast(&db_->progress_cv);
+		}
+	});
+}
+
+// Decodes WAL up to end_of_wal while the worker may; true if it stopped for a full batch.
+// C-style, inside PgCall only: one PgCall for a whole round of WAL records.
+bool DatabaseRun::Decode(XLogRecPtr end_of_wal) {
+	while (ctx_->reader->EndRecPtr < end_of_wal &&
+	       (db_->state == BEMI_RUNNING || db_->state == BEMI_FAILING)) {
+		char *errm = nullptr;
+		XLogRecord *record = XLogReadRecord(ctx_->reader, &errm);
+
+		if (errm)
+			elog(ERROR, "bemi: could not read WAL at %X/%X: %s", BEMI_LSN_ARGS(ctx_->reader->EndRecPtr),
+			     errm);
+		if (record)
+			LogicalDecodingProcessRecord(ctx_, ctx_->reader);
+		if (sink_->PendingChanges() >= bemi_batch_size)
+			return true;
+		CHECK_FOR_INTERRUPTS();
+	}
+	return false;
+}
+
+void DatabaseRun::Stream() {
+	TimestampTz pending_since = 0;
+
+	for (;;) {
+		enum class Next { kDecode, kRetire, kLetGo };
+		XLogRecPtr end_of_wal = InvalidXLogRecPtr;
+		Next next = PgCall([&]() {
+			// Transactions leave us in TopMemoryContext: come back every round.
+			MemoryContextSwitchTo(context_);
+			CHECK_FOR_INTERRUPTS();
+			if (ConfigReloadPending) {
+				ConfigReloadPending = false;
+				ProcessConfigFile(PGC_SIGHUP);
+			}
+			if (db_->state == BEMI_STOPPING)
+				return Next::kRetire;
+			if (db_->state == BEMI_PAUSED)
+				return Next::kLetGo;
+			end_of_wal = GetFlushRecPtr(NULL);
+			if (ctx_->reader->EndRecPtr < end_of_wal)
+				pgstat_report_activity(STATE_RUNNING, "bemi: decoding");
+			return Next::kDecode;
+		});
+		if (next == Next::kRetire)
+			Retire();
+		if (next == Next::kLetGo)
+			LetGo();
+
+		while (PgCall([&]() { return Decode(end_of_wal); })) {
+			Flush();
+			PgCall([&]() {
+				MemoryContextSwitchTo(context_);
+				CHECK_FOR_INTERRUPTS();
+			});
+		}
+
+		// Under a steady load each wake-up finds a transaction or two: let changes gather for
+		// bemi.flush_delay so that the worker writes batches, not one transaction per commit.
+		bool wait = PgCall([&]() {
+			if (!sink_->Pending() || sink_->PendingChanges() >= bemi_batch_size || bemi_flush_delay_ms <= 0)
+				return false;
+			if (pending_since == 0)
+				pending_since = GetCurrentTimestamp();
+			long remaining = TimestampDifferenceMilliseconds(
+			    GetCurrentTimestamp(), TimestampTzPlusMilliseconds(pending_since, bemi_flush_delay_ms));
+			if (remaining <= 0)
+				return false;
+			(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, remaining,
+			                PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			return true;
+		});
+		if (wait)
+			continue;
+		Flush();
+		pending_since = 0;
+		upkeep_.RunIfDue(db_);
+
+		PgCall([&]() {
+			if (ctx_->reader->EndRecPtr >= GetFlushRecPtr(NULL)) {
+				ConfirmDurable(true); // idle: make our last batch durable and confirm it
+				pgstat_report_activity(STATE_IDLE, nullptr);
+				(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kNaptimeMs,
+				                PG_WAIT_EXTENSION);
+				ResetLatch(MyLatch);
+			}
+		});
+	}
+}
+
+} // namespace
+
+} // namespace bemi
+
+extern "C" void BemiWorkerRun(Oid dboid) {
+	bemi::Enter([&]() {
+		MemoryContext context = bemi::PgCall([&]() {
+			bemi::Connect(dboid);
+			MemoryContext worker =
+			    AllocSetContextCreate(TopMemoryContext, "bemi worker", ALLOCSET_DEFAULT_SIZES);
+			MemoryContextSwitchTo(worker);
+			return worker;
+		});
+		BemiDatabase *db = bemi::PgCall([&]() {
+			BemiDatabase *claimed_db = bemi::Claim(dboid);
+			bemi::Backoff(claimed_db);
+			return claimed_db;
+		});
+		try {
+			bemi::DatabaseRun(db, context).Run();
+		} catch (const std::exception &e) {
+			bemi::MarkFailed(db, e.what());
+			throw;
+		}
+	});
+}
