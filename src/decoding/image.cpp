@@ -371,7 +371,8 @@ static bool SameValue(Form_pg_attribute att, Datum a, bool a_null, Datum b, bool
 	       memcmp(VARDATA_ANY(va), VARDATA_ANY(vb), VARSIZE_ANY_EXHDR(va)) == 0;
 }
 
-bool ChangesOnlyIgnorable(const RecordedRelation &plan, Relation rel, HeapTuple old_tuple, HeapTuple new_tuple) {
+bool ChangesOnlyIgnorable(const RecordedRelation &plan, Relation rel, HeapTuple old_tuple,
+                          HeapTuple new_tuple) {
 	TupleDesc desc = RelationGetDescr(rel);
 	int natts = desc->natts;
 	auto old_values = (Datum *)palloc(natts * sizeof(Datum));

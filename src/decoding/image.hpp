@@ -29,7 +29,8 @@ Jsonb *ImageOf(const RecordedRelation &plan, Relation rel, HeapTuple tuple, Heap
 
 // Whether an UPDATE (REPLICA IDENTITY FULL: old_tuple holds every column) changed no column but
 // ignorable ones (rules.hpp, ignore with columns).
-bool ChangesOnlyIgnorable(const RecordedRelation &plan, Relation rel, HeapTuple old_tuple, HeapTuple new_tuple);
+bool ChangesOnlyIgnorable(const RecordedRelation &plan, Relation rel, HeapTuple old_tuple,
+                          HeapTuple new_tuple);
 
 // An old image reduced to the replica identity columns.
 Jsonb *IdentityImage(Relation rel, Jsonb *image);

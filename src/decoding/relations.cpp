@@ -75,7 +75,8 @@ void OnCatalog(Datum, int, uint32) noexcept {
 
 } // namespace
 
-std::unique_ptr<RecordedRelation> RecordedRelation::Build(Relation rel, MemoryContext parent, const Rules *rules) {
+std::unique_ptr<RecordedRelation> RecordedRelation::Build(Relation rel, MemoryContext parent,
+                                                          const Rules *rules) {
 	std::unique_ptr<RecordedRelation> entry(new RecordedRelation());
 	RecordedRelation *e = entry.get();
 	int natts = RelationGetDescr(rel)->natts;
@@ -101,7 +102,8 @@ std::unique_ptr<RecordedRelation> RecordedRelation::Build(Relation rel, MemoryCo
 		e->relid_ = relid;
 		e->recorded_as_ = recorded_as;
 		bool in_bemi = own_schema != nullptr && strcmp(own_schema, "bemi") == 0;
-		e->rules_table_ = in_bemi && recorded_as == relid && strcmp(RelationGetRelationName(rel), "rules") == 0;
+		e->rules_table_ =
+		    in_bemi && recorded_as == relid && strcmp(RelationGetRelationName(rel), "rules") == 0;
 		e->own_ = in_bemi && !e->rules_table_;
 		e->schema_ = schema ? schema : "";
 		e->table_ = table ? table : pstrdup(RelationGetRelationName(rel));
@@ -146,7 +148,8 @@ void RecordedRelation::ApplyRules(const Rules &rules) {
 		col.mask = rules.MaskOf(schema, table, name);
 		col.ignorable = rules.IgnoresColumn(schema, table, name);
 		has_ignorable_ |= col.ignorable;
-		needs_output |= col.mask == Mask::Hash && col.kind != ColumnKind::Float && col.kind != ColumnKind::Output;
+		needs_output |=
+		    col.mask == Mask::Hash && col.kind != ColumnKind::Float && col.kind != ColumnKind::Output;
 	}
 	columns_.erase(std::remove_if(columns_.begin(), columns_.end(),
 	                              [](const ColumnPlan &col) { return col.mask == Mask::Drop; }),
@@ -203,7 +206,8 @@ const RecordedRelation &RelationCache::Lookup(Relation rel, const Rules *rules) 
 	Oid relid = RelationGetRelid(rel);
 	uint64 generation = rules != nullptr ? rules->generation() : 0;
 	auto found = entries_.find(relid);
-	if (found != entries_.end() && found->second->Serves(rel) && found->second->rules_generation() == generation)
+	if (found != entries_.end() && found->second->Serves(rel) &&
+	    found->second->rules_generation() == generation)
 		return *found->second;
 
 	uint64 invalidations = invalidations_;

@@ -261,7 +261,8 @@ bool Rules::IgnoresColumn(std::string_view schema, std::string_view table, std::
 Mask Rules::MaskOf(std::string_view schema, std::string_view table, std::string_view column) const {
 	Mask mask = Mask::None;
 	for (const TableRule &rule : tables_)
-		if (rule.kind == Kind::Mask && rule.mask > mask && rule.Matches(schema, table) && rule.MatchesColumn(column))
+		if (rule.kind == Kind::Mask && rule.mask > mask && rule.Matches(schema, table) &&
+		    rule.MatchesColumn(column))
 			mask = rule.mask;
 	return mask;
 }

@@ -80,7 +80,8 @@ void StringField(JsonbContainer *object, const char *key, const char **value, in
 	JsonbValue found;
 	*value = "";
 	*len = 0;
-	if (getKeyJsonValueFromContainer(object, key, strlen(key), &found) != nullptr && found.type == jbvString) {
+	if (getKeyJsonValueFromContainer(object, key, strlen(key), &found) != nullptr &&
+	    found.type == jbvString) {
 		*value = found.val.string.val;
 		*len = found.val.string.len;
 	}
@@ -94,7 +95,8 @@ Writer WriterOf(Jsonb *identity) {
 	    inner.type != jbvBinary)
 		return writer;
 	StringField(inner.val.binary.data, "role", &writer.role, &writer.role_len);
-	StringField(inner.val.binary.data, "application_name", &writer.application_name, &writer.application_name_len);
+	StringField(inner.val.binary.data, "application_name", &writer.application_name,
+	            &writer.application_name_len);
 	return writer;
 }
 
@@ -411,8 +413,9 @@ bool Session::WriterIgnored(const Rules &rules) {
 		return writer_ignored_;
 	Jsonb *identity = identity_;
 	Writer writer = PgCall([&]() { return WriterOf(identity); });
-	writer_ignored_ = rules.IgnoresWriter(std::string_view(writer.role, writer.role_len),
-	                                      std::string_view(writer.application_name, writer.application_name_len));
+	writer_ignored_ =
+	    rules.IgnoresWriter(std::string_view(writer.role, writer.role_len),
+	                        std::string_view(writer.application_name, writer.application_name_len));
 	writer_identity_ = identity_;
 	writer_generation_ = rules.generation();
 	return writer_ignored_;
@@ -446,8 +449,8 @@ void Session::Change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *c
 	bool full_identity = rel->rd_rel->relreplident == REPLICA_IDENTITY_FULL;
 	// ignore with columns: only an old row with every column (REPLICA IDENTITY FULL) tells which
 	// columns an UPDATE changed; without one, the UPDATE is recorded.
-	if (change->action == REORDER_BUFFER_CHANGE_UPDATE && plan.has_ignorable() && full_identity && old_tuple &&
-	    new_tuple) {
+	if (change->action == REORDER_BUFFER_CHANGE_UPDATE && plan.has_ignorable() && full_identity &&
+	    old_tuple && new_tuple) {
 		bool skip = PgCall([&]() {
 			MemoryContext old = MemoryContextSwitchTo(change_context_);
 			bool only = ChangesOnlyIgnorable(plan, rel, old_tuple, new_tuple);
