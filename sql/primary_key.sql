@@ -59,6 +59,10 @@ SELECT bemi_primary_key('pk.by_pair', '{"a": 1, "b": "x", "n": 1}'),
 CREATE TABLE pk.keyless (n int);
 CREATE VIEW pk.a_view AS SELECT 1 AS n;
 SELECT bemi_primary_key('pk.keyless', '{"n": 1}') IS NULL AS keyless;
+-- An image that is not an object has no key columns: NULL, never an error or a crash.
+SELECT bemi_primary_key('pk.by_pair', '[1, "x"]') IS NULL AS array_image,
+       bemi_primary_key('pk.by_pair', '"x"') IS NULL AS scalar_image,
+       bemi_primary_key('pk.by_pair', 'null') IS NULL AS null_image;
 SELECT bemi_primary_key('pk.a_view', '{"n": 1}');
 
 SET client_min_messages = warning;

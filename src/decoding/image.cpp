@@ -435,7 +435,8 @@ text *PrimaryKeyText(const RecordedRelation &plan, Jsonb *image) {
 	int npk = (int)key.size();
 	StringInfoData out;
 
-	if (image == nullptr || JB_ROOT_COUNT(image) == 0 || npk == 0)
+	// Only an object has columns: an array read as one would be read past its end.
+	if (image == nullptr || !JB_ROOT_IS_OBJECT(image) || JB_ROOT_COUNT(image) == 0 || npk == 0)
 		return nullptr;
 	initStringInfo(&out);
 	if (npk > 1)

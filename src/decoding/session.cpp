@@ -307,8 +307,8 @@ void Session::Replace(Jsonb *context, Jsonb *application, Jsonb *identity, Jsonb
 	});
 }
 
-// The message's JSON as jsonb, or nullptr when jsonb_in refuses it or it is not an object.
-Jsonb *Session::ParseObject(const char *payload, Size size) {
+// The message's JSON as jsonb, or nullptr when jsonb_in refuses it.
+Jsonb *Session::ParseJson(const char *payload, Size size) {
 	char *json = PgCall([&]() { return pnstrdup(payload, size); });
 	Jsonb *parsed = nullptr;
 	ErrorData *refused = nullptr;
@@ -323,11 +323,17 @@ Jsonb *Session::ParseObject(const char *payload, Size size) {
 		pfree(json);
 		if (refused != nullptr)
 			FreeErrorData(refused);
-		if (parsed != nullptr && !IsObject(parsed)) {
-			pfree(parsed);
-			parsed = nullptr;
-		}
 	});
+	return parsed;
+}
+
+// The message's JSON as jsonb, or nullptr when jsonb_in refuses it or it is not an object.
+Jsonb *Session::ParseObject(const char *payload, Size size) {
+	Jsonb *parsed = ParseJson(payload, size);
+	if (parsed != nullptr && !IsObject(parsed)) {
+		PgCall([&]() { pfree(parsed); });
+		parsed = nullptr;
+	}
 	return parsed;
 }
 
@@ -352,27 +358,13 @@ Session::Judged Session::JudgeApplicationContext(const char *payload, Size size,
 		std::string reason = fmt::format("context is not valid {}", GetDatabaseEncodingName());
 		return {Note(key, reason.c_str()), nullptr};
 	}
-	char *json = PgCall([&]() { return pnstrdup(payload, size); });
-	Jsonb *parsed = nullptr;
-	ErrorData *refused = nullptr;
-	try {
-		parsed =
-		    PgCall([&]() { return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json))); });
-	} catch (const PgError &e) {
-		refused = e.data();
-	}
-	bool object = parsed != nullptr && IsObject(parsed);
-	PgCall([&]() {
-		pfree(json);
-		if (refused != nullptr)
-			FreeErrorData(refused);
-		if (parsed != nullptr && !object)
-			pfree(parsed);
-	});
+	Jsonb *parsed = ParseJson(payload, size);
 	if (parsed == nullptr)
 		return {Note(key, "context is not valid JSON"), nullptr};
-	if (!object)
+	if (!IsObject(parsed)) {
+		PgCall([&]() { pfree(parsed); });
 		return {Note(key, "context is not a JSON object"), nullptr};
+	}
 	Jsonb *application = PgCall([&]() {
 		return DatumGetJsonbP(DirectFunctionCall2(jsonb_delete, JsonbPGetDatum(parsed),
 		                                          CStringGetTextDatum(BEMI_RESERVED_KEY)));

@@ -46,6 +46,7 @@ class Session {
 	};
 	void MessageInTxn(ReorderBufferTXN *txn, bool ours, Size size, const char *message);
 	Judged JudgeApplicationContext(const char *payload, Size size, bool limit_size);
+	Jsonb *ParseJson(const char *payload, Size size);
 	Jsonb *ParseObject(const char *payload, Size size);
 	Jsonb *Note(const char *key, const char *reason);
 	void Replace(Jsonb *context, Jsonb *application, Jsonb *identity, Jsonb *const *candidates, int n);
