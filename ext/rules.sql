@@ -235,3 +235,32 @@ REVOKE ALL ON FUNCTION bemi._rule_like(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.bemi_tracked_tables() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bemi._rule_like(text) TO bemi_reader, bemi_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.bemi_tracked_tables() TO bemi_reader, bemi_admin;
+
+-- Reverts and time travel must never write a mask into a table (docs/sql-reference.md, "What is
+-- recorded"). A value of an image is a mask by its shape: the marker or "hmac:" and 64 hex digits
+-- (the plugin's BEMI_MASK_MARKER and BEMI_MASK_HASH_PREFIX). Judged by shape, not by today's rules:
+-- a rule made after a change left that change's values in clear, a rule dropped since masked them.
+CREATE FUNCTION bemi._is_mask(v jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(jsonb_typeof(v) = 'string' AND (v #>> '{}' = '[masked]' OR v #>> '{}' ~ '^hmac:[0-9a-f]{64}$'), false)
+$$;
+
+-- The columns of a table that a mask rule covers now (any method), for a caller who may read the
+-- table's changes (bemi._readable_table checks the caller, and raises otherwise): a 'drop' mask
+-- leaves no value in the image, so only today's rules say why a column is missing. Runs as the
+-- owner to read bemi.rules, and tells the caller only column names of a table it may read.
+CREATE FUNCTION bemi._masked_columns(tbl regclass) RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(DISTINCT a.attname::text ORDER BY a.attname::text), '{}')
+      FROM bemi._readable_table(tbl) t
+      JOIN bemi.rules r
+        ON r.kind = 'mask'
+       AND t.schema_name COLLATE "C" LIKE bemi._rule_like(split_part(r.target, '.', 1))
+       AND t.table_name COLLATE "C" LIKE bemi._rule_like(split_part(r.target, '.', 2))
+      JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
+     WHERE EXISTS (SELECT FROM unnest(r.columns) p WHERE a.attname::text COLLATE "C" LIKE bemi._rule_like(p))
+$$;
+REVOKE ALL ON FUNCTION bemi._is_mask(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi._masked_columns(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi._is_mask(jsonb) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi._masked_columns(regclass) TO PUBLIC;
