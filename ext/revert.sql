@@ -13,7 +13,7 @@ CREATE TYPE @extschema@.bemi_revert_step AS (
 -- the before-image of the set's first change of it: deleted if that change created it, inserted
 -- if the set deleted it, otherwise the columns the set changed are set back. Refuses if a change
 -- outside the set touched one of those rows after the set did (a conflict), unless force.
--- A revert never writes a mask: a column whose old value is a mask (bemi._is_mask), or is missing
+-- A revert never writes a mask: a column whose old value is a mask (by its shape), or is missing
 -- from the image while a mask rule covers it now ('drop'), is left as it is (an UPDATE) or to its
 -- default (an INSERT), and a NOTICE names it, with or without force.
 -- The writes carry the caller's context plus `marker` (default {"bemi_revert": {"change_ids": …}}).
@@ -31,6 +31,7 @@ DECLARE
     key_cols text[];
     cols text[];
     held text[];
+    masks text[];
     b jsonb;
     k jsonb;
     result @extschema@.bemi_revert_step;
@@ -125,13 +126,16 @@ BEGIN
         -- Columns whose value in the trail is a mask, or that a mask rule covers now and the image
         -- lacks: never written. A marker hides whether an UPDATE changed the value, so it is named
         -- whatever the diff says; a hash that did not change is not.
+        masks := ARRAY(SELECT e.key FROM jsonb_each(b) e
+                        WHERE jsonb_typeof(e.value) = 'string'
+                          AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'));
         held := CASE WHEN b IS NULL THEN '{}' ELSE ARRAY(
                     SELECT a.attname::text FROM pg_attribute a
                      WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
                        AND CASE WHEN b ? a.attname
-                                THEN bemi._is_mask(b -> a.attname::text)
+                                THEN a.attname = ANY (masks)
                                      AND (k IS NULL OR a.attname = ANY (grp.changed) OR b ->> a.attname::text = '[masked]')
-                                ELSE a.attname = ANY (bemi._masked_columns(rel)) END
+                                ELSE a.attname = ANY (@extschema@.bemi_masked_columns(rel)) END
                      ORDER BY a.attnum) END;
         cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
                        WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
@@ -139,8 +143,10 @@ BEGIN
                          AND (k IS NULL OR (a.attname = ANY (grp.changed) AND a.attidentity <> 'a'))
                        ORDER BY a.attnum);
         -- No mask reaches jsonb_populate_record either (a marker does not fit an integer column).
-        b := b - held - ARRAY(SELECT e.key FROM jsonb_each(b) e WHERE bemi._is_mask(e.value));
-        k := k - ARRAY(SELECT e.key FROM jsonb_each(k) e WHERE bemi._is_mask(e.value));
+        b := b - held - masks;
+        k := k - ARRAY(SELECT e.key FROM jsonb_each(k) e
+                        WHERE jsonb_typeof(e.value) = 'string'
+                          AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'));
         IF held <> '{}' THEN
             RAISE NOTICE 'revert of % row %: masked column(s) % left %', rel, grp.primary_key, held,
                 CASE WHEN k IS NULL THEN 'to their default' ELSE 'as they are' END

@@ -82,19 +82,6 @@ END $$;
 COMMENT ON FUNCTION @extschema@.bemi_time_travel_target(regtype, timestamptz) IS
     'Checks a time-travel request and returns the table, its key expression and key columns';
 
--- An old image as time travel returns it: a masked value (bemi._is_mask) of a column that is not
--- of a string type becomes NULL (its key goes), as a 'drop' mask's column is; a string column
--- keeps its mask, so a masked column comes back masked and never as a value it did not hold.
-CREATE FUNCTION bemi._as_of_image(tbl regclass, image jsonb) RETURNS jsonb
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT image - ARRAY(SELECT e.key FROM jsonb_each(image) e
-                           JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = e.key AND a.attnum > 0
-                           JOIN pg_type t ON t.oid = a.atttypid
-                          WHERE bemi._is_mask(e.value) AND t.typcategory <> 'S')
-$$;
-REVOKE ALL ON FUNCTION bemi._as_of_image(regclass, jsonb) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi._as_of_image(regclass, jsonb) TO PUBLIC;
-
 -- A table as it was at a moment, as rows of its own type: the current rows that no change
 -- after the moment touched, plus the before-image of the first change after the moment of every
 -- row that was changed since (unless that change created the row). After a TRUNCATE later than
@@ -107,6 +94,14 @@ DECLARE
     target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
     base_id bigint;
     base_at timestamptz;
+    -- Masked values are read back masked (docs/sql-reference.md, "Time travel"): a mask (the marker
+    -- or a hash, by its shape) in a column of no string type reads as NULL, as a dropped one does.
+    nonstring text[] := ARRAY(SELECT a.attname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                               WHERE a.attrelid = target.tbl AND a.attnum > 0 AND NOT a.attisdropped
+                                 AND t.typcategory <> 'S');
+    unmask constant text := $u$ - ARRAY(SELECT e.key FROM pg_catalog.jsonb_each(%1$s) e
+                                       WHERE e.key = ANY (%2$s) AND pg_catalog.jsonb_typeof(e.value) = 'string'
+                                         AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))$u$;
 BEGIN
     PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
     IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
@@ -120,9 +115,9 @@ BEGIN
                 SELECT t.* FROM %1$s t
                  WHERE NOT EXISTS (SELECT 1 FROM firsts f WHERE f.primary_key = %2$s)
                 UNION ALL
-                SELECT r.* FROM firsts f, jsonb_populate_record(NULL::%1$s, bemi._as_of_image($1, f."before")) r
-                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql)
-                USING target.tbl, at;
+                SELECT r.* FROM firsts f, jsonb_populate_record(NULL::%1$s, f."before" %3$s) r
+                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql, format(unmask, 'f."before"', '$3'))
+                USING target.tbl, at, nonstring;
         EXCEPTION WHEN data_exception THEN
             RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
                 USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
@@ -150,9 +145,9 @@ BEGIN
                   FROM @extschema@.bemi_table_history($1, $3, $2) h
                  WHERE h.id > $4 AND h.operation <> 'TRUNCATE'
                  ORDER BY h.primary_key, h.id DESC) l,
-                jsonb_populate_record(NULL::%1$s, bemi._as_of_image($1, l."after")) r
-             WHERE l.operation <> 'DELETE'$q$, target.tbl)
-            USING target.tbl, at, base_at, base_id;
+                jsonb_populate_record(NULL::%1$s, l."after" %2$s) r
+             WHERE l.operation <> 'DELETE'$q$, target.tbl, format(unmask, 'l."after"', '$5'))
+            USING target.tbl, at, base_at, base_id, nonstring;
     EXCEPTION WHEN data_exception THEN
         RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
             USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
@@ -173,6 +168,10 @@ DECLARE
     key_image jsonb;
     change record;
     base_id bigint := 0;
+    -- As in bemi_as_of: a mask in a column of no string type reads as NULL.
+    nonstring text[] := ARRAY(SELECT a.attname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                               WHERE a.attrelid = target.tbl AND a.attnum > 0 AND NOT a.attisdropped
+                                 AND t.typcategory <> 'S');
 BEGIN
     IF key IS NULL THEN
         RAISE EXCEPTION 'the primary key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -184,7 +183,10 @@ BEGIN
         IF FOUND THEN
             -- The first change after the moment knows the row as it was (or that it did not exist).
             RETURN CASE WHEN change.operation = 'CREATE' THEN NULL
-                        ELSE jsonb_populate_record(tbl, bemi._as_of_image(target.tbl, change."before")) END;
+                        ELSE jsonb_populate_record(tbl, change."before" - ARRAY(
+                             SELECT e.key FROM jsonb_each(change."before") e
+                              WHERE e.key = ANY (nonstring) AND jsonb_typeof(e.value) = 'string'
+                                AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))) END;
         END IF;
         IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
             -- Untouched since: it is as it is now.
@@ -211,7 +213,10 @@ BEGIN
         SELECT h.operation, h."after" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
          WHERE h.committed_at <= at AND h.id > base_id ORDER BY h.id DESC LIMIT 1;
         RETURN CASE WHEN NOT FOUND OR change.operation = 'DELETE' THEN NULL
-                    ELSE jsonb_populate_record(tbl, bemi._as_of_image(target.tbl, change."after")) END;
+                    ELSE jsonb_populate_record(tbl, change."after" - ARRAY(
+                             SELECT e.key FROM jsonb_each(change."after") e
+                              WHERE e.key = ANY (nonstring) AND jsonb_typeof(e.value) = 'string'
+                                AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))) END;
     EXCEPTION WHEN data_exception THEN
         RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
             USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,

@@ -38,6 +38,22 @@ SELECT id AS del FROM bemi.changes WHERE "table" = 'rrv_users' AND operation = '
 SELECT action, rows FROM bemi_revert_change(:del);
 SELECT * FROM rrv_users ORDER BY id;
 
+-- An ordinary role (no bemi_reader, no USAGE on schema bemi) with rights on the table gets the
+-- same: it reads time travel, learns which columns are masked, reverts; a role that may not read
+-- the table learns nothing.
+CREATE ROLE rrv_app;
+CREATE ROLE rrv_other;
+GRANT SELECT, INSERT, UPDATE, DELETE ON rrv_users TO rrv_app;
+SET ROLE rrv_app;
+SELECT bemi_masked_columns('rrv_users');
+SELECT id, email, password, ssn, pin FROM bemi_as_of(NULL::rrv_users, :'t1') ORDER BY id;
+SELECT action, rows FROM bemi_revert_change(:upd, force => true, dry_run => true);
+SET ROLE rrv_other;
+SELECT bemi_masked_columns('rrv_users');
+RESET ROLE;
+DROP OWNED BY rrv_app, rrv_other;
+DROP ROLE rrv_app, rrv_other;
+
 -- Judged by the value's shape too: with the rules gone, a mask in an old image is still never
 -- written, and values recorded in clear since are.
 SELECT bemi_drop_rule(:r_redact), bemi_drop_rule(:r_hash), bemi_drop_rule(:r_drop);

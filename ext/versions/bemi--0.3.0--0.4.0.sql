@@ -249,58 +249,57 @@ REVOKE ALL ON FUNCTION @extschema@.bemi_tracked_tables() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bemi._rule_like(text) TO bemi_reader, bemi_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.bemi_tracked_tables() TO bemi_reader, bemi_admin;
 
--- Reverts and time travel must never write a mask into a table (docs/sql-reference.md, "What is
--- recorded"). A value of an image is a mask by its shape: the marker or "hmac:" and 64 hex digits
--- (the plugin's BEMI_MASK_MARKER and BEMI_MASK_HASH_PREFIX). Judged by shape, not by today's rules:
--- a rule made after a change left that change's values in clear, a rule dropped since masked them.
-CREATE FUNCTION bemi._is_mask(v jsonb) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(jsonb_typeof(v) = 'string' AND (v #>> '{}' = '[masked]' OR v #>> '{}' ~ '^hmac:[0-9a-f]{64}$'), false)
-$$;
-
--- The columns of a table that a mask rule covers now (any method), for a caller who may read the
--- table's changes (bemi._readable_table checks the caller, and raises otherwise): a 'drop' mask
--- leaves no value in the image, so only today's rules say why a column is missing. Runs as the
--- owner to read bemi.rules, and tells the caller only column names of a table it may read.
-CREATE FUNCTION bemi._masked_columns(tbl regclass) RETURNS text[]
+-- Reverts must never write a mask into a table (docs/sql-reference.md, "Reverting"). A value is
+-- a mask by its shape (the marker, or "hmac:" and 64 hex digits: the plugin's BEMI_MASK_MARKER and
+-- BEMI_MASK_HASH_PREFIX), tested inline where images are read, whatever today's rules say: a rule
+-- made after a change left that change in clear, a rule dropped since masked it. A 'drop' mask
+-- leaves no value at all, so only today's rules say why a column is missing from an image:
+-- bemi_masked_columns names the columns a mask rule covers now.
+-- Owner's rights (bemi.rules is for trail readers only), in schema bemi which PUBLIC cannot use:
+-- reached through bemi_masked_columns, which checks the caller first.
+CREATE FUNCTION bemi._masked_columns(tbl regclass, p_schema text, p_table text) RETURNS text[]
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(array_agg(DISTINCT a.attname::text ORDER BY a.attname::text), '{}')
-      FROM bemi._readable_table(tbl) t
-      JOIN bemi.rules r
-        ON r.kind = 'mask'
-       AND t.schema_name COLLATE "C" LIKE bemi._rule_like(split_part(r.target, '.', 1))
-       AND t.table_name COLLATE "C" LIKE bemi._rule_like(split_part(r.target, '.', 2))
+      FROM bemi.rules r
       JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
-     WHERE EXISTS (SELECT FROM unnest(r.columns) p WHERE a.attname::text COLLATE "C" LIKE bemi._rule_like(p))
+     WHERE r.kind = 'mask'
+       AND p_schema COLLATE "C" LIKE bemi._rule_like(split_part(r.target, '.', 1))
+       AND p_table COLLATE "C" LIKE bemi._rule_like(split_part(r.target, '.', 2))
+       AND EXISTS (SELECT FROM unnest(r.columns) p WHERE a.attname::text COLLATE "C" LIKE bemi._rule_like(p))
 $$;
-REVOKE ALL ON FUNCTION bemi._is_mask(jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION bemi._masked_columns(regclass) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi._is_mask(jsonb) TO PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi._masked_columns(regclass) TO PUBLIC;
+REVOKE ALL ON FUNCTION bemi._masked_columns(regclass, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi._masked_columns(regclass, text, text) TO PUBLIC;
+
+-- The columns of a table a mask rule covers now, for a caller who may read the table's changes
+-- (bemi._readable_table raises otherwise): column names only. Runs as the caller; bound to the
+-- helpers by OID, so it needs no USAGE on schema bemi.
+CREATE FUNCTION @extschema@.bemi_masked_columns(tbl regclass) RETURNS text[]
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT bemi._masked_columns(bemi_masked_columns.tbl, t.schema_name, t.table_name)
+      FROM bemi._readable_table(bemi_masked_columns.tbl) t;
+END;
+COMMENT ON FUNCTION @extschema@.bemi_masked_columns(regclass) IS
+    'The columns of a table that a mask rule covers now (for a caller who may read its changes)';
 
 ------------------------------------------------------------------------------------------------
 -- History, time travel and reverts know the rules (issue 13): ext/time_travel.sql and
 -- ext/revert.sql at 0.4.0; the functions keep their arguments, results, comments and grants.
 ------------------------------------------------------------------------------------------------
--- An old image as time travel returns it: a masked value (bemi._is_mask) of a column that is not
--- of a string type becomes NULL (its key goes), as a 'drop' mask's column is; a string column
--- keeps its mask, so a masked column comes back masked and never as a value it did not hold.
-CREATE FUNCTION bemi._as_of_image(tbl regclass, image jsonb) RETURNS jsonb
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT image - ARRAY(SELECT e.key FROM jsonb_each(image) e
-                           JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = e.key AND a.attnum > 0
-                           JOIN pg_type t ON t.oid = a.atttypid
-                          WHERE bemi._is_mask(e.value) AND t.typcategory <> 'S')
-$$;
-REVOKE ALL ON FUNCTION bemi._as_of_image(regclass, jsonb) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi._as_of_image(regclass, jsonb) TO PUBLIC;
-
 CREATE OR REPLACE FUNCTION @extschema@.bemi_as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
 DECLARE
     target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
     base_id bigint;
     base_at timestamptz;
+    -- Masked values are read back masked (docs/sql-reference.md, "Time travel"): a mask (the marker
+    -- or a hash, by its shape) in a column of no string type reads as NULL, as a dropped one does.
+    nonstring text[] := ARRAY(SELECT a.attname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                               WHERE a.attrelid = target.tbl AND a.attnum > 0 AND NOT a.attisdropped
+                                 AND t.typcategory <> 'S');
+    unmask constant text := $u$ - ARRAY(SELECT e.key FROM pg_catalog.jsonb_each(%1$s) e
+                                       WHERE e.key = ANY (%2$s) AND pg_catalog.jsonb_typeof(e.value) = 'string'
+                                         AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))$u$;
 BEGIN
     PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
     IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
@@ -314,9 +313,9 @@ BEGIN
                 SELECT t.* FROM %1$s t
                  WHERE NOT EXISTS (SELECT 1 FROM firsts f WHERE f.primary_key = %2$s)
                 UNION ALL
-                SELECT r.* FROM firsts f, jsonb_populate_record(NULL::%1$s, bemi._as_of_image($1, f."before")) r
-                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql)
-                USING target.tbl, at;
+                SELECT r.* FROM firsts f, jsonb_populate_record(NULL::%1$s, f."before" %3$s) r
+                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql, format(unmask, 'f."before"', '$3'))
+                USING target.tbl, at, nonstring;
         EXCEPTION WHEN data_exception THEN
             RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
                 USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
@@ -344,9 +343,9 @@ BEGIN
                   FROM @extschema@.bemi_table_history($1, $3, $2) h
                  WHERE h.id > $4 AND h.operation <> 'TRUNCATE'
                  ORDER BY h.primary_key, h.id DESC) l,
-                jsonb_populate_record(NULL::%1$s, bemi._as_of_image($1, l."after")) r
-             WHERE l.operation <> 'DELETE'$q$, target.tbl)
-            USING target.tbl, at, base_at, base_id;
+                jsonb_populate_record(NULL::%1$s, l."after" %2$s) r
+             WHERE l.operation <> 'DELETE'$q$, target.tbl, format(unmask, 'l."after"', '$5'))
+            USING target.tbl, at, base_at, base_id, nonstring;
     EXCEPTION WHEN data_exception THEN
         RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
             USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
@@ -363,6 +362,10 @@ DECLARE
     key_image jsonb;
     change record;
     base_id bigint := 0;
+    -- As in bemi_as_of: a mask in a column of no string type reads as NULL.
+    nonstring text[] := ARRAY(SELECT a.attname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                               WHERE a.attrelid = target.tbl AND a.attnum > 0 AND NOT a.attisdropped
+                                 AND t.typcategory <> 'S');
 BEGIN
     IF key IS NULL THEN
         RAISE EXCEPTION 'the primary key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -374,7 +377,10 @@ BEGIN
         IF FOUND THEN
             -- The first change after the moment knows the row as it was (or that it did not exist).
             RETURN CASE WHEN change.operation = 'CREATE' THEN NULL
-                        ELSE jsonb_populate_record(tbl, bemi._as_of_image(target.tbl, change."before")) END;
+                        ELSE jsonb_populate_record(tbl, change."before" - ARRAY(
+                             SELECT e.key FROM jsonb_each(change."before") e
+                              WHERE e.key = ANY (nonstring) AND jsonb_typeof(e.value) = 'string'
+                                AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))) END;
         END IF;
         IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
             -- Untouched since: it is as it is now.
@@ -401,7 +407,10 @@ BEGIN
         SELECT h.operation, h."after" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
          WHERE h.committed_at <= at AND h.id > base_id ORDER BY h.id DESC LIMIT 1;
         RETURN CASE WHEN NOT FOUND OR change.operation = 'DELETE' THEN NULL
-                    ELSE jsonb_populate_record(tbl, bemi._as_of_image(target.tbl, change."after")) END;
+                    ELSE jsonb_populate_record(tbl, change."after" - ARRAY(
+                             SELECT e.key FROM jsonb_each(change."after") e
+                              WHERE e.key = ANY (nonstring) AND jsonb_typeof(e.value) = 'string'
+                                AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))) END;
     EXCEPTION WHEN data_exception THEN
         RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
             USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
@@ -423,6 +432,7 @@ DECLARE
     key_cols text[];
     cols text[];
     held text[];
+    masks text[];
     b jsonb;
     k jsonb;
     result @extschema@.bemi_revert_step;
@@ -517,13 +527,16 @@ BEGIN
         -- Columns whose value in the trail is a mask, or that a mask rule covers now and the image
         -- lacks: never written. A marker hides whether an UPDATE changed the value, so it is named
         -- whatever the diff says; a hash that did not change is not.
+        masks := ARRAY(SELECT e.key FROM jsonb_each(b) e
+                        WHERE jsonb_typeof(e.value) = 'string'
+                          AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'));
         held := CASE WHEN b IS NULL THEN '{}' ELSE ARRAY(
                     SELECT a.attname::text FROM pg_attribute a
                      WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
                        AND CASE WHEN b ? a.attname
-                                THEN bemi._is_mask(b -> a.attname::text)
+                                THEN a.attname = ANY (masks)
                                      AND (k IS NULL OR a.attname = ANY (grp.changed) OR b ->> a.attname::text = '[masked]')
-                                ELSE a.attname = ANY (bemi._masked_columns(rel)) END
+                                ELSE a.attname = ANY (@extschema@.bemi_masked_columns(rel)) END
                      ORDER BY a.attnum) END;
         cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
                        WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
@@ -531,8 +544,10 @@ BEGIN
                          AND (k IS NULL OR (a.attname = ANY (grp.changed) AND a.attidentity <> 'a'))
                        ORDER BY a.attnum);
         -- No mask reaches jsonb_populate_record either (a marker does not fit an integer column).
-        b := b - held - ARRAY(SELECT e.key FROM jsonb_each(b) e WHERE bemi._is_mask(e.value));
-        k := k - ARRAY(SELECT e.key FROM jsonb_each(k) e WHERE bemi._is_mask(e.value));
+        b := b - held - masks;
+        k := k - ARRAY(SELECT e.key FROM jsonb_each(k) e
+                        WHERE jsonb_typeof(e.value) = 'string'
+                          AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'));
         IF held <> '{}' THEN
             RAISE NOTICE 'revert of % row %: masked column(s) % left %', rel, grp.primary_key, held,
                 CASE WHEN k IS NULL THEN 'to their default' ELSE 'as they are' END
