@@ -13,6 +13,9 @@ CREATE TYPE @extschema@.bemi_revert_step AS (
 -- the before-image of the set's first change of it: deleted if that change created it, inserted
 -- if the set deleted it, otherwise the columns the set changed are set back. Refuses if a change
 -- outside the set touched one of those rows after the set did (a conflict), unless force.
+-- A revert never writes a mask: a column whose old value is a mask (by its shape), or is missing
+-- from the image while a mask rule covers it now ('drop'), is left as it is (an UPDATE) or to its
+-- default (an INSERT), and a NOTICE names it, with or without force.
 -- The writes carry the caller's context plus `marker` (default {"bemi_revert": {"change_ids": …}}).
 CREATE FUNCTION @extschema@.bemi_revert_changes(change_ids bigint[], force boolean DEFAULT false,
                                     dry_run boolean DEFAULT false, marker jsonb DEFAULT NULL)
@@ -27,6 +30,8 @@ DECLARE
     rel regclass;
     key_cols text[];
     cols text[];
+    held text[];
+    masks text[];
     b jsonb;
     k jsonb;
     result @extschema@.bemi_revert_step;
@@ -118,11 +123,36 @@ BEGIN
         END IF;
         -- Columns that exist now and can be written; columns dropped since are skipped, columns
         -- added since keep their default (INSERT) or their current value (UPDATE).
+        -- Columns whose value in the trail is a mask, or that a mask rule covers now and the image
+        -- lacks: never written. A marker hides whether an UPDATE changed the value, so it is named
+        -- whatever the diff says; a hash that did not change is not.
+        masks := ARRAY(SELECT e.key FROM jsonb_each(b) e
+                        WHERE jsonb_typeof(e.value) = 'string'
+                          AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'));
+        held := CASE WHEN b IS NULL THEN '{}' ELSE ARRAY(
+                    SELECT a.attname::text FROM pg_attribute a
+                     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                       AND CASE WHEN b ? a.attname
+                                THEN a.attname = ANY (masks)
+                                     AND (k IS NULL OR a.attname = ANY (grp.changed) OR b ->> a.attname::text = '[masked]')
+                                ELSE a.attname = ANY (@extschema@.bemi_masked_columns(rel)) END
+                     ORDER BY a.attnum) END;
         cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
                        WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-                         AND b ? a.attname
+                         AND b ? a.attname AND a.attname <> ALL (held)
                          AND (k IS NULL OR (a.attname = ANY (grp.changed) AND a.attidentity <> 'a'))
                        ORDER BY a.attnum);
+        -- No mask reaches jsonb_populate_record either (a marker does not fit an integer column).
+        b := b - held - masks;
+        k := k - ARRAY(SELECT e.key FROM jsonb_each(k) e
+                        WHERE jsonb_typeof(e.value) = 'string'
+                          AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'));
+        IF held <> '{}' THEN
+            RAISE NOTICE 'revert of % row %: masked column(s) % left %', rel, grp.primary_key, held,
+                CASE WHEN k IS NULL THEN 'to their default' ELSE 'as they are' END
+                USING DETAIL = 'The trail holds a mask (a marker, a hash, or no value), not the value; a revert never writes one.',
+                      HINT = 'Set those columns by hand if they must change.';
+        END IF;
         result.action := CASE WHEN b IS NULL THEN 'DELETE' WHEN k IS NULL THEN 'INSERT' ELSE 'UPDATE' END;
         CONTINUE WHEN result.action = 'UPDATE' AND cols = '{}';
         result.statement := CASE result.action

@@ -235,3 +235,36 @@ REVOKE ALL ON FUNCTION bemi._rule_like(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.bemi_tracked_tables() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bemi._rule_like(text) TO bemi_reader, bemi_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.bemi_tracked_tables() TO bemi_reader, bemi_admin;
+
+-- Reverts must never write a mask into a table (docs/sql-reference.md, "Reverting"). A value is
+-- a mask by its shape (the marker, or "hmac:" and 64 hex digits: the plugin's BEMI_MASK_MARKER and
+-- BEMI_MASK_HASH_PREFIX), tested inline where images are read, whatever today's rules say: a rule
+-- made after a change left that change in clear, a rule dropped since masked it. A 'drop' mask
+-- leaves no value at all, so only today's rules say why a column is missing from an image:
+-- bemi_masked_columns names the columns a mask rule covers now.
+-- Owner's rights (bemi.rules is for trail readers only), in schema bemi which PUBLIC cannot use:
+-- reached through bemi_masked_columns, which checks the caller first.
+CREATE FUNCTION bemi._masked_columns(tbl regclass, p_schema text, p_table text) RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(DISTINCT a.attname::text ORDER BY a.attname::text), '{}')
+      FROM bemi.rules r
+      JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
+     WHERE r.kind = 'mask'
+       AND p_schema COLLATE "C" LIKE bemi._rule_like(split_part(r.target, '.', 1))
+       AND p_table COLLATE "C" LIKE bemi._rule_like(split_part(r.target, '.', 2))
+       AND EXISTS (SELECT FROM unnest(r.columns) p WHERE a.attname::text COLLATE "C" LIKE bemi._rule_like(p))
+$$;
+REVOKE ALL ON FUNCTION bemi._masked_columns(regclass, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi._masked_columns(regclass, text, text) TO PUBLIC;
+
+-- The columns of a table a mask rule covers now, for a caller who may read the table's changes
+-- (bemi._readable_table raises otherwise): column names only. Runs as the caller; bound to the
+-- helpers by OID, so it needs no USAGE on schema bemi.
+CREATE FUNCTION @extschema@.bemi_masked_columns(tbl regclass) RETURNS text[]
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT bemi._masked_columns(bemi_masked_columns.tbl, t.schema_name, t.table_name)
+      FROM bemi._readable_table(bemi_masked_columns.tbl) t;
+END;
+COMMENT ON FUNCTION @extschema@.bemi_masked_columns(regclass) IS
+    'The columns of a table that a mask rule covers now (for a caller who may read its changes)';

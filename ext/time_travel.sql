@@ -94,6 +94,14 @@ DECLARE
     target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
     base_id bigint;
     base_at timestamptz;
+    -- Masked values are read back masked (docs/sql-reference.md, "Time travel"): a mask (the marker
+    -- or a hash, by its shape) in a column of no string type reads as NULL, as a dropped one does.
+    nonstring text[] := ARRAY(SELECT a.attname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                               WHERE a.attrelid = target.tbl AND a.attnum > 0 AND NOT a.attisdropped
+                                 AND t.typcategory <> 'S');
+    unmask constant text := $u$ - ARRAY(SELECT e.key FROM pg_catalog.jsonb_each(%1$s) e
+                                       WHERE e.key = ANY (%2$s) AND pg_catalog.jsonb_typeof(e.value) = 'string'
+                                         AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))$u$;
 BEGIN
     PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
     IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
@@ -107,9 +115,9 @@ BEGIN
                 SELECT t.* FROM %1$s t
                  WHERE NOT EXISTS (SELECT 1 FROM firsts f WHERE f.primary_key = %2$s)
                 UNION ALL
-                SELECT r.* FROM firsts f, jsonb_populate_record(NULL::%1$s, f."before") r
-                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql)
-                USING target.tbl, at;
+                SELECT r.* FROM firsts f, jsonb_populate_record(NULL::%1$s, f."before" %3$s) r
+                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql, format(unmask, 'f."before"', '$3'))
+                USING target.tbl, at, nonstring;
         EXCEPTION WHEN data_exception THEN
             RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
                 USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
@@ -137,9 +145,9 @@ BEGIN
                   FROM @extschema@.bemi_table_history($1, $3, $2) h
                  WHERE h.id > $4 AND h.operation <> 'TRUNCATE'
                  ORDER BY h.primary_key, h.id DESC) l,
-                jsonb_populate_record(NULL::%1$s, l."after") r
-             WHERE l.operation <> 'DELETE'$q$, target.tbl)
-            USING target.tbl, at, base_at, base_id;
+                jsonb_populate_record(NULL::%1$s, l."after" %2$s) r
+             WHERE l.operation <> 'DELETE'$q$, target.tbl, format(unmask, 'l."after"', '$5'))
+            USING target.tbl, at, base_at, base_id, nonstring;
     EXCEPTION WHEN data_exception THEN
         RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
             USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
@@ -160,6 +168,10 @@ DECLARE
     key_image jsonb;
     change record;
     base_id bigint := 0;
+    -- As in bemi_as_of: a mask in a column of no string type reads as NULL.
+    nonstring text[] := ARRAY(SELECT a.attname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                               WHERE a.attrelid = target.tbl AND a.attnum > 0 AND NOT a.attisdropped
+                                 AND t.typcategory <> 'S');
 BEGIN
     IF key IS NULL THEN
         RAISE EXCEPTION 'the primary key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -171,7 +183,10 @@ BEGIN
         IF FOUND THEN
             -- The first change after the moment knows the row as it was (or that it did not exist).
             RETURN CASE WHEN change.operation = 'CREATE' THEN NULL
-                        ELSE jsonb_populate_record(tbl, change."before") END;
+                        ELSE jsonb_populate_record(tbl, change."before" - ARRAY(
+                             SELECT e.key FROM jsonb_each(change."before") e
+                              WHERE e.key = ANY (nonstring) AND jsonb_typeof(e.value) = 'string'
+                                AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))) END;
         END IF;
         IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
             -- Untouched since: it is as it is now.
@@ -198,7 +213,10 @@ BEGIN
         SELECT h.operation, h."after" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
          WHERE h.committed_at <= at AND h.id > base_id ORDER BY h.id DESC LIMIT 1;
         RETURN CASE WHEN NOT FOUND OR change.operation = 'DELETE' THEN NULL
-                    ELSE jsonb_populate_record(tbl, change."after") END;
+                    ELSE jsonb_populate_record(tbl, change."after" - ARRAY(
+                             SELECT e.key FROM jsonb_each(change."after") e
+                              WHERE e.key = ANY (nonstring) AND jsonb_typeof(e.value) = 'string'
+                                AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))) END;
     EXCEPTION WHEN data_exception THEN
         RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
             USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,

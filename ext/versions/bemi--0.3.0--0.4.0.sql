@@ -4,7 +4,8 @@
 -- It brings a 0.3.0 database to exactly the schema of a fresh 0.4.0 install and keeps the trail
 -- (no table of 0.3.0 changes). 0.4.0 adds tracking rules (issue 13): the role bemi_admin, the
 -- table bemi.rules that the output plugin reads while decoding, and the functions that change
--- rules, and bemi_tracked_tables(). Their definitions below are 0.4.0's (ext/rules.sql at its release).
+-- rules, and bemi_tracked_tables(); time travel and reverts that never write a mask back. Their
+-- definitions below are 0.4.0's (ext/rules.sql, ext/time_travel.sql, ext/revert.sql at its release).
 \echo Use "ALTER EXTENSION bemi UPDATE TO '0.4.0'" to load this file. \quit
 
 -- The same rule as the install script: names resolve only in pg_catalog (docs/security.md, "Names").
@@ -247,3 +248,360 @@ REVOKE ALL ON FUNCTION bemi._rule_like(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.bemi_tracked_tables() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bemi._rule_like(text) TO bemi_reader, bemi_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.bemi_tracked_tables() TO bemi_reader, bemi_admin;
+
+-- Reverts must never write a mask into a table (docs/sql-reference.md, "Reverting"). A value is
+-- a mask by its shape (the marker, or "hmac:" and 64 hex digits: the plugin's BEMI_MASK_MARKER and
+-- BEMI_MASK_HASH_PREFIX), tested inline where images are read, whatever today's rules say: a rule
+-- made after a change left that change in clear, a rule dropped since masked it. A 'drop' mask
+-- leaves no value at all, so only today's rules say why a column is missing from an image:
+-- bemi_masked_columns names the columns a mask rule covers now.
+-- Owner's rights (bemi.rules is for trail readers only), in schema bemi which PUBLIC cannot use:
+-- reached through bemi_masked_columns, which checks the caller first.
+CREATE FUNCTION bemi._masked_columns(tbl regclass, p_schema text, p_table text) RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(DISTINCT a.attname::text ORDER BY a.attname::text), '{}')
+      FROM bemi.rules r
+      JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
+     WHERE r.kind = 'mask'
+       AND p_schema COLLATE "C" LIKE bemi._rule_like(split_part(r.target, '.', 1))
+       AND p_table COLLATE "C" LIKE bemi._rule_like(split_part(r.target, '.', 2))
+       AND EXISTS (SELECT FROM unnest(r.columns) p WHERE a.attname::text COLLATE "C" LIKE bemi._rule_like(p))
+$$;
+REVOKE ALL ON FUNCTION bemi._masked_columns(regclass, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi._masked_columns(regclass, text, text) TO PUBLIC;
+
+-- The columns of a table a mask rule covers now, for a caller who may read the table's changes
+-- (bemi._readable_table raises otherwise): column names only. Runs as the caller; bound to the
+-- helpers by OID, so it needs no USAGE on schema bemi.
+CREATE FUNCTION @extschema@.bemi_masked_columns(tbl regclass) RETURNS text[]
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT bemi._masked_columns(bemi_masked_columns.tbl, t.schema_name, t.table_name)
+      FROM bemi._readable_table(bemi_masked_columns.tbl) t;
+END;
+COMMENT ON FUNCTION @extschema@.bemi_masked_columns(regclass) IS
+    'The columns of a table that a mask rule covers now (for a caller who may read its changes)';
+
+------------------------------------------------------------------------------------------------
+-- History, time travel and reverts know the rules (issue 13): ext/time_travel.sql and
+-- ext/revert.sql at 0.4.0; the functions keep their arguments, results, comments and grants.
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION @extschema@.bemi_as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+DECLARE
+    target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
+    base_id bigint;
+    base_at timestamptz;
+    -- Masked values are read back masked (docs/sql-reference.md, "Time travel"): a mask (the marker
+    -- or a hash, by its shape) in a column of no string type reads as NULL, as a dropped one does.
+    nonstring text[] := ARRAY(SELECT a.attname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                               WHERE a.attrelid = target.tbl AND a.attnum > 0 AND NOT a.attisdropped
+                                 AND t.typcategory <> 'S');
+    unmask constant text := $u$ - ARRAY(SELECT e.key FROM pg_catalog.jsonb_each(%1$s) e
+                                       WHERE e.key = ANY (%2$s) AND pg_catalog.jsonb_typeof(e.value) = 'string'
+                                         AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))$u$;
+BEGIN
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
+        BEGIN
+            RETURN QUERY EXECUTE format($q$
+                WITH firsts AS (
+                    SELECT DISTINCT ON (h.primary_key) h.primary_key, h.operation, h."before"
+                      FROM @extschema@.bemi_table_history($1, $2, 'infinity'::timestamptz) h
+                     WHERE h.committed_at > $2
+                     ORDER BY h.primary_key, h.id)
+                SELECT t.* FROM %1$s t
+                 WHERE NOT EXISTS (SELECT 1 FROM firsts f WHERE f.primary_key = %2$s)
+                UNION ALL
+                SELECT r.* FROM firsts f, jsonb_populate_record(NULL::%1$s, f."before" %3$s) r
+                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql, format(unmask, 'f."before"', '$3'))
+                USING target.tbl, at, nonstring;
+        EXCEPTION WHEN data_exception THEN
+            RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
+                USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+                HINT = 'A column''s type changed since; read the images with bemi_table_history instead.';
+        END;
+        RETURN;
+    END IF;
+    -- Truncated since: rebuild from the last empty state at or before the moment.
+    SELECT id, committed_at INTO base_id, base_at FROM @extschema@.bemi_table_truncations(target.tbl)
+     WHERE committed_at <= at ORDER BY id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        IF target.had_rows_at_start THEN
+            RAISE EXCEPTION 'cannot read % as of %: it was truncated since, and the trail does not hold its rows at that moment',
+                target.tbl, at USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = 'The table already held rows when tracking began, and no TRUNCATE before the moment emptied it.',
+                HINT = 'Read it as of a moment after a recorded TRUNCATE, or restore a backup.';
+        END IF;
+        base_id := 0;
+        base_at := '-infinity';
+    END IF;
+    BEGIN
+        RETURN QUERY EXECUTE format($q$
+            SELECT r.* FROM (
+                SELECT DISTINCT ON (h.primary_key) h.operation, h."after"
+                  FROM @extschema@.bemi_table_history($1, $3, $2) h
+                 WHERE h.id > $4 AND h.operation <> 'TRUNCATE'
+                 ORDER BY h.primary_key, h.id DESC) l,
+                jsonb_populate_record(NULL::%1$s, l."after" %2$s) r
+             WHERE l.operation <> 'DELETE'$q$, target.tbl, format(unmask, 'l."after"', '$5'))
+            USING target.tbl, at, base_at, base_id, nonstring;
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
+            USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+            HINT = 'A column''s type changed since; read the images with bemi_table_history instead.';
+    END;
+END $$;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_row_as_of(tbl anyelement, primary_key anycompatible, at timestamptz) RETURNS anyelement
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+DECLARE
+    target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
+    key text := CASE WHEN @extschema@.bemi_json_is_text(pg_typeof(primary_key)) THEN format('%s', primary_key)
+                     ELSE to_jsonb(primary_key) #>> '{}' END;
+    key_image jsonb;
+    change record;
+    base_id bigint := 0;
+    -- As in bemi_as_of: a mask in a column of no string type reads as NULL.
+    nonstring text[] := ARRAY(SELECT a.attname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                               WHERE a.attrelid = target.tbl AND a.attnum > 0 AND NOT a.attisdropped
+                                 AND t.typcategory <> 'S');
+BEGIN
+    IF key IS NULL THEN
+        RAISE EXCEPTION 'the primary key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    BEGIN
+        SELECT h.operation, h."before" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
+         WHERE h.committed_at > at ORDER BY h.id LIMIT 1;
+        IF FOUND THEN
+            -- The first change after the moment knows the row as it was (or that it did not exist).
+            RETURN CASE WHEN change.operation = 'CREATE' THEN NULL
+                        ELSE jsonb_populate_record(tbl, change."before" - ARRAY(
+                             SELECT e.key FROM jsonb_each(change."before") e
+                              WHERE e.key = ANY (nonstring) AND jsonb_typeof(e.value) = 'string'
+                                AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))) END;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
+            -- Untouched since: it is as it is now.
+            key_image := CASE WHEN cardinality(target.key_columns) = 1
+                              THEN jsonb_build_object(target.key_columns[1], key)
+                              ELSE (SELECT jsonb_object_agg(c, key::jsonb -> (o::int - 1))
+                                      FROM unnest(target.key_columns) WITH ORDINALITY AS u (c, o)) END;
+            EXECUTE format('SELECT t.* FROM %1$s t, jsonb_populate_record(NULL::%1$s, $1) k WHERE (%2$s) = (%3$s)',
+                           target.tbl,
+                           (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(target.key_columns) c),
+                           (SELECT string_agg(format('k.%I', c), ', ') FROM unnest(target.key_columns) c))
+                INTO tbl USING key_image;
+            RETURN tbl;
+        END IF;
+        -- Truncated since: the latest change at or before the moment, after the last empty state.
+        SELECT coalesce(max(id), 0) INTO base_id FROM @extschema@.bemi_table_truncations(target.tbl)
+         WHERE committed_at <= at;
+        IF base_id = 0 AND target.had_rows_at_start THEN
+            RAISE EXCEPTION 'cannot read a row of % as of %: the table was truncated since, and the trail does not hold its rows at that moment',
+                target.tbl, at USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = 'The table already held rows when tracking began, and no TRUNCATE before the moment emptied it.',
+                HINT = 'Read it as of a moment after a recorded TRUNCATE, or restore a backup.';
+        END IF;
+        SELECT h.operation, h."after" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
+         WHERE h.committed_at <= at AND h.id > base_id ORDER BY h.id DESC LIMIT 1;
+        RETURN CASE WHEN NOT FOUND OR change.operation = 'DELETE' THEN NULL
+                    ELSE jsonb_populate_record(tbl, change."after" - ARRAY(
+                             SELECT e.key FROM jsonb_each(change."after") e
+                              WHERE e.key = ANY (nonstring) AND jsonb_typeof(e.value) = 'string'
+                                AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))) END;
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
+            USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+            HINT = 'A column''s type changed since; read the images with bemi_row_history instead.';
+    END;
+END $$;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_revert_changes(change_ids bigint[], force boolean DEFAULT false,
+                                    dry_run boolean DEFAULT false, marker jsonb DEFAULT NULL)
+RETURNS SETOF @extschema@.bemi_revert_step
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    sel @extschema@.bemi_change[];
+    missing bigint[];
+    conflicts text[] := '{}';
+    tab record;
+    grp record;
+    rel regclass;
+    key_cols text[];
+    cols text[];
+    held text[];
+    masks text[];
+    b jsonb;
+    k jsonb;
+    result @extschema@.bemi_revert_step;
+    n bigint;
+    prev_context jsonb := @extschema@.bemi_context();
+    saved_min_messages text;
+    step_no integer := 0;
+BEGIN
+    IF change_ids IS NULL OR force IS NULL OR dry_run IS NULL THEN
+        RAISE EXCEPTION 'change_ids, force and dry_run must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    sel := ARRAY(SELECT c FROM @extschema@.bemi_changes(change_ids) c);
+    missing := ARRAY(SELECT unnest(change_ids) EXCEPT SELECT s.id FROM unnest(sel) s ORDER BY 1);
+    IF missing <> '{}' THEN
+        RAISE EXCEPTION 'cannot revert: % of the changes are not in the trail', cardinality(missing)
+            USING ERRCODE = 'undefined_object', DETAIL = format('Unknown change ids: %s.', missing),
+            HINT = 'Changes of tables you cannot SELECT are invisible to you.';
+    END IF;
+    IF sel = '{}' THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(sel) s WHERE s.operation = 'TRUNCATE' OR s.primary_key IS NULL) THEN
+        RAISE EXCEPTION 'cannot revert a TRUNCATE or a change of a table without a primary key'
+            USING ERRCODE = 'feature_not_supported',
+            DETAIL = format('Changes: %s.', ARRAY(SELECT s.id FROM unnest(sel) s
+                                                   WHERE s.operation = 'TRUNCATE' OR s.primary_key IS NULL ORDER BY 1)),
+            HINT = 'Reverts find rows by primary key; a TRUNCATE can be undone with bemi_as_of and INSERT … SELECT.';
+    END IF;
+
+    -- Conflicts: later changes of the same rows (or TRUNCATEs of the table) outside the set.
+    FOR tab IN SELECT s.schema, s."table" FROM unnest(sel) s GROUP BY 1, 2 ORDER BY 1, 2 LOOP
+        rel := to_regclass(format('%I.%I', tab.schema, tab."table"));
+        IF rel IS NULL THEN
+            RAISE EXCEPTION 'cannot revert changes of %.%: the table no longer exists', tab.schema, tab."table"
+                USING ERRCODE = 'undefined_table';
+        END IF;
+        conflicts := conflicts || ARRAY(
+            SELECT format('change %s (%s of %s row %s)', h.id, h.operation, rel, h.primary_key)
+              FROM (SELECT s.primary_key, min(s.id) AS first_id FROM unnest(sel) s
+                     WHERE s.schema = tab.schema AND s."table" = tab."table" GROUP BY 1) f
+              JOIN @extschema@.bemi_rows_history(rel, ARRAY(SELECT s.primary_key FROM unnest(sel) s
+                                                             WHERE s.schema = tab.schema AND s."table" = tab."table")) h
+                ON h.primary_key = f.primary_key AND h.id > f.first_id
+             WHERE h.id <> ALL (change_ids)
+            UNION ALL
+            SELECT format('change %s (TRUNCATE of %s)', h.id, rel)
+              FROM @extschema@.bemi_table_truncations(rel) h
+             WHERE h.id > (SELECT min(s.id) FROM unnest(sel) s WHERE s.schema = tab.schema AND s."table" = tab."table"));
+    END LOOP;
+    IF conflicts <> '{}' AND NOT force THEN
+        RAISE EXCEPTION 'cannot revert: % later change(s) outside the reverted set touched the same rows', cardinality(conflicts)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = 'Conflicts: ' || array_to_string(conflicts[1:20], ', ')
+                     || CASE WHEN cardinality(conflicts) > 20 THEN ', …' ELSE '' END || '.',
+            HINT = 'Revert the later changes too, or pass force => true to overwrite them.';
+    END IF;
+
+    IF NOT dry_run THEN
+        -- Called from a statement outside BEGIN … COMMIT, bemi_set_context warns that a local
+        -- context has no effect there; inside this function it does (the statement is the
+        -- transaction), so the warning is muted for the call.
+        saved_min_messages := current_setting('client_min_messages');
+        PERFORM set_config('client_min_messages', 'error', true);
+        PERFORM @extschema@.bemi_set_context(coalesce(prev_context, '{}') - '_bemi'
+            || coalesce(marker, jsonb_build_object('bemi_revert', jsonb_build_object('change_ids', change_ids))), true);
+        PERFORM set_config('client_min_messages', saved_min_messages, true);
+    END IF;
+    -- One statement per row, newest row first (children before parents, as they were written).
+    FOR grp IN SELECT s.schema, s."table", s.primary_key, array_agg(s.id ORDER BY s.id) AS ids,
+                      (array_agg(s ORDER BY s.id))[1] AS first, (array_agg(s ORDER BY s.id DESC))[1] AS last,
+                      ARRAY(SELECT DISTINCT jsonb_object_keys(CASE WHEN s2.operation = 'UPDATE' THEN s2.diff
+                                                                   ELSE s2."before" || s2."after" END)
+                              FROM unnest(sel) s2
+                             WHERE s2.schema = s.schema AND s2."table" = s."table"
+                               AND s2.primary_key = s.primary_key) AS changed
+                 FROM unnest(sel) s GROUP BY 1, 2, 3 ORDER BY max(s.id) DESC LOOP
+        rel := to_regclass(format('%I.%I', grp.schema, grp."table"));
+        b := CASE WHEN (grp.first).operation = 'CREATE' THEN NULL ELSE (grp.first)."before" END;
+        k := CASE WHEN (grp.last).operation = 'DELETE' THEN NULL ELSE (grp.last)."after" END;
+        CONTINUE WHEN b IS NULL AND k IS NULL;
+        key_cols := ARRAY(SELECT a.attname::text
+                            FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY AS u (attnum, ord), pg_attribute a
+                           WHERE i.indrelid = rel AND i.indisprimary AND u.ord <= i.indnkeyatts
+                             AND a.attrelid = rel AND a.attnum = u.attnum ORDER BY u.ord);
+        IF key_cols = '{}' THEN
+            RAISE EXCEPTION 'cannot revert changes of %: it has no primary key now', rel
+                USING ERRCODE = 'feature_not_supported';
+        END IF;
+        -- Columns that exist now and can be written; columns dropped since are skipped, columns
+        -- added since keep their default (INSERT) or their current value (UPDATE).
+        -- Columns whose value in the trail is a mask, or that a mask rule covers now and the image
+        -- lacks: never written. A marker hides whether an UPDATE changed the value, so it is named
+        -- whatever the diff says; a hash that did not change is not.
+        masks := ARRAY(SELECT e.key FROM jsonb_each(b) e
+                        WHERE jsonb_typeof(e.value) = 'string'
+                          AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'));
+        held := CASE WHEN b IS NULL THEN '{}' ELSE ARRAY(
+                    SELECT a.attname::text FROM pg_attribute a
+                     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                       AND CASE WHEN b ? a.attname
+                                THEN a.attname = ANY (masks)
+                                     AND (k IS NULL OR a.attname = ANY (grp.changed) OR b ->> a.attname::text = '[masked]')
+                                ELSE a.attname = ANY (@extschema@.bemi_masked_columns(rel)) END
+                     ORDER BY a.attnum) END;
+        cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                       WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                         AND b ? a.attname AND a.attname <> ALL (held)
+                         AND (k IS NULL OR (a.attname = ANY (grp.changed) AND a.attidentity <> 'a'))
+                       ORDER BY a.attnum);
+        -- No mask reaches jsonb_populate_record either (a marker does not fit an integer column).
+        b := b - held - masks;
+        k := k - ARRAY(SELECT e.key FROM jsonb_each(k) e
+                        WHERE jsonb_typeof(e.value) = 'string'
+                          AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'));
+        IF held <> '{}' THEN
+            RAISE NOTICE 'revert of % row %: masked column(s) % left %', rel, grp.primary_key, held,
+                CASE WHEN k IS NULL THEN 'to their default' ELSE 'as they are' END
+                USING DETAIL = 'The trail holds a mask (a marker, a hash, or no value), not the value; a revert never writes one.',
+                      HINT = 'Set those columns by hand if they must change.';
+        END IF;
+        result.action := CASE WHEN b IS NULL THEN 'DELETE' WHEN k IS NULL THEN 'INSERT' ELSE 'UPDATE' END;
+        CONTINUE WHEN result.action = 'UPDATE' AND cols = '{}';
+        result.statement := CASE result.action
+            WHEN 'DELETE' THEN format(
+                'DELETE FROM %1$s AS t USING jsonb_populate_record(NULL::%1$s, $2) AS k WHERE (%2$s) = (%3$s)', rel,
+                (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(key_cols) c),
+                (SELECT string_agg(format('k.%I', c), ', ') FROM unnest(key_cols) c))
+            WHEN 'INSERT' THEN format(
+                'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %2$s FROM jsonb_populate_record(NULL::%1$s, $1)',
+                rel, (SELECT string_agg(format('%I', c), ', ') FROM unnest(cols) c))
+            ELSE format(
+                'UPDATE %1$s AS t SET (%2$s) = ROW(%3$s) FROM jsonb_populate_record(NULL::%1$s, $1) AS r,'
+                ' jsonb_populate_record(NULL::%1$s, $2) AS k WHERE (%4$s) = (%5$s)', rel,
+                (SELECT string_agg(format('%I', c), ', ') FROM unnest(cols) c),
+                (SELECT string_agg(format('r.%I', c), ', ') FROM unnest(cols) c),
+                (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(key_cols) c),
+                (SELECT string_agg(format('k.%I', c), ', ') FROM unnest(key_cols) c)) END;
+        step_no := step_no + 1;
+        result.step := step_no;
+        result."table" := rel::text;
+        result.primary_key := grp.primary_key;
+        result.reverts := grp.ids;
+        result.image := b;
+        result.key_image := k;
+        result.rows := NULL;
+        IF NOT dry_run THEN
+            BEGIN
+                EXECUTE result.statement USING b, k;
+            EXCEPTION WHEN data_exception THEN
+                RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', rel
+                    USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+                    HINT = 'A column''s type changed since the reverted change; revert it by hand.';
+            END;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n = 0 AND NOT force THEN
+                RAISE EXCEPTION 'cannot revert: row % of % is not where the trail says it is', grp.primary_key, rel
+                    USING ERRCODE = 'object_not_in_prerequisite_state',
+                    DETAIL = format('%s found no row.', result.statement),
+                    HINT = 'A change may not have reached the trail yet; retry, or pass force => true.';
+            END IF;
+            result.rows := n;
+            result.transaction_id := xid(pg_current_xact_id())::text::bigint;
+        END IF;
+        RETURN NEXT result;
+    END LOOP;
+    IF NOT dry_run THEN
+        PERFORM set_config('client_min_messages', 'error', true);
+        PERFORM @extschema@.bemi_set_context(nullif(coalesce(prev_context, '{}') - '_bemi', '{}'), true);
+        PERFORM set_config('client_min_messages', saved_min_messages, true);
+    END IF;
+END $$;

@@ -1,0 +1,86 @@
+-- Tracking rules and what reads the trail back (issue 13): a revert never writes a mask (the
+-- marker, a hash, a dropped value) into a table, whatever the rules are now; time travel returns a
+-- masked column masked.
+SET TimeZone = 'UTC';
+\set SHOW_CONTEXT never
+CREATE TABLE rrv_users (id int PRIMARY KEY, email text, password text, api_token text, ssn text, pin int);
+SELECT bemi_mask('public.rrv_users', '{password, pin}') AS r_redact,
+       bemi_mask('public.rrv_users', '{api_token}', 'hash') AS r_hash,
+       bemi_mask('public.rrv_users', '{ssn}', 'drop') AS r_drop \gset
+INSERT INTO rrv_users VALUES (1, 'ann@example.com', 'pass-1', 'token-1', 'ssn-1', 1111),
+                             (2, 'bob@example.com', 'pass-2', 'token-2', 'ssn-2', 2222);
+SELECT bemi_wait();
+SELECT clock_timestamp() AS t1 \gset
+UPDATE rrv_users SET email = 'ann@example.org', password = 'pass-1b', api_token = 'token-1b', ssn = 'ssn-1b', pin = 1112
+ WHERE id = 1;
+SELECT bemi_wait();
+SELECT id AS upd FROM bemi.changes WHERE "table" = 'rrv_users' AND operation = 'UPDATE' \gset
+-- What the trail holds of the UPDATE: masks only.
+SELECT before - 'api_token' AS before, before->>'api_token' ~ '^hmac:[0-9a-f]{64}$' AS hashed
+  FROM bemi.changes WHERE id = :upd;
+
+-- Time travel: a masked text column comes back as its mask (the marker, the hash), a masked column
+-- of another type and a dropped one as NULL; unmasked columns as they were.
+SELECT id, email, password, api_token ~ '^hmac:[0-9a-f]{64}$' AS hashed, ssn, pin
+  FROM bemi_as_of(NULL::rrv_users, :'t1') ORDER BY id;
+SELECT (r).email, (r).password, (r).ssn, (r).pin FROM (SELECT bemi_row_as_of(NULL::rrv_users, 1, :'t1') AS r) s;
+
+-- A revert of the UPDATE puts back what the trail knows (email) and leaves the masked columns as
+-- they are, with a NOTICE; a dry run says the same and shows the SQL that writes only email.
+SELECT action, statement FROM bemi_revert_change(:upd, dry_run => true);
+SELECT action, rows FROM bemi_revert_change(:upd);
+SELECT * FROM rrv_users ORDER BY id;
+
+-- A revert of a DELETE inserts the row; the masked columns get their default (NULL here).
+DELETE FROM rrv_users WHERE id = 2;
+SELECT bemi_wait();
+SELECT id AS del FROM bemi.changes WHERE "table" = 'rrv_users' AND operation = 'DELETE' \gset
+SELECT action, rows FROM bemi_revert_change(:del);
+SELECT * FROM rrv_users ORDER BY id;
+
+-- An ordinary role (no bemi_reader, no USAGE on schema bemi) with rights on the table gets the
+-- same: it reads time travel, learns which columns are masked, reverts; a role that may not read
+-- the table learns nothing.
+CREATE ROLE rrv_app;
+CREATE ROLE rrv_other;
+GRANT SELECT, INSERT, UPDATE, DELETE ON rrv_users TO rrv_app;
+SET ROLE rrv_app;
+SELECT bemi_masked_columns('rrv_users');
+SELECT id, email, password, ssn, pin FROM bemi_as_of(NULL::rrv_users, :'t1') ORDER BY id;
+SELECT action, rows FROM bemi_revert_change(:upd, force => true, dry_run => true);
+SET ROLE rrv_other;
+SELECT bemi_masked_columns('rrv_users');
+RESET ROLE;
+DROP OWNED BY rrv_app, rrv_other;
+DROP ROLE rrv_app, rrv_other;
+
+-- Judged by the value's shape too: with the rules gone, a mask in an old image is still never
+-- written, and values recorded in clear since are.
+SELECT bemi_drop_rule(:r_redact), bemi_drop_rule(:r_hash), bemi_drop_rule(:r_drop);
+UPDATE rrv_users SET password = 'pass-1c', ssn = 'ssn-1c' WHERE id = 1;
+SELECT bemi_wait();
+SELECT action, rows FROM bemi_revert_change(:upd, force => true);
+SELECT id, email, password, api_token, ssn, pin FROM rrv_users WHERE id = 1;
+SELECT max(id) AS clear FROM bemi.changes WHERE "table" = 'rrv_users' AND operation = 'UPDATE' AND NOT coalesce(context ? 'bemi_revert', false) \gset
+SELECT action, rows FROM bemi_revert_change(:clear, force => true);
+SELECT id, password, ssn FROM rrv_users WHERE id = 1;
+SELECT count(*) AS masks_in_table FROM rrv_users r
+ WHERE to_jsonb(r)::text ~ '\[masked\]|hmac:';
+
+DROP TABLE rrv_users;
+
+-- Ignored-only UPDATEs are not in the trail: time travel gives the ignored column as the next
+-- recorded change's before image holds it (or as it is now), which may be later than the moment.
+CREATE TABLE rrv_posts (id int PRIMARY KEY, title text, views int);
+SELECT bemi_ignore('public.rrv_posts', '{views}') AS r_views \gset
+INSERT INTO rrv_posts VALUES (1, 'a', 0), (2, 'b', 0);
+SELECT bemi_wait();
+SELECT clock_timestamp() AS t2 \gset
+UPDATE rrv_posts SET views = 5;
+UPDATE rrv_posts SET title = 'a2' WHERE id = 1;
+SELECT bemi_wait();
+SELECT id, operation FROM (SELECT h.primary_key::int AS id, h.operation, h.id AS cid
+                             FROM bemi_table_history('rrv_posts', :'t2', 'infinity') h) s ORDER BY cid;
+SELECT * FROM bemi_as_of(NULL::rrv_posts, :'t2') ORDER BY id;
+SELECT bemi_drop_rule(:r_views);
+DROP TABLE rrv_posts;
