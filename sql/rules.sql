@@ -70,6 +70,21 @@ SELECT pg_temp.try($$INSERT INTO bemi.rules (kind, target) VALUES ('ignore', 'pu
 SELECT bemi_drop_rule(:admin_rule);
 RESET SESSION AUTHORIZATION;
 SELECT count(*) FROM bemi.rules;
+-- In the trail, those changes of bemi.rules were written with the extension owner's rights (the
+-- functions are SECURITY DEFINER); their verified identity names the caller who made them.
+SELECT bemi_wait();
+SELECT operation, context->'_bemi'->>'caller' AS caller,
+       context->'_bemi'->>'role' = (SELECT extowner::regrole::text FROM pg_extension WHERE extname = 'bemi') AS as_owner
+  FROM bemi.changes WHERE schema = 'bemi' AND "table" = 'rules' AND primary_key = :'admin_rule' ORDER BY id;
+-- The same through SET ROLE: the caller is the role set, created_by the session's user.
+SET ROLE rules_admin;
+SELECT bemi_ignore('public.set_role_*') AS set_role_rule \gset
+SELECT bemi_drop_rule(:set_role_rule);
+RESET ROLE;
+SELECT bemi_wait();
+SELECT operation, context->'_bemi'->>'caller' AS caller,
+       CASE operation WHEN 'DELETE' THEN before ELSE after END->>'created_by' = session_user AS created_by_session_user
+  FROM bemi.changes WHERE schema = 'bemi' AND "table" = 'rules' AND primary_key = :'set_role_rule' ORDER BY id;
 
 -- What the rules do. A slot of the plugin, made before any rule, reads the same changes as the
 -- worker afterwards: the plugin's own output must follow the same rules.

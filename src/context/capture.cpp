@@ -71,10 +71,11 @@ void Validate(const Jsonb *context) {
 		            "Send a smaller context, or raise bemi.max_context_size.");
 }
 
-// The message: the application's object with the database-level identity of the writer under the
+// The message: the application's object with the database-level identity of the writer (its role,
+// application_name, and the caller when the role is a SECURITY DEFINER function's) under the
 // reserved key (which overrides an application key of the same name), signed for this top-level
 // transaction so that the output plugin believes its identity (secret.c). One HMAC per message,
-// one message per writing transaction unless the context or role changes.
+// one message per writing transaction unless the context, role or caller changes.
 // Raw PostgreSQL, owns nothing: called only inside PgCall.
 void EmitMessage(const Jsonb *context) {
 	StringInfoData buf;
@@ -95,6 +96,13 @@ void EmitMessage(const Jsonb *context) {
 	escape_json(&buf, role ? role : "");
 	appendStringInfoString(&buf, ", \"application_name\": ");
 	escape_json(&buf, application_name ? application_name : "");
+	// Inside a SECURITY DEFINER function (bemi's rule functions, say) the write runs with the
+	// function owner's rights; the caller is the role that called it (current_user outside).
+	if (GetOuterUserId() != GetUserId()) {
+		const char *caller = GetUserNameFromId(GetOuterUserId(), true);
+		appendStringInfoString(&buf, ", \"caller\": ");
+		escape_json(&buf, caller ? caller : "");
+	}
 	appendStringInfoString(&buf, "}}");
 
 	// Without the key (bemi not preloaded) the message still carries the application context.
@@ -143,11 +151,12 @@ void BeforeWrite() {
 	if (db)
 		WaitForCaptureSlot(db);
 	Oid role = GetUserId();
-	if (!state.Writing(role))
+	Oid caller = GetOuterUserId();
+	if (!state.Writing(role, caller))
 		return;
 	const Jsonb *context = state.Effective();
 	PgCall([&]() { EmitMessage(context); });
-	state.MessageEmitted(role, GetCurrentTransactionNestLevel());
+	state.MessageEmitted(role, caller, GetCurrentTransactionNestLevel());
 }
 
 // A new top-level statement: its comment, if any, is the context of its writes.

@@ -47,14 +47,15 @@ void ContextState::StartStatement(ContextPtr comment) {
 	generation_++;
 }
 
-bool ContextState::Writing(Oid role) {
+bool ContextState::Writing(Oid role, Oid caller) {
 	wrote_ = true;
-	return emitted_generation_ != generation_ || emitted_role_ != role;
+	return emitted_generation_ != generation_ || emitted_role_ != role || emitted_caller_ != caller;
 }
 
-void ContextState::MessageEmitted(Oid role, int level) {
+void ContextState::MessageEmitted(Oid role, Oid caller, int level) {
 	emitted_generation_ = generation_;
 	emitted_role_ = role;
+	emitted_caller_ = caller;
 	emitted_level_ = level;
 }
 
@@ -95,6 +96,7 @@ void ContextState::TransactionEnded(bool aborted) noexcept {
 	statement_.reset();
 	emitted_generation_ = 0;
 	emitted_role_ = InvalidOid;
+	emitted_caller_ = InvalidOid;
 	generation_++;
 	wrote_ = false;
 	local_unused_outside_block_ = false;

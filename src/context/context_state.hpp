@@ -44,11 +44,12 @@ class ContextState {
 	// A new top-level statement; `comment` is the context its Bemi comment gives, or null.
 	void StartStatement(ContextPtr comment);
 
-	// A row-modifying statement is about to run as `role`: notes that the transaction writes, and
-	// says whether the context message must be emitted first (none yet in this transaction, or the
-	// context or the role changed since).
-	bool Writing(Oid role);
-	void MessageEmitted(Oid role, int level);
+	// A row-modifying statement is about to run as `role`, called by `caller` (the role outside any
+	// SECURITY DEFINER function): notes that the transaction writes, and says whether the context
+	// message must be emitted first (none yet in this transaction, or the context, the role or the
+	// caller changed since).
+	bool Writing(Oid role, Oid caller);
+	void MessageEmitted(Oid role, Oid caller, int level);
 
 	bool Wrote() const { return wrote_; }
 	bool LocalUnused() const { return local_unused_outside_block_; }
@@ -81,6 +82,7 @@ class ContextState {
 	uint64_t generation_ = 1;
 	uint64_t emitted_generation_ = 0;
 	Oid emitted_role_ = InvalidOid;
+	Oid emitted_caller_ = InvalidOid;
 	int emitted_level_ = 0;
 	bool wrote_ = false;
 	bool local_unused_outside_block_ = false;

@@ -22,6 +22,8 @@
 // without allocating. Only the rare ones look for the extension and the table.
 #include "ddl_guard.hpp"
 
+#include "../decoding/rules.hpp" // GlobMatch: the guard matches names as decoding does
+
 #include <fmt/format.h>
 #include <string>
 #include <vector>
@@ -43,6 +45,7 @@ extern "C" {
 #include "catalog/pg_class.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_inherits.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/tablecmds.h"
 #include "executor/spi.h"
@@ -415,6 +418,202 @@ void GuardCreatePartition(CreateStmt *stmt, PlannedStmt *pstmt, const char *quer
 	                      partition));
 }
 
+// --- Renames (issue 13): a table renamed into or out of a rule's pattern -------------------------
+// The rules match names (schema.table) when each change is decoded, so a table owner could rename
+// her table to match an ignore rule (or to leave a mask), write unrecorded, and rename it back.
+// Such a rename is allowed and recorded in bemi.gaps, as other DDL that takes changes out of the
+// trail: the row says which rules matched before and which match after.
+
+// One table-targeted rule, as read from bemi.rules (palloc'd strings).
+struct RawTableRule {
+	int64 id;
+	const char *kind;
+	const char *target;
+};
+struct RawTableRules {
+	int n = 0;
+	RawTableRule *rules = nullptr;
+};
+
+// The table rules in force, read as the extension's owner (the caller need not read bemi.rules);
+// none when bemi.rules does not exist (SQL older than 0.4.0). Raw PostgreSQL: only inside PgCall,
+// with the identity already switched.
+RawTableRules ReadTableRules() {
+	RawTableRules out;
+	Oid bemi_schema = get_namespace_oid("bemi", true);
+	if (!OidIsValid(bemi_schema) || !OidIsValid(get_relname_relid("rules", bemi_schema)))
+		return out;
+	MemoryContext caller = CurrentMemoryContext;
+	(void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+	                        true, 0, false);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "bemi: SPI_connect failed");
+	if (SPI_execute(
+	        "SELECT id, kind::text, target::text FROM bemi.rules WHERE target IS NOT NULL ORDER BY id", true,
+	        0) != SPI_OK_SELECT)
+		elog(ERROR, "bemi: could not read bemi.rules");
+	MemoryContext spi = MemoryContextSwitchTo(caller);
+	out.n = static_cast<int>(SPI_processed);
+	out.rules = static_cast<RawTableRule *>(palloc0(sizeof(RawTableRule) * (out.n + 1)));
+	for (int i = 0; i < out.n; i++) {
+		HeapTuple tuple = SPI_tuptable->vals[i];
+		TupleDesc desc = SPI_tuptable->tupdesc;
+		bool isnull;
+		out.rules[i].id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
+		out.rules[i].kind = SPI_getvalue(tuple, desc, 2);
+		out.rules[i].target = SPI_getvalue(tuple, desc, 3);
+	}
+	MemoryContextSwitchTo(spi);
+	SPI_finish();
+	return out;
+}
+
+// A recorded table's name before and after a rename or SET SCHEMA.
+struct Renamed {
+	GapTarget table;
+	std::string schema, name;         // before
+	std::string new_schema, new_name; // after
+};
+
+// The rules (as "kind target #id") that match schema.name: the two halves of the target are
+// matched with decoding's GlobMatch.
+std::vector<std::string> MatchingRules(const RawTableRules &rules, const std::string &schema,
+                                       const std::string &name) {
+	std::vector<std::string> matching;
+	for (int i = 0; i < rules.n; i++) {
+		std::string_view target(rules.rules[i].target);
+		size_t dot = target.find('.');
+		if (dot == std::string_view::npos)
+			continue;
+		if (GlobMatch(target.substr(0, dot), schema) && GlobMatch(target.substr(dot + 1), name))
+			matching.push_back(
+			    fmt::format("rule {} ({} {})", rules.rules[i].id, rules.rules[i].kind, target));
+	}
+	return matching;
+}
+
+std::string Listed(const std::vector<std::string> &rules) {
+	if (rules.empty())
+		return "none";
+	std::string out;
+	for (const auto &rule : rules)
+		out += (out.empty() ? "" : ", ") + rule;
+	return out;
+}
+
+// Is this a table recorded under its own name (not a partition, which is judged by its root's)?
+bool IsRenameTarget(Oid relid) {
+	return OidIsValid(relid) && IsUserTable(relid) && !get_rel_relispartition(relid);
+}
+
+// The recorded tables a RENAME / SET SCHEMA statement renames, with old and new names; raw
+// PostgreSQL (PgCall). A plain lookup without a lock: the statement itself locks and checks
+// ownership next, and the gap row is undone with it if that fails.
+struct RawRenamed {
+	Oid relid;
+	const char *schema, *name, *new_schema, *new_name;
+};
+struct RawRenames {
+	Oid ext_owner = InvalidOid;
+	List *tables = NIL; // of RawRenamed *
+};
+
+RawRenamed *RenamedTable(Oid relid, const char *new_schema, const char *new_name) {
+	auto *r = static_cast<RawRenamed *>(palloc0(sizeof(RawRenamed)));
+	r->relid = relid;
+	r->schema = get_namespace_name(get_rel_namespace(relid));
+	r->name = get_rel_name(relid);
+	r->new_schema = new_schema ? new_schema : r->schema;
+	r->new_name = new_name ? new_name : r->name;
+	return r;
+}
+
+RawRenames LookUpRenamed(Node *stmt) {
+	RawRenames out;
+	out.ext_owner = BemiExtensionOwner();
+	if (!OidIsValid(out.ext_owner))
+		return out;
+	if (IsA(stmt, RenameStmt)) {
+		auto *rename = castNode(RenameStmt, stmt);
+		if (rename->renameType == OBJECT_TABLE) {
+			Oid relid = RangeVarGetRelid(rename->relation, NoLock, true);
+			if (IsRenameTarget(relid))
+				out.tables = lappend(out.tables, RenamedTable(relid, nullptr, rename->newname));
+		} else if (rename->renameType == OBJECT_SCHEMA) {
+			Oid nsp = get_namespace_oid(rename->subname, true);
+			if (!OidIsValid(nsp))
+				return out;
+			Relation rel = table_open(RelationRelationId, AccessShareLock);
+			ScanKeyData key;
+			ScanKeyInit(&key, Anum_pg_class_relnamespace, BTEqualStrategyNumber, F_OIDEQ,
+			            ObjectIdGetDatum(nsp));
+			SysScanDesc scan = systable_beginscan(rel, InvalidOid, false, nullptr, 1, &key);
+			HeapTuple tuple;
+			while (HeapTupleIsValid(tuple = systable_getnext(scan))) {
+				Oid relid = reinterpret_cast<Form_pg_class>(GETSTRUCT(tuple))->oid;
+				if (IsRenameTarget(relid))
+					out.tables = lappend(out.tables, RenamedTable(relid, rename->newname, nullptr));
+			}
+			systable_endscan(scan);
+			table_close(rel, AccessShareLock);
+		}
+	} else if (IsA(stmt, AlterObjectSchemaStmt)) {
+		auto *move = castNode(AlterObjectSchemaStmt, stmt);
+		if (move->objectType == OBJECT_TABLE) {
+			Oid relid = RangeVarGetRelid(move->relation, NoLock, true);
+			if (IsRenameTarget(relid))
+				out.tables = lappend(out.tables, RenamedTable(relid, move->newschema, nullptr));
+		}
+	}
+	return out;
+}
+
+// Does this statement rename a table (or a schema holding tables)? From the parse tree alone.
+bool IsRename(Node *stmt) {
+	if (IsA(stmt, RenameStmt)) {
+		ObjectType type = castNode(RenameStmt, stmt)->renameType;
+		return type == OBJECT_TABLE || type == OBJECT_SCHEMA;
+	}
+	return IsA(stmt, AlterObjectSchemaStmt) &&
+	       castNode(AlterObjectSchemaStmt, stmt)->objectType == OBJECT_TABLE;
+}
+
+// A rename that changes which rules match a recorded table: one gap row per such table.
+void GuardRename(Node *stmt, PlannedStmt *pstmt, const char *query_string) {
+	if (!IsRename(stmt))
+		return;
+	RawRenames renames = PgCall([&]() { return LookUpRenamed(stmt); });
+	if (renames.tables == NIL)
+		return;
+	SavedIdentity saved = PgCall([&]() { return BecomeExtensionOwner(renames.ext_owner); });
+	RawTableRules rules;
+	try {
+		rules = PgCall([&]() { return ReadTableRules(); });
+	} catch (...) {
+		PgCall([&]() { RestoreIdentity(saved); });
+		throw;
+	}
+	PgCall([&]() { RestoreIdentity(saved); });
+	if (rules.n == 0)
+		return;
+
+	std::vector<Renamed> changed;
+	for (int i = 0; i < list_length(renames.tables); i++) {
+		auto *raw = static_cast<RawRenamed *>(list_nth(renames.tables, i));
+		std::vector<std::string> before = MatchingRules(rules, raw->schema, raw->name);
+		std::vector<std::string> after = MatchingRules(rules, raw->new_schema, raw->new_name);
+		if (before == after)
+			continue;
+		GapTarget table =
+		    PgCall([&]() { return TargetOf(renames.ext_owner, raw->relid, pstmt, query_string); });
+		std::string reason =
+		    fmt::format("RENAME to {}.{}: the tracking rules matching this table change from {} to {}; "
+		                "what they leave out of the trail differs from here on",
+		                raw->new_schema, raw->new_name, Listed(before), Listed(after));
+		RecordGap(table, reason);
+	}
+}
+
 } // namespace
 
 void GuardDdl(PlannedStmt *pstmt, const char *query_string) {
@@ -427,6 +626,8 @@ void GuardDdl(PlannedStmt *pstmt, const char *query_string) {
 		GuardAlterTable(castNode(AlterTableStmt, stmt), pstmt, query_string);
 	else if (IsA(stmt, CreateStmt))
 		GuardCreatePartition(castNode(CreateStmt, stmt), pstmt, query_string);
+	else
+		GuardRename(stmt, pstmt, query_string);
 }
 
 } // namespace bemi
