@@ -38,7 +38,8 @@ class Rules {
 	// The strictest mask of the column's matching rules (drop, then redact, then hash), or None.
 	Mask MaskOf(std::string_view schema, std::string_view table, std::string_view column) const;
 	bool HasWriterRules() const { return !writers_.empty(); }
-	// A writer is the verified `_bemi` identity of the transaction: its role and application_name.
+	// A writer is the verified `_bemi` identity of the transaction: its role outside SECURITY
+	// DEFINER functions (the caller when there is one) and its application_name.
 	bool IgnoresWriter(std::string_view role, std::string_view application_name) const;
 
 	// Relcache invalidation (callback): only marks.

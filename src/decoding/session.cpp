@@ -68,7 +68,9 @@ Jsonb *IdentityOf(Jsonb *message) {
 }
 
 // The role and application_name of a verified identity {"_bemi": {"role": ..., ...}}, pointing
-// into it; empty when absent.
+// into it; empty when absent. The role is the one outside SECURITY DEFINER functions: the
+// identity's caller when it has one, else its role (who called the function wrote; the function's
+// owner only lent it rights).
 struct Writer {
 	const char *role;
 	int role_len;
@@ -94,7 +96,9 @@ Writer WriterOf(Jsonb *identity) {
 	        nullptr ||
 	    inner.type != jbvBinary)
 		return writer;
-	StringField(inner.val.binary.data, "role", &writer.role, &writer.role_len);
+	StringField(inner.val.binary.data, "caller", &writer.role, &writer.role_len);
+	if (writer.role_len == 0)
+		StringField(inner.val.binary.data, "role", &writer.role, &writer.role_len);
 	StringField(inner.val.binary.data, "application_name", &writer.application_name,
 	            &writer.application_name_len);
 	return writer;
