@@ -197,6 +197,27 @@ SELECT bemi_wait();
 SELECT primary_key, context->'_bemi'->>'role' AS role, context->'_bemi'->>'caller' AS caller
   FROM bemi.changes WHERE "table" = 'rules_late' AND primary_key::int >= 20 ORDER BY id;
 
+-- application_name is a pattern, * matching any characters, as in targets.
+SELECT bemi_ignore_writer(application_name => 'rules-airflow-*') AS r_airflow \gset
+SET application_name = 'rules-airflow-daily';
+INSERT INTO rules_late VALUES (30);
+SET application_name = 'rules-airflow-';
+INSERT INTO rules_late VALUES (31);
+SET application_name = 'rules-airflow';
+INSERT INTO rules_late VALUES (32);
+SET application_name = 'x-rules-airflow-daily';
+INSERT INTO rules_late VALUES (33);
+RESET application_name;
+SELECT bemi_wait();
+SELECT primary_key, context->'_bemi'->>'application_name' AS application_name
+  FROM bemi.changes WHERE "table" = 'rules_late' AND primary_key::int >= 30 ORDER BY id;
+-- A pattern that matches every application, or none given as an empty string, is refused.
+\set SHOW_CONTEXT never
+SELECT bemi_ignore_writer(application_name => '*');
+SELECT bemi_ignore_writer(role => 'rules_etl', application_name => '**');
+SELECT bemi_ignore_writer(application_name => '');
+\set SHOW_CONTEXT errors
+
 -- What the rules make of each table, and the rules that match none.
 SELECT bemi_ignore('nowhere.*') AS r_nowhere \gset
 SELECT * FROM bemi_tracked_tables()

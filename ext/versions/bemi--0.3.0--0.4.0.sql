@@ -152,6 +152,13 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
             HINT = 'E.g. bemi_ignore_writer(role => ''etl'') or bemi_ignore_writer(application_name => ''pg_repack''); with both, a change must match both.';
     END IF;
+    -- application_name is a pattern, * matching any characters (as in targets); one that matches
+    -- every application_name adds nothing to a role, and alone would stop the whole trail.
+    IF application_name = '' OR application_name ~ '^\*+$' THEN
+        RAISE EXCEPTION 'invalid application_name %: expected a name or a pattern', quote_literal(application_name)
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Name the application, or a pattern where * matches any characters: ''airflow-*''. To ignore a role whatever its application, give the role alone.';
+    END IF;
     INSERT INTO bemi.rules (kind, role, application_name)
         VALUES ('ignore_writer', bemi_ignore_writer.role, bemi_ignore_writer.application_name)
         RETURNING id INTO new_id;
@@ -159,7 +166,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.bemi_ignore_writer(name, text) IS
-    'Stop recording the changes made by a role, an application_name, or both together; returns the rule''s id';
+    'Stop recording the changes made by a role, an application_name (a pattern: * matches any characters), or both together; returns the rule''s id';
 
 CREATE FUNCTION @extschema@.bemi_drop_rule(id bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$

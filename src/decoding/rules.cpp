@@ -270,7 +270,7 @@ Mask Rules::MaskOf(std::string_view schema, std::string_view table, std::string_
 bool Rules::IgnoresWriter(std::string_view role, std::string_view application_name) const {
 	return std::any_of(writers_.begin(), writers_.end(), [&](const WriterRule &rule) {
 		return (rule.any_role || rule.role == role) &&
-		       (rule.any_application || rule.application_name == application_name);
+		       (rule.any_application || GlobMatch(rule.application_name, application_name));
 	});
 }
 

@@ -39,7 +39,8 @@ class Rules {
 	Mask MaskOf(std::string_view schema, std::string_view table, std::string_view column) const;
 	bool HasWriterRules() const { return !writers_.empty(); }
 	// A writer is the verified `_bemi` identity of the transaction: its role outside SECURITY
-	// DEFINER functions (the caller when there is one) and its application_name.
+	// DEFINER functions (the caller when there is one) and its application_name, which a rule
+	// matches by pattern (GlobMatch, as table names).
 	bool IgnoresWriter(std::string_view role, std::string_view application_name) const;
 
 	// Relcache invalidation (callback): only marks.
