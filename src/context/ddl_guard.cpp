@@ -22,12 +22,12 @@
 // without allocating. Only the rare ones look for the extension and the table.
 #include "ddl_guard.hpp"
 
-#include "../decoding/rules.hpp" // GlobMatch: the guard matches names as decoding does
-
 #include <fmt/format.h>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "bemi/glob.h" // the guard matches names as decoding does
 #include "bemi/guard.hpp"
 
 extern "C" {
@@ -480,8 +480,8 @@ RawTableRules ReadTableRules() {
 			Datum *elements;
 			bool *nulls;
 			int n;
-			deconstruct_array(DatumGetArrayTypeP(columns), TEXTOID, -1, false, TYPALIGN_INT, &elements, &nulls,
-			                  &n);
+			deconstruct_array(DatumGetArrayTypeP(columns), TEXTOID, -1, false, TYPALIGN_INT, &elements,
+			                  &nulls, &n);
 			out.rules[i].columns = static_cast<const char **>(palloc0(sizeof(char *) * (n + 1)));
 			for (int c = 0; c < n; c++)
 				if (!nulls[c])
@@ -498,7 +498,8 @@ std::string RuleName(const RawTableRule &rule) {
 	return fmt::format("rule {} ({} {})", rule.id, rule.kind, rule.target);
 }
 
-// Does the rule's target match schema.name? Its two halves are matched with decoding's GlobMatch.
+// Does the rule's target match schema.name? Its two halves are matched with GlobMatch
+// (bemi/glob.h), as decoding matches them.
 bool TargetMatches(const RawTableRule &rule, std::string_view schema, std::string_view name) {
 	std::string_view target(rule.target);
 	size_t dot = target.find('.');
@@ -507,7 +508,8 @@ bool TargetMatches(const RawTableRule &rule, std::string_view schema, std::strin
 }
 
 // The rules that match a table recorded as schema.name.
-std::vector<std::string> MatchingRules(const RawTableRules &rules, std::string_view schema, std::string_view name) {
+std::vector<std::string> MatchingRules(const RawTableRules &rules, std::string_view schema,
+                                       std::string_view name) {
 	std::vector<std::string> matching;
 	for (int i = 0; i < rules.n; i++)
 		if (TargetMatches(rules.rules[i], schema, name))
@@ -595,7 +597,8 @@ void AddRenamedColumn(RawRenames *out, RenameStmt *rename) {
 	Oid relid = RangeVarGetRelid(rename->relation, NoLock, true);
 	if (!OidIsValid(relid))
 		return;
-	List *tables = rename->relation->inh ? find_all_inheritors(relid, NoLock, nullptr) : list_make1_oid(relid);
+	List *tables =
+	    rename->relation->inh ? find_all_inheritors(relid, NoLock, nullptr) : list_make1_oid(relid);
 	ListCell *lc;
 	foreach (lc, tables) {
 		Oid table = lfirst_oid(lc);
@@ -686,17 +689,19 @@ void GuardRename(Node *stmt, PlannedStmt *pstmt, const char *query_string) {
 			    MatchingColumnRules(rules, raw->schema, raw->name, raw->new_column);
 			if (before == after)
 				continue;
-			reason = fmt::format("RENAME COLUMN {} TO {}: the tracking rules matching this column change from "
-			                     "{} to {}; what they leave out of the trail differs from here on",
-			                     raw->column, raw->new_column, Listed(before), Listed(after));
+			reason =
+			    fmt::format("RENAME COLUMN {} TO {}: the tracking rules matching this column change from "
+			                "{} to {}; what they leave out of the trail differs from here on",
+			                raw->column, raw->new_column, Listed(before), Listed(after));
 		} else {
 			std::vector<std::string> before = MatchingRules(rules, raw->schema, raw->name);
 			std::vector<std::string> after = MatchingRules(rules, raw->new_schema, raw->new_name);
 			if (before == after)
 				continue;
-			reason = fmt::format("RENAME to {}.{}: the tracking rules matching this table change from {} to {}; "
-			                     "what they leave out of the trail differs from here on",
-			                     raw->new_schema, raw->new_name, Listed(before), Listed(after));
+			reason =
+			    fmt::format("RENAME to {}.{}: the tracking rules matching this table change from {} to {}; "
+			                "what they leave out of the trail differs from here on",
+			                raw->new_schema, raw->new_name, Listed(before), Listed(after));
 		}
 		GapTarget table =
 		    PgCall([&]() { return TargetOf(renames.ext_owner, raw->relid, pstmt, query_string); });
@@ -730,7 +735,7 @@ RecordedName RecordedNameOf(Oid relid) {
 struct RawMove {
 	Oid relid;
 	bool attach;
-	const char *partition;                // schema.table, quoted
+	const char *partition; // schema.table, quoted
 	RecordedName before, after;
 };
 
@@ -766,12 +771,14 @@ void GuardPartitionMoves(const AlterIntent &intent, const GapTarget &parent, con
 		std::vector<std::string> after = MatchingRules(rules, move.after.schema, move.after.name);
 		if (before == after)
 			return;
-		GapTarget table = PgCall([&]() { return TargetOf(parent.ext_owner, move.relid, pstmt, query_string); });
-		RecordGap(table, fmt::format("{} PARTITION {} {}: its changes (and its partitions') are recorded as "
-		                             "{}.{} from here on, and the tracking rules matching them change from {} "
-		                             "to {}; what they leave out of the trail differs from here on",
-		                             attach ? "ATTACH" : "DETACH", attach ? "to" : "from", parent.name,
-		                             move.after.schema, move.after.name, Listed(before), Listed(after)));
+		GapTarget table =
+		    PgCall([&]() { return TargetOf(parent.ext_owner, move.relid, pstmt, query_string); });
+		RecordGap(table,
+		          fmt::format("{} PARTITION {} {}: its changes (and its partitions') are recorded as "
+		                      "{}.{} from here on, and the tracking rules matching them change from {} "
+		                      "to {}; what they leave out of the trail differs from here on",
+		                      attach ? "ATTACH" : "DETACH", attach ? "to" : "from", parent.name,
+		                      move.after.schema, move.after.name, Listed(before), Listed(after)));
 	};
 	for (RangeVar *partition : intent.attached)
 		guard(partition, true);

@@ -149,27 +149,6 @@ void OnRulesRelcache(Datum, Oid relid) noexcept {
 
 } // namespace
 
-// Iterative with one backtracking point (the last '*'): linear in practice, no recursion.
-bool GlobMatch(std::string_view pattern, std::string_view name) noexcept {
-	size_t p = 0, n = 0, star = std::string_view::npos, resume = 0;
-	while (n < name.size()) {
-		if (p < pattern.size() && pattern[p] == '*') {
-			star = p++;
-			resume = n;
-		} else if (p < pattern.size() && pattern[p] == name[n]) {
-			p++;
-			n++;
-		} else if (star != std::string_view::npos) {
-			p = star + 1;
-			n = ++resume;
-		} else
-			return false;
-	}
-	while (p < pattern.size() && pattern[p] == '*')
-		p++;
-	return p == pattern.size();
-}
-
 Rules &Rules::Get() {
 	if (instance != nullptr)
 		return *instance;

@@ -6,15 +6,13 @@
 
 #include "relations.hpp"
 
+#include "bemi/glob.h"
+
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace bemi {
-
-// '*' matches any run of characters, none included; any other character matches itself
-// (bytewise, case-sensitive, as names compare in the catalogs).
-bool GlobMatch(std::string_view pattern, std::string_view name) noexcept;
 
 // The rules of the database, as of the change being decoded. Read from bemi.rules when first
 // needed and again after Drop: the plugin drops them when it decodes a change of bemi.rules (so a
