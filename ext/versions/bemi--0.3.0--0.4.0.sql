@@ -4,8 +4,9 @@
 -- It brings a 0.3.0 database to exactly the schema of a fresh 0.4.0 install and keeps the trail
 -- (no table of 0.3.0 changes). 0.4.0 adds tracking rules (issue 13): the role bemi_admin, the
 -- table bemi.rules that the output plugin reads while decoding, and the functions that change
--- rules, and bemi_tracked_tables(); time travel and reverts that never write a mask back. Their
--- definitions below are 0.4.0's (ext/rules.sql, ext/time_travel.sql, ext/revert.sql at its release).
+-- rules, and bemi_tracked_tables(); bemi_status() counts the changes rules skipped; time travel
+-- and reverts that never write a mask back. Their definitions below are 0.4.0's (ext/rules.sql,
+-- ext/core.sql, ext/time_travel.sql, ext/revert.sql at its release).
 \echo Use "ALTER EXTENSION bemi UPDATE TO '0.4.0'" to load this file. \quit
 
 -- The same rule as the install script: names resolve only in pg_catalog (docs/security.md, "Names").
@@ -288,6 +289,60 @@ BEGIN ATOMIC
 END;
 COMMENT ON FUNCTION @extschema@.bemi_masked_columns(regclass) IS
     'The columns of a table that a mask rule covers now (for a caller who may read its changes)';
+
+------------------------------------------------------------------------------------------------
+-- bemi_status() counts the changes tracking rules skipped (skipped_table_rules,
+-- skipped_column_rules, skipped_writer_rules): it and bemi._worker_state() get new columns, so
+-- both are made again (no object refers to them). As in core.sql at 0.4.0.
+------------------------------------------------------------------------------------------------
+DROP FUNCTION @extschema@.bemi_status();
+DROP FUNCTION bemi._worker_state();
+CREATE FUNCTION bemi._worker_state(
+    OUT worker_pid integer, OUT worker_state text, OUT slot_name text, OUT applied_lsn pg_lsn,
+    OUT changes_written bigint, OUT last_commit_at timestamptz, OUT last_error text,
+    OUT last_error_at timestamptz, OUT failures integer, OUT skipped_table_rules bigint,
+    OUT skipped_column_rules bigint, OUT skipped_writer_rules bigint)
+    AS 'MODULE_PATHNAME', 'bemi_worker_state' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION @extschema@.bemi_status(
+    OUT database text, OUT worker_pid integer, OUT worker_state text, OUT slot_name text,
+    OUT slot_active boolean, OUT confirmed_lsn pg_lsn, OUT current_lsn pg_lsn,
+    OUT lag_bytes numeric, OUT lag_seconds double precision, OUT retained_wal_bytes numeric,
+    OUT wal_status text, OUT changes_written bigint, OUT skipped_table_rules bigint,
+    OUT skipped_column_rules bigint, OUT skipped_writer_rules bigint, OUT last_error text, OUT last_error_at timestamptz,
+    OUT incomplete_image_tables text[], OUT tables_without_primary_key text[],
+    OUT settings_problems text[], OUT gaps bigint)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT current_database()::text, w.worker_pid, w.worker_state, w.slot_name,
+           s.active, s.confirmed_flush_lsn, pg_current_wal_lsn(),
+           pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(s.confirmed_flush_lsn, pg_current_wal_lsn())),
+           CASE WHEN w.last_commit_at IS NULL OR s.confirmed_flush_lsn >= pg_current_wal_lsn() THEN 0
+                ELSE extract(epoch FROM clock_timestamp() - w.last_commit_at)::double precision END,
+           pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(s.restart_lsn, pg_current_wal_lsn())),
+           s.wal_status, w.changes_written, w.skipped_table_rules, w.skipped_column_rules,
+           w.skipped_writer_rules, w.last_error, w.last_error_at,
+           ARRAY(SELECT t.name FROM bemi._user_tables() t JOIN pg_class c ON c.oid = t.rel
+                  WHERE c.relreplident <> 'f' ORDER BY 1),
+           ARRAY(SELECT t.name FROM bemi._user_tables() t
+                  WHERE NOT t.is_partition
+                    AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = t.rel AND i.indisprimary)
+                  ORDER BY 1),
+           ARRAY(SELECT p FROM unnest(ARRAY[
+               CASE WHEN current_setting('wal_level') <> 'logical'
+                    THEN 'wal_level must be logical (now ' || current_setting('wal_level') || ')' END,
+               CASE WHEN NOT ('bemi' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ',')))
+                    THEN 'shared_preload_libraries must include bemi' END,
+               CASE WHEN current_setting('output_plugin_libraries', true) IS NOT NULL
+                     AND NOT ('bemi' = ANY (string_to_array(replace(current_setting('output_plugin_libraries', true), ' ', ''), ',')))
+                    THEN 'output_plugin_libraries must include bemi' END]) AS p WHERE p IS NOT NULL),
+           (SELECT count(*) FROM bemi.gaps)
+      FROM bemi._worker_state() w
+      LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name
+$$;
+COMMENT ON FUNCTION @extschema@.bemi_status() IS 'The worker, its slot, lag, retained WAL, last error and configuration problems';
+REVOKE ALL ON FUNCTION @extschema@.bemi_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.bemi_status() TO bemi_reader;
+GRANT EXECUTE ON FUNCTION bemi._worker_state() TO bemi_reader;
 
 ------------------------------------------------------------------------------------------------
 -- History, time travel and reverts know the rules (issue 13): ext/time_travel.sql and
