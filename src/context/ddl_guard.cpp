@@ -77,7 +77,7 @@ struct AlterIntent {
 	bool set_unlogged = false;
 	std::vector<const char *> retyped_columns; // ALTER COLUMN ... TYPE
 	std::vector<RangeVar *> attached;          // ATTACH PARTITION
-	std::vector<RangeVar *> detached;          // DETACH PARTITION [CONCURRENTLY | FINALIZE]
+	std::vector<RangeVar *> detached;          // DETACH PARTITION [CONCURRENTLY]
 
 	explicit AlterIntent(const AlterTableStmt *stmt) {
 		ListCell *lc;
@@ -105,7 +105,6 @@ struct AlterIntent {
 				attached.push_back(reinterpret_cast<PartitionCmd *>(cmd->def)->name);
 				break;
 			case AT_DetachPartition:
-			case AT_DetachPartitionFinalize:
 				detached.push_back(reinterpret_cast<PartitionCmd *>(cmd->def)->name);
 				break;
 			default:
@@ -713,7 +712,10 @@ void GuardRename(Node *stmt, PlannedStmt *pstmt, const char *query_string) {
 // Under bemi.partitions_as_root a partition's changes are recorded under its root's name, so the
 // root's rules are the partition's (and its own partitions'). Detaching a partition from a masked
 // or ignored root, writing, and attaching it again is the rename bypass again: an ATTACH or a
-// DETACH (CONCURRENTLY, FINALIZE) that changes which rules match it records a gap.
+// DETACH that changes which rules match it records a gap. A DETACH CONCURRENTLY records it in its
+// first transaction, which leaves the partition "detach pending": from that commit on, decoding
+// records it under its own name already (PostgreSQL's partition ancestors stop at a pending
+// detach), so the FINALIZE that completes an interrupted one changes no rule and records nothing.
 
 // The name a table's changes are recorded under: its root's for a partition (palloc'd).
 struct RecordedName {
@@ -748,8 +750,7 @@ RawMove LookUpMove(Oid parent, RangeVar *partition, bool attach) {
 	move.relid = relid;
 	move.partition = QualifiedName(relid);
 	RecordedName own = {get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid)};
-	// The parent's name stands for the partition's while it is attached (also during a DETACH
-	// CONCURRENTLY's pending state, which FINALIZE completes).
+	// The parent's name (its root's) stands for the partition's while it is attached.
 	RecordedName root = RecordedNameOf(parent);
 	move.before = attach ? own : root;
 	move.after = attach ? root : own;
