@@ -736,19 +736,15 @@ RecordedName RecordedNameOf(Oid relid) {
 // recorded under before and after; relid InvalidOid when it is not a recorded table.
 struct RawMove {
 	Oid relid;
-	bool attach;
-	const char *partition; // schema.table, quoted
 	RecordedName before, after;
 };
 
 RawMove LookUpMove(Oid parent, RangeVar *partition, bool attach) {
 	RawMove move = {};
-	move.attach = attach;
 	Oid relid = RangeVarGetRelid(partition, NoLock, true);
 	if (!OidIsValid(relid) || !IsUserTable(relid))
 		return move;
 	move.relid = relid;
-	move.partition = QualifiedName(relid);
 	RecordedName own = {get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid)};
 	// The parent's name (its root's) stands for the partition's while it is attached.
 	RecordedName root = RecordedNameOf(parent);
@@ -757,6 +753,8 @@ RawMove LookUpMove(Oid parent, RangeVar *partition, bool attach) {
 	return move;
 }
 
+// One gap row per partition that this ATTACH / DETACH moves between roots matched by different
+// rules; `parent` is the table altered (a recorded one).
 void GuardPartitionMoves(const AlterIntent &intent, const GapTarget &parent, const PlannedStmt *pstmt,
                          const char *query_string) {
 	if (!bemi_partitions_as_root || (intent.attached.empty() && intent.detached.empty()))
