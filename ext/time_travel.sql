@@ -155,9 +155,27 @@ DECLARE
                                          AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (%2$s)
                                                   WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (%3$s)
                                                   ELSE false END)$u$;
+    -- A mask rule covers a key column: the changes recorded under it say not which row they
+    -- changed ("[masked]" is every row's key), so time travel over them is refused.
+    masked_key constant boolean := target.key_columns && @extschema@.bemi_masked_columns(target.tbl);
+    keyless bigint;
 BEGIN
     PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
     IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
+        IF masked_key THEN
+            SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, at, 'infinity'::timestamptz) h
+             WHERE h.committed_at > at AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                                WHERE img <> '{}' AND CASE WHEN img ? c
+                                    THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                    ELSE true END)
+             ORDER BY h.id LIMIT 1;
+        END IF;
+        IF keyless IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot read % as of %: changes since were recorded with its primary key masked', target.tbl, at
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = format('Change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+                HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+        END IF;
         BEGIN
             RETURN QUERY EXECUTE format($q$
                 WITH firsts AS (
@@ -191,6 +209,20 @@ BEGIN
         base_id := 0;
         base_at := '-infinity';
     END IF;
+    IF masked_key THEN
+        SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, base_at, at) h
+         WHERE h.id > base_id AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                            WHERE img <> '{}' AND CASE WHEN img ? c
+                                THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                ELSE true END)
+         ORDER BY h.id LIMIT 1;
+    END IF;
+    IF keyless IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot read % as of %: changes before it were recorded with its primary key masked', target.tbl, at
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('It was truncated since, so it is replayed from the trail; change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+            HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+    END IF;
     BEGIN
         RETURN QUERY EXECUTE format($q$
             SELECT r.* FROM (
@@ -223,11 +255,31 @@ DECLARE
     base_id bigint := 0;
     -- As in bemi_as_of: a mask where it is no value of the column's type reads as NULL.
     misfit record := @extschema@.bemi_mask_misfits(target.tbl);
+    -- A mask rule covers a key column: the changes recorded under it say not which row they
+    -- changed ("[masked]" is every row's key), so time travel over them is refused.
+    masked_key constant boolean := target.key_columns && @extschema@.bemi_masked_columns(target.tbl);
+    keyless bigint;
 BEGIN
     IF key IS NULL THEN
         RAISE EXCEPTION 'the primary key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    -- As in bemi_as_of: any change since under a masked key may be this row's (truncated since,
+    -- any change of the span replayed, below).
+    IF masked_key THEN
+        SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, at, 'infinity'::timestamptz) h
+         WHERE h.committed_at > at AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                            WHERE img <> '{}' AND CASE WHEN img ? c
+                                THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                ELSE true END)
+         ORDER BY h.id LIMIT 1;
+    END IF;
+    IF keyless IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot read a row of % as of %: changes since were recorded with its primary key masked', target.tbl, at
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('Change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+            HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+    END IF;
     BEGIN
         SELECT h.operation, h."before" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
          WHERE h.committed_at > at ORDER BY h.id LIMIT 1;
@@ -262,6 +314,20 @@ BEGIN
                 target.tbl, at USING ERRCODE = 'object_not_in_prerequisite_state',
                 DETAIL = 'The table already held rows when tracking began, and no TRUNCATE before the moment emptied it.',
                 HINT = 'Read it as of a moment after a recorded TRUNCATE, or restore a backup.';
+        END IF;
+        IF masked_key THEN
+            SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, '-infinity'::timestamptz, at) h
+             WHERE h.id > base_id AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                                WHERE img <> '{}' AND CASE WHEN img ? c
+                                    THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                    ELSE true END)
+             ORDER BY h.id LIMIT 1;
+        END IF;
+        IF keyless IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot read a row of % as of %: changes before it were recorded with its primary key masked', target.tbl, at
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = format('It was truncated since, so it is replayed from the trail; change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+                HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
         END IF;
         SELECT h.operation, h."after" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
          WHERE h.committed_at <= at AND h.id > base_id ORDER BY h.id DESC LIMIT 1;

@@ -205,7 +205,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                split_part(r.target, '.', 1) AS s, split_part(r.target, '.', 2) AS t
           FROM bemi.rules r WHERE r.target IS NOT NULL),
     tables AS (
-        SELECT c.oid AS rel, n.nspname::text AS s, c.relname::text AS t, c.relreplident AS replident
+        SELECT c.oid AS rel, n.nspname::text AS s, c.relname::text AS t, c.relreplident AS replident,
+               ARRAY(SELECT a.attname::text
+                       FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY AS k (attnum, ord), pg_attribute a
+                      WHERE i.indrelid = c.oid AND i.indisprimary AND k.ord <= i.indnkeyatts
+                        AND a.attrelid = c.oid AND a.attnum = k.attnum ORDER BY k.ord) AS key_cols
           FROM bemi._user_tables() u
           JOIN pg_class c ON c.oid = u.rel
           JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -219,13 +223,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
           FROM matches m
           JOIN pg_attribute a ON a.attrelid = m.rel AND a.attnum > 0 AND NOT a.attisdropped
          WHERE m.kind IN ('ignore_columns', 'mask')
-           AND EXISTS (SELECT FROM unnest(m.columns) p WHERE a.attname::text COLLATE "C" LIKE bemi._rule_like(p)))
+           AND EXISTS (SELECT FROM unnest(m.columns) p WHERE a.attname::text COLLATE "C" LIKE bemi._rule_like(p))),
+    masked AS (
+        SELECT c.rel, c.col, (array_agg(c.method ORDER BY array_position(ARRAY['drop', 'redact', 'hash'], c.method)))[1] AS method
+          FROM cols c WHERE c.kind = 'mask' GROUP BY c.rel, c.col)
     SELECT * FROM (
         SELECT tb.s, tb.t,
                NOT EXISTS (SELECT FROM matches m WHERE m.rel = tb.rel AND m.kind = 'ignore'),
                ARRAY(SELECT DISTINCT c.col FROM cols c WHERE c.rel = tb.rel AND c.kind = 'ignore_columns' ORDER BY 1),
-               ARRAY(SELECT c.col || ':' || (array_agg(c.method ORDER BY array_position(ARRAY['drop', 'redact', 'hash'], c.method)))[1]
-                       FROM cols c WHERE c.rel = tb.rel AND c.kind = 'mask' GROUP BY c.col ORDER BY 1),
+               ARRAY(SELECT m.col || ':' || m.method FROM masked m WHERE m.rel = tb.rel ORDER BY 1),
                CASE tb.replident WHEN 'f' THEN 'full' WHEN 'd' THEN 'default' WHEN 'i' THEN 'index' ELSE 'nothing' END,
                ARRAY(SELECT p FROM unnest(ARRAY[
                    CASE WHEN tb.replident <> 'f'
@@ -233,7 +239,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                    CASE WHEN tb.replident <> 'f' AND EXISTS (SELECT FROM cols c WHERE c.rel = tb.rel AND c.kind = 'ignore_columns')
                         THEN 'ignored columns need REPLICA IDENTITY FULL: without it, every UPDATE is recorded' END,
                    CASE WHEN NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = tb.rel AND i.indisprimary)
-                        THEN 'no primary key' END]) p WHERE p IS NOT NULL)
+                        THEN 'no primary key' END,
+                   -- The trail's key of a row is then masked too: it locates no row, and unless
+                   -- hashed it is the same for every row.
+                   (SELECT format('primary key masked (%s): reverts leave out its changes%s',
+                                  string_agg(m.col || ':' || m.method, ', ' ORDER BY array_position(tb.key_cols, m.col)),
+                                  CASE WHEN bool_or(m.method <> 'hash')
+                                       THEN '; history by key cannot tell its rows apart' ELSE '' END)
+                      FROM masked m WHERE m.rel = tb.rel AND m.col = ANY (tb.key_cols)
+                    HAVING count(*) > 0)]) p WHERE p IS NOT NULL)
           FROM tables tb
         UNION ALL
         SELECT NULL, NULL, NULL, NULL, NULL, NULL,
@@ -353,9 +367,27 @@ DECLARE
                                          AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (%2$s)
                                                   WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (%3$s)
                                                   ELSE false END)$u$;
+    -- A mask rule covers a key column: the changes recorded under it say not which row they
+    -- changed ("[masked]" is every row's key), so time travel over them is refused.
+    masked_key constant boolean := target.key_columns && @extschema@.bemi_masked_columns(target.tbl);
+    keyless bigint;
 BEGIN
     PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
     IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
+        IF masked_key THEN
+            SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, at, 'infinity'::timestamptz) h
+             WHERE h.committed_at > at AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                                WHERE img <> '{}' AND CASE WHEN img ? c
+                                    THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                    ELSE true END)
+             ORDER BY h.id LIMIT 1;
+        END IF;
+        IF keyless IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot read % as of %: changes since were recorded with its primary key masked', target.tbl, at
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = format('Change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+                HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+        END IF;
         BEGIN
             RETURN QUERY EXECUTE format($q$
                 WITH firsts AS (
@@ -389,6 +421,20 @@ BEGIN
         base_id := 0;
         base_at := '-infinity';
     END IF;
+    IF masked_key THEN
+        SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, base_at, at) h
+         WHERE h.id > base_id AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                            WHERE img <> '{}' AND CASE WHEN img ? c
+                                THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                ELSE true END)
+         ORDER BY h.id LIMIT 1;
+    END IF;
+    IF keyless IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot read % as of %: changes before it were recorded with its primary key masked', target.tbl, at
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('It was truncated since, so it is replayed from the trail; change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+            HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+    END IF;
     BEGIN
         RETURN QUERY EXECUTE format($q$
             SELECT r.* FROM (
@@ -417,11 +463,31 @@ DECLARE
     base_id bigint := 0;
     -- As in bemi_as_of: a mask where it is no value of the column's type reads as NULL.
     misfit record := @extschema@.bemi_mask_misfits(target.tbl);
+    -- A mask rule covers a key column: the changes recorded under it say not which row they
+    -- changed ("[masked]" is every row's key), so time travel over them is refused.
+    masked_key constant boolean := target.key_columns && @extschema@.bemi_masked_columns(target.tbl);
+    keyless bigint;
 BEGIN
     IF key IS NULL THEN
         RAISE EXCEPTION 'the primary key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    -- As in bemi_as_of: any change since under a masked key may be this row's (truncated since,
+    -- any change of the span replayed, below).
+    IF masked_key THEN
+        SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, at, 'infinity'::timestamptz) h
+         WHERE h.committed_at > at AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                            WHERE img <> '{}' AND CASE WHEN img ? c
+                                THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                ELSE true END)
+         ORDER BY h.id LIMIT 1;
+    END IF;
+    IF keyless IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot read a row of % as of %: changes since were recorded with its primary key masked', target.tbl, at
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('Change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+            HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+    END IF;
     BEGIN
         SELECT h.operation, h."before" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
          WHERE h.committed_at > at ORDER BY h.id LIMIT 1;
@@ -456,6 +522,20 @@ BEGIN
                 target.tbl, at USING ERRCODE = 'object_not_in_prerequisite_state',
                 DETAIL = 'The table already held rows when tracking began, and no TRUNCATE before the moment emptied it.',
                 HINT = 'Read it as of a moment after a recorded TRUNCATE, or restore a backup.';
+        END IF;
+        IF masked_key THEN
+            SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, '-infinity'::timestamptz, at) h
+             WHERE h.id > base_id AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                                WHERE img <> '{}' AND CASE WHEN img ? c
+                                    THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                    ELSE true END)
+             ORDER BY h.id LIMIT 1;
+        END IF;
+        IF keyless IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot read a row of % as of %: changes before it were recorded with its primary key masked', target.tbl, at
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = format('It was truncated since, so it is replayed from the trail; change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+                HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
         END IF;
         SELECT h.operation, h."after" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
          WHERE h.committed_at <= at AND h.id > base_id ORDER BY h.id DESC LIMIT 1;
@@ -495,6 +575,8 @@ DECLARE
     prev_context jsonb := @extschema@.bemi_context();
     saved_min_messages text;
     step_no integer := 0;
+    unkeyed text[] := '{}';
+    unkeyed_ids bigint[] := '{}';
 BEGIN
     IF change_ids IS NULL OR force IS NULL OR dry_run IS NULL THEN
         RAISE EXCEPTION 'change_ids, force and dry_run must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -518,6 +600,49 @@ BEGIN
             HINT = 'Reverts find rows by primary key; a TRUNCATE can be undone with bemi_as_of and INSERT … SELECT.';
     END IF;
 
+    -- Changes of rows whose primary key the trail holds masked: a key column whose value has a
+    -- mask's shape, or that the image lacks while a mask rule covers it now ('drop'). Such a key
+    -- locates no row ("[masked]" is every row's key; a hash or nothing is no value of the table), so
+    -- the change is never reverted: refused, or with force left out with a NOTICE.
+    FOR tab IN SELECT s.schema, s."table" FROM unnest(sel) s GROUP BY 1, 2 ORDER BY 1, 2 LOOP
+        rel := to_regclass(format('%I.%I', tab.schema, tab."table"));
+        CONTINUE WHEN rel IS NULL; -- refused below
+        key_cols := ARRAY(SELECT a.attname::text
+                            FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY AS u (attnum, ord), pg_attribute a
+                           WHERE i.indrelid = rel AND i.indisprimary AND u.ord <= i.indnkeyatts
+                             AND a.attrelid = rel AND a.attnum = u.attnum ORDER BY u.ord);
+        FOR grp IN SELECT s.id, s.operation, array_agg(c ORDER BY u.ord) AS cols
+                     FROM unnest(sel) s, unnest(key_cols) WITH ORDINALITY AS u (c, ord)
+                    WHERE s.schema = tab.schema AND s."table" = tab."table"
+                      AND EXISTS (SELECT FROM unnest(ARRAY[s."before", s."after"]) img
+                                   WHERE img <> '{}' AND CASE WHEN img ? c
+                                       THEN jsonb_typeof(img -> c) = 'string'
+                                            AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                       ELSE c = ANY (@extschema@.bemi_masked_columns(rel)) END)
+                    GROUP BY s.id, s.operation ORDER BY s.id LOOP
+            unkeyed_ids := unkeyed_ids || grp.id;
+            unkeyed := unkeyed || format('change %s (%s of %s, key %s masked)', grp.id, grp.operation, rel,
+                                         array_to_string(grp.cols, ', '));
+        END LOOP;
+    END LOOP;
+    IF unkeyed <> '{}' THEN
+        IF NOT force THEN
+            RAISE EXCEPTION 'cannot revert: % change(s) are of rows whose primary key the trail holds masked', cardinality(unkeyed)
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = 'A masked key (a marker, a hash, or no value) locates no row, and a revert never matches a row by a mask: '
+                         || array_to_string(unkeyed[1:20], ', ') || CASE WHEN cardinality(unkeyed) > 20 THEN ', …' ELSE '' END || '.',
+                HINT = 'Revert the other changes (bemi_revert_changes), or pass force => true to leave these out (force also overwrites later conflicting changes).';
+        END IF;
+        RAISE NOTICE 'revert: % change(s) left out, of rows whose primary key the trail holds masked', cardinality(unkeyed)
+            USING DETAIL = 'A masked key locates no row: ' || array_to_string(unkeyed[1:20], ', ')
+                           || CASE WHEN cardinality(unkeyed) > 20 THEN ', …' ELSE '' END || '.',
+                  HINT = 'Revert those rows by hand if they must change.';
+        sel := ARRAY(SELECT s FROM unnest(sel) s WHERE s.id <> ALL (unkeyed_ids));
+        IF sel = '{}' THEN
+            RETURN;
+        END IF;
+    END IF;
+
     -- Conflicts: later changes of the same rows (or TRUNCATEs of the table) outside the set.
     FOR tab IN SELECT s.schema, s."table" FROM unnest(sel) s GROUP BY 1, 2 ORDER BY 1, 2 LOOP
         rel := to_regclass(format('%I.%I', tab.schema, tab."table"));
@@ -537,6 +662,27 @@ BEGIN
             SELECT format('change %s (TRUNCATE of %s)', h.id, rel)
               FROM @extschema@.bemi_table_truncations(rel) h
              WHERE h.id > (SELECT min(s.id) FROM unnest(sel) s WHERE s.schema = tab.schema AND s."table" = tab."table"));
+        -- A mask rule made on the key since: the later changes recorded under it do not say which row
+        -- they touched, so each is a conflict.
+        key_cols := ARRAY(SELECT a.attname::text
+                            FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY AS u (attnum, ord), pg_attribute a
+                           WHERE i.indrelid = rel AND i.indisprimary AND u.ord <= i.indnkeyatts
+                             AND a.attrelid = rel AND a.attnum = u.attnum ORDER BY u.ord);
+        IF key_cols && @extschema@.bemi_masked_columns(rel) THEN
+            conflicts := conflicts || ARRAY(
+                SELECT format('change %s (%s of %s, a row whose key is masked: it may be one of them)', h.id, h.operation, rel)
+                  FROM @extschema@.bemi_table_history(rel, (SELECT min(s.committed_at) FROM unnest(sel) s
+                                                             WHERE s.schema = tab.schema AND s."table" = tab."table"),
+                                                      'infinity'::timestamptz) h
+                 WHERE h.id > (SELECT min(s.id) FROM unnest(sel) s WHERE s.schema = tab.schema AND s."table" = tab."table")
+                   AND h.id <> ALL (change_ids) AND h.operation <> 'TRUNCATE'
+                   AND EXISTS (SELECT FROM unnest(key_cols) c, unnest(ARRAY[h."before", h."after"]) img
+                                WHERE img <> '{}' AND CASE WHEN img ? c
+                                    THEN jsonb_typeof(img -> c) = 'string'
+                                         AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                    ELSE c = ANY (@extschema@.bemi_masked_columns(rel)) END)
+                 ORDER BY h.id);
+        END IF;
     END LOOP;
     IF conflicts <> '{}' AND NOT force THEN
         RAISE EXCEPTION 'cannot revert: % later change(s) outside the reverted set touched the same rows', cardinality(conflicts)
