@@ -253,8 +253,10 @@ DECLARE
     key_image jsonb;
     change record;
     base_id bigint := 0;
-    -- As in bemi_as_of: a mask where it is no value of the column's type reads as NULL.
-    misfit record := @extschema@.bemi_mask_misfits(target.tbl);
+    -- As in bemi_as_of: a mask where it is no value of the column's type reads as NULL. Those
+    -- columns are looked up only for an image that holds a mask.
+    no_marker text[];
+    no_hash text[];
     -- A mask rule covers a key column: the changes recorded under it say not which row they
     -- changed ("[masked]" is every row's key), so time travel over them is refused.
     masked_key constant boolean := target.key_columns && @extschema@.bemi_masked_columns(target.tbl);
@@ -285,12 +287,17 @@ BEGIN
          WHERE h.committed_at > at ORDER BY h.id LIMIT 1;
         IF FOUND THEN
             -- The first change after the moment knows the row as it was (or that it did not exist).
+            IF EXISTS (SELECT FROM jsonb_each(change."before") e
+                        WHERE jsonb_typeof(e.value) = 'string'
+                          AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$')) THEN
+                SELECT m.marker, m.hash INTO no_marker, no_hash FROM @extschema@.bemi_mask_misfits(target.tbl) m;
+            END IF;
             RETURN CASE WHEN change.operation = 'CREATE' THEN NULL
                         ELSE jsonb_populate_record(tbl, change."before" - ARRAY(
                              SELECT e.key FROM jsonb_each(change."before") e
                               WHERE jsonb_typeof(e.value) = 'string'
-                                AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (misfit.marker)
-                                         WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (misfit.hash)
+                                AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (no_marker)
+                                         WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (no_hash)
                                          ELSE false END)) END;
         END IF;
         IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
@@ -331,12 +338,17 @@ BEGIN
         END IF;
         SELECT h.operation, h."after" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
          WHERE h.committed_at <= at AND h.id > base_id ORDER BY h.id DESC LIMIT 1;
+        IF FOUND AND EXISTS (SELECT FROM jsonb_each(change."after") e
+                         WHERE jsonb_typeof(e.value) = 'string'
+                           AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$')) THEN
+            SELECT m.marker, m.hash INTO no_marker, no_hash FROM @extschema@.bemi_mask_misfits(target.tbl) m;
+        END IF;
         RETURN CASE WHEN NOT FOUND OR change.operation = 'DELETE' THEN NULL
                     ELSE jsonb_populate_record(tbl, change."after" - ARRAY(
                              SELECT e.key FROM jsonb_each(change."after") e
                               WHERE jsonb_typeof(e.value) = 'string'
-                                AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (misfit.marker)
-                                         WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (misfit.hash)
+                                AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (no_marker)
+                                         WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (no_hash)
                                          ELSE false END)) END;
     EXCEPTION WHEN data_exception THEN
         RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
