@@ -10,6 +10,7 @@
 // explicitly.
 #include "sink.hpp"
 
+#include "multi_insert.hpp"
 #include "transaction.hpp"
 
 #include <cstring>
@@ -354,8 +355,8 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 			PreparePlans();
 			if (columns.count > 0 && careful)
 				replaced = InsertCarefully(columns, note, sizeof(note));
-			else if (columns.count > 0)
-				InsertRows(columns, 0, columns.count);
+			else if (columns.count > 0 && !MultiInsertChanges(columns, CStringGetTextDatum(database_.c_str())))
+				InsertRows(columns, 0, columns.count); // bemi.changes has triggers or the like: see multi_insert.cpp
 			progress_args[0] = LSNGetDatum(reached.txn_end_lsn);
 			progress_args[1] = Int64GetDatum(reached.txn_records);
 			progress_args[2] = BoolGetDatum(reached.txn_complete);
