@@ -65,6 +65,8 @@ const SuppliedColumn kColumns[kSupplied] = {
 // The rows bound for one partition, written together.
 struct Group {
 	ResultRelInfo *partition;
+	TupleDesc desc; // the partition's row type, unpinned: slots made on it need no resource owner entry
+	const TupleTableSlotOps *ops;
 	TupleTableSlot **slots; // kGroupSize, made on first use, reused after each write
 	int used;
 };
@@ -281,6 +283,8 @@ Group *GroupOf(Target *t, ResultRelInfo *partition) {
 	}
 	Group *group = &t->groups[t->ngroups++];
 	group->partition = partition;
+	group->desc = CreateTupleDescCopy(RelationGetDescr(partition->ri_RelationDesc));
+	group->ops = table_slot_callbacks(partition->ri_RelationDesc);
 	group->slots = static_cast<TupleTableSlot **>(palloc0(sizeof(TupleTableSlot *) * kGroupSize));
 	group->used = 0;
 	return group;
@@ -353,7 +357,7 @@ void InsertRouted(Target *t, const BatchWriter::Columns &c, ResultRelInfo *const
 
 		CHECK_FOR_INTERRUPTS();
 		if (group->slots[group->used] == nullptr) // in the query's memory, as the slot's tuples
-			group->slots[group->used] = table_slot_create(partition->ri_RelationDesc, &t->estate->es_tupleTable);
+			group->slots[group->used] = ExecAllocTableSlot(&t->estate->es_tupleTable, group->desc, group->ops);
 		TupleTableSlot *slot = group->slots[group->used];
 		ResetPerTupleExprContext(t->estate);
 		MemoryContext query = MemoryContextSwitchTo(GetPerTupleMemoryContext(t->estate));
