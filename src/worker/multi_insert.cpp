@@ -48,7 +48,7 @@ namespace bemi {
 namespace {
 
 // Rows per table_multi_insert call (COPY buffers as many).
-constexpr int kGroupSize = 1000;
+constexpr int kGroupSize = 128;
 
 // The columns the worker supplies, in this order in Supplied(), and their types.
 constexpr int kSupplied = 12;
