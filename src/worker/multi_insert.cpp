@@ -47,8 +47,12 @@ namespace bemi {
 
 namespace {
 
-// Rows per table_multi_insert call (COPY buffers as many).
+// A group is written once it holds this many rows or bytes of tuples, whichever comes first: small
+// enough that its tuples are still in the CPU's cache when their index entries are made (COPY
+// bounds its buffers by 64 kB too). Measured on ingest: 1000 rows 111k changes/s, 128 rows 132k,
+// 48 rows the same.
 constexpr int kGroupSize = 128;
+constexpr size_t kGroupBytes = 65536;
 
 // The columns the worker supplies, in this order in Supplied(), and their types.
 constexpr int kSupplied = 12;
@@ -69,6 +73,7 @@ struct Group {
 	const TupleTableSlotOps *ops;
 	TupleTableSlot **slots; // kGroupSize, made on first use, reused after each write
 	int used;
+	size_t bytes; // of the tuples in the used slots
 };
 
 // bemi.changes opened for inserting, for one batch.
@@ -287,6 +292,7 @@ Group *GroupOf(Target *t, ResultRelInfo *partition) {
 	group->ops = table_slot_callbacks(partition->ri_RelationDesc);
 	group->slots = static_cast<TupleTableSlot **>(palloc0(sizeof(TupleTableSlot *) * kGroupSize));
 	group->used = 0;
+	group->bytes = 0;
 	return group;
 }
 
@@ -326,6 +332,7 @@ void Flush(Target *t, Group *group) {
 	}
 	MemoryContextSwitchTo(query);
 	group->used = 0;
+	group->bytes = 0;
 }
 
 // Routes every row (defaults not drawn yet) and checks each partition met; false if one cannot
@@ -371,8 +378,9 @@ void InsertRouted(Target *t, const BatchWriter::Columns &c, ResultRelInfo *const
 		slot->tts_tableOid = RelationGetRelid(partition->ri_RelationDesc);
 		if (partition->ri_RelationDesc->rd_att->constr != nullptr)
 			ExecConstraints(partition, slot, t->estate);
+		group->bytes += ExecFetchSlotHeapTuple(slot, false, nullptr)->t_len; // formed already: no copy
 		MemoryContextSwitchTo(query);
-		if (++group->used == kGroupSize)
+		if (++group->used == kGroupSize || group->bytes >= kGroupBytes)
 			Flush(t, group);
 	}
 	for (int g = 0; g < t->ngroups; g++)
