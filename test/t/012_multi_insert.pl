@@ -1,7 +1,7 @@
 # The worker's batch insert (src/worker/multi_insert.cpp): one batch whose changes go to two
 # partitions of bemi.changes, one of them made after the worker started (routing finds it and the
 # default partition), ids drawn in the changes' order; and a trigger on bemi.changes, which the
-# worker honours by writing through its SPI INSERT instead.
+# worker honours by writing through its SPI INSERT instead, and one on a partition only.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -87,6 +87,20 @@ wait_bemi($node, 'postgres', 60);
 is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE "table" = 't' AND after->>'phase' = 'd'}),
 	'20', 'and without it, batches are written as before');
 like(slurp_file($node->logfile), qr/written with table_multi_insert again/, 'by table_multi_insert again');
+
+# 3. A trigger on the partition the changes go to only: found when routing, the same fallback.
+my $partition = $node->safe_psql('postgres', 'SELECT partition_name FROM bemi_partitions() WHERE from_time IS NOT NULL');
+$node->safe_psql('postgres', qq{
+	CREATE TRIGGER see AFTER INSERT ON $partition FOR EACH ROW EXECUTE FUNCTION see();
+	INSERT INTO t SELECT g, 'e' FROM generate_series(501, 520) g;
+});
+wait_bemi($node, 'postgres', 60);
+is($node->safe_psql('postgres', q{
+	SELECT count(*), count(s.change_id) FROM bemi.changes c LEFT JOIN seen s ON s.change_id = c.id
+	 WHERE c."table" = 't' AND c.after->>'phase' = 'e'}),
+	'20|20', 'with a trigger on a partition, it fires for every change routed there');
+my @fallbacks = slurp_file($node->logfile) =~ /written through INSERT statements/g;
+is(scalar @fallbacks, 2, 'the log says so again');
 is($node->safe_psql('postgres', 'SELECT last_error FROM bemi_status()'), '', 'the worker reported no error');
 $node->stop;
 done_testing();
