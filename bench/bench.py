@@ -8,6 +8,7 @@ Sections (bench/README.md says what exactly each one times):
   3. lag: commit -> visible in bemi.changes under pgbench --rate at 80% of bemi's maximum TPS
   4. memory: the worker's peak RSS while it drains one huge transaction
   5. reads: runs bench/reads* when present
+  6. rules: ingest under no rules, 100 rules, a mask, an ignored table (skipped changes)
 Standard library only.
 """
 import argparse
@@ -36,11 +37,11 @@ MODES = {
     # scale, clients, threads, write-path seconds and rounds, decomposition seconds and rounds,
     # backlog changes, lag seconds, huge-transaction changes
     "quick": dict(scale=10, clients=8, threads=2, write_secs=10, write_rounds=2, solo_secs=4, solo_rounds=2,
-                  backlog=400_000, lag_secs=10, huge=1_000_000),
+                  backlog=400_000, lag_secs=10, huge=1_000_000, rules_backlog=200_000, rules_rounds=2),
     "smoke": dict(scale=1, clients=4, threads=2, write_secs=3, write_rounds=1, solo_secs=2, solo_rounds=1,
-                  backlog=20_000, lag_secs=4, huge=50_000),
+                  backlog=20_000, lag_secs=4, huge=50_000, rules_backlog=20_000, rules_rounds=1),
     "full": dict(scale=10, clients=8, threads=2, write_secs=30, write_rounds=5, solo_secs=10, solo_rounds=3,
-                 backlog=2_000_000, lag_secs=60, huge=5_000_000),
+                 backlog=2_000_000, lag_secs=60, huge=5_000_000, rules_backlog=500_000, rules_rounds=3),
 }
 
 
@@ -634,13 +635,8 @@ ALTER TABLE {t} REPLICA IDENTITY FULL;
        jsonb_build_object('k', g, 'tags', jsonb_build_array('a', 'b', g % 10), 'nested', jsonb_build_object('x', g % 7))
   FROM generate_series({lo}, {hi}) g"""
 
-    def section_ingest(self):
-        n = self.p["backlog"]
-        n_ins, n_upd = n // 2, n * 7 // 20
-        n_del = n - n_ins - n_upd
-        chunk = 1000
-        log(f"2. ingest: backlog of {n:,} changes ({n_ins:,} inserts, {n_upd:,} updates, {n_del:,} deletes, "
-            f"{chunk} per transaction)")
+    def create_backlog_procedure(self):
+        """bench_ingest and bench_backlog(n_ins, n_upd, n_del, chunk): the ingest backlog's shape."""
         srv = self.server
         srv.psql(self.INGEST_TABLE.format(t="bench_ingest"))
         srv.psql(f"""
@@ -667,6 +663,16 @@ BEGIN
         lo := lo + chunk;
     END LOOP;
 END $$;""")
+
+    def section_ingest(self):
+        n = self.p["backlog"]
+        n_ins, n_upd = n // 2, n * 7 // 20
+        n_del = n - n_ins - n_upd
+        chunk = 1000
+        log(f"2. ingest: backlog of {n:,} changes ({n_ins:,} inserts, {n_upd:,} updates, {n_del:,} deletes, "
+            f"{chunk} per transaction)")
+        srv = self.server
+        self.create_backlog_procedure()
         pid = self.create_bemi()
         srv.psql("SELECT pg_create_logical_replication_slot('bench_td', 'test_decoding');"
                  "SELECT pg_create_logical_replication_slot('bench_bemi_sql', 'bemi');")
@@ -737,6 +743,96 @@ END $$;""")
             f"Worker CPU during the drain: {fmt(worker_cpu, 1)} s for {drain_s:.1f} s wall "
             f"({fmt(worker_cpu / got * 1e6 if worker_cpu else None, 1)} µs of worker CPU per change)"
             + ("" if same_pid else " — **the worker restarted during the drain**") + ".", ""]))
+
+    # -- tracking rules -------------------------------------------------------------------------
+    # 100 rules shaped like a real deployment's: two wide ones that match every table (ignored
+    # timestamp columns, masked secret columns, none of which the backlog's updates touch alone or
+    # has), and 98 for other schemas and tables (ignored scratch schemas, masked e-mails).
+    RULES_100 = ("SELECT bemi_ignore('*.*', '{updated_at, *_cached_at}');\n"
+                 "SELECT bemi_mask('*.*', '{password*, *_token, *_secret}');\n"
+                 "SELECT bemi_ignore(format('scratch_%s.*', g)) FROM generate_series(1, 49) g;\n"
+                 "SELECT bemi_mask(format('app_%s.users', g), '{email, phone}', 'hash') FROM generate_series(1, 49) g;\n")
+    RULE_CASES = [
+        ("none", "no rules", ""),
+        ("r100", "100 rules (two match the table, on columns no change touches alone)", RULES_100),
+        ("mask", "the 100 rules + `bemi_mask('public.bench_ingest', '{note}', 'hash')`",
+         RULES_100 + "SELECT bemi_mask('public.bench_ingest', '{note}', 'hash');\n"),
+        ("ignored", "the 100 rules + `bemi_ignore('public.bench_ingest')`: every change skipped",
+         RULES_100 + "SELECT bemi_ignore('public.bench_ingest');\n"),
+    ]
+
+    def drain_with_rules(self, rules_sql, n_ins, n_upd, n_del, chunk):
+        """One backlog made under the given rules while the worker is held, then drained; returns
+        (seconds to drain, rows recorded, rules in force)."""
+        srv = self.server
+        srv.psql("TRUNCATE bench_ingest")
+        self.create_bemi()
+        if rules_sql:
+            srv.psql(rules_sql)
+        n_rules = int(srv.one("SELECT count(*) FROM bemi.rules"))
+        srv.one("SELECT bemi_wait(timeout => '10 min')")
+        # Held by SIGSTOP, not by a lock on bemi.changes: a worker that records nothing (an ignored
+        # table) would never reach the lock and drain the backlog while it is being made.
+        release = self.stop_worker(self.worker_pid())
+        srv.psql(f"CALL bench_backlog({n_ins}, {n_upd}, {n_del}, {chunk})")
+        lsn = srv.one("SELECT pg_current_wal_lsn()")
+        srv.psql("CHECKPOINT")
+        pending = int(float(srv.one(f"SELECT pg_wal_lsn_diff('{lsn}', confirmed_flush_lsn) FROM pg_replication_slots "
+                                    "WHERE plugin = 'bemi' AND database = current_database()")))
+        log(f"   {pending / 1e6:.0f} MB of WAL pending when released")
+        t0 = time.monotonic()
+        release()
+        srv.one(f"SELECT bemi_wait('{lsn}', '60 min')")
+        drain_s = time.monotonic() - t0
+        got = int(srv.one("SELECT count(*) FROM bemi.changes WHERE \"table\" = 'bench_ingest'"))
+        self.drop_bemi()
+        return drain_s, got, n_rules
+
+    def section_rules(self):
+        n = self.p["rules_backlog"]
+        n_ins, n_upd = n // 2, n * 7 // 20
+        n_del = n - n_ins - n_upd
+        rounds = self.p["rules_rounds"]
+        log(f"6. rules: a backlog of {n:,} changes drained under {len(self.RULE_CASES)} rule sets, "
+            f"{rounds} rounds")
+        self.create_backlog_procedure()
+        times = {k: [] for k, _, _ in self.RULE_CASES}
+        got = {}
+        n_rules = {}
+        for r in range(rounds):
+            order = self.RULE_CASES if r % 2 == 0 else list(reversed(self.RULE_CASES))
+            for key, _, sql in order:
+                s, g, nr = self.drain_with_rules(sql, n_ins, n_upd, n_del, 1000)
+                times[key].append(s)
+                got[key], n_rules[key] = g, nr
+                log(f"   round {r + 1} {key}: {n:,} changes drained in {s:.2f} s, {g:,} recorded")
+        self.server.psql("DROP TABLE bench_ingest; DROP PROCEDURE bench_backlog")
+        med = {k: median(v) for k, v in times.items()}
+        base = med["none"]
+        rows = [[desc, fmt(n_rules[k]), fmt(got[k]), fmt(med[k], 2), fmt(n / med[k]), fmt(n / med[k] / (n / base), 2),
+                 fmt(med[k] / n * 1e6, 2)] for k, desc, _ in self.RULE_CASES]
+        cost_100 = med["r100"] / base - 1
+        skip_share = med["ignored"] / base
+        self.summary.append(("rules: 100 rules cost ≤ 5% of ingest", cost_100 <= 0.05,
+                             f"{cost_100 * 100:+.1f}% drain time"))
+        self.summary.append(("rules: a skipped change costs a small fraction of a recorded one", skip_share <= 0.35,
+                             f"{skip_share:.2f} × a recorded change's drain time"))
+        if got["none"] != n or got["r100"] != n or got["mask"] != n or got["ignored"] != 0:
+            self.notes.append(f"rules: unexpected rows recorded {got}")
+        self.sections.append("\n".join([
+            "## 6. Tracking rules at ingest\n",
+            f"The ingest backlog's shape (section 2), {n:,} changes ({n_ins:,} inserts, {n_upd:,} updates, "
+            f"{n_del:,} deletes, 1000 per transaction), made while the worker was held under each rule set "
+            "(rules are judged when a change is made, so each set gets its own backlog on a fresh "
+            "`CREATE EXTENSION`; the worker stopped by SIGSTOP while asleep), then drained: from releasing the worker to `bemi_wait(<end of the "
+            f"backlog>)`. Median of {rounds} rounds, rule sets interleaved. The 100 rules: "
+            "`bemi_ignore('*.*', '{updated_at, *_cached_at}')`, `bemi_mask('*.*', '{password*, *_token, "
+            "*_secret}')`, 49 `bemi_ignore('scratch_N.*')`, 49 `bemi_mask('app_N.users', '{email, phone}', "
+            "'hash')`. Rules are matched once per table and kept with the decoding's relation entry, so "
+            "their number costs nothing per change; what remains per change is the ignored-columns test on "
+            "an UPDATE and the mask itself.\n",
+            md_table(["rules", "rules in force", "recorded", "drain s", "changes/s", "× no rules",
+                      "µs per change"], rows), ""]))
 
     # -- memory ---------------------------------------------------------------------------------
     def section_memory(self):
@@ -973,7 +1069,7 @@ END $$;""")
     def run(self):
         started = time.monotonic()
         only = set(self.args.only.split(",")) if self.args.only else {"write", "decomp", "lag", "ingest",
-                                                                       "memory", "reads"}
+                                                                       "memory", "reads", "rules"}
         try:
             self.setup()
             if "write" in only:
@@ -990,6 +1086,8 @@ END $$;""")
                 self.section_memory()
             if "reads" in only:
                 self.section_reads()
+            if "rules" in only:
+                self.section_rules()
             if self.args.profile:
                 self.profile_write_path()
             text = self.report(started, only)
@@ -1006,7 +1104,7 @@ def main():
     ap = argparse.ArgumentParser(description="bemi benchmark suite (see bench/README.md)")
     ap.add_argument("--quick", action="store_true", help="smaller and shorter: under 5 minutes")
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--only", help="comma-separated sections: write,decomp,ingest,lag,memory,reads")
+    ap.add_argument("--only", help="comma-separated sections: write,decomp,ingest,lag,memory,reads,rules")
     ap.add_argument("--profile", action="store_true",
                     help="also record perf profiles (worker during ingest; whole machine during pgbench) into "
                          "bench/profile-*.txt; the ingest rate is then perturbed")

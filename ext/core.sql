@@ -144,14 +144,16 @@ $$;
 CREATE FUNCTION bemi._worker_state(
     OUT worker_pid integer, OUT worker_state text, OUT slot_name text, OUT applied_lsn pg_lsn,
     OUT changes_written bigint, OUT last_commit_at timestamptz, OUT last_error text,
-    OUT last_error_at timestamptz, OUT failures integer)
+    OUT last_error_at timestamptz, OUT failures integer, OUT skipped_table_rules bigint,
+    OUT skipped_column_rules bigint, OUT skipped_writer_rules bigint)
     AS 'MODULE_PATHNAME', 'bemi_worker_state' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION @extschema@.bemi_status(
     OUT database text, OUT worker_pid integer, OUT worker_state text, OUT slot_name text,
     OUT slot_active boolean, OUT confirmed_lsn pg_lsn, OUT current_lsn pg_lsn,
     OUT lag_bytes numeric, OUT lag_seconds double precision, OUT retained_wal_bytes numeric,
-    OUT wal_status text, OUT changes_written bigint, OUT last_error text, OUT last_error_at timestamptz,
+    OUT wal_status text, OUT changes_written bigint, OUT skipped_table_rules bigint,
+    OUT skipped_column_rules bigint, OUT skipped_writer_rules bigint, OUT last_error text, OUT last_error_at timestamptz,
     OUT incomplete_image_tables text[], OUT tables_without_primary_key text[],
     OUT settings_problems text[], OUT gaps bigint)
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -161,7 +163,8 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 
            CASE WHEN w.last_commit_at IS NULL OR s.confirmed_flush_lsn >= pg_current_wal_lsn() THEN 0
                 ELSE extract(epoch FROM clock_timestamp() - w.last_commit_at)::double precision END,
            pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(s.restart_lsn, pg_current_wal_lsn())),
-           s.wal_status, w.changes_written, w.last_error, w.last_error_at,
+           s.wal_status, w.changes_written, w.skipped_table_rules, w.skipped_column_rules,
+           w.skipped_writer_rules, w.last_error, w.last_error_at,
            ARRAY(SELECT t.name FROM bemi._user_tables() t JOIN pg_class c ON c.oid = t.rel
                   WHERE c.relreplident <> 'f' ORDER BY 1),
            ARRAY(SELECT t.name FROM bemi._user_tables() t

@@ -15,7 +15,8 @@ CREATE TYPE @extschema@.bemi_revert_step AS (
 -- outside the set touched one of those rows after the set did (a conflict), unless force.
 -- A revert never writes a mask: a column whose old value is a mask (by its shape), or is missing
 -- from the image while a mask rule covers it now ('drop'), is left as it is (an UPDATE) or to its
--- default (an INSERT), and a NOTICE names it, with or without force.
+-- default (an INSERT), and a NOTICE names it, with or without force. A change of a row whose primary
+-- key the trail holds masked locates no row: refused, or with force left out (and named).
 -- The writes carry the caller's context plus `marker` (default {"bemi_revert": {"change_ids": …}}).
 CREATE FUNCTION @extschema@.bemi_revert_changes(change_ids bigint[], force boolean DEFAULT false,
                                     dry_run boolean DEFAULT false, marker jsonb DEFAULT NULL)
@@ -39,6 +40,8 @@ DECLARE
     prev_context jsonb := @extschema@.bemi_context();
     saved_min_messages text;
     step_no integer := 0;
+    unkeyed text[] := '{}';
+    unkeyed_ids bigint[] := '{}';
 BEGIN
     IF change_ids IS NULL OR force IS NULL OR dry_run IS NULL THEN
         RAISE EXCEPTION 'change_ids, force and dry_run must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -62,6 +65,49 @@ BEGIN
             HINT = 'Reverts find rows by primary key; a TRUNCATE can be undone with bemi_as_of and INSERT … SELECT.';
     END IF;
 
+    -- Changes of rows whose primary key the trail holds masked: a key column whose value has a
+    -- mask's shape, or that the image lacks while a mask rule covers it now ('drop'). Such a key
+    -- locates no row ("[masked]" is every row's key; a hash or nothing is no value of the table), so
+    -- the change is never reverted: refused, or with force left out with a NOTICE.
+    FOR tab IN SELECT s.schema, s."table" FROM unnest(sel) s GROUP BY 1, 2 ORDER BY 1, 2 LOOP
+        rel := to_regclass(format('%I.%I', tab.schema, tab."table"));
+        CONTINUE WHEN rel IS NULL; -- refused below
+        key_cols := ARRAY(SELECT a.attname::text
+                            FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY AS u (attnum, ord), pg_attribute a
+                           WHERE i.indrelid = rel AND i.indisprimary AND u.ord <= i.indnkeyatts
+                             AND a.attrelid = rel AND a.attnum = u.attnum ORDER BY u.ord);
+        FOR grp IN SELECT s.id, s.operation, array_agg(c ORDER BY u.ord) AS cols
+                     FROM unnest(sel) s, unnest(key_cols) WITH ORDINALITY AS u (c, ord)
+                    WHERE s.schema = tab.schema AND s."table" = tab."table"
+                      AND EXISTS (SELECT FROM unnest(ARRAY[s."before", s."after"]) img
+                                   WHERE img <> '{}' AND CASE WHEN img ? c
+                                       THEN jsonb_typeof(img -> c) = 'string'
+                                            AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                       ELSE c = ANY (@extschema@.bemi_masked_columns(rel)) END)
+                    GROUP BY s.id, s.operation ORDER BY s.id LOOP
+            unkeyed_ids := unkeyed_ids || grp.id;
+            unkeyed := unkeyed || format('change %s (%s of %s, key %s masked)', grp.id, grp.operation, rel,
+                                         array_to_string(grp.cols, ', '));
+        END LOOP;
+    END LOOP;
+    IF unkeyed <> '{}' THEN
+        IF NOT force THEN
+            RAISE EXCEPTION 'cannot revert: % change(s) are of rows whose primary key the trail holds masked', cardinality(unkeyed)
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = 'A masked key (a marker, a hash, or no value) locates no row, and a revert never matches a row by a mask: '
+                         || array_to_string(unkeyed[1:20], ', ') || CASE WHEN cardinality(unkeyed) > 20 THEN ', …' ELSE '' END || '.',
+                HINT = 'Revert the other changes (bemi_revert_changes), or pass force => true to leave these out (force also overwrites later conflicting changes).';
+        END IF;
+        RAISE NOTICE 'revert: % change(s) left out, of rows whose primary key the trail holds masked', cardinality(unkeyed)
+            USING DETAIL = 'A masked key locates no row: ' || array_to_string(unkeyed[1:20], ', ')
+                           || CASE WHEN cardinality(unkeyed) > 20 THEN ', …' ELSE '' END || '.',
+                  HINT = 'Revert those rows by hand if they must change.';
+        sel := ARRAY(SELECT s FROM unnest(sel) s WHERE s.id <> ALL (unkeyed_ids));
+        IF sel = '{}' THEN
+            RETURN;
+        END IF;
+    END IF;
+
     -- Conflicts: later changes of the same rows (or TRUNCATEs of the table) outside the set.
     FOR tab IN SELECT s.schema, s."table" FROM unnest(sel) s GROUP BY 1, 2 ORDER BY 1, 2 LOOP
         rel := to_regclass(format('%I.%I', tab.schema, tab."table"));
@@ -81,6 +127,27 @@ BEGIN
             SELECT format('change %s (TRUNCATE of %s)', h.id, rel)
               FROM @extschema@.bemi_table_truncations(rel) h
              WHERE h.id > (SELECT min(s.id) FROM unnest(sel) s WHERE s.schema = tab.schema AND s."table" = tab."table"));
+        -- A mask rule made on the key since: the later changes recorded under it do not say which row
+        -- they touched, so each is a conflict.
+        key_cols := ARRAY(SELECT a.attname::text
+                            FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY AS u (attnum, ord), pg_attribute a
+                           WHERE i.indrelid = rel AND i.indisprimary AND u.ord <= i.indnkeyatts
+                             AND a.attrelid = rel AND a.attnum = u.attnum ORDER BY u.ord);
+        IF key_cols && @extschema@.bemi_masked_columns(rel) THEN
+            conflicts := conflicts || ARRAY(
+                SELECT format('change %s (%s of %s, a row whose key is masked: it may be one of them)', h.id, h.operation, rel)
+                  FROM @extschema@.bemi_table_history(rel, (SELECT min(s.committed_at) FROM unnest(sel) s
+                                                             WHERE s.schema = tab.schema AND s."table" = tab."table"),
+                                                      'infinity'::timestamptz) h
+                 WHERE h.id > (SELECT min(s.id) FROM unnest(sel) s WHERE s.schema = tab.schema AND s."table" = tab."table")
+                   AND h.id <> ALL (change_ids) AND h.operation <> 'TRUNCATE'
+                   AND EXISTS (SELECT FROM unnest(key_cols) c, unnest(ARRAY[h."before", h."after"]) img
+                                WHERE img <> '{}' AND CASE WHEN img ? c
+                                    THEN jsonb_typeof(img -> c) = 'string'
+                                         AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                    ELSE c = ANY (@extschema@.bemi_masked_columns(rel)) END)
+                 ORDER BY h.id);
+        END IF;
     END LOOP;
     IF conflicts <> '{}' AND NOT force THEN
         RAISE EXCEPTION 'cannot revert: % later change(s) outside the reverted set touched the same rows', cardinality(conflicts)

@@ -139,6 +139,13 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
             HINT = 'E.g. bemi_ignore_writer(role => ''etl'') or bemi_ignore_writer(application_name => ''pg_repack''); with both, a change must match both.';
     END IF;
+    -- application_name is a pattern, * matching any characters (as in targets); one that matches
+    -- every application_name adds nothing to a role, and alone would stop the whole trail.
+    IF application_name = '' OR application_name ~ '^\*+$' THEN
+        RAISE EXCEPTION 'invalid application_name %: expected a name or a pattern', quote_literal(application_name)
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Name the application, or a pattern where * matches any characters: ''airflow-*''. To ignore a role whatever its application, give the role alone.';
+    END IF;
     INSERT INTO bemi.rules (kind, role, application_name)
         VALUES ('ignore_writer', bemi_ignore_writer.role, bemi_ignore_writer.application_name)
         RETURNING id INTO new_id;
@@ -146,7 +153,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.bemi_ignore_writer(name, text) IS
-    'Stop recording the changes made by a role, an application_name, or both together; returns the rule''s id';
+    'Stop recording the changes made by a role, an application_name (a pattern: * matches any characters), or both together; returns the rule''s id';
 
 CREATE FUNCTION @extschema@.bemi_drop_rule(id bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -192,7 +199,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                split_part(r.target, '.', 1) AS s, split_part(r.target, '.', 2) AS t
           FROM bemi.rules r WHERE r.target IS NOT NULL),
     tables AS (
-        SELECT c.oid AS rel, n.nspname::text AS s, c.relname::text AS t, c.relreplident AS replident
+        SELECT c.oid AS rel, n.nspname::text AS s, c.relname::text AS t, c.relreplident AS replident,
+               ARRAY(SELECT a.attname::text
+                       FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY AS k (attnum, ord), pg_attribute a
+                      WHERE i.indrelid = c.oid AND i.indisprimary AND k.ord <= i.indnkeyatts
+                        AND a.attrelid = c.oid AND a.attnum = k.attnum ORDER BY k.ord) AS key_cols
           FROM bemi._user_tables() u
           JOIN pg_class c ON c.oid = u.rel
           JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -206,13 +217,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
           FROM matches m
           JOIN pg_attribute a ON a.attrelid = m.rel AND a.attnum > 0 AND NOT a.attisdropped
          WHERE m.kind IN ('ignore_columns', 'mask')
-           AND EXISTS (SELECT FROM unnest(m.columns) p WHERE a.attname::text COLLATE "C" LIKE bemi._rule_like(p)))
+           AND EXISTS (SELECT FROM unnest(m.columns) p WHERE a.attname::text COLLATE "C" LIKE bemi._rule_like(p))),
+    masked AS (
+        SELECT c.rel, c.col, (array_agg(c.method ORDER BY array_position(ARRAY['drop', 'redact', 'hash'], c.method)))[1] AS method
+          FROM cols c WHERE c.kind = 'mask' GROUP BY c.rel, c.col)
     SELECT * FROM (
         SELECT tb.s, tb.t,
                NOT EXISTS (SELECT FROM matches m WHERE m.rel = tb.rel AND m.kind = 'ignore'),
                ARRAY(SELECT DISTINCT c.col FROM cols c WHERE c.rel = tb.rel AND c.kind = 'ignore_columns' ORDER BY 1),
-               ARRAY(SELECT c.col || ':' || (array_agg(c.method ORDER BY array_position(ARRAY['drop', 'redact', 'hash'], c.method)))[1]
-                       FROM cols c WHERE c.rel = tb.rel AND c.kind = 'mask' GROUP BY c.col ORDER BY 1),
+               ARRAY(SELECT m.col || ':' || m.method FROM masked m WHERE m.rel = tb.rel ORDER BY 1),
                CASE tb.replident WHEN 'f' THEN 'full' WHEN 'd' THEN 'default' WHEN 'i' THEN 'index' ELSE 'nothing' END,
                ARRAY(SELECT p FROM unnest(ARRAY[
                    CASE WHEN tb.replident <> 'f'
@@ -220,7 +233,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                    CASE WHEN tb.replident <> 'f' AND EXISTS (SELECT FROM cols c WHERE c.rel = tb.rel AND c.kind = 'ignore_columns')
                         THEN 'ignored columns need REPLICA IDENTITY FULL: without it, every UPDATE is recorded' END,
                    CASE WHEN NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = tb.rel AND i.indisprimary)
-                        THEN 'no primary key' END]) p WHERE p IS NOT NULL)
+                        THEN 'no primary key' END,
+                   -- The trail's key of a row is then masked too: it locates no row, and unless
+                   -- hashed it is the same for every row.
+                   (SELECT format('primary key masked (%s): reverts leave out its changes%s',
+                                  string_agg(m.col || ':' || m.method, ', ' ORDER BY array_position(tb.key_cols, m.col)),
+                                  CASE WHEN bool_or(m.method <> 'hash')
+                                       THEN '; history by key cannot tell its rows apart' ELSE '' END)
+                      FROM masked m WHERE m.rel = tb.rel AND m.col = ANY (tb.key_cols)
+                    HAVING count(*) > 0)]) p WHERE p IS NOT NULL)
           FROM tables tb
         UNION ALL
         SELECT NULL, NULL, NULL, NULL, NULL, NULL,

@@ -82,6 +82,58 @@ END $$;
 COMMENT ON FUNCTION @extschema@.bemi_time_travel_target(regtype, timestamptz) IS
     'Checks a time-travel request and returns the table, its key expression and key columns';
 
+-- The columns of a table where a mask read from the trail (the marker "[masked]", a hash
+-- "hmac:<64 hex digits>") is not a value of the column's type: time travel reads a mask there as
+-- NULL, as it reads a dropped one, and returns the others masked (docs/sql-reference.md, "Time
+-- travel"). marker and hash list them for each kind of mask: every column of no string type, a
+-- varchar(n) or char(n) shorter than the mask, and a column of another string type (a domain, name,
+-- citext) whose type does not take the mask back unchanged (too short, a CHECK, a truncation),
+-- tried with the type's input as jsonb_populate_record applies it (a hash with the real ones'
+-- shape). Runs as the caller: the input functions and domain checks are those time travel runs.
+CREATE FUNCTION @extschema@.bemi_mask_misfits(tbl regclass, OUT marker text[], OUT hash text[])
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col record;
+    mask text;
+    fits boolean;
+BEGIN
+    SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum)
+                        FILTER (WHERE t.typcategory <> 'S' OR (a.atttypid IN ('varchar'::regtype, 'bpchar'::regtype)
+                                                                AND a.atttypmod >= 0 AND a.atttypmod - 4 < 8)), '{}'),
+           coalesce(array_agg(a.attname::text ORDER BY a.attnum)
+                        FILTER (WHERE t.typcategory <> 'S' OR (a.atttypid IN ('varchar'::regtype, 'bpchar'::regtype)
+                                                                AND a.atttypmod >= 0 AND a.atttypmod - 4 < 69)), '{}')
+      INTO marker, hash
+      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped;
+    FOR col IN SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type
+                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND t.typcategory = 'S'
+                  AND a.atttypid NOT IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype)
+                ORDER BY a.attnum LOOP
+        FOREACH mask IN ARRAY ARRAY['[masked]', 'hmac:' || repeat('0', 64)] LOOP
+            BEGIN
+                EXECUTE format('SELECT pg_catalog.rtrim(pg_catalog.format(''%%s'', x.v), '' '') = $1'
+                               ' FROM pg_catalog.jsonb_to_record($2) AS x (v %s)', col.type)
+                    INTO fits USING mask, jsonb_build_object('v', mask);
+            EXCEPTION WHEN OTHERS THEN
+                fits := false;
+            END;
+            IF NOT fits AND mask = '[masked]' THEN
+                marker := marker || col.name;
+            ELSIF NOT fits THEN
+                hash := hash || col.name;
+            END IF;
+        END LOOP;
+    END LOOP;
+    marker := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                     WHERE a.attrelid = tbl AND a.attname::text = ANY (marker) ORDER BY a.attnum);
+    hash := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                   WHERE a.attrelid = tbl AND a.attname::text = ANY (hash) ORDER BY a.attnum);
+END $$;
+COMMENT ON FUNCTION @extschema@.bemi_mask_misfits(regclass) IS
+    'The columns of a table where time travel reads a mask (marker, hash) as NULL: it is not a value of their type';
+
 -- A table as it was at a moment, as rows of its own type: the current rows that no change
 -- after the moment touched, plus the before-image of the first change after the moment of every
 -- row that was changed since (unless that change created the row). After a TRUNCATE later than
@@ -95,16 +147,35 @@ DECLARE
     base_id bigint;
     base_at timestamptz;
     -- Masked values are read back masked (docs/sql-reference.md, "Time travel"): a mask (the marker
-    -- or a hash, by its shape) in a column of no string type reads as NULL, as a dropped one does.
-    nonstring text[] := ARRAY(SELECT a.attname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-                               WHERE a.attrelid = target.tbl AND a.attnum > 0 AND NOT a.attisdropped
-                                 AND t.typcategory <> 'S');
+    -- or a hash, by its shape) where it is no value of the column's type reads as NULL, as a dropped
+    -- one does.
+    misfit record := @extschema@.bemi_mask_misfits(target.tbl);
     unmask constant text := $u$ - ARRAY(SELECT e.key FROM pg_catalog.jsonb_each(%1$s) e
-                                       WHERE e.key = ANY (%2$s) AND pg_catalog.jsonb_typeof(e.value) = 'string'
-                                         AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))$u$;
+                                       WHERE pg_catalog.jsonb_typeof(e.value) = 'string'
+                                         AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (%2$s)
+                                                  WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (%3$s)
+                                                  ELSE false END)$u$;
+    -- A mask rule covers a key column: the changes recorded under it say not which row they
+    -- changed ("[masked]" is every row's key), so time travel over them is refused.
+    masked_key constant boolean := target.key_columns && @extschema@.bemi_masked_columns(target.tbl);
+    keyless bigint;
 BEGIN
     PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
     IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
+        IF masked_key THEN
+            SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, at, 'infinity'::timestamptz) h
+             WHERE h.committed_at > at AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                                WHERE img <> '{}' AND CASE WHEN img ? c
+                                    THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                    ELSE true END)
+             ORDER BY h.id LIMIT 1;
+        END IF;
+        IF keyless IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot read % as of %: changes since were recorded with its primary key masked', target.tbl, at
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = format('Change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+                HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+        END IF;
         BEGIN
             RETURN QUERY EXECUTE format($q$
                 WITH firsts AS (
@@ -116,8 +187,8 @@ BEGIN
                  WHERE NOT EXISTS (SELECT 1 FROM firsts f WHERE f.primary_key = %2$s)
                 UNION ALL
                 SELECT r.* FROM firsts f, jsonb_populate_record(NULL::%1$s, f."before" %3$s) r
-                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql, format(unmask, 'f."before"', '$3'))
-                USING target.tbl, at, nonstring;
+                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql, format(unmask, 'f."before"', '$3', '$4'))
+                USING target.tbl, at, misfit.marker, misfit.hash;
         EXCEPTION WHEN data_exception THEN
             RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
                 USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
@@ -138,6 +209,20 @@ BEGIN
         base_id := 0;
         base_at := '-infinity';
     END IF;
+    IF masked_key THEN
+        SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, base_at, at) h
+         WHERE h.id > base_id AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                            WHERE img <> '{}' AND CASE WHEN img ? c
+                                THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                ELSE true END)
+         ORDER BY h.id LIMIT 1;
+    END IF;
+    IF keyless IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot read % as of %: changes before it were recorded with its primary key masked', target.tbl, at
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('It was truncated since, so it is replayed from the trail; change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+            HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+    END IF;
     BEGIN
         RETURN QUERY EXECUTE format($q$
             SELECT r.* FROM (
@@ -146,8 +231,8 @@ BEGIN
                  WHERE h.id > $4 AND h.operation <> 'TRUNCATE'
                  ORDER BY h.primary_key, h.id DESC) l,
                 jsonb_populate_record(NULL::%1$s, l."after" %2$s) r
-             WHERE l.operation <> 'DELETE'$q$, target.tbl, format(unmask, 'l."after"', '$5'))
-            USING target.tbl, at, base_at, base_id, nonstring;
+             WHERE l.operation <> 'DELETE'$q$, target.tbl, format(unmask, 'l."after"', '$5', '$6'))
+            USING target.tbl, at, base_at, base_id, misfit.marker, misfit.hash;
     EXCEPTION WHEN data_exception THEN
         RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
             USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
@@ -168,25 +253,52 @@ DECLARE
     key_image jsonb;
     change record;
     base_id bigint := 0;
-    -- As in bemi_as_of: a mask in a column of no string type reads as NULL.
-    nonstring text[] := ARRAY(SELECT a.attname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-                               WHERE a.attrelid = target.tbl AND a.attnum > 0 AND NOT a.attisdropped
-                                 AND t.typcategory <> 'S');
+    -- As in bemi_as_of: a mask where it is no value of the column's type reads as NULL. Those
+    -- columns are looked up only for an image that holds a mask.
+    no_marker text[];
+    no_hash text[];
+    -- A mask rule covers a key column: the changes recorded under it say not which row they
+    -- changed ("[masked]" is every row's key), so time travel over them is refused.
+    masked_key constant boolean := target.key_columns && @extschema@.bemi_masked_columns(target.tbl);
+    keyless bigint;
 BEGIN
     IF key IS NULL THEN
         RAISE EXCEPTION 'the primary key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    -- As in bemi_as_of: any change since under a masked key may be this row's (truncated since,
+    -- any change of the span replayed, below).
+    IF masked_key THEN
+        SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, at, 'infinity'::timestamptz) h
+         WHERE h.committed_at > at AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                            WHERE img <> '{}' AND CASE WHEN img ? c
+                                THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                ELSE true END)
+         ORDER BY h.id LIMIT 1;
+    END IF;
+    IF keyless IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot read a row of % as of %: changes since were recorded with its primary key masked', target.tbl, at
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('Change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+            HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+    END IF;
     BEGIN
         SELECT h.operation, h."before" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
          WHERE h.committed_at > at ORDER BY h.id LIMIT 1;
         IF FOUND THEN
             -- The first change after the moment knows the row as it was (or that it did not exist).
+            IF EXISTS (SELECT FROM jsonb_each(change."before") e
+                        WHERE jsonb_typeof(e.value) = 'string'
+                          AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$')) THEN
+                SELECT m.marker, m.hash INTO no_marker, no_hash FROM @extschema@.bemi_mask_misfits(target.tbl) m;
+            END IF;
             RETURN CASE WHEN change.operation = 'CREATE' THEN NULL
                         ELSE jsonb_populate_record(tbl, change."before" - ARRAY(
                              SELECT e.key FROM jsonb_each(change."before") e
-                              WHERE e.key = ANY (nonstring) AND jsonb_typeof(e.value) = 'string'
-                                AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))) END;
+                              WHERE jsonb_typeof(e.value) = 'string'
+                                AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (no_marker)
+                                         WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (no_hash)
+                                         ELSE false END)) END;
         END IF;
         IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
             -- Untouched since: it is as it is now.
@@ -210,13 +322,34 @@ BEGIN
                 DETAIL = 'The table already held rows when tracking began, and no TRUNCATE before the moment emptied it.',
                 HINT = 'Read it as of a moment after a recorded TRUNCATE, or restore a backup.';
         END IF;
+        IF masked_key THEN
+            SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, '-infinity'::timestamptz, at) h
+             WHERE h.id > base_id AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                                WHERE img <> '{}' AND CASE WHEN img ? c
+                                    THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                    ELSE true END)
+             ORDER BY h.id LIMIT 1;
+        END IF;
+        IF keyless IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot read a row of % as of %: changes before it were recorded with its primary key masked', target.tbl, at
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = format('It was truncated since, so it is replayed from the trail; change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+                HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+        END IF;
         SELECT h.operation, h."after" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
          WHERE h.committed_at <= at AND h.id > base_id ORDER BY h.id DESC LIMIT 1;
+        IF FOUND AND EXISTS (SELECT FROM jsonb_each(change."after") e
+                         WHERE jsonb_typeof(e.value) = 'string'
+                           AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$')) THEN
+            SELECT m.marker, m.hash INTO no_marker, no_hash FROM @extschema@.bemi_mask_misfits(target.tbl) m;
+        END IF;
         RETURN CASE WHEN NOT FOUND OR change.operation = 'DELETE' THEN NULL
                     ELSE jsonb_populate_record(tbl, change."after" - ARRAY(
                              SELECT e.key FROM jsonb_each(change."after") e
-                              WHERE e.key = ANY (nonstring) AND jsonb_typeof(e.value) = 'string'
-                                AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))) END;
+                              WHERE jsonb_typeof(e.value) = 'string'
+                                AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (no_marker)
+                                         WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (no_hash)
+                                         ELSE false END)) END;
     EXCEPTION WHEN data_exception THEN
         RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
             USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,

@@ -172,6 +172,52 @@ SELECT bemi_wait();
 SELECT primary_key, context->'_bemi'->>'role' = current_user AS by_me
   FROM bemi.changes WHERE "table" = 'rules_late' AND primary_key::int >= 10 ORDER BY id;
 
+-- A writer rule names the role outside SECURITY DEFINER functions (_bemi.caller when there is
+-- one, else _bemi.role): an ordinary role calling a function owned by the ignored role is
+-- recorded; the ignored role's own writes are not, also through another role's function.
+CREATE ROLE rules_etl;
+CREATE ROLE rules_clerk;
+GRANT ALL ON rules_late TO rules_etl, rules_clerk;
+CREATE FUNCTION rules_etl_insert(v int) RETURNS void LANGUAGE sql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp AS 'INSERT INTO public.rules_late VALUES (v)';
+CREATE FUNCTION rules_clerk_insert(v int) RETURNS void LANGUAGE sql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp AS 'INSERT INTO public.rules_late VALUES (v)';
+ALTER FUNCTION rules_etl_insert(int) OWNER TO rules_etl;
+ALTER FUNCTION rules_clerk_insert(int) OWNER TO rules_clerk;
+SELECT bemi_ignore_writer(role => 'rules_etl') AS r_etl \gset
+SET ROLE rules_clerk;
+SELECT rules_etl_insert(20);
+INSERT INTO rules_late VALUES (21);
+RESET ROLE;
+SET ROLE rules_etl;
+INSERT INTO rules_late VALUES (22);
+SELECT rules_clerk_insert(23);
+RESET ROLE;
+SELECT bemi_wait();
+SELECT primary_key, context->'_bemi'->>'role' AS role, context->'_bemi'->>'caller' AS caller
+  FROM bemi.changes WHERE "table" = 'rules_late' AND primary_key::int >= 20 ORDER BY id;
+
+-- application_name is a pattern, * matching any characters, as in targets.
+SELECT bemi_ignore_writer(application_name => 'rules-airflow-*') AS r_airflow \gset
+SET application_name = 'rules-airflow-daily';
+INSERT INTO rules_late VALUES (30);
+SET application_name = 'rules-airflow-';
+INSERT INTO rules_late VALUES (31);
+SET application_name = 'rules-airflow';
+INSERT INTO rules_late VALUES (32);
+SET application_name = 'x-rules-airflow-daily';
+INSERT INTO rules_late VALUES (33);
+RESET application_name;
+SELECT bemi_wait();
+SELECT primary_key, context->'_bemi'->>'application_name' AS application_name
+  FROM bemi.changes WHERE "table" = 'rules_late' AND primary_key::int >= 30 ORDER BY id;
+-- A pattern that matches every application, or none given as an empty string, is refused.
+\set SHOW_CONTEXT never
+SELECT bemi_ignore_writer(application_name => '*');
+SELECT bemi_ignore_writer(role => 'rules_etl', application_name => '**');
+SELECT bemi_ignore_writer(application_name => '');
+\set SHOW_CONTEXT errors
+
 -- What the rules make of each table, and the rules that match none.
 SELECT bemi_ignore('nowhere.*') AS r_nowhere \gset
 SELECT * FROM bemi_tracked_tables()
@@ -192,5 +238,5 @@ SELECT bemi_wait();
 SELECT count(*) AS rule_changes FROM bemi.changes WHERE schema = 'bemi' AND "table" = 'rules';
 DROP TABLE rules_sessions, rules_users, rules_late;
 DROP SCHEMA rules_scratch CASCADE;
-DROP OWNED BY rules_app, rules_admin, rules_auditor;
-DROP ROLE rules_app, rules_admin, rules_auditor;
+DROP OWNED BY rules_app, rules_admin, rules_auditor, rules_etl, rules_clerk;
+DROP ROLE rules_app, rules_admin, rules_auditor, rules_etl, rules_clerk;

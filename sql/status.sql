@@ -53,3 +53,37 @@ INSERT INTO status_async SELECT generate_series(1, 200);
 SELECT bemi_wait();
 SELECT count(*) FROM bemi.changes WHERE "table" = 'status_async';
 RESET synchronous_commit;
+
+-- Changes the tracking rules keep out are counted by kind of rule, as the worker skips them.
+CREATE ROLE status_etl;
+CREATE TABLE status_skipped (id int PRIMARY KEY, v text, updated_at int);
+CREATE TABLE status_ignored (id int PRIMARY KEY);
+GRANT ALL ON status_skipped TO status_etl;
+INSERT INTO status_skipped VALUES (1, 'a', 0);
+SELECT bemi_ignore('public.status_ignored') AS r_table, bemi_ignore('public.status_skipped', '{updated_at}') AS r_columns,
+       bemi_ignore_writer(role => 'status_etl') AS r_writer \gset
+SELECT bemi_wait();
+SELECT skipped_table_rules AS t0, skipped_column_rules AS c0, skipped_writer_rules AS w0 FROM bemi_status() \gset
+INSERT INTO status_ignored VALUES (1), (2);
+TRUNCATE status_ignored;
+UPDATE status_skipped SET updated_at = 1;
+SET ROLE status_etl;
+UPDATE status_skipped SET v = 'b';
+RESET ROLE;
+UPDATE status_skipped SET v = 'c';
+SELECT bemi_wait();
+SELECT skipped_table_rules - :t0 AS table_rules, skipped_column_rules - :c0 AS column_rules,
+       skipped_writer_rules - :w0 AS writer_rules
+  FROM bemi_status();
+SELECT operation, after->>'v' AS v FROM bemi.changes WHERE "table" = 'status_skipped' ORDER BY id;
+-- A session reading a slot with the plugin applies the rules but counts nothing.
+SELECT 'init' FROM pg_create_logical_replication_slot('status_slot', 'bemi');
+UPDATE status_skipped SET updated_at = 2;
+SELECT count(*) FROM pg_logical_slot_get_changes('status_slot', NULL, NULL);
+SELECT pg_drop_replication_slot('status_slot');
+SELECT bemi_wait();
+SELECT skipped_column_rules - :c0 AS column_rules FROM bemi_status();
+DELETE FROM bemi.rules WHERE id IN (:r_table, :r_columns, :r_writer);
+DROP TABLE status_skipped, status_ignored;
+DROP OWNED BY status_etl;
+DROP ROLE status_etl;

@@ -4,8 +4,9 @@
 -- It brings a 0.3.0 database to exactly the schema of a fresh 0.4.0 install and keeps the trail
 -- (no table of 0.3.0 changes). 0.4.0 adds tracking rules (issue 13): the role bemi_admin, the
 -- table bemi.rules that the output plugin reads while decoding, and the functions that change
--- rules, and bemi_tracked_tables(); time travel and reverts that never write a mask back. Their
--- definitions below are 0.4.0's (ext/rules.sql, ext/time_travel.sql, ext/revert.sql at its release).
+-- rules, and bemi_tracked_tables(); bemi_status() counts the changes rules skipped; time travel
+-- and reverts that never write a mask back. Their definitions below are 0.4.0's (ext/rules.sql,
+-- ext/core.sql, ext/time_travel.sql, ext/revert.sql at its release).
 \echo Use "ALTER EXTENSION bemi UPDATE TO '0.4.0'" to load this file. \quit
 
 -- The same rule as the install script: names resolve only in pg_catalog (docs/security.md, "Names").
@@ -152,6 +153,13 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
             HINT = 'E.g. bemi_ignore_writer(role => ''etl'') or bemi_ignore_writer(application_name => ''pg_repack''); with both, a change must match both.';
     END IF;
+    -- application_name is a pattern, * matching any characters (as in targets); one that matches
+    -- every application_name adds nothing to a role, and alone would stop the whole trail.
+    IF application_name = '' OR application_name ~ '^\*+$' THEN
+        RAISE EXCEPTION 'invalid application_name %: expected a name or a pattern', quote_literal(application_name)
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Name the application, or a pattern where * matches any characters: ''airflow-*''. To ignore a role whatever its application, give the role alone.';
+    END IF;
     INSERT INTO bemi.rules (kind, role, application_name)
         VALUES ('ignore_writer', bemi_ignore_writer.role, bemi_ignore_writer.application_name)
         RETURNING id INTO new_id;
@@ -159,7 +167,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.bemi_ignore_writer(name, text) IS
-    'Stop recording the changes made by a role, an application_name, or both together; returns the rule''s id';
+    'Stop recording the changes made by a role, an application_name (a pattern: * matches any characters), or both together; returns the rule''s id';
 
 CREATE FUNCTION @extschema@.bemi_drop_rule(id bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -205,7 +213,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                split_part(r.target, '.', 1) AS s, split_part(r.target, '.', 2) AS t
           FROM bemi.rules r WHERE r.target IS NOT NULL),
     tables AS (
-        SELECT c.oid AS rel, n.nspname::text AS s, c.relname::text AS t, c.relreplident AS replident
+        SELECT c.oid AS rel, n.nspname::text AS s, c.relname::text AS t, c.relreplident AS replident,
+               ARRAY(SELECT a.attname::text
+                       FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY AS k (attnum, ord), pg_attribute a
+                      WHERE i.indrelid = c.oid AND i.indisprimary AND k.ord <= i.indnkeyatts
+                        AND a.attrelid = c.oid AND a.attnum = k.attnum ORDER BY k.ord) AS key_cols
           FROM bemi._user_tables() u
           JOIN pg_class c ON c.oid = u.rel
           JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -219,13 +231,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
           FROM matches m
           JOIN pg_attribute a ON a.attrelid = m.rel AND a.attnum > 0 AND NOT a.attisdropped
          WHERE m.kind IN ('ignore_columns', 'mask')
-           AND EXISTS (SELECT FROM unnest(m.columns) p WHERE a.attname::text COLLATE "C" LIKE bemi._rule_like(p)))
+           AND EXISTS (SELECT FROM unnest(m.columns) p WHERE a.attname::text COLLATE "C" LIKE bemi._rule_like(p))),
+    masked AS (
+        SELECT c.rel, c.col, (array_agg(c.method ORDER BY array_position(ARRAY['drop', 'redact', 'hash'], c.method)))[1] AS method
+          FROM cols c WHERE c.kind = 'mask' GROUP BY c.rel, c.col)
     SELECT * FROM (
         SELECT tb.s, tb.t,
                NOT EXISTS (SELECT FROM matches m WHERE m.rel = tb.rel AND m.kind = 'ignore'),
                ARRAY(SELECT DISTINCT c.col FROM cols c WHERE c.rel = tb.rel AND c.kind = 'ignore_columns' ORDER BY 1),
-               ARRAY(SELECT c.col || ':' || (array_agg(c.method ORDER BY array_position(ARRAY['drop', 'redact', 'hash'], c.method)))[1]
-                       FROM cols c WHERE c.rel = tb.rel AND c.kind = 'mask' GROUP BY c.col ORDER BY 1),
+               ARRAY(SELECT m.col || ':' || m.method FROM masked m WHERE m.rel = tb.rel ORDER BY 1),
                CASE tb.replident WHEN 'f' THEN 'full' WHEN 'd' THEN 'default' WHEN 'i' THEN 'index' ELSE 'nothing' END,
                ARRAY(SELECT p FROM unnest(ARRAY[
                    CASE WHEN tb.replident <> 'f'
@@ -233,7 +247,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                    CASE WHEN tb.replident <> 'f' AND EXISTS (SELECT FROM cols c WHERE c.rel = tb.rel AND c.kind = 'ignore_columns')
                         THEN 'ignored columns need REPLICA IDENTITY FULL: without it, every UPDATE is recorded' END,
                    CASE WHEN NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = tb.rel AND i.indisprimary)
-                        THEN 'no primary key' END]) p WHERE p IS NOT NULL)
+                        THEN 'no primary key' END,
+                   -- The trail's key of a row is then masked too: it locates no row, and unless
+                   -- hashed it is the same for every row.
+                   (SELECT format('primary key masked (%s): reverts leave out its changes%s',
+                                  string_agg(m.col || ':' || m.method, ', ' ORDER BY array_position(tb.key_cols, m.col)),
+                                  CASE WHEN bool_or(m.method <> 'hash')
+                                       THEN '; history by key cannot tell its rows apart' ELSE '' END)
+                      FROM masked m WHERE m.rel = tb.rel AND m.col = ANY (tb.key_cols)
+                    HAVING count(*) > 0)]) p WHERE p IS NOT NULL)
           FROM tables tb
         UNION ALL
         SELECT NULL, NULL, NULL, NULL, NULL, NULL,
@@ -283,9 +305,115 @@ COMMENT ON FUNCTION @extschema@.bemi_masked_columns(regclass) IS
     'The columns of a table that a mask rule covers now (for a caller who may read its changes)';
 
 ------------------------------------------------------------------------------------------------
+-- bemi_status() counts the changes tracking rules skipped (skipped_table_rules,
+-- skipped_column_rules, skipped_writer_rules): it and bemi._worker_state() get new columns, so
+-- both are made again (no object refers to them). As in core.sql at 0.4.0.
+------------------------------------------------------------------------------------------------
+DROP FUNCTION @extschema@.bemi_status();
+DROP FUNCTION bemi._worker_state();
+CREATE FUNCTION bemi._worker_state(
+    OUT worker_pid integer, OUT worker_state text, OUT slot_name text, OUT applied_lsn pg_lsn,
+    OUT changes_written bigint, OUT last_commit_at timestamptz, OUT last_error text,
+    OUT last_error_at timestamptz, OUT failures integer, OUT skipped_table_rules bigint,
+    OUT skipped_column_rules bigint, OUT skipped_writer_rules bigint)
+    AS 'MODULE_PATHNAME', 'bemi_worker_state' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION @extschema@.bemi_status(
+    OUT database text, OUT worker_pid integer, OUT worker_state text, OUT slot_name text,
+    OUT slot_active boolean, OUT confirmed_lsn pg_lsn, OUT current_lsn pg_lsn,
+    OUT lag_bytes numeric, OUT lag_seconds double precision, OUT retained_wal_bytes numeric,
+    OUT wal_status text, OUT changes_written bigint, OUT skipped_table_rules bigint,
+    OUT skipped_column_rules bigint, OUT skipped_writer_rules bigint, OUT last_error text, OUT last_error_at timestamptz,
+    OUT incomplete_image_tables text[], OUT tables_without_primary_key text[],
+    OUT settings_problems text[], OUT gaps bigint)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT current_database()::text, w.worker_pid, w.worker_state, w.slot_name,
+           s.active, s.confirmed_flush_lsn, pg_current_wal_lsn(),
+           pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(s.confirmed_flush_lsn, pg_current_wal_lsn())),
+           CASE WHEN w.last_commit_at IS NULL OR s.confirmed_flush_lsn >= pg_current_wal_lsn() THEN 0
+                ELSE extract(epoch FROM clock_timestamp() - w.last_commit_at)::double precision END,
+           pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(s.restart_lsn, pg_current_wal_lsn())),
+           s.wal_status, w.changes_written, w.skipped_table_rules, w.skipped_column_rules,
+           w.skipped_writer_rules, w.last_error, w.last_error_at,
+           ARRAY(SELECT t.name FROM bemi._user_tables() t JOIN pg_class c ON c.oid = t.rel
+                  WHERE c.relreplident <> 'f' ORDER BY 1),
+           ARRAY(SELECT t.name FROM bemi._user_tables() t
+                  WHERE NOT t.is_partition
+                    AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = t.rel AND i.indisprimary)
+                  ORDER BY 1),
+           ARRAY(SELECT p FROM unnest(ARRAY[
+               CASE WHEN current_setting('wal_level') <> 'logical'
+                    THEN 'wal_level must be logical (now ' || current_setting('wal_level') || ')' END,
+               CASE WHEN NOT ('bemi' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ',')))
+                    THEN 'shared_preload_libraries must include bemi' END,
+               CASE WHEN current_setting('output_plugin_libraries', true) IS NOT NULL
+                     AND NOT ('bemi' = ANY (string_to_array(replace(current_setting('output_plugin_libraries', true), ' ', ''), ',')))
+                    THEN 'output_plugin_libraries must include bemi' END]) AS p WHERE p IS NOT NULL),
+           (SELECT count(*) FROM bemi.gaps)
+      FROM bemi._worker_state() w
+      LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name
+$$;
+COMMENT ON FUNCTION @extschema@.bemi_status() IS 'The worker, its slot, lag, retained WAL, last error and configuration problems';
+REVOKE ALL ON FUNCTION @extschema@.bemi_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.bemi_status() TO bemi_reader;
+GRANT EXECUTE ON FUNCTION bemi._worker_state() TO bemi_reader;
+
+------------------------------------------------------------------------------------------------
 -- History, time travel and reverts know the rules (issue 13): ext/time_travel.sql and
 -- ext/revert.sql at 0.4.0; the functions keep their arguments, results, comments and grants.
 ------------------------------------------------------------------------------------------------
+-- The columns of a table where a mask read from the trail (the marker "[masked]", a hash
+-- "hmac:<64 hex digits>") is not a value of the column's type: time travel reads a mask there as
+-- NULL, as it reads a dropped one, and returns the others masked (docs/sql-reference.md, "Time
+-- travel"). marker and hash list them for each kind of mask: every column of no string type, a
+-- varchar(n) or char(n) shorter than the mask, and a column of another string type (a domain, name,
+-- citext) whose type does not take the mask back unchanged (too short, a CHECK, a truncation),
+-- tried with the type's input as jsonb_populate_record applies it (a hash with the real ones'
+-- shape). Runs as the caller: the input functions and domain checks are those time travel runs.
+CREATE FUNCTION @extschema@.bemi_mask_misfits(tbl regclass, OUT marker text[], OUT hash text[])
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col record;
+    mask text;
+    fits boolean;
+BEGIN
+    SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum)
+                        FILTER (WHERE t.typcategory <> 'S' OR (a.atttypid IN ('varchar'::regtype, 'bpchar'::regtype)
+                                                                AND a.atttypmod >= 0 AND a.atttypmod - 4 < 8)), '{}'),
+           coalesce(array_agg(a.attname::text ORDER BY a.attnum)
+                        FILTER (WHERE t.typcategory <> 'S' OR (a.atttypid IN ('varchar'::regtype, 'bpchar'::regtype)
+                                                                AND a.atttypmod >= 0 AND a.atttypmod - 4 < 69)), '{}')
+      INTO marker, hash
+      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped;
+    FOR col IN SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type
+                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND t.typcategory = 'S'
+                  AND a.atttypid NOT IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype)
+                ORDER BY a.attnum LOOP
+        FOREACH mask IN ARRAY ARRAY['[masked]', 'hmac:' || repeat('0', 64)] LOOP
+            BEGIN
+                EXECUTE format('SELECT pg_catalog.rtrim(pg_catalog.format(''%%s'', x.v), '' '') = $1'
+                               ' FROM pg_catalog.jsonb_to_record($2) AS x (v %s)', col.type)
+                    INTO fits USING mask, jsonb_build_object('v', mask);
+            EXCEPTION WHEN OTHERS THEN
+                fits := false;
+            END;
+            IF NOT fits AND mask = '[masked]' THEN
+                marker := marker || col.name;
+            ELSIF NOT fits THEN
+                hash := hash || col.name;
+            END IF;
+        END LOOP;
+    END LOOP;
+    marker := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                     WHERE a.attrelid = tbl AND a.attname::text = ANY (marker) ORDER BY a.attnum);
+    hash := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                   WHERE a.attrelid = tbl AND a.attname::text = ANY (hash) ORDER BY a.attnum);
+END $$;
+COMMENT ON FUNCTION @extschema@.bemi_mask_misfits(regclass) IS
+    'The columns of a table where time travel reads a mask (marker, hash) as NULL: it is not a value of their type';
+
 CREATE OR REPLACE FUNCTION @extschema@.bemi_as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
 DECLARE
@@ -293,16 +421,35 @@ DECLARE
     base_id bigint;
     base_at timestamptz;
     -- Masked values are read back masked (docs/sql-reference.md, "Time travel"): a mask (the marker
-    -- or a hash, by its shape) in a column of no string type reads as NULL, as a dropped one does.
-    nonstring text[] := ARRAY(SELECT a.attname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-                               WHERE a.attrelid = target.tbl AND a.attnum > 0 AND NOT a.attisdropped
-                                 AND t.typcategory <> 'S');
+    -- or a hash, by its shape) where it is no value of the column's type reads as NULL, as a dropped
+    -- one does.
+    misfit record := @extschema@.bemi_mask_misfits(target.tbl);
     unmask constant text := $u$ - ARRAY(SELECT e.key FROM pg_catalog.jsonb_each(%1$s) e
-                                       WHERE e.key = ANY (%2$s) AND pg_catalog.jsonb_typeof(e.value) = 'string'
-                                         AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))$u$;
+                                       WHERE pg_catalog.jsonb_typeof(e.value) = 'string'
+                                         AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (%2$s)
+                                                  WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (%3$s)
+                                                  ELSE false END)$u$;
+    -- A mask rule covers a key column: the changes recorded under it say not which row they
+    -- changed ("[masked]" is every row's key), so time travel over them is refused.
+    masked_key constant boolean := target.key_columns && @extschema@.bemi_masked_columns(target.tbl);
+    keyless bigint;
 BEGIN
     PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
     IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
+        IF masked_key THEN
+            SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, at, 'infinity'::timestamptz) h
+             WHERE h.committed_at > at AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                                WHERE img <> '{}' AND CASE WHEN img ? c
+                                    THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                    ELSE true END)
+             ORDER BY h.id LIMIT 1;
+        END IF;
+        IF keyless IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot read % as of %: changes since were recorded with its primary key masked', target.tbl, at
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = format('Change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+                HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+        END IF;
         BEGIN
             RETURN QUERY EXECUTE format($q$
                 WITH firsts AS (
@@ -314,8 +461,8 @@ BEGIN
                  WHERE NOT EXISTS (SELECT 1 FROM firsts f WHERE f.primary_key = %2$s)
                 UNION ALL
                 SELECT r.* FROM firsts f, jsonb_populate_record(NULL::%1$s, f."before" %3$s) r
-                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql, format(unmask, 'f."before"', '$3'))
-                USING target.tbl, at, nonstring;
+                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql, format(unmask, 'f."before"', '$3', '$4'))
+                USING target.tbl, at, misfit.marker, misfit.hash;
         EXCEPTION WHEN data_exception THEN
             RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
                 USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
@@ -336,6 +483,20 @@ BEGIN
         base_id := 0;
         base_at := '-infinity';
     END IF;
+    IF masked_key THEN
+        SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, base_at, at) h
+         WHERE h.id > base_id AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                            WHERE img <> '{}' AND CASE WHEN img ? c
+                                THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                ELSE true END)
+         ORDER BY h.id LIMIT 1;
+    END IF;
+    IF keyless IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot read % as of %: changes before it were recorded with its primary key masked', target.tbl, at
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('It was truncated since, so it is replayed from the trail; change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+            HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+    END IF;
     BEGIN
         RETURN QUERY EXECUTE format($q$
             SELECT r.* FROM (
@@ -344,8 +505,8 @@ BEGIN
                  WHERE h.id > $4 AND h.operation <> 'TRUNCATE'
                  ORDER BY h.primary_key, h.id DESC) l,
                 jsonb_populate_record(NULL::%1$s, l."after" %2$s) r
-             WHERE l.operation <> 'DELETE'$q$, target.tbl, format(unmask, 'l."after"', '$5'))
-            USING target.tbl, at, base_at, base_id, nonstring;
+             WHERE l.operation <> 'DELETE'$q$, target.tbl, format(unmask, 'l."after"', '$5', '$6'))
+            USING target.tbl, at, base_at, base_id, misfit.marker, misfit.hash;
     EXCEPTION WHEN data_exception THEN
         RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
             USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
@@ -362,25 +523,52 @@ DECLARE
     key_image jsonb;
     change record;
     base_id bigint := 0;
-    -- As in bemi_as_of: a mask in a column of no string type reads as NULL.
-    nonstring text[] := ARRAY(SELECT a.attname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-                               WHERE a.attrelid = target.tbl AND a.attnum > 0 AND NOT a.attisdropped
-                                 AND t.typcategory <> 'S');
+    -- As in bemi_as_of: a mask where it is no value of the column's type reads as NULL. Those
+    -- columns are looked up only for an image that holds a mask.
+    no_marker text[];
+    no_hash text[];
+    -- A mask rule covers a key column: the changes recorded under it say not which row they
+    -- changed ("[masked]" is every row's key), so time travel over them is refused.
+    masked_key constant boolean := target.key_columns && @extschema@.bemi_masked_columns(target.tbl);
+    keyless bigint;
 BEGIN
     IF key IS NULL THEN
         RAISE EXCEPTION 'the primary key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    -- As in bemi_as_of: any change since under a masked key may be this row's (truncated since,
+    -- any change of the span replayed, below).
+    IF masked_key THEN
+        SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, at, 'infinity'::timestamptz) h
+         WHERE h.committed_at > at AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                            WHERE img <> '{}' AND CASE WHEN img ? c
+                                THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                ELSE true END)
+         ORDER BY h.id LIMIT 1;
+    END IF;
+    IF keyless IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot read a row of % as of %: changes since were recorded with its primary key masked', target.tbl, at
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('Change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+            HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+    END IF;
     BEGIN
         SELECT h.operation, h."before" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
          WHERE h.committed_at > at ORDER BY h.id LIMIT 1;
         IF FOUND THEN
             -- The first change after the moment knows the row as it was (or that it did not exist).
+            IF EXISTS (SELECT FROM jsonb_each(change."before") e
+                        WHERE jsonb_typeof(e.value) = 'string'
+                          AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$')) THEN
+                SELECT m.marker, m.hash INTO no_marker, no_hash FROM @extschema@.bemi_mask_misfits(target.tbl) m;
+            END IF;
             RETURN CASE WHEN change.operation = 'CREATE' THEN NULL
                         ELSE jsonb_populate_record(tbl, change."before" - ARRAY(
                              SELECT e.key FROM jsonb_each(change."before") e
-                              WHERE e.key = ANY (nonstring) AND jsonb_typeof(e.value) = 'string'
-                                AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))) END;
+                              WHERE jsonb_typeof(e.value) = 'string'
+                                AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (no_marker)
+                                         WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (no_hash)
+                                         ELSE false END)) END;
         END IF;
         IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
             -- Untouched since: it is as it is now.
@@ -404,13 +592,34 @@ BEGIN
                 DETAIL = 'The table already held rows when tracking began, and no TRUNCATE before the moment emptied it.',
                 HINT = 'Read it as of a moment after a recorded TRUNCATE, or restore a backup.';
         END IF;
+        IF masked_key THEN
+            SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, '-infinity'::timestamptz, at) h
+             WHERE h.id > base_id AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                                WHERE img <> '{}' AND CASE WHEN img ? c
+                                    THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                    ELSE true END)
+             ORDER BY h.id LIMIT 1;
+        END IF;
+        IF keyless IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot read a row of % as of %: changes before it were recorded with its primary key masked', target.tbl, at
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = format('It was truncated since, so it is replayed from the trail; change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+                HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+        END IF;
         SELECT h.operation, h."after" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
          WHERE h.committed_at <= at AND h.id > base_id ORDER BY h.id DESC LIMIT 1;
+        IF FOUND AND EXISTS (SELECT FROM jsonb_each(change."after") e
+                         WHERE jsonb_typeof(e.value) = 'string'
+                           AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$')) THEN
+            SELECT m.marker, m.hash INTO no_marker, no_hash FROM @extschema@.bemi_mask_misfits(target.tbl) m;
+        END IF;
         RETURN CASE WHEN NOT FOUND OR change.operation = 'DELETE' THEN NULL
                     ELSE jsonb_populate_record(tbl, change."after" - ARRAY(
                              SELECT e.key FROM jsonb_each(change."after") e
-                              WHERE e.key = ANY (nonstring) AND jsonb_typeof(e.value) = 'string'
-                                AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$'))) END;
+                              WHERE jsonb_typeof(e.value) = 'string'
+                                AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (no_marker)
+                                         WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (no_hash)
+                                         ELSE false END)) END;
     EXCEPTION WHEN data_exception THEN
         RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
             USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
@@ -440,6 +649,8 @@ DECLARE
     prev_context jsonb := @extschema@.bemi_context();
     saved_min_messages text;
     step_no integer := 0;
+    unkeyed text[] := '{}';
+    unkeyed_ids bigint[] := '{}';
 BEGIN
     IF change_ids IS NULL OR force IS NULL OR dry_run IS NULL THEN
         RAISE EXCEPTION 'change_ids, force and dry_run must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -463,6 +674,49 @@ BEGIN
             HINT = 'Reverts find rows by primary key; a TRUNCATE can be undone with bemi_as_of and INSERT … SELECT.';
     END IF;
 
+    -- Changes of rows whose primary key the trail holds masked: a key column whose value has a
+    -- mask's shape, or that the image lacks while a mask rule covers it now ('drop'). Such a key
+    -- locates no row ("[masked]" is every row's key; a hash or nothing is no value of the table), so
+    -- the change is never reverted: refused, or with force left out with a NOTICE.
+    FOR tab IN SELECT s.schema, s."table" FROM unnest(sel) s GROUP BY 1, 2 ORDER BY 1, 2 LOOP
+        rel := to_regclass(format('%I.%I', tab.schema, tab."table"));
+        CONTINUE WHEN rel IS NULL; -- refused below
+        key_cols := ARRAY(SELECT a.attname::text
+                            FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY AS u (attnum, ord), pg_attribute a
+                           WHERE i.indrelid = rel AND i.indisprimary AND u.ord <= i.indnkeyatts
+                             AND a.attrelid = rel AND a.attnum = u.attnum ORDER BY u.ord);
+        FOR grp IN SELECT s.id, s.operation, array_agg(c ORDER BY u.ord) AS cols
+                     FROM unnest(sel) s, unnest(key_cols) WITH ORDINALITY AS u (c, ord)
+                    WHERE s.schema = tab.schema AND s."table" = tab."table"
+                      AND EXISTS (SELECT FROM unnest(ARRAY[s."before", s."after"]) img
+                                   WHERE img <> '{}' AND CASE WHEN img ? c
+                                       THEN jsonb_typeof(img -> c) = 'string'
+                                            AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                       ELSE c = ANY (@extschema@.bemi_masked_columns(rel)) END)
+                    GROUP BY s.id, s.operation ORDER BY s.id LOOP
+            unkeyed_ids := unkeyed_ids || grp.id;
+            unkeyed := unkeyed || format('change %s (%s of %s, key %s masked)', grp.id, grp.operation, rel,
+                                         array_to_string(grp.cols, ', '));
+        END LOOP;
+    END LOOP;
+    IF unkeyed <> '{}' THEN
+        IF NOT force THEN
+            RAISE EXCEPTION 'cannot revert: % change(s) are of rows whose primary key the trail holds masked', cardinality(unkeyed)
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = 'A masked key (a marker, a hash, or no value) locates no row, and a revert never matches a row by a mask: '
+                         || array_to_string(unkeyed[1:20], ', ') || CASE WHEN cardinality(unkeyed) > 20 THEN ', …' ELSE '' END || '.',
+                HINT = 'Revert the other changes (bemi_revert_changes), or pass force => true to leave these out (force also overwrites later conflicting changes).';
+        END IF;
+        RAISE NOTICE 'revert: % change(s) left out, of rows whose primary key the trail holds masked', cardinality(unkeyed)
+            USING DETAIL = 'A masked key locates no row: ' || array_to_string(unkeyed[1:20], ', ')
+                           || CASE WHEN cardinality(unkeyed) > 20 THEN ', …' ELSE '' END || '.',
+                  HINT = 'Revert those rows by hand if they must change.';
+        sel := ARRAY(SELECT s FROM unnest(sel) s WHERE s.id <> ALL (unkeyed_ids));
+        IF sel = '{}' THEN
+            RETURN;
+        END IF;
+    END IF;
+
     -- Conflicts: later changes of the same rows (or TRUNCATEs of the table) outside the set.
     FOR tab IN SELECT s.schema, s."table" FROM unnest(sel) s GROUP BY 1, 2 ORDER BY 1, 2 LOOP
         rel := to_regclass(format('%I.%I', tab.schema, tab."table"));
@@ -482,6 +736,27 @@ BEGIN
             SELECT format('change %s (TRUNCATE of %s)', h.id, rel)
               FROM @extschema@.bemi_table_truncations(rel) h
              WHERE h.id > (SELECT min(s.id) FROM unnest(sel) s WHERE s.schema = tab.schema AND s."table" = tab."table"));
+        -- A mask rule made on the key since: the later changes recorded under it do not say which row
+        -- they touched, so each is a conflict.
+        key_cols := ARRAY(SELECT a.attname::text
+                            FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY AS u (attnum, ord), pg_attribute a
+                           WHERE i.indrelid = rel AND i.indisprimary AND u.ord <= i.indnkeyatts
+                             AND a.attrelid = rel AND a.attnum = u.attnum ORDER BY u.ord);
+        IF key_cols && @extschema@.bemi_masked_columns(rel) THEN
+            conflicts := conflicts || ARRAY(
+                SELECT format('change %s (%s of %s, a row whose key is masked: it may be one of them)', h.id, h.operation, rel)
+                  FROM @extschema@.bemi_table_history(rel, (SELECT min(s.committed_at) FROM unnest(sel) s
+                                                             WHERE s.schema = tab.schema AND s."table" = tab."table"),
+                                                      'infinity'::timestamptz) h
+                 WHERE h.id > (SELECT min(s.id) FROM unnest(sel) s WHERE s.schema = tab.schema AND s."table" = tab."table")
+                   AND h.id <> ALL (change_ids) AND h.operation <> 'TRUNCATE'
+                   AND EXISTS (SELECT FROM unnest(key_cols) c, unnest(ARRAY[h."before", h."after"]) img
+                                WHERE img <> '{}' AND CASE WHEN img ? c
+                                    THEN jsonb_typeof(img -> c) = 'string'
+                                         AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                    ELSE c = ANY (@extschema@.bemi_masked_columns(rel)) END)
+                 ORDER BY h.id);
+        END IF;
     END LOOP;
     IF conflicts <> '{}' AND NOT force THEN
         RAISE EXCEPTION 'cannot revert: % later change(s) outside the reverted set touched the same rows', cardinality(conflicts)

@@ -44,6 +44,10 @@ typedef struct BemiDatabase
 	Latch *latch;             /* worker's latch, NULL when none */
 	XLogRecPtr applied_lsn;   /* every commit before this is visible in bemi.changes */
 	uint64 changes_written;
+	/* changes the tracking rules kept out, counted with the batch that completes their transaction */
+	uint64 skipped_table_rules;
+	uint64 skipped_column_rules;
+	uint64 skipped_writer_rules;
 	TimestampTz last_commit_at; /* commit time of the last transaction written */
 	int failures;             /* consecutive failed runs, for backoff */
 	char last_error[BEMI_ERROR_LEN];

@@ -27,12 +27,23 @@ typedef struct BemiChange
 	Jsonb *after;
 } BemiChange;
 
+/*
+ * The changes of one transaction that tracking rules kept out of the trail, by kind of rule; the
+ * worker adds them to its registry entry (bemi_status()) once the transaction's end is written.
+ */
+typedef struct BemiSkipped
+{
+	uint64 table_rules;  /* the table is ignored (bemi_ignore(target)), TRUNCATE included */
+	uint64 column_rules; /* an UPDATE changed only ignored columns */
+	uint64 writer_rules; /* the writer is ignored (bemi_ignore_writer) */
+} BemiSkipped;
+
 /* True while the worker decodes: the plugin feeds the sink. */
 extern bool bemi_sink_active;
 extern void BemiSinkBegin(TransactionId xid, XLogRecPtr end_lsn, TimestampTz commit_time);
 extern void BemiSinkContext(Jsonb *context);
 extern void BemiSinkChange(XLogRecPtr lsn, const BemiChange *change);
-extern void BemiSinkCommit(XLogRecPtr end_lsn);
+extern void BemiSinkCommit(XLogRecPtr end_lsn, const BemiSkipped *skipped);
 extern bool BemiSinkSkipTransaction(XLogRecPtr end_lsn);
 
 #ifdef __cplusplus

@@ -22,12 +22,12 @@
 // without allocating. Only the rare ones look for the extension and the table.
 #include "ddl_guard.hpp"
 
-#include "../decoding/rules.hpp" // GlobMatch: the guard matches names as decoding does
-
 #include <fmt/format.h>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "bemi/glob.h" // the guard matches names as decoding does
 #include "bemi/guard.hpp"
 
 extern "C" {
@@ -52,6 +52,7 @@ extern "C" {
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -76,6 +77,7 @@ struct AlterIntent {
 	bool set_unlogged = false;
 	std::vector<const char *> retyped_columns; // ALTER COLUMN ... TYPE
 	std::vector<RangeVar *> attached;          // ATTACH PARTITION
+	std::vector<RangeVar *> detached;          // DETACH PARTITION [CONCURRENTLY]
 
 	explicit AlterIntent(const AlterTableStmt *stmt) {
 		ListCell *lc;
@@ -102,6 +104,9 @@ struct AlterIntent {
 			case AT_AttachPartition:
 				attached.push_back(reinterpret_cast<PartitionCmd *>(cmd->def)->name);
 				break;
+			case AT_DetachPartition:
+				detached.push_back(reinterpret_cast<PartitionCmd *>(cmd->def)->name);
+				break;
 			default:
 				break;
 			}
@@ -110,7 +115,7 @@ struct AlterIntent {
 
 	bool Any() const {
 		return replica_identity || set_logged || set_unlogged || !retyped_columns.empty() ||
-		       !attached.empty();
+		       !attached.empty() || !detached.empty();
 	}
 };
 
@@ -333,6 +338,10 @@ const char *IdentityName(char identity_type) {
 	}
 }
 
+// ATTACH / DETACH that move a partition between roots with different rules (below).
+void GuardPartitionMoves(const AlterIntent &intent, const GapTarget &parent, const PlannedStmt *pstmt,
+                         const char *query_string);
+
 // ALTER TABLE on a recorded table: refuse an incomplete replica identity, record the rest. The
 // table's state before the statement decides (it has not run yet); a statement that both sets
 // LOGGED and changes replica identity is judged as on the permanent table it makes.
@@ -401,6 +410,7 @@ void GuardAlterTable(AlterTableStmt *stmt, PlannedStmt *pstmt, const char *query
 			                             "recorded until it is SET LOGGED",
 			                             unlogged_part));
 	}
+	GuardPartitionMoves(intent, table, pstmt, query_string);
 }
 
 // CREATE UNLOGGED TABLE ... PARTITION OF a recorded table: that part of it is not recorded.
@@ -429,6 +439,8 @@ struct RawTableRule {
 	int64 id;
 	const char *kind;
 	const char *target;
+	int ncolumns; // column patterns (ignore with columns, mask); 0 for none
+	const char **columns;
 };
 struct RawTableRules {
 	int n = 0;
@@ -448,9 +460,9 @@ RawTableRules ReadTableRules() {
 	                        true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "bemi: SPI_connect failed");
-	if (SPI_execute(
-	        "SELECT id, kind::text, target::text FROM bemi.rules WHERE target IS NOT NULL ORDER BY id", true,
-	        0) != SPI_OK_SELECT)
+	if (SPI_execute("SELECT id, kind::text, target::text, columns FROM bemi.rules WHERE target IS NOT NULL "
+	                "ORDER BY id",
+	                true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "bemi: could not read bemi.rules");
 	MemoryContext spi = MemoryContextSwitchTo(caller);
 	out.n = static_cast<int>(SPI_processed);
@@ -462,32 +474,62 @@ RawTableRules ReadTableRules() {
 		out.rules[i].id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
 		out.rules[i].kind = SPI_getvalue(tuple, desc, 2);
 		out.rules[i].target = SPI_getvalue(tuple, desc, 3);
+		Datum columns = SPI_getbinval(tuple, desc, 4, &isnull);
+		if (!isnull) {
+			Datum *elements;
+			bool *nulls;
+			int n;
+			deconstruct_array(DatumGetArrayTypeP(columns), TEXTOID, -1, false, TYPALIGN_INT, &elements,
+			                  &nulls, &n);
+			out.rules[i].columns = static_cast<const char **>(palloc0(sizeof(char *) * (n + 1)));
+			for (int c = 0; c < n; c++)
+				if (!nulls[c])
+					out.rules[i].columns[out.rules[i].ncolumns++] = TextDatumGetCString(elements[c]);
+		}
 	}
 	MemoryContextSwitchTo(spi);
 	SPI_finish();
 	return out;
 }
 
-// A recorded table's name before and after a rename or SET SCHEMA.
-struct Renamed {
-	GapTarget table;
-	std::string schema, name;         // before
-	std::string new_schema, new_name; // after
-};
+// A rule as a gap row names it: "rule 3 (mask public.users)".
+std::string RuleName(const RawTableRule &rule) {
+	return fmt::format("rule {} ({} {})", rule.id, rule.kind, rule.target);
+}
 
-// The rules (as "kind target #id") that match schema.name: the two halves of the target are
-// matched with decoding's GlobMatch.
-std::vector<std::string> MatchingRules(const RawTableRules &rules, const std::string &schema,
-                                       const std::string &name) {
+// Does the rule's target match schema.name? Its two halves are matched with GlobMatch
+// (bemi/glob.h), as decoding matches them.
+bool TargetMatches(const RawTableRule &rule, std::string_view schema, std::string_view name) {
+	std::string_view target(rule.target);
+	size_t dot = target.find('.');
+	return dot != std::string_view::npos && GlobMatch(target.substr(0, dot), schema) &&
+	       GlobMatch(target.substr(dot + 1), name);
+}
+
+// The rules that match a table recorded as schema.name.
+std::vector<std::string> MatchingRules(const RawTableRules &rules, std::string_view schema,
+                                       std::string_view name) {
+	std::vector<std::string> matching;
+	for (int i = 0; i < rules.n; i++)
+		if (TargetMatches(rules.rules[i], schema, name))
+			matching.push_back(RuleName(rules.rules[i]));
+	return matching;
+}
+
+// The column rules (ignore with columns, mask) that match a column of a table recorded as
+// schema.name.
+std::vector<std::string> MatchingColumnRules(const RawTableRules &rules, std::string_view schema,
+                                             std::string_view name, std::string_view column) {
 	std::vector<std::string> matching;
 	for (int i = 0; i < rules.n; i++) {
-		std::string_view target(rules.rules[i].target);
-		size_t dot = target.find('.');
-		if (dot == std::string_view::npos)
+		const RawTableRule &rule = rules.rules[i];
+		if (rule.ncolumns == 0 || !TargetMatches(rule, schema, name))
 			continue;
-		if (GlobMatch(target.substr(0, dot), schema) && GlobMatch(target.substr(dot + 1), name))
-			matching.push_back(
-			    fmt::format("rule {} ({} {})", rules.rules[i].id, rules.rules[i].kind, target));
+		for (int c = 0; c < rule.ncolumns; c++)
+			if (GlobMatch(rule.columns[c], column)) {
+				matching.push_back(RuleName(rule));
+				break;
+			}
 	}
 	return matching;
 }
@@ -501,17 +543,36 @@ std::string Listed(const std::vector<std::string> &rules) {
 	return out;
 }
 
-// Is this a table recorded under its own name (not a partition, which is judged by its root's)?
-bool IsRenameTarget(Oid relid) {
-	return OidIsValid(relid) && IsUserTable(relid) && !get_rel_relispartition(relid);
+// The table rules in force, read as the extension's owner; none when there are none.
+RawTableRules ReadRulesAsOwner(Oid ext_owner) {
+	SavedIdentity saved = PgCall([&]() { return BecomeExtensionOwner(ext_owner); });
+	RawTableRules rules;
+	try {
+		rules = PgCall([&]() { return ReadTableRules(); });
+	} catch (...) {
+		PgCall([&]() { RestoreIdentity(saved); });
+		throw;
+	}
+	PgCall([&]() { RestoreIdentity(saved); });
+	return rules;
 }
 
-// The recorded tables a RENAME / SET SCHEMA statement renames, with old and new names; raw
-// PostgreSQL (PgCall). A plain lookup without a lock: the statement itself locks and checks
-// ownership next, and the gap row is undone with it if that fails.
+// Is this a partition whose changes are recorded under its root's name (and judged by it)?
+bool RecordedAsRoot(Oid relid) {
+	return bemi_partitions_as_root && get_rel_relispartition(relid);
+}
+
+// Is this a table recorded under its own name (not a partition judged by its root's)?
+bool IsRenameTarget(Oid relid) {
+	return OidIsValid(relid) && IsUserTable(relid) && !RecordedAsRoot(relid);
+}
+
+// A recorded table, its name before and after a statement, and for a column rename the column's
+// old and new names; raw PostgreSQL (PgCall) fills it, palloc'd strings.
 struct RawRenamed {
 	Oid relid;
 	const char *schema, *name, *new_schema, *new_name;
+	const char *column, *new_column; // RENAME COLUMN only
 };
 struct RawRenames {
 	Oid ext_owner = InvalidOid;
@@ -528,6 +589,30 @@ RawRenamed *RenamedTable(Oid relid, const char *new_schema, const char *new_name
 	return r;
 }
 
+// A RENAME COLUMN renames the column in the table and, unless ONLY, in its child tables: each
+// recorded table among them under its own name. Partitions are judged by their root, which is
+// the table renamed (a partition's inherited column cannot be renamed alone).
+void AddRenamedColumn(RawRenames *out, RenameStmt *rename) {
+	Oid relid = RangeVarGetRelid(rename->relation, NoLock, true);
+	if (!OidIsValid(relid))
+		return;
+	List *tables =
+	    rename->relation->inh ? find_all_inheritors(relid, NoLock, nullptr) : list_make1_oid(relid);
+	ListCell *lc;
+	foreach (lc, tables) {
+		Oid table = lfirst_oid(lc);
+		if (!IsRenameTarget(table))
+			continue;
+		RawRenamed *r = RenamedTable(table, nullptr, nullptr);
+		r->column = rename->subname;
+		r->new_column = rename->newname;
+		out->tables = lappend(out->tables, r);
+	}
+}
+
+// The recorded tables a RENAME / SET SCHEMA / RENAME COLUMN statement renames, with old and new
+// names; raw PostgreSQL (PgCall). A plain lookup without a lock: the statement itself locks and
+// checks ownership next, and the gap row is undone with it if that fails.
 RawRenames LookUpRenamed(Node *stmt) {
 	RawRenames out;
 	out.ext_owner = BemiExtensionOwner();
@@ -539,6 +624,8 @@ RawRenames LookUpRenamed(Node *stmt) {
 			Oid relid = RangeVarGetRelid(rename->relation, NoLock, true);
 			if (IsRenameTarget(relid))
 				out.tables = lappend(out.tables, RenamedTable(relid, nullptr, rename->newname));
+		} else if (rename->renameType == OBJECT_COLUMN) {
+			AddRenamedColumn(&out, rename);
 		} else if (rename->renameType == OBJECT_SCHEMA) {
 			Oid nsp = get_namespace_oid(rename->subname, true);
 			if (!OidIsValid(nsp))
@@ -568,50 +655,134 @@ RawRenames LookUpRenamed(Node *stmt) {
 	return out;
 }
 
-// Does this statement rename a table (or a schema holding tables)? From the parse tree alone.
+// Does this statement rename a table, a schema holding tables, or a table's column? From the
+// parse tree alone.
 bool IsRename(Node *stmt) {
 	if (IsA(stmt, RenameStmt)) {
-		ObjectType type = castNode(RenameStmt, stmt)->renameType;
-		return type == OBJECT_TABLE || type == OBJECT_SCHEMA;
+		auto *rename = castNode(RenameStmt, stmt);
+		return rename->renameType == OBJECT_TABLE || rename->renameType == OBJECT_SCHEMA ||
+		       (rename->renameType == OBJECT_COLUMN && rename->relationType == OBJECT_TABLE);
 	}
 	return IsA(stmt, AlterObjectSchemaStmt) &&
 	       castNode(AlterObjectSchemaStmt, stmt)->objectType == OBJECT_TABLE;
 }
 
-// A rename that changes which rules match a recorded table: one gap row per such table.
+// A rename that changes which rules match a recorded table, or one of its columns: one gap row
+// per such table.
 void GuardRename(Node *stmt, PlannedStmt *pstmt, const char *query_string) {
 	if (!IsRename(stmt))
 		return;
 	RawRenames renames = PgCall([&]() { return LookUpRenamed(stmt); });
 	if (renames.tables == NIL)
 		return;
-	SavedIdentity saved = PgCall([&]() { return BecomeExtensionOwner(renames.ext_owner); });
-	RawTableRules rules;
-	try {
-		rules = PgCall([&]() { return ReadTableRules(); });
-	} catch (...) {
-		PgCall([&]() { RestoreIdentity(saved); });
-		throw;
-	}
-	PgCall([&]() { RestoreIdentity(saved); });
+	RawTableRules rules = ReadRulesAsOwner(renames.ext_owner);
 	if (rules.n == 0)
 		return;
 
-	std::vector<Renamed> changed;
 	for (int i = 0; i < list_length(renames.tables); i++) {
 		auto *raw = static_cast<RawRenamed *>(list_nth(renames.tables, i));
-		std::vector<std::string> before = MatchingRules(rules, raw->schema, raw->name);
-		std::vector<std::string> after = MatchingRules(rules, raw->new_schema, raw->new_name);
-		if (before == after)
-			continue;
+		std::string reason;
+		if (raw->column != nullptr) {
+			std::vector<std::string> before = MatchingColumnRules(rules, raw->schema, raw->name, raw->column);
+			std::vector<std::string> after =
+			    MatchingColumnRules(rules, raw->schema, raw->name, raw->new_column);
+			if (before == after)
+				continue;
+			reason =
+			    fmt::format("RENAME COLUMN {} TO {}: the tracking rules matching this column change from "
+			                "{} to {}; what they leave out of the trail differs from here on",
+			                raw->column, raw->new_column, Listed(before), Listed(after));
+		} else {
+			std::vector<std::string> before = MatchingRules(rules, raw->schema, raw->name);
+			std::vector<std::string> after = MatchingRules(rules, raw->new_schema, raw->new_name);
+			if (before == after)
+				continue;
+			reason =
+			    fmt::format("RENAME to {}.{}: the tracking rules matching this table change from {} to {}; "
+			                "what they leave out of the trail differs from here on",
+			                raw->new_schema, raw->new_name, Listed(before), Listed(after));
+		}
 		GapTarget table =
 		    PgCall([&]() { return TargetOf(renames.ext_owner, raw->relid, pstmt, query_string); });
-		std::string reason =
-		    fmt::format("RENAME to {}.{}: the tracking rules matching this table change from {} to {}; "
-		                "what they leave out of the trail differs from here on",
-		                raw->new_schema, raw->new_name, Listed(before), Listed(after));
 		RecordGap(table, reason);
 	}
+}
+
+// --- ATTACH / DETACH PARTITION (issue 13): a table moved under another root ----------------------
+// Under bemi.partitions_as_root a partition's changes are recorded under its root's name, so the
+// root's rules are the partition's (and its own partitions'). Detaching a partition from a masked
+// or ignored root, writing, and attaching it again is the rename bypass again: an ATTACH or a
+// DETACH that changes which rules match it records a gap. A DETACH CONCURRENTLY records it in its
+// first transaction, which leaves the partition "detach pending": from that commit on, decoding
+// records it under its own name already (PostgreSQL's partition ancestors stop at a pending
+// detach), so the FINALIZE that completes an interrupted one changes no rule and records nothing.
+
+// The name a table's changes are recorded under: its root's for a partition (palloc'd).
+struct RecordedName {
+	const char *schema, *name;
+};
+
+RecordedName RecordedNameOf(Oid relid) {
+	Oid recorded_as = relid;
+	if (RecordedAsRoot(relid)) {
+		List *ancestors = get_partition_ancestors(relid);
+		if (ancestors != NIL)
+			recorded_as = llast_oid(ancestors);
+	}
+	return {get_namespace_name(get_rel_namespace(recorded_as)), get_rel_name(recorded_as)};
+}
+
+// One partition an ALTER TABLE attaches to or detaches from `parent`, with the names it is
+// recorded under before and after; relid InvalidOid when it is not a recorded table.
+struct RawMove {
+	Oid relid;
+	RecordedName before, after;
+};
+
+RawMove LookUpMove(Oid parent, RangeVar *partition, bool attach) {
+	RawMove move = {};
+	Oid relid = RangeVarGetRelid(partition, NoLock, true);
+	if (!OidIsValid(relid) || !IsUserTable(relid))
+		return move;
+	move.relid = relid;
+	RecordedName own = {get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid)};
+	// The parent's name (its root's) stands for the partition's while it is attached.
+	RecordedName root = RecordedNameOf(parent);
+	move.before = attach ? own : root;
+	move.after = attach ? root : own;
+	return move;
+}
+
+// One gap row per partition that this ATTACH / DETACH moves between roots matched by different
+// rules; `parent` is the table altered (a recorded one).
+void GuardPartitionMoves(const AlterIntent &intent, const GapTarget &parent, const PlannedStmt *pstmt,
+                         const char *query_string) {
+	if (!bemi_partitions_as_root || (intent.attached.empty() && intent.detached.empty()))
+		return;
+	RawTableRules rules = ReadRulesAsOwner(parent.ext_owner);
+	if (rules.n == 0)
+		return;
+	auto guard = [&](RangeVar *partition, bool attach) {
+		RawMove move = PgCall([&]() { return LookUpMove(parent.relid, partition, attach); });
+		if (!OidIsValid(move.relid))
+			return;
+		std::vector<std::string> before = MatchingRules(rules, move.before.schema, move.before.name);
+		std::vector<std::string> after = MatchingRules(rules, move.after.schema, move.after.name);
+		if (before == after)
+			return;
+		GapTarget table =
+		    PgCall([&]() { return TargetOf(parent.ext_owner, move.relid, pstmt, query_string); });
+		RecordGap(table,
+		          fmt::format("{} PARTITION {} {}: its changes (and its partitions') are recorded as "
+		                      "{}.{} from here on, and the tracking rules matching them change from {} "
+		                      "to {}; what they leave out of the trail differs from here on",
+		                      attach ? "ATTACH" : "DETACH", attach ? "to" : "from", parent.name,
+		                      move.after.schema, move.after.name, Listed(before), Listed(after)));
+	};
+	for (RangeVar *partition : intent.attached)
+		guard(partition, true);
+	for (RangeVar *partition : intent.detached)
+		guard(partition, false);
 }
 
 } // namespace

@@ -149,27 +149,6 @@ void OnRulesRelcache(Datum, Oid relid) noexcept {
 
 } // namespace
 
-// Iterative with one backtracking point (the last '*'): linear in practice, no recursion.
-bool GlobMatch(std::string_view pattern, std::string_view name) noexcept {
-	size_t p = 0, n = 0, star = std::string_view::npos, resume = 0;
-	while (n < name.size()) {
-		if (p < pattern.size() && pattern[p] == '*') {
-			star = p++;
-			resume = n;
-		} else if (p < pattern.size() && pattern[p] == name[n]) {
-			p++;
-			n++;
-		} else if (star != std::string_view::npos) {
-			p = star + 1;
-			n = ++resume;
-		} else
-			return false;
-	}
-	while (p < pattern.size() && pattern[p] == '*')
-		p++;
-	return p == pattern.size();
-}
-
 Rules &Rules::Get() {
 	if (instance != nullptr)
 		return *instance;
@@ -270,7 +249,7 @@ Mask Rules::MaskOf(std::string_view schema, std::string_view table, std::string_
 bool Rules::IgnoresWriter(std::string_view role, std::string_view application_name) const {
 	return std::any_of(writers_.begin(), writers_.end(), [&](const WriterRule &rule) {
 		return (rule.any_role || rule.role == role) &&
-		       (rule.any_application || rule.application_name == application_name);
+		       (rule.any_application || GlobMatch(rule.application_name, application_name));
 	});
 }
 

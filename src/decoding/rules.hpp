@@ -6,15 +6,13 @@
 
 #include "relations.hpp"
 
+#include "bemi/glob.h"
+
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace bemi {
-
-// '*' matches any run of characters, none included; any other character matches itself
-// (bytewise, case-sensitive, as names compare in the catalogs).
-bool GlobMatch(std::string_view pattern, std::string_view name) noexcept;
 
 // The rules of the database, as of the change being decoded. Read from bemi.rules when first
 // needed and again after Drop: the plugin drops them when it decodes a change of bemi.rules (so a
@@ -38,7 +36,9 @@ class Rules {
 	// The strictest mask of the column's matching rules (drop, then redact, then hash), or None.
 	Mask MaskOf(std::string_view schema, std::string_view table, std::string_view column) const;
 	bool HasWriterRules() const { return !writers_.empty(); }
-	// A writer is the verified `_bemi` identity of the transaction: its role and application_name.
+	// A writer is the verified `_bemi` identity of the transaction: its role outside SECURITY
+	// DEFINER functions (the caller when there is one) and its application_name, which a rule
+	// matches by pattern (GlobMatch, as table names).
 	bool IgnoresWriter(std::string_view role, std::string_view application_name) const;
 
 	// Relcache invalidation (callback): only marks.

@@ -68,7 +68,9 @@ Jsonb *IdentityOf(Jsonb *message) {
 }
 
 // The role and application_name of a verified identity {"_bemi": {"role": ..., ...}}, pointing
-// into it; empty when absent.
+// into it; empty when absent. The role is the one outside SECURITY DEFINER functions: the
+// identity's caller when it has one, else its role (who called the function wrote; the function's
+// owner only lent it rights).
 struct Writer {
 	const char *role;
 	int role_len;
@@ -94,7 +96,9 @@ Writer WriterOf(Jsonb *identity) {
 	        nullptr ||
 	    inner.type != jbvBinary)
 		return writer;
-	StringField(inner.val.binary.data, "role", &writer.role, &writer.role_len);
+	StringField(inner.val.binary.data, "caller", &writer.role, &writer.role_len);
+	if (writer.role_len == 0)
+		StringField(inner.val.binary.data, "role", &writer.role, &writer.role_len);
 	StringField(inner.val.binary.data, "application_name", &writer.application_name,
 	            &writer.application_name_len);
 	return writer;
@@ -197,6 +201,7 @@ void Session::Begin(ReorderBufferTXN *txn) {
 			MemoryContextSwitchTo(old);
 		}
 		skip_txn_ = to_sink_ && BemiSinkSkipTransaction(txn->end_lsn);
+		skipped_ = {};
 		if (to_sink_ && !skip_txn_)
 			BemiSinkBegin(txn->xid, txn->end_lsn, txn->xact_time.commit_time);
 	});
@@ -205,7 +210,7 @@ void Session::Begin(ReorderBufferTXN *txn) {
 void Session::Commit(ReorderBufferTXN *txn) {
 	PgCall([&]() {
 		if (to_sink_ && !skip_txn_)
-			BemiSinkCommit(txn->end_lsn);
+			BemiSinkCommit(txn->end_lsn, &skipped_);
 		MemoryContextReset(txn_context_);
 	});
 	ClearContext();
@@ -431,10 +436,16 @@ const RecordedRelation &Session::Plan(Relation rel, Rules **rules) {
 void Session::Change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *change) {
 	Rules *rules = nullptr;
 	const RecordedRelation &plan = Plan(rel, &rules);
-	if (skip_txn_ || plan.own() || plan.ignored())
+	if (skip_txn_ || plan.own())
 		return;
-	if (!plan.rules_table() && WriterIgnored(*rules))
+	if (plan.ignored()) {
+		skipped_.table_rules++;
 		return;
+	}
+	if (!plan.rules_table() && WriterIgnored(*rules)) {
+		skipped_.writer_rules++;
+		return;
+	}
 
 	HeapTuple new_tuple = CHANGE_TUPLE(change->data.tp.newtuple);
 	HeapTuple old_tuple = CHANGE_TUPLE(change->data.tp.oldtuple);
@@ -450,8 +461,10 @@ void Session::Change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *c
 			MemoryContextReset(change_context_);
 			return only;
 		});
-		if (skip)
+		if (skip) {
+			skipped_.column_rules++;
 			return;
+		}
 	}
 	BemiChange record = {};
 	bool keyed_by_after = true; // which image the primary key is read from
@@ -523,8 +536,12 @@ void Session::Truncate(ReorderBufferTXN *txn, int nrelations, Relation relations
 		// Partitions of one root truncated together are one TRUNCATE of the root.
 		for (int j = 0; j < i; j++)
 			seen |= plans[j]->recorded_as() == plan.recorded_as();
-		if (plan.own() || seen || plan.ignored() || (writer_ignored && !plan.rules_table()))
+		if (plan.own() || seen)
 			continue;
+		if (plan.ignored() || (writer_ignored && !plan.rules_table())) {
+			(plan.ignored() ? skipped_.table_rules : skipped_.writer_rules)++;
+			continue;
+		}
 		BemiChange record = {};
 		record.table_oid = plan.recorded_as();
 		record.schema = plan.schema();

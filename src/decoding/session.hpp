@@ -10,7 +10,7 @@ extern "C" {
 #include "utils/jsonb.h"
 }
 
-struct BemiChange; // bemi/sink.h
+#include "bemi/sink.h" // BemiChange, BemiSkipped
 
 namespace bemi {
 
@@ -62,10 +62,11 @@ class Session {
 	bool to_sink_ = false;                   // running inside the worker
 	char *database_ = nullptr;
 	Jsonb *empty_ = nullptr;
-	Jsonb *context_ = nullptr;          // what changes carry now: application || identity, or nullptr
-	Jsonb *application_ = nullptr;      // latest application context of the transaction, or nullptr
-	Jsonb *identity_ = nullptr;         // {"_bemi": ...} of the latest verified message, or nullptr
-	bool skip_txn_ = false;             // already written by an earlier run of the worker
+	Jsonb *context_ = nullptr;     // what changes carry now: application || identity, or nullptr
+	Jsonb *application_ = nullptr; // latest application context of the transaction, or nullptr
+	Jsonb *identity_ = nullptr;    // {"_bemi": ...} of the latest verified message, or nullptr
+	bool skip_txn_ = false;        // already written by an earlier run of the worker
+	BemiSkipped skipped_ = {};     // this transaction's changes the rules kept out (the sink counts them)
 	bool context_from_trigger_ = false; // the application context came from an unsigned message
 	// The last judgment of the writer by ignore_writer rules: of which identity, under which rules.
 	const Jsonb *writer_identity_ = nullptr;

@@ -46,6 +46,7 @@ struct WorkerSnapshot {
 	int state;
 	XLogRecPtr applied_lsn;
 	uint64 changes_written;
+	uint64 skipped_table_rules, skipped_column_rules, skipped_writer_rules;
 	TimestampTz last_commit_at;
 	char last_error[BEMI_ERROR_LEN];
 	TimestampTz last_error_at;
@@ -59,6 +60,9 @@ WorkerSnapshot Snapshot(BemiDatabase *db) {
 	s.state = db->state;
 	s.applied_lsn = db->applied_lsn;
 	s.changes_written = db->changes_written;
+	s.skipped_table_rules = db->skipped_table_rules;
+	s.skipped_column_rules = db->skipped_column_rules;
+	s.skipped_writer_rules = db->skipped_writer_rules;
 	s.last_commit_at = db->last_commit_at;
 	memcpy(s.last_error, db->last_error, sizeof s.last_error);
 	s.last_error_at = db->last_error_at;
@@ -124,8 +128,8 @@ Datum WorkerStateRow(TupleDesc row) {
 	if (db != nullptr)
 		s = Snapshot(db);
 	return PgCall([&]() {
-		Datum values[9] = {};
-		bool nulls[9] = {};
+		Datum values[12] = {};
+		bool nulls[12] = {};
 		char slot[NAMEDATALEN];
 		BemiSlotName(MyDatabaseId, slot, sizeof(slot));
 		values[2] = CStringGetTextDatum(slot);
@@ -147,6 +151,9 @@ Datum WorkerStateRow(TupleDesc row) {
 			values[7] = TimestampTzGetDatum(s.last_error_at);
 			nulls[7] = s.last_error_at == 0;
 			values[8] = Int32GetDatum(s.failures);
+			values[9] = Int64GetDatum(static_cast<int64>(s.skipped_table_rules));
+			values[10] = Int64GetDatum(static_cast<int64>(s.skipped_column_rules));
+			values[11] = Int64GetDatum(static_cast<int64>(s.skipped_writer_rules));
 		}
 		return HeapTupleGetDatum(heap_form_tuple(row, values, nulls));
 	});

@@ -63,6 +63,9 @@ ResetProgress(BemiDatabase *db)
 {
 	db->applied_lsn = InvalidXLogRecPtr;
 	db->changes_written = 0;
+	db->skipped_table_rules = 0;
+	db->skipped_column_rules = 0;
+	db->skipped_writer_rules = 0;
 	db->last_commit_at = 0;
 	db->failures = 0;
 	db->last_error[0] = '\0';

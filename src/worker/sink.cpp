@@ -47,6 +47,12 @@ struct EntryHeader {
 	uint32 size; // payload bytes that follow
 };
 
+// A commit entry: the transaction's end and what the rules skipped in it.
+struct CommitEntry {
+	XLogRecPtr end_lsn;
+	BemiSkipped skipped;
+};
+
 struct BeginEntry {
 	TransactionId xid;
 	XLogRecPtr end_lsn;
@@ -172,8 +178,9 @@ void Sink::Change(XLogRecPtr lsn, const BemiChange &change) {
 	pending_changes_++;
 }
 
-void Sink::Commit(XLogRecPtr end_lsn) {
-	Append(kCommit, &end_lsn, sizeof(end_lsn), nullptr, nullptr, 0);
+void Sink::Commit(XLogRecPtr end_lsn, const BemiSkipped &skipped) {
+	CommitEntry entry = {end_lsn, skipped};
+	Append(kCommit, &entry, sizeof(entry), nullptr, nullptr, 0);
 }
 
 /* ---- draining ---- */
@@ -197,9 +204,22 @@ size_t Sink::ReadText(int32 len) {
 	return offset;
 }
 
+// The batch, then the skip counts of the transactions it completes: counted once, like the
+// changes (a transaction decoded again after a failure is counted with the batch that ends it).
 void Sink::WriteBatch(BemiDatabase *db, const Progress &reached, TimestampTz last_commit) {
 	writer_.Write(db, batch_, reached, last_commit);
 	done_ = reached;
+	BemiSkipped skipped = skipped_;
+	skipped_ = {};
+	if (skipped.table_rules == 0 && skipped.column_rules == 0 && skipped.writer_rules == 0)
+		return;
+	PgCall([&]() {
+		SpinLockAcquire(&db->mutex);
+		db->skipped_table_rules += skipped.table_rules;
+		db->skipped_column_rules += skipped.column_rules;
+		db->skipped_writer_rules += skipped.writer_rules;
+		SpinLockRelease(&db->mutex);
+	});
 }
 
 void Sink::Drain(BemiDatabase *db) {
@@ -211,6 +231,7 @@ void Sink::Drain(BemiDatabase *db) {
 	int capacity = bemi_batch_size;
 
 	batch_.Clear(Batch::kNone);
+	skipped_ = {};
 	while (spool_.Read(&header, sizeof(header))) {
 		switch (header.kind) {
 		case kBegin:
@@ -224,8 +245,11 @@ void Sink::Drain(BemiDatabase *db) {
 			context = ReadVarlena(header.size);
 			break;
 		case kCommit: {
-			XLogRecPtr end_lsn;
-			ReadExact(&end_lsn, sizeof(end_lsn));
+			CommitEntry commit;
+			ReadExact(&commit, sizeof(commit));
+			skipped_.table_rules += commit.skipped.table_rules;
+			skipped_.column_rules += commit.skipped.column_rules;
+			skipped_.writer_rules += commit.skipped.writer_rules;
 			reached.txn_complete = true;
 			last_commit = txn.commit_time;
 			break;
@@ -312,6 +336,6 @@ extern "C" void BemiSinkChange(XLogRecPtr lsn, const BemiChange *change) {
 	bemi::Enter([&]() { bemi::Sink::Active().Change(lsn, *change); });
 }
 
-extern "C" void BemiSinkCommit(XLogRecPtr end_lsn) {
-	bemi::Enter([&]() { bemi::Sink::Active().Commit(end_lsn); });
+extern "C" void BemiSinkCommit(XLogRecPtr end_lsn, const BemiSkipped *skipped) {
+	bemi::Enter([&]() { bemi::Sink::Active().Commit(end_lsn, *skipped); });
 }

@@ -125,7 +125,7 @@ class Sink {
 	void Begin(TransactionId xid, XLogRecPtr end_lsn, TimestampTz commit_time);
 	void Context(const Jsonb *context);
 	void Change(XLogRecPtr lsn, const BemiChange &change);
-	void Commit(XLogRecPtr end_lsn);
+	void Commit(XLogRecPtr end_lsn, const BemiSkipped &skipped);
 
 	// The worker's side.
 	bool Pending() const { return spool_.Bytes() > 0; }
@@ -146,6 +146,7 @@ class Sink {
 	int64 skip_records_ = 0; // records of the current transaction written by an earlier run
 	int64 txn_ordinal_ = 0;  // records of the current transaction seen so far
 	int64 pending_changes_ = 0;
+	BemiSkipped skipped_ = {}; // of the transactions drained into the batch being filled
 	Batch batch_;
 	BatchWriter writer_;
 };

@@ -66,5 +66,43 @@ is($node->safe_psql('postgres', q{SELECT string_agg(operation || ':' || (CASE op
                                     FROM bemi.changes WHERE schema = 'bemi' AND "table" = 'rules'}),
 	'CREATE:ignore,DELETE:ignore,CREATE:mask,CREATE:ignore_columns', 'every change of a rule is in the trail');
 
+
+# A partition's rules are its root's at the time of each change. DETACH PARTITION ... CONCURRENTLY
+# from an ignored root records its gap in its first transaction; interrupted there (a reader holds
+# the root), it leaves the partition "detach pending", already recorded under its own name, and
+# the FINALIZE that completes it changes no rule and records no second gap.
+$node->safe_psql('postgres', q{
+	CREATE TABLE quiet (id int PRIMARY KEY, body text) PARTITION BY RANGE (id);
+	CREATE TABLE quiet_1 PARTITION OF quiet FOR VALUES FROM (0) TO (100);
+	SELECT bemi_ignore('public.quiet');
+	INSERT INTO quiet VALUES (1, 'attached');
+});
+my $reader = $node->background_psql('postgres');
+$reader->query_safe('BEGIN');
+$reader->query_safe('SELECT count(*) FROM quiet');
+my ($ret, $out, $err) = $node->psql('postgres',
+	q{SET statement_timeout = '2s'; ALTER TABLE quiet DETACH PARTITION quiet_1 CONCURRENTLY});
+isnt($ret, 0, 'DETACH CONCURRENTLY interrupted while a reader holds the root');
+is($node->safe_psql('postgres', q{SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = 'quiet_1'::regclass}),
+	't', 'the partition is left detach pending');
+$reader->query_safe('COMMIT');
+$reader->quit;
+$node->safe_psql('postgres', q{
+	INSERT INTO quiet_1 VALUES (2, 'pending');
+	ALTER TABLE quiet DETACH PARTITION quiet_1 FINALIZE;
+	INSERT INTO quiet_1 VALUES (3, 'detached');
+});
+wait_bemi($node);
+is($node->safe_psql('postgres', q{
+	SELECT string_agg("table" || '|' || primary_key || '|' || (after->>'body'), E'\n' ORDER BY id)
+	  FROM bemi.changes WHERE "table" IN ('quiet', 'quiet_1')}),
+	"quiet_1|2|pending\nquiet_1|3|detached",
+	'ignored while attached; recorded under its own name once detach is pending');
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(relation || '|' || statement || '|' || (reason LIKE '%rule % (ignore public.quiet) to none%'), E'\n' ORDER BY id)
+	  FROM bemi.gaps WHERE relation = 'public.quiet_1'}),
+	'public.quiet_1|ALTER TABLE quiet DETACH PARTITION quiet_1 CONCURRENTLY|true',
+	'one gap, committed with the interrupted DETACH CONCURRENTLY; none for FINALIZE');
+
 $node->stop;
 done_testing();
