@@ -4,9 +4,9 @@
 // One PgCall per batch: the columns are filled in C++ from the batch's arena (no PostgreSQL call,
 // nothing per row but pointer arithmetic), then one plain C-style sequence inside PgCall starts
 // the transaction, inserts (by table_multi_insert, as COPY does: multi_insert.cpp; through the
-// prepared INSERT when bemi.changes has triggers or the like), updates bemi.progress and commits. After a failed batch the next one
-// is written change by change in subtransactions ("careful mode"), so that one change that
-// cannot be written is recorded with its reason instead of stopping everybody's capture. The
+// prepared INSERT when bemi.changes has triggers or the like), updates bemi.progress and commits. After a
+// failed batch the next one is written change by change in subtransactions ("careful mode"), so that one
+// change that cannot be written is recorded with its reason instead of stopping everybody's capture. The
 // worker runs as superuser: its statements name pg_catalog's functions and bemi's tables
 // explicitly.
 #include "sink.hpp"
@@ -296,11 +296,12 @@ void BatchWriter::InsertBatch(const Columns &c) {
 		InsertRows(c, 0, c.count);
 	if (multi_insert != multi_insert_) {
 		multi_insert_ = multi_insert;
-		ereport(LOG, (errmsg(multi_insert ? "bemi: batches of changes are written with table_multi_insert again"
-		                                  : "bemi: batches of changes are written through INSERT statements"),
-		              multi_insert ? 0
-		                           : errdetail("bemi.changes has triggers, foreign partitions or columns "
-		                                       "the worker's batch insert does not handle.")));
+		ereport(LOG,
+		        (errmsg(multi_insert ? "bemi: batches of changes are written with table_multi_insert again"
+		                             : "bemi: batches of changes are written through INSERT statements"),
+		         multi_insert ? 0
+		                      : errdetail("bemi.changes has triggers, foreign partitions or columns "
+		                                  "the worker's batch insert does not handle.")));
 	}
 }
 

@@ -62,9 +62,10 @@ struct SuppliedColumn {
 	Oid type;
 };
 const SuppliedColumn kColumns[kSupplied] = {
-    {"primary_key", TEXTOID},       {"before", JSONBOID},        {"after", JSONBOID},     {"context", JSONBOID},
-    {"database", TEXTOID},          {"schema", TEXTOID},         {"table", TEXTOID},      {"operation", TEXTOID},
-    {"committed_at", TIMESTAMPTZOID}, {"transaction_id", INT8OID}, {"position", PG_LSNOID}, {"table_oid", OIDOID}};
+    {"primary_key", TEXTOID},    {"before", JSONBOID},    {"after", JSONBOID},
+    {"context", JSONBOID},       {"database", TEXTOID},   {"schema", TEXTOID},
+    {"table", TEXTOID},          {"operation", TEXTOID},  {"committed_at", TIMESTAMPTZOID},
+    {"transaction_id", INT8OID}, {"position", PG_LSNOID}, {"table_oid", OIDOID}};
 
 // The rows bound for one partition, written together.
 struct Group {
@@ -320,10 +321,11 @@ void Flush(Target *t, Group *group) {
 	for (int j = 0; j < group->used; j++) {
 		if (partition->ri_NumIndices > 0) {
 #if PG_VERSION_NUM >= 160000
-			List *recheck =
-			    ExecInsertIndexTuples(partition, group->slots[j], t->estate, false, false, nullptr, NIL, false);
+			List *recheck = ExecInsertIndexTuples(partition, group->slots[j], t->estate, false, false,
+			                                      nullptr, NIL, false);
 #else
-			List *recheck = ExecInsertIndexTuples(partition, group->slots[j], t->estate, false, false, nullptr, NIL);
+			List *recheck =
+			    ExecInsertIndexTuples(partition, group->slots[j], t->estate, false, false, nullptr, NIL);
 #endif
 			list_free(recheck);
 		}
@@ -364,7 +366,8 @@ void InsertRouted(Target *t, const BatchWriter::Columns &c, ResultRelInfo *const
 
 		CHECK_FOR_INTERRUPTS();
 		if (group->slots[group->used] == nullptr) // in the query's memory, as the slot's tuples
-			group->slots[group->used] = ExecAllocTableSlot(&t->estate->es_tupleTable, group->desc, group->ops);
+			group->slots[group->used] =
+			    ExecAllocTableSlot(&t->estate->es_tupleTable, group->desc, group->ops);
 		TupleTableSlot *slot = group->slots[group->used];
 		ResetPerTupleExprContext(t->estate);
 		MemoryContext query = MemoryContextSwitchTo(GetPerTupleMemoryContext(t->estate));
@@ -398,8 +401,8 @@ bool MultiInsertChanges(const BatchWriter::Columns &c, Datum database) {
 	if (!OidIsValid(relid))
 		return false; // the SPI INSERT reports it
 	memset(&target, 0, sizeof(target));
-	const Datum *values[kSupplied] = {c.pk,    c.before,    c.after, c.context,  nullptr,  c.schema,
-	                                  c.table, c.operation, c.committed, c.xid, c.position, c.table_oid};
+	const Datum *values[kSupplied] = {c.pk,    c.before,    c.after,     c.context, nullptr,    c.schema,
+	                                  c.table, c.operation, c.committed, c.xid,     c.position, c.table_oid};
 	memcpy(target.values, values, sizeof(values));
 	target.database = database;
 	if (Open(&target, relid)) {
