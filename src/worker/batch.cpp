@@ -3,13 +3,15 @@
 //
 // One PgCall per batch: the columns are filled in C++ from the batch's arena (no PostgreSQL call,
 // nothing per row but pointer arithmetic), then one plain C-style sequence inside PgCall starts
-// the transaction, inserts, updates bemi.progress and commits. After a failed batch the next one
-// is written change by change in subtransactions ("careful mode"), so that one change that
-// cannot be written is recorded with its reason instead of stopping everybody's capture. The
+// the transaction, inserts (by table_multi_insert, as COPY does: multi_insert.cpp; through the
+// prepared INSERT when bemi.changes has triggers or the like), updates bemi.progress and commits. After a
+// failed batch the next one is written change by change in subtransactions ("careful mode"), so that one
+// change that cannot be written is recorded with its reason instead of stopping everybody's capture. The
 // worker runs as superuser: its statements name pg_catalog's functions and bemi's tables
 // explicitly.
 #include "sink.hpp"
 
+#include "multi_insert.hpp"
 #include "transaction.hpp"
 
 #include <cstring>
@@ -284,6 +286,25 @@ ErrorData *BatchWriter::TryInsertRow(const Columns &c, int i, MemoryContext row_
 	return failure;
 }
 
+// A whole batch: by table_multi_insert, or through the INSERT statement when bemi.changes has what
+// that path leaves to the executor (triggers, foreign partitions: see multi_insert.cpp). The log
+// says when the path changes. C-style, inside PgCall only.
+void BatchWriter::InsertBatch(const Columns &c) {
+	bool multi_insert = MultiInsertChanges(c, CStringGetTextDatum(database_.c_str()));
+
+	if (!multi_insert)
+		InsertRows(c, 0, c.count);
+	if (multi_insert != multi_insert_) {
+		multi_insert_ = multi_insert;
+		ereport(LOG,
+		        (errmsg(multi_insert ? "bemi: batches of changes are written with table_multi_insert again"
+		                             : "bemi: batches of changes are written through INSERT statements"),
+		         multi_insert ? 0
+		                      : errdetail("bemi.changes has triggers, foreign partitions or columns "
+		                                  "the worker's batch insert does not handle.")));
+	}
+}
+
 // Careful mode, after a batch failed: each change in its own subtransaction. A change that cannot
 // be written as it is gets recorded with its images replaced by the reason (and without its
 // primary key if that is still not enough), so one writer's change cannot stop everybody's
@@ -355,7 +376,7 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 			if (columns.count > 0 && careful)
 				replaced = InsertCarefully(columns, note, sizeof(note));
 			else if (columns.count > 0)
-				InsertRows(columns, 0, columns.count);
+				InsertBatch(columns);
 			progress_args[0] = LSNGetDatum(reached.txn_end_lsn);
 			progress_args[1] = Int64GetDatum(reached.txn_records);
 			progress_args[2] = BoolGetDatum(reached.txn_complete);

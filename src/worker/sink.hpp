@@ -71,8 +71,9 @@ class Batch {
 	size_t bytes_ = 0;
 };
 
-// Writes batches: one transaction with the rows (one INSERT, or change by change after a
-// failure) and the progress they reach. Owns the prepared statements.
+// Writes batches: one transaction with the rows (one table_multi_insert per partition, else one
+// INSERT; change by change after a failure) and the progress they reach. Owns the prepared
+// statements.
 class BatchWriter {
   public:
 	BatchWriter(std::string database, std::vector<char> empty_context)
@@ -93,6 +94,7 @@ class BatchWriter {
 	// C-style, inside PgCall only.
 	void PreparePlans();
 	void InsertRows(const Columns &c, int first, int count);
+	void InsertBatch(const Columns &c);
 	ErrorData *TryInsertRow(const Columns &c, int i, MemoryContext row_context);
 	int InsertCarefully(const Columns &c, char *note, size_t note_len);
 
@@ -103,6 +105,7 @@ class BatchWriter {
 	SPIPlanPtr insert_plan_ = nullptr;
 	bool insert_has_table_oid_ = false; // insert_plan_ writes bemi.changes.table_oid
 	SPIPlanPtr progress_plan_ = nullptr;
+	bool multi_insert_ = true; // the last whole batch went by table_multi_insert (multi_insert.cpp)
 };
 
 // The sink of one worker run: the plugin's records go to the spool while a transaction is

@@ -1,0 +1,18 @@
+// multi_insert.hpp: writing a batch's rows into bemi.changes with PostgreSQL's table-level batch
+// insert, the way COPY FROM does (multi_insert.cpp). Worker code only.
+#pragma once
+
+#include "sink.hpp"
+
+namespace bemi {
+
+// Inserts rows 0 .. c.count - 1 of c into bemi.changes: one slot per change built from the batch's
+// values, routed to its partition, written with table_multi_insert per partition, with index
+// entries and constraint checks as an INSERT would make them; id and created_at from their
+// defaults, per row, in order. `database`: the text value of every row's database column.
+// Returns false, having written nothing and drawn no id, when bemi.changes is not what this path
+// handles (triggers, foreign or otherwise unusual partitions, changed columns): the caller then
+// uses the SPI INSERT. C-style, inside PgCall only, in a transaction with a snapshot pushed.
+bool MultiInsertChanges(const BatchWriter::Columns &c, Datum database);
+
+} // namespace bemi
