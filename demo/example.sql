@@ -9,4 +9,13 @@ UPDATE todo SET is_completed = true WHERE task = 'Sleep' /*Bemi {"user_id": 1872
 DELETE FROM todo WHERE task = 'Eat';
 SELECT bemi_wait();
 SELECT primary_key, "table", operation, before, after, context, committed_at FROM bemi.changes ORDER BY id;
-SELECT worker_state, slot_name, lag_bytes, changes_written FROM bemi_status();
+-- What is recorded: a password digest never reaches the trail, an updated_at-only UPDATE is noise.
+SELECT bemi_mask('public.users', '{password_digest}', 'hash');
+SELECT bemi_ignore('*.*', '{updated_at}');
+CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL, password_digest text, updated_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO users (email, password_digest) VALUES ('ada@example.com', '$2a$12$R9h/cIPz0gi.URNNX3kh2O');
+UPDATE users SET updated_at = now();
+UPDATE users SET email = 'ada@lovelace.example';
+SELECT bemi_wait();
+SELECT "table", operation, before, after FROM bemi.changes WHERE "table" = 'users' ORDER BY id;
+SELECT worker_state, slot_name, lag_bytes, changes_written, skipped_column_rules FROM bemi_status();
