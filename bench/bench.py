@@ -1012,7 +1012,8 @@ END $$;""")
 
         def report(pids, sort, limit, children=False):
             return subprocess.run(["perf", "report", "-i", path, "--stdio", "--children" if children else "--no-children",
-                                   "--pid", ",".join(pids), "--sort", sort, "-g", "none", "--percent-limit", limit],
+                                   "--pid", ",".join(pids), "--percentage", "relative", "--sort", sort, "-g", "none",
+                                   "--percent-limit", limit],
                                   capture_output=True, text=True).stdout
         by_pid = report(server_pids + [postmaster], "pid", "0.1")
         dest = os.path.join(HERE, "profile-write.txt")
