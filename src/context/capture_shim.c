@@ -11,6 +11,7 @@
 #include "bemi/context.h"
 #include "bemi/context_core.h"
 #include "bemi/lifecycle.h"
+#include "bemi/protect.h"
 
 #include "access/xact.h"
 #include "executor/executor.h"
@@ -58,6 +59,8 @@ bemi_executor_start(QueryDesc *queryDesc, int eflags)
 
 	BemiBeforeExecutor(queryDesc->sourceText, queryDesc->plannedstmt->stmt_location,
 					   queryDesc->plannedstmt->stmt_len, writes);
+	if (writes)
+		BemiGuardTrailWrites(queryDesc->plannedstmt, queryDesc->sourceText, queryDesc->operation);
 	if (prev_executor_start)
 		prev_executor_start(queryDesc, eflags);
 	else
