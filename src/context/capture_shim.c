@@ -59,12 +59,13 @@ bemi_executor_start(QueryDesc *queryDesc, int eflags)
 
 	BemiBeforeExecutor(queryDesc->sourceText, queryDesc->plannedstmt->stmt_location,
 					   queryDesc->plannedstmt->stmt_len, writes);
-	if (writes)
-		BemiGuardTrailWrites(queryDesc->plannedstmt, queryDesc->sourceText, queryDesc->operation);
 	if (prev_executor_start)
 		prev_executor_start(queryDesc, eflags);
 	else
 		standard_ExecutorStart(queryDesc, eflags);
+	/* After the permission checks, so that a role without rights on the trail hears just that. */
+	if (writes)
+		BemiGuardTrailWrites(queryDesc->plannedstmt, queryDesc->sourceText, queryDesc->operation);
 }
 
 /* Every utility statement: the core first (comment, writes, DDL guard), then the statement. */

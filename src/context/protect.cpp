@@ -53,6 +53,9 @@ extern "C" {
 #include "nodes/parsenodes.h"
 #include "nodes/plannodes.h"
 #include "parser/parsetree.h"
+#include "tcop/cmdtag.h"
+#include "tcop/utility.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
@@ -65,6 +68,9 @@ namespace {
 // Schema bemi's OID, looked up once and forgotten when pg_namespace changes.
 Oid cached_namespace = InvalidOid;
 bool namespace_known = false;
+
+// The command tag of the utility statement running (set before each one runs), for messages.
+const char *current_command = nullptr;
 
 // bemi's retention functions running in this backend (the fmgr hook counts them).
 int retention_depth = 0;
@@ -154,14 +160,16 @@ bool Exempt() {
 
 // A drop or dismantling of the trail while it holds changes, without bemi.allow_drop: refused
 // with what is at stake.
-void RefuseUnlessAllowedToDrop(const char *what) {
+void RefuseUnlessAllowedToDrop(const std::string &what) {
 	if (bemi_allow_drop)
 		return;
 	if (PgCall([]() { return TrailChanges(true); }) == 0)
 		return;
 	int64 n = PgCall([]() { return TrailChanges(false); });
-	throw Error(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST, fmt::format("{} would drop bemi's audit trail", what),
-	            fmt::format("bemi.changes holds {} recorded change{}; they would be lost.", n, n == 1 ? "" : "s"),
+	throw Error(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+	            fmt::format("{} would drop bemi's audit trail", current_command ? current_command : "this statement"),
+	            fmt::format("It {}; bemi.changes holds {} recorded change{}, which would be lost.", what, n,
+	                        n == 1 ? "" : "s"),
 	            "Export the trail first if you need it. A superuser who means it sets bemi.allow_drop = on for "
 	            "the session, then runs the statement again.");
 }
@@ -278,6 +286,7 @@ Dismantled LookUpDismantled(Node *stmt) {
 
 void GuardTrailUtility(PlannedStmt *pstmt, const char *query_string) {
 	Node *stmt = pstmt->utilityStmt;
+	current_command = GetCommandTagName(CreateCommandTag(stmt));
 	if (IsA(stmt, TruncateStmt)) {
 		if (Exempt())
 			return;
@@ -287,7 +296,9 @@ void GuardTrailUtility(PlannedStmt *pstmt, const char *query_string) {
 			Oid relid = PgCall([&]() {
 				Oid r = RangeVarGetRelid(rv, NoLock, true);
 				Trail trail = Classify(r);
-				return trail == Trail::Changes || trail == Trail::Gaps ? r : InvalidOid;
+				// A role without the right hears PostgreSQL's own refusal next.
+				bool trail_table = trail == Trail::Changes || trail == Trail::Gaps;
+				return trail_table && pg_class_aclcheck(r, GetUserId(), ACL_TRUNCATE) == ACLCHECK_OK ? r : InvalidOid;
 			});
 			if (OidIsValid(relid))
 				TrailWrite(relid, "TRUNCATE", pstmt, query_string);
@@ -298,7 +309,9 @@ void GuardTrailUtility(PlannedStmt *pstmt, const char *query_string) {
 			return;
 		Oid relid = PgCall([&]() {
 			Oid r = RangeVarGetRelid(copy->relation, NoLock, true);
-			return Classify(r) == Trail::Changes ? r : InvalidOid;
+			return Classify(r) == Trail::Changes && pg_class_aclcheck(r, GetUserId(), ACL_INSERT) == ACLCHECK_OK
+			           ? r
+			           : InvalidOid;
 		});
 		if (OidIsValid(relid))
 			TrailWrite(relid, "COPY", pstmt, query_string);
@@ -308,10 +321,9 @@ void GuardTrailUtility(PlannedStmt *pstmt, const char *query_string) {
 		Dismantled target = PgCall([&]() { return LookUpDismantled(stmt); });
 		if ((!OidIsValid(target.relid) && !target.schema) || Exempt())
 			return;
-		std::string what = target.schema ? std::string("renaming schema bemi")
-		                                 : fmt::format("this statement on {}",
-		                                               PgCall([&]() { return RelationName(target.relid); }));
-		RefuseUnlessAllowedToDrop(what.c_str());
+		RefuseUnlessAllowedToDrop(target.schema ? std::string("renames schema bemi")
+		                                        : fmt::format("takes rows or columns of {} out of the trail",
+		                                                      PgCall([&]() { return RelationName(target.relid); })));
 	}
 }
 
@@ -334,12 +346,12 @@ extern "C" void BemiGuardDrop(Oid class_id, Oid object_id) {
 		const char *what = bemi::PgCall([&]() -> const char * {
 			if (class_id == RelationRelationId)
 				return bemi::Classify(object_id) != bemi::Trail::None
-				           ? psprintf("dropping %s", bemi::RelationName(object_id))
+				           ? psprintf("drops %s", bemi::RelationName(object_id))
 				           : nullptr;
 			if (class_id == NamespaceRelationId)
-				return object_id == bemi::BemiNamespace() ? "dropping schema bemi" : nullptr;
+				return object_id == bemi::BemiNamespace() ? "drops schema bemi" : nullptr;
 			if (class_id == ExtensionRelationId)
-				return object_id == get_extension_oid("bemi", true) ? "DROP EXTENSION bemi" : nullptr;
+				return object_id == get_extension_oid("bemi", true) ? "drops extension bemi" : nullptr;
 			return nullptr;
 		});
 		if (what == nullptr || bemi::Exempt())
