@@ -62,6 +62,7 @@ ROLLBACK;
 ALTER TABLE bemi.changes DETACH PARTITION bemi.changes_default;
 ALTER TABLE bemi.changes DROP COLUMN context;
 ALTER TABLE bemi.changes ALTER COLUMN context TYPE text;
+ALTER TABLE bemi.changes_default SET UNLOGGED;
 ALTER TABLE bemi.changes_default SET SCHEMA public;
 ALTER TABLE bemi.changes RENAME TO old_changes;
 ALTER SCHEMA bemi RENAME TO old_bemi;

@@ -243,6 +243,7 @@ bool AlterDismantles(const AlterTableStmt *stmt) {
 		case AT_DropColumn:
 		case AT_AlterColumnType:
 		case AT_DropInherit:
+		case AT_SetUnLogged: // a crash would empty it
 			return true;
 		default:
 			break;
