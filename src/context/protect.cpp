@@ -8,7 +8,7 @@
 //   from anything else). A table of schema bemi, the schema or the extension is refused while
 //   bemi.changes holds changes, unless the session set bemi.allow_drop. ProcessUtility refuses the
 //   statements that would take the trail away without dropping it: DETACH PARTITION, DROP COLUMN,
-//   ALTER COLUMN TYPE, SET SCHEMA or RENAME of bemi's tables, RENAME of schema bemi.
+//   ALTER COLUMN TYPE, SET UNLOGGED, SET SCHEMA or RENAME of bemi's tables, RENAME of schema bemi.
 // - Writes: ExecutorStart refuses INSERT, UPDATE, DELETE and MERGE of bemi.changes (and its
 //   partitions) and UPDATE, DELETE, MERGE of bemi.gaps, from any statement (a view, a function, a
 //   rule, a DO block); ProcessUtility refuses TRUNCATE of either and COPY into bemi.changes.
