@@ -53,7 +53,7 @@ DROP TABLE bemi.changes_default;
 ROLLBACK;
 BEGIN;
 ALTER EXTENSION bemi DROP TABLE bemi.gaps;
-DROP TABLE bemi.gaps;
+DROP TABLE bemi.gaps CASCADE;
 ROLLBACK;
 BEGIN;
 ALTER EXTENSION bemi DROP SCHEMA bemi;
