@@ -287,7 +287,7 @@ Dismantled LookUpDismantled(Node *stmt) {
 
 void GuardTrailUtility(PlannedStmt *pstmt, const char *query_string) {
 	Node *stmt = pstmt->utilityStmt;
-	current_command = GetCommandTagName(CreateCommandTag(stmt));
+	current_command = PgCall([&]() { return GetCommandTagName(CreateCommandTag(stmt)); });
 	if (IsA(stmt, TruncateStmt)) {
 		if (Exempt())
 			return;
