@@ -181,3 +181,13 @@ DROP ROLE prot_super;
 SELECT count(*) AS bemi_schemas FROM pg_namespace WHERE nspname = 'bemi';
 \c :regress_db
 DROP DATABASE bemi_protect;
+-- DROP DATABASE takes a trail with it: refused while bemi records the database (its trail cannot
+-- be counted from another database).
+CREATE DATABASE bemi_protect2;
+\c bemi_protect2
+CREATE EXTENSION bemi;
+\c :regress_db
+DROP DATABASE bemi_protect2;
+SET bemi.allow_drop = on;
+DROP DATABASE bemi_protect2;
+RESET bemi.allow_drop;

@@ -25,6 +25,9 @@ extern void BemiGuardTrailWrites(struct PlannedStmt *pstmt, const char *source_t
 /* OAT_DROP of a relation, schema or extension: refuses dropping the trail while it holds changes. */
 extern void BemiGuardDrop(Oid class_id, Oid object_id);
 
+/* Before DROP DATABASE: refuses dropping a database bemi records, unless bemi.allow_drop. */
+extern void BemiGuardDropDatabase(const char *dbname);
+
 /* Start (true) or end of a call of a function with SET clauses: counts bemi's retention functions. */
 extern void BemiRetentionCall(Oid fn_oid, bool start);
 

@@ -79,6 +79,8 @@ bemi_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 
 	/* DROP DATABASE: its worker lets go of it first, and takes it back if the drop fails. */
 	if (IsA(pstmt->utilityStmt, DropdbStmt))
+		BemiGuardDropDatabase(((DropdbStmt *) pstmt->utilityStmt)->dbname);
+	if (IsA(pstmt->utilityStmt, DropdbStmt))
 		paused_database = BemiPauseForDropDatabase(((DropdbStmt *) pstmt->utilityStmt)->dbname);
 	PG_TRY();
 	{

@@ -9,6 +9,8 @@
 //   bemi.changes holds changes, unless the session set bemi.allow_drop. ProcessUtility refuses the
 //   statements that would take the trail away without dropping it: DETACH PARTITION, DROP COLUMN,
 //   ALTER COLUMN TYPE, SET UNLOGGED, SET SCHEMA or RENAME of bemi's tables, RENAME of schema bemi.
+//   DROP DATABASE of a database bemi records is refused too (its trail cannot be counted from
+//   another database), unless bemi.allow_drop.
 // - Writes: ExecutorStart refuses INSERT, UPDATE, DELETE and MERGE of bemi.changes (and its
 //   partitions) and UPDATE, DELETE, MERGE of bemi.gaps, from any statement (a view, a function, a
 //   rule, a DO block); ProcessUtility refuses TRUNCATE of either and COPY into bemi.changes.
@@ -34,6 +36,7 @@ extern "C" {
 #include "bemi/bemi.h"
 #include "bemi/context.h"
 #include "bemi/protect.h"
+#include "bemi/registry.h"
 #include "bemi/settings.h"
 
 #include "access/table.h"
@@ -46,6 +49,7 @@ extern "C" {
 #include "catalog/pg_extension.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/executor.h"
 #include "executor/tuptable.h"
@@ -358,6 +362,27 @@ extern "C" void BemiGuardDrop(Oid class_id, Oid object_id) {
 		if (what == nullptr || bemi::Exempt())
 			return;
 		bemi::RefuseUnlessAllowedToDrop(what);
+	});
+}
+
+extern "C" void BemiGuardDropDatabase(const char *dbname) {
+	bemi::Enter([&]() {
+		if (bemi_allow_drop || bemi_is_worker)
+			return;
+		// Another database's trail cannot be counted from here: one bemi records is refused.
+		bool recorded = bemi::PgCall([&]() {
+			Oid dboid = get_database_oid(dbname, true);
+			BemiDatabase *db = OidIsValid(dboid) ? BemiFindDatabase(dboid) : nullptr;
+			return db != nullptr && db->state != BEMI_UNUSED && db->state != BEMI_STOPPING;
+		});
+		if (recorded)
+			throw bemi::Error(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST, "DROP DATABASE would drop bemi's audit trail",
+			                  fmt::format("bemi records the changes of database \"{}\"; its trail (bemi.changes) "
+			                              "would be lost with it.",
+			                              dbname),
+			                  "Export the trail first if you need it. A superuser who means it sets bemi.allow_drop = "
+			                  "on for the session (or drops the extension first, which asks the same), then runs the "
+			                  "statement again.");
 	});
 }
 

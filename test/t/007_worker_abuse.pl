@@ -243,10 +243,10 @@ for my $drop ('DROP EXTENSION', 'DROP DATABASE') {
 		ok($node->poll_query_until('postgres', qq{
 			SELECT count(*) = $slots_before - 1 FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'}),
 			'DROP EXTENSION: the slot is dropped');
-		$node->safe_psql('postgres', 'DROP DATABASE failing_db');
+		$node->safe_psql('postgres', 'SET bemi.allow_drop = on; DROP DATABASE failing_db');
 	}
 	else {
-		$node->safe_psql('postgres', 'DROP DATABASE failing_db');
+		$node->safe_psql('postgres', 'SET bemi.allow_drop = on; DROP DATABASE failing_db');
 		is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'}),
 			$slots_before - 1, 'DROP DATABASE: the slot went with the database');
 	}
