@@ -148,6 +148,13 @@ SELECT reason, relation, role = current_user AS by_me, statement
 -- The trail is as it was, and what was done to it is in bemi.gaps.
 SELECT pg_temp.trail_unchanged() AS trail_unchanged;
 
+-- With bemi.allow_drop, a DETACH of the trail goes ahead and is recorded (rolled back here).
+BEGIN;
+SET LOCAL bemi.allow_drop = on;
+ALTER TABLE bemi.changes DETACH PARTITION bemi.changes_default;
+SELECT reason, relation, role = current_user AS by_me, statement FROM bemi.gaps ORDER BY id DESC LIMIT 1;
+ROLLBACK;
+
 DROP TRIGGER prot_trap_trigger ON prot_trap;
 DROP TABLE prot_trap, prot_items;
 DROP VIEW prot_view;

@@ -10,7 +10,8 @@
 //   statements that would take the trail away without dropping it: DETACH PARTITION, DROP COLUMN,
 //   ALTER COLUMN TYPE, SET UNLOGGED, SET SCHEMA or RENAME of bemi's tables, RENAME of schema bemi.
 //   DROP DATABASE of a database bemi records is refused too (its trail cannot be counted from
-//   another database), unless bemi.allow_drop.
+//   another database), unless bemi.allow_drop. Such a statement on a table of the trail that
+//   does not drop it (DETACH, ...) is then recorded in bemi.gaps.
 // - Writes: ExecutorStart refuses INSERT, UPDATE, DELETE and MERGE of bemi.changes (and its
 //   partitions) and UPDATE, DELETE, MERGE of bemi.gaps, from any statement (a view, a function, a
 //   rule, a DO block); ProcessUtility refuses TRUNCATE of either and COPY into bemi.changes.
@@ -164,11 +165,13 @@ bool Exempt() {
 
 // A drop or dismantling of the trail while it holds changes, without bemi.allow_drop: refused
 // with what is at stake.
-void RefuseUnlessAllowedToDrop(const std::string &what) {
-	if (bemi_allow_drop)
-		return;
+// Returns true when the statement goes ahead only because of bemi.allow_drop (the trail holds
+// changes): then the caller records it where it can.
+bool RefuseUnlessAllowedToDrop(const std::string &what) {
 	if (PgCall([]() { return TrailChanges(true); }) == 0)
-		return;
+		return false;
+	if (bemi_allow_drop)
+		return true;
 	int64 n = PgCall([]() { return TrailChanges(false); });
 	throw Error(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
 	            fmt::format("{} would drop bemi's audit trail", current_command ? current_command : "this statement"),
@@ -326,9 +329,14 @@ void GuardTrailUtility(PlannedStmt *pstmt, const char *query_string) {
 		Dismantled target = PgCall([&]() { return LookUpDismantled(stmt); });
 		if ((!OidIsValid(target.relid) && !target.schema) || Exempt())
 			return;
-		RefuseUnlessAllowedToDrop(target.schema ? std::string("renames schema bemi")
-		                                        : fmt::format("takes rows or columns of {} out of the trail",
-		                                                      PgCall([&]() { return RelationName(target.relid); })));
+		std::string what = target.schema ? std::string("renames schema bemi")
+		                                 : fmt::format("takes rows or columns of {} out of the trail",
+		                                               PgCall([&]() { return RelationName(target.relid); }));
+		// Allowed: recorded, unless it is schema bemi that is renamed (the gap row would go
+		// to a table under another name; the rename itself is visible in the catalog).
+		if (RefuseUnlessAllowedToDrop(what) && OidIsValid(target.relid))
+			RecordTrailGap(target.relid, pstmt, query_string,
+			               fmt::format("{} with bemi.allow_drop on: it {}", current_command, what));
 	}
 }
 
@@ -346,7 +354,8 @@ extern "C" void BemiGuardTrailWrites(PlannedStmt *pstmt, const char *source_text
 
 extern "C" void BemiGuardDrop(Oid class_id, Oid object_id) {
 	bemi::Enter([&]() {
-		if (bemi_is_worker || bemi::retention_depth > 0 || IsBinaryUpgrade)
+		// With bemi.allow_drop the drop goes ahead (and is not recorded: bemi.gaps may go with it).
+		if (bemi_allow_drop || bemi_is_worker || bemi::retention_depth > 0 || IsBinaryUpgrade)
 			return;
 		const char *what = bemi::PgCall([&]() -> const char * {
 			if (class_id == RelationRelationId)
