@@ -173,12 +173,13 @@ bool RefuseUnlessAllowedToDrop(const std::string &what) {
 	if (bemi_allow_drop)
 		return true;
 	int64 n = PgCall([]() { return TrailChanges(false); });
-	throw Error(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-	            fmt::format("{} would drop bemi's audit trail", current_command ? current_command : "this statement"),
-	            fmt::format("It {}; bemi.changes holds {} recorded change{}, which would be lost.", what, n,
-	                        n == 1 ? "" : "s"),
-	            "Export the trail first if you need it. A superuser who means it sets bemi.allow_drop = on for "
-	            "the session, then runs the statement again.");
+	throw Error(
+	    ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+	    fmt::format("{} would drop bemi's audit trail", current_command ? current_command : "this statement"),
+	    fmt::format("It {}; bemi.changes holds {} recorded change{}, which would be lost.", what, n,
+	                n == 1 ? "" : "s"),
+	    "Export the trail first if you need it. A superuser who means it sets bemi.allow_drop = on for "
+	    "the session, then runs the statement again.");
 }
 
 // The statement kind a refused or recorded write is named by.
@@ -205,15 +206,17 @@ const char *WriteName(const PlannedStmt *pstmt, CmdType operation) {
 void TrailWrite(Oid relid, const char *what, const PlannedStmt *pstmt, const char *query_string) {
 	const char *name = PgCall([&]() { return RelationName(relid); });
 	if (!bemi_allow_trail_changes)
-		throw Error(ERRCODE_INSUFFICIENT_PRIVILEGE, fmt::format("{} of {} is refused: it is bemi's audit trail", what, name),
+		throw Error(ERRCODE_INSUFFICIENT_PRIVILEGE,
+		            fmt::format("{} of {} is refused: it is bemi's audit trail", what, name),
 		            "bemi.changes (with its partitions) and bemi.gaps change only through bemi's worker and "
 		            "retention, for every role, superusers included.",
 		            "A superuser who means it sets bemi.allow_trail_changes = on for the session; each "
 		            "statement that then modifies the trail is recorded in bemi.gaps.");
-	RecordTrailGap(relid, pstmt, query_string,
-	               fmt::format("{} of the trail ({}) with bemi.allow_trail_changes on: the trail may no longer "
-	                           "show what happened",
-	                           what, name));
+	RecordTrailGap(
+	    relid, pstmt, query_string,
+	    fmt::format("{} of the trail ({}) with bemi.allow_trail_changes on: the trail may no longer "
+	                "show what happened",
+	                what, name));
 }
 
 // The first result relation of a write statement that belongs to the trail and that this write
@@ -306,7 +309,9 @@ void GuardTrailUtility(PlannedStmt *pstmt, const char *query_string) {
 				Trail trail = Classify(r);
 				// A role without the right hears PostgreSQL's own refusal next.
 				bool trail_table = trail == Trail::Changes || trail == Trail::Gaps;
-				return trail_table && pg_class_aclcheck(r, GetUserId(), ACL_TRUNCATE) == ACLCHECK_OK ? r : InvalidOid;
+				return trail_table && pg_class_aclcheck(r, GetUserId(), ACL_TRUNCATE) == ACLCHECK_OK
+				           ? r
+				           : InvalidOid;
 			});
 			if (OidIsValid(relid))
 				TrailWrite(relid, "TRUNCATE", pstmt, query_string);
@@ -317,7 +322,8 @@ void GuardTrailUtility(PlannedStmt *pstmt, const char *query_string) {
 			return;
 		Oid relid = PgCall([&]() {
 			Oid r = RangeVarGetRelid(copy->relation, NoLock, true);
-			return Classify(r) == Trail::Changes && pg_class_aclcheck(r, GetUserId(), ACL_INSERT) == ACLCHECK_OK
+			return Classify(r) == Trail::Changes &&
+			               pg_class_aclcheck(r, GetUserId(), ACL_INSERT) == ACLCHECK_OK
 			           ? r
 			           : InvalidOid;
 		});
@@ -385,13 +391,14 @@ extern "C" void BemiGuardDropDatabase(const char *dbname) {
 			return db != nullptr && db->state != BEMI_UNUSED && db->state != BEMI_STOPPING;
 		});
 		if (recorded)
-			throw bemi::Error(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST, "DROP DATABASE would drop bemi's audit trail",
-			                  fmt::format("bemi records the changes of database \"{}\"; its trail (bemi.changes) "
-			                              "would be lost with it.",
-			                              dbname),
-			                  "Export the trail first if you need it. A superuser who means it sets bemi.allow_drop = "
-			                  "on for the session (or drops the extension first, which asks the same), then runs the "
-			                  "statement again.");
+			throw bemi::Error(
+			    ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST, "DROP DATABASE would drop bemi's audit trail",
+			    fmt::format("bemi records the changes of database \"{}\"; its trail (bemi.changes) "
+			                "would be lost with it.",
+			                dbname),
+			    "Export the trail first if you need it. A superuser who means it sets bemi.allow_drop = "
+			    "on for the session (or drops the extension first, which asks the same), then runs the "
+			    "statement again.");
 	});
 }
 
@@ -404,9 +411,9 @@ extern "C" void BemiRetentionCall(Oid fn_oid, bool start) {
 				bemi::maintain_oid = bemi::make_partition_oid = InvalidOid;
 				if (OidIsValid(nsp)) {
 					Oid ts[2] = {TIMESTAMPTZOID, TIMESTAMPTZOID};
-					bemi::maintain_oid =
-					    GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid, CStringGetDatum("_maintain_changes"),
-					                    PointerGetDatum(buildoidvector(ts, 1)), ObjectIdGetDatum(nsp));
+					bemi::maintain_oid = GetSysCacheOid3(
+					    PROCNAMEARGSNSP, Anum_pg_proc_oid, CStringGetDatum("_maintain_changes"),
+					    PointerGetDatum(buildoidvector(ts, 1)), ObjectIdGetDatum(nsp));
 					bemi::make_partition_oid =
 					    GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid, CStringGetDatum("_make_partition"),
 					                    PointerGetDatum(buildoidvector(ts, 2)), ObjectIdGetDatum(nsp));
