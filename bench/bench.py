@@ -343,7 +343,8 @@ class Bench:
         return int(self.server.one("SELECT worker_pid FROM bemi_status()"))
 
     def drop_bemi(self):
-        self.server.psql("DROP EXTENSION IF EXISTS bemi")
+        # The trail holds changes: say that dropping it is meant (docs/security.md).
+        self.server.psql("SET bemi.allow_drop = on; DROP EXTENSION IF EXISTS bemi")
 
     def wait_bemi(self, lsn=None, timeout="60 min"):
         arg = f"'{lsn}'::pg_lsn" if lsn else "pg_current_wal_lsn()"

@@ -1,5 +1,6 @@
 -- A server that cannot capture is told which setting to change.
 -- (wal_level and shared_preload_libraries need a restart: test/t/002_misconfigured.pl.)
+SET bemi.allow_drop = on;
 DROP EXTENSION bemi;
 -- (18 adds where in the install script the error came from: not shown, it moves with the script.)
 \set SHOW_CONTEXT never

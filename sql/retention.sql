@@ -1,7 +1,10 @@
 -- Retention: bemi.changes is partitioned by committed_at; the worker makes partitions ahead of
 -- time and drops those older than the retention. Nothing is lost at the boundaries.
 SET TimeZone = 'UTC';
--- A fresh trail: what the earlier tests recorded does not matter here.
+-- A fresh trail: what the earlier tests recorded does not matter here. This test drops the trail
+-- and makes up changes of its own: it says it means it (docs/security.md).
+SET bemi.allow_drop = on;
+SET bemi.allow_trail_changes = on;
 DROP EXTENSION bemi;
 CREATE EXTENSION bemi;
 -- Dates are shown relative to the start of today (UTC), as "d+N".

@@ -90,6 +90,7 @@ RESET ROLE;
 -- read, or, when no table has that name any more, trail readers only, as for a dropped table.
 CREATE TABLE sh.open_book (id int PRIMARY KEY);
 GRANT SELECT ON sh.open_book TO sh_mallory;
+SET bemi.allow_trail_changes = on; -- made-up changes (each recorded in bemi.gaps)
 INSERT INTO bemi.changes (primary_key, "after", context, database, schema, "table", operation, committed_at,
                           transaction_id, position, table_oid)
 VALUES ('1', '{"id": 1}', '{"request": "restored"}', current_database(), 'sh', 'open_book', 'CREATE', '2000-01-01', 1, '0/1', 1),
@@ -100,6 +101,7 @@ SELECT bemi_unreadable_changes(NULL, '{"request": "restored"}');
 RESET ROLE;
 SELECT "table" FROM bemi_context_history('{"request": "restored"}') ORDER BY 1;
 DELETE FROM bemi.changes WHERE context = '{"request": "restored"}';
+RESET bemi.allow_trail_changes;
 
 SET client_min_messages = warning;
 DROP SCHEMA sh CASCADE;

@@ -126,6 +126,7 @@ SELECT bemi_wait();
 SELECT * FROM public.pwned;
 SELECT rolsuper FROM pg_roles WHERE rolname = 'names_owner';
 
+SET bemi.allow_drop = on;
 DROP EXTENSION bemi;
 RESET client_min_messages;
 \c :regress_db

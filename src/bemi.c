@@ -6,6 +6,7 @@
 #include "bemi/registry.h"
 #include "bemi/lifecycle.h"
 #include "bemi/context.h"
+#include "bemi/protect.h"
 #include "bemi/secret.h"
 
 #include "fmgr.h"
@@ -33,6 +34,8 @@ int bemi_batch_size = 2000;
 int bemi_startup_timeout_ms = 30000;
 bool bemi_partitions_as_root = true;
 int bemi_flush_delay_ms = 10;
+bool bemi_allow_drop = false;
+bool bemi_allow_trail_changes = false;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static void
@@ -81,6 +84,18 @@ DefineSettings(void)
 	DefineCustomBoolVariable("bemi.partitions_as_root",
 							 "Record changes to a partition under the name of its partitioned table.",
 							 NULL, &bemi_partitions_as_root, true, PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("bemi.allow_drop",
+							 "Allow this session to drop or detach the trail (bemi.changes, its partitions, bemi's "
+							 "tables, schema bemi, the extension) while it holds changes.",
+							 "Off: DROP EXTENSION bemi and anything else that would drop the trail is refused "
+							 "while bemi.changes holds changes. Superuser only.",
+							 &bemi_allow_drop, false, PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("bemi.allow_trail_changes",
+							 "Allow this session to INSERT into, UPDATE, DELETE, MERGE, TRUNCATE or COPY into "
+							 "the trail (bemi.changes, bemi.gaps).",
+							 "Off: refused for every role, superusers included. On: allowed, and each such "
+							 "statement is recorded in bemi.gaps. Superuser only.",
+							 &bemi_allow_trail_changes, false, PGC_SUSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("bemi");
 }
 
@@ -90,6 +105,8 @@ _PG_init(void)
 	DefineSettings();
 	/* Hooks capture context in every backend; the output plugin needs none of this. */
 	BemiContextInit();
+	/* The trail cannot be dropped or edited silently: hooks in every backend. */
+	BemiProtectInit();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

@@ -50,6 +50,13 @@ def enable_bemi(tables: Iterable[Any] = (), schema: str | None = None, op: Any =
     set_replica_identity_full(tables, op)
 
 
-def disable_bemi(op: Any = None) -> None:
-    """Drops the extension; bemi.changes goes with it."""
-    _op(op).execute("DROP EXTENSION IF EXISTS bemi")
+def disable_bemi(op: Any = None, drop_trail: bool = False) -> None:
+    """Drops the extension; bemi.changes goes with it.
+
+    bemi refuses to drop a trail that holds changes unless the session says it means it: pass
+    ``drop_trail=True`` (runs ``SET LOCAL bemi.allow_drop = on`` first; superuser only).
+    """
+    op = _op(op)
+    if drop_trail:
+        op.execute("SET LOCAL bemi.allow_drop = on")
+    op.execute("DROP EXTENSION IF EXISTS bemi")

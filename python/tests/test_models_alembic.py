@@ -114,7 +114,7 @@ def test_alembic_helper_enables_the_extension_and_full_replica_identity(pg):
         set_replica_identity_full([plain], op=Operations(MigrationContext.configure(conn)))
         assert conn.execute(text("SELECT relreplident FROM pg_class WHERE relname = 'plain'")).scalar() == "f"
     with engine.begin() as conn:
-        disable_bemi(op=Operations(MigrationContext.configure(conn)))
+        disable_bemi(op=Operations(MigrationContext.configure(conn)), drop_trail=True)
         assert conn.execute(text("SELECT count(*) FROM pg_extension WHERE extname = 'bemi'")).scalar() == 0
     engine.dispose()
 

@@ -12,6 +12,7 @@
 #include "comment.hpp"
 #include "context_state.hpp"
 #include "ddl_guard.hpp"
+#include "protect.hpp"
 
 #include <fmt/format.h>
 #include <cstring>
@@ -231,6 +232,7 @@ bool BeforeUtility(PlannedStmt *pstmt, const char *query_string, bool top_level)
 		else if (BemiDatabase *db = BemiFindDatabase(MyDatabaseId))
 			WaitForCaptureSlot(db);
 	}
+	GuardTrailUtility(pstmt, query_string);
 	GuardDdl(pstmt, query_string);
 	return MayDropExtension(stmt) && BemiInstalled();
 }

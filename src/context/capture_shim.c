@@ -11,6 +11,7 @@
 #include "bemi/context.h"
 #include "bemi/context_core.h"
 #include "bemi/lifecycle.h"
+#include "bemi/protect.h"
 
 #include "access/xact.h"
 #include "executor/executor.h"
@@ -62,6 +63,9 @@ bemi_executor_start(QueryDesc *queryDesc, int eflags)
 		prev_executor_start(queryDesc, eflags);
 	else
 		standard_ExecutorStart(queryDesc, eflags);
+	/* After the permission checks, so that a role without rights on the trail hears just that. */
+	if (writes)
+		BemiGuardTrailWrites(queryDesc->plannedstmt, queryDesc->sourceText, queryDesc->operation);
 }
 
 /* Every utility statement: the core first (comment, writes, DDL guard), then the statement. */
@@ -74,6 +78,8 @@ bemi_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 	volatile Oid paused_database = InvalidOid;
 
 	/* DROP DATABASE: its worker lets go of it first, and takes it back if the drop fails. */
+	if (IsA(pstmt->utilityStmt, DropdbStmt))
+		BemiGuardDropDatabase(((DropdbStmt *) pstmt->utilityStmt)->dbname);
 	if (IsA(pstmt->utilityStmt, DropdbStmt))
 		paused_database = BemiPauseForDropDatabase(((DropdbStmt *) pstmt->utilityStmt)->dbname);
 	PG_TRY();

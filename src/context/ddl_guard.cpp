@@ -787,6 +787,16 @@ void GuardPartitionMoves(const AlterIntent &intent, const GapTarget &parent, con
 
 } // namespace
 
+void RecordTrailGap(Oid relid, const PlannedStmt *pstmt, const char *query_string,
+                    const std::string &reason) {
+	GapTarget target = PgCall([&]() {
+		Oid ext_owner = BemiExtensionOwner();
+		return OidIsValid(ext_owner) ? TargetOf(ext_owner, relid, pstmt, query_string) : GapTarget();
+	});
+	if (OidIsValid(target.ext_owner))
+		RecordGap(target, reason);
+}
+
 void GuardDdl(PlannedStmt *pstmt, const char *query_string) {
 	Node *stmt = pstmt->utilityStmt;
 

@@ -1,6 +1,8 @@
 // ddl_guard.hpp: DDL on a recorded table, checked before it runs (ddl_guard.cpp).
 #pragma once
 
+#include <string>
+
 extern "C" {
 #include "postgres.h"
 #include "nodes/plannodes.h"
@@ -11,5 +13,10 @@ namespace bemi {
 // Called before every utility statement runs (capture.cpp): refuses, by throwing, what would make
 // the trail incomplete without a trace; records in bemi.gaps what is allowed.
 void GuardDdl(PlannedStmt *pstmt, const char *query_string);
+
+// One row in bemi.gaps about table `relid` and this statement (its role, its text), written as the
+// extension's owner in the statement's own transaction; nothing when bemi is not installed. For
+// the trail's protection (protect.cpp): a modification of the trail a superuser allowed.
+void RecordTrailGap(Oid relid, const PlannedStmt *pstmt, const char *query_string, const std::string &reason);
 
 } // namespace bemi

@@ -32,6 +32,7 @@ sub check_trail {
 $node->safe_psql('postgres', 'CREATE DATABASE gap');
 for my $i (1 .. 10) {
 	$node->safe_psql('gap', qq{
+		SET bemi.allow_drop = on;
 		DROP EXTENSION IF EXISTS bemi;
 		CREATE EXTENSION bemi;
 		CREATE TABLE gap_$i (id int PRIMARY KEY, v text);
@@ -42,7 +43,7 @@ for my $i (1 .. 10) {
 		'2', "iteration $i: writes right after CREATE EXTENSION are captured");
 }
 # A writer in another session, started while CREATE EXTENSION runs, loses nothing either.
-$node->safe_psql('gap', 'DROP EXTENSION bemi; CREATE TABLE gap_writer (id serial PRIMARY KEY, v int)');
+$node->safe_psql('gap', 'SET bemi.allow_drop = on; DROP EXTENSION bemi; CREATE TABLE gap_writer (id serial PRIMARY KEY, v int)');
 my $writer = $node->background_psql('gap');
 $node->safe_psql('gap', 'CREATE EXTENSION bemi');
 $writer->query_safe('INSERT INTO gap_writer (v) SELECT 1');
@@ -126,7 +127,7 @@ is($node->safe_psql('app1', q{
 	'0', 'every change carries the context of the transaction that made it');
 
 # 5. DROP EXTENSION stops the worker and drops its slot, so no WAL is retained for nobody.
-$node->safe_psql('app2', 'DROP EXTENSION bemi');
+$node->safe_psql('app2', 'SET bemi.allow_drop = on; DROP EXTENSION bemi');
 is($node->safe_psql('postgres',
 		q{SELECT count(*) FROM pg_replication_slots WHERE database = 'app2'}),
 	'0', 'DROP EXTENSION dropped the slot');

@@ -50,13 +50,13 @@ $node->safe_psql('doomed', 'CREATE EXTENSION bemi; CREATE TABLE t (id int PRIMAR
 wait_bemi($node, 'doomed');
 # A DROP DATABASE that fails (someone is connected) leaves capture running and loses nothing.
 my $holder = $node->background_psql('doomed');
-($ret, $out, $err) = $node->psql('postgres', 'DROP DATABASE doomed');
+($ret, $out, $err) = $node->psql('postgres', 'SET bemi.allow_drop = on; DROP DATABASE doomed');
 isnt($ret, 0, 'DROP DATABASE fails while a session is connected');
 $node->safe_psql('doomed', 'INSERT INTO t VALUES (2)');
 wait_bemi($node, 'doomed');
 is($node->safe_psql('doomed', 'SELECT count(*) FROM bemi.changes'), '2', 'capture resumed after the failed drop');
 $holder->quit;
-$node->safe_psql('postgres', 'DROP DATABASE doomed');
+$node->safe_psql('postgres', 'SET bemi.allow_drop = on; DROP DATABASE doomed');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'}),
 	'1', 'only the postgres database slot remains');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'bemi%'}),

@@ -77,6 +77,15 @@ $old->stop;
 my $new = bemi_node('new', conf => $conf);
 $new->safe_psql('postgres', 'CREATE ROLE etl LOGIN');
 $new->safe_psql('postgres', 'CREATE DATABASE shop');
+$new->safe_psql('postgres', 'CREATE DATABASE shop_refused');
+# The trail is loaded as a superuser who says so (docs/guarantees.md, "Backups"): without it,
+# bemi refuses the COPY into bemi.changes.
+{
+	local $ENV{PGOPTIONS} = '-c bemi.allow_trail_changes=off';
+	$new->command_fails([ 'pg_restore', '-h', $new->host, '-p', $new->port, '-d', 'shop_refused', $dump ],
+		'pg_restore without bemi.allow_trail_changes: the trail is refused');
+}
+$ENV{PGOPTIONS} = '-c bemi.allow_trail_changes=on';
 $new->command_ok([ 'pg_restore', '-h', $new->host, '-p', $new->port, '-d', 'shop', $dump ], 'pg_restore');
 
 is($new->safe_psql('shop', $trail_sql), $trail, 'the restored trail is identical');
@@ -107,6 +116,7 @@ is($new->safe_psql('shop', q{
 $new->safe_psql('postgres', 'CREATE DATABASE shop3');
 $new->command_ok([ 'pg_restore', '-h', $new->host, '-p', $new->port, '-d', 'shop3', '--single-transaction', $dump2 ],
 	'pg_restore --single-transaction');
+delete $ENV{PGOPTIONS};
 $new->safe_psql('shop3', 'SELECT bemi_wait()');
 is($new->safe_psql('shop3', 'SELECT count(*) FROM bemi.changes'), $count2,
 	'restored in one transaction: the restore\'s own loads are not recorded');

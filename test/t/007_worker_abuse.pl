@@ -239,14 +239,14 @@ for my $drop ('DROP EXTENSION', 'DROP DATABASE') {
 	my $slots_before = $node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'});
 	my $began = time();
 	if ($drop eq 'DROP EXTENSION') {
-		$node->safe_psql('failing_db', 'DROP EXTENSION bemi');
+		$node->safe_psql('failing_db', 'SET bemi.allow_drop = on; DROP EXTENSION bemi');
 		ok($node->poll_query_until('postgres', qq{
 			SELECT count(*) = $slots_before - 1 FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'}),
 			'DROP EXTENSION: the slot is dropped');
-		$node->safe_psql('postgres', 'DROP DATABASE failing_db');
+		$node->safe_psql('postgres', 'SET bemi.allow_drop = on; DROP DATABASE failing_db');
 	}
 	else {
-		$node->safe_psql('postgres', 'DROP DATABASE failing_db');
+		$node->safe_psql('postgres', 'SET bemi.allow_drop = on; DROP DATABASE failing_db');
 		is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'}),
 			$slots_before - 1, 'DROP DATABASE: the slot went with the database');
 	}

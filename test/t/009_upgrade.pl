@@ -1,6 +1,6 @@
 # In-place upgrades with the new library: a database still on 0.1.0's SQL keeps capturing
 # (without table_oid, and says what to run), ALTER EXTENSION bemi UPDATE keeps the trail as
-# written (0.1.0 -> 0.2.0 -> 0.3.0 -> 0.4.0), capture goes on exactly once, the history functions read old
+# written (0.1.0 -> 0.2.0 -> 0.3.0 -> 0.4.0 -> 0.5.0), capture goes on exactly once, the history functions read old
 # and new changes, and the upgraded schemas (from 0.1.0, and from a database created on 0.2.0)
 # are a fresh install's, bound to nothing outside pg_catalog and bemi's.
 use strict;
@@ -154,7 +154,7 @@ is($node->safe_psql('direct', q{SELECT extversion FROM pg_extension WHERE extnam
 # starts empty, and a rule made after the update is in force from then on, also in the trail.
 my $trail_before_rules = $node->safe_psql('shop', $all_sql);
 for my $db ('shop', 'direct') {
-	$node->safe_psql($db, 'ALTER EXTENSION bemi UPDATE');
+	$node->safe_psql($db, q{ALTER EXTENSION bemi UPDATE TO '0.4.0'});
 	is($node->safe_psql($db, q{SELECT extversion FROM pg_extension WHERE extname = 'bemi'}), '0.4.0',
 		"$db updated to 0.4.0");
 }
@@ -174,6 +174,19 @@ is($node->safe_psql('shop', qq{SELECT string_agg(schema || '.' || "table" || ':'
 	'bemi.rules:CREATE,public.orders:UPDATE',
 	'after the update, the rule is recorded and applies: an UPDATE of amount only is not recorded');
 $node->safe_psql('shop', 'DELETE FROM bemi.rules; UPDATE orders SET id = 2 WHERE id = 10');
+
+# 7c. On to 0.5.0 (the look-alikes still planted): the trail is protected (issue 15; bemi.so), the
+# trail is kept, and the protection holds in the upgraded database.
+my $trail_before_protect = $node->safe_psql('shop', $all_sql);
+for my $db ('shop', 'direct') {
+	$node->safe_psql($db, 'ALTER EXTENSION bemi UPDATE');
+	is($node->safe_psql($db, q{SELECT extversion FROM pg_extension WHERE extname = 'bemi'}), '0.5.0',
+		"$db updated to 0.5.0");
+}
+is($node->safe_psql('shop', 'SELECT count(*) FROM public.pwned'), '0', 'no look-alike ran during the update to 0.5.0');
+like($node->safe_psql('shop', $all_sql), qr/^\Q$trail_before_protect\E/, 'the trail is kept by the update to 0.5.0');
+my ($rc, $out, $err) = $node->psql('shop', 'DELETE FROM bemi.changes');
+like($err, qr/refused: it is bemi's audit trail/, 'after the update to 0.5.0, the trail cannot be edited');
 
 # 8. The upgraded schemas are a fresh install's: every member of the extension with its definition,
 # ACL and comment; the tables' columns, defaults, constraints, indexes; every dependency.
@@ -226,7 +239,7 @@ my $fresh = $node->safe_psql('fresh', $schema_sql);
 ok(length($fresh) > 10000, 'the schema description is not empty');
 for my $db ('shop', 'direct') {
 	my $upgraded = $node->safe_psql($db, $schema_sql);
-	is($upgraded, $fresh, "the upgraded schema ($db) is a fresh 0.4.0 install's");
+	is($upgraded, $fresh, "the upgraded schema ($db) is a fresh 0.5.0 install's");
 	if ($upgraded ne $fresh) {
 		my %f = map { $_ => 1 } split /\n/, $fresh;
 		my %u = map { $_ => 1 } split /\n/, $upgraded;
