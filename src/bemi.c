@@ -33,6 +33,7 @@ int bemi_batch_size = 2000;
 int bemi_startup_timeout_ms = 30000;
 bool bemi_partitions_as_root = true;
 int bemi_flush_delay_ms = 10;
+int bemi_writers = 2;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static void
@@ -78,6 +79,12 @@ DefineSettings(void)
 							"How long the worker lets a small batch gather before writing it.",
 							"Longer means fewer, larger batches under load, and more lag.",
 							&bemi_flush_delay_ms, 10, 0, 10000, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("bemi.writers",
+							"Writer processes per database that write the worker's batches into bemi.changes.",
+							"0: the worker writes its batches itself, between rounds of decoding. N: N dynamic "
+							"background workers write them in parallel with decoding, in order; each counts against "
+							"max_worker_processes. Read when the worker (re)starts.",
+							&bemi_writers, 2, 0, 16, PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomBoolVariable("bemi.partitions_as_root",
 							 "Record changes to a partition under the name of its partitioned table.",
 							 NULL, &bemi_partitions_as_root, true, PGC_SIGHUP, 0, NULL, NULL, NULL);

@@ -16,6 +16,7 @@ extern int bemi_batch_size;
 extern int bemi_startup_timeout_ms;
 extern bool bemi_partitions_as_root;
 extern int bemi_flush_delay_ms;
+extern int bemi_writers;
 
 #ifdef __cplusplus
 }

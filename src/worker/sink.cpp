@@ -13,6 +13,7 @@
 #include "sink.hpp"
 
 #include "transaction.hpp"
+#include "writers.hpp"
 
 #include <fmt/format.h>
 
@@ -73,31 +74,52 @@ struct ChangeEntry {
 
 } // namespace
 
-std::unique_ptr<Sink> StartSink(Oid dboid, const Progress &done) {
+namespace {
+
+// What every BatchWriter of a database needs: its name and the empty context. C++ copies.
+struct WriterBasics {
+	std::string database;
+	std::vector<char> empty_context;
+};
+
+WriterBasics LoadWriterBasics(Oid dboid) {
 	struct Found {
 		const char *database;
 		Jsonb *empty;
 	};
-	char path[MAXPGPATH];
 	Found found = PgCall([&]() {
-		// In base/pgsql_tmp, named like PostgreSQL's own temporary files: the server removes it at
-		// start and after a crash, and the database's next worker replaces a leftover.
-		MakePGDirectory("base/" PG_TEMP_FILES_DIR);
-		snprintf(path, sizeof(path), "base/%s/%sbemi_spool_%u", PG_TEMP_FILES_DIR, PG_TEMP_FILE_PREFIX,
-		         dboid);
 		Found f{nullptr, BemiEmptyImage()};
 		MemoryContext caller = CurrentMemoryContext; // the transaction's own memory goes at commit
 		InTransaction([&]() { f.database = MemoryContextStrdup(caller, get_database_name(dboid)); });
 		return f;
 	});
 	const char *empty = reinterpret_cast<const char *>(found.empty);
-	auto sink = std::make_unique<Sink>(path, found.database,
-	                                   std::vector<char>(empty, empty + VARSIZE(found.empty)), done);
+	WriterBasics basics{found.database, std::vector<char>(empty, empty + VARSIZE(found.empty))};
 	PgCall([&]() {
 		pfree(const_cast<char *>(found.database));
 		pfree(found.empty);
 	});
-	return sink;
+	return basics;
+}
+
+} // namespace
+
+std::unique_ptr<Sink> StartSink(Oid dboid, const Progress &done) {
+	char path[MAXPGPATH];
+	PgCall([&]() {
+		// In base/pgsql_tmp, named like PostgreSQL's own temporary files: the server removes it at
+		// start and after a crash, and the database's next worker replaces a leftover.
+		MakePGDirectory("base/" PG_TEMP_FILES_DIR);
+		snprintf(path, sizeof(path), "base/%s/%sbemi_spool_%u", PG_TEMP_FILES_DIR, PG_TEMP_FILE_PREFIX,
+		         dboid);
+	});
+	WriterBasics basics = LoadWriterBasics(dboid);
+	return std::make_unique<Sink>(path, std::move(basics.database), std::move(basics.empty_context), done);
+}
+
+std::unique_ptr<BatchWriter> StartBatchWriter(Oid dboid) {
+	WriterBasics basics = LoadWriterBasics(dboid);
+	return std::make_unique<BatchWriter>(std::move(basics.database), std::move(basics.empty_context));
 }
 
 Sink::Sink(std::string spool_path, std::string database, std::vector<char> empty_context,
@@ -207,10 +229,24 @@ size_t Sink::ReadText(int32 len) {
 // The batch, then the skip counts of the transactions it completes: counted once, like the
 // changes (a transaction decoded again after a failure is counted with the batch that ends it).
 void Sink::WriteBatch(BemiDatabase *db, const Progress &reached, TimestampTz last_commit) {
-	writer_.Write(db, batch_, reached, last_commit);
-	done_ = reached;
 	BemiSkipped skipped = skipped_;
 	skipped_ = {};
+	if (writers_ != nullptr && db->failures == 0) {
+		// A writer writes it and counts its skips once committed; decoding goes on.
+		writers_->Send(batch_, reached, last_commit, skipped);
+		done_ = reached;
+		return;
+	}
+	if (writers_ != nullptr) {
+		// Careful mode, after a failure: the decoder writes the batch itself, in its turn, once
+		// everything handed to the writers is committed.
+		writers_->Drain();
+		Turns turns = writers_->OwnTurn();
+		writer_.Write(db, batch_, reached, last_commit, &turns);
+	} else {
+		writer_.Write(db, batch_, reached, last_commit);
+	}
+	done_ = reached;
 	if (skipped.table_rules == 0 && skipped.column_rules == 0 && skipped.writer_rules == 0)
 		return;
 	PgCall([&]() {
