@@ -3,8 +3,9 @@
 // Runs in two kinds of processes. The database's worker (the decoder) makes one DSM segment per
 // run: the shared state below plus one shm_mq per writer (kQueueBytes each), starts the writers as
 // dynamic background workers, and sends each batch (a header, the rows, the arena's bytes) to the
-// next writer round-robin; a full queue blocks it until that writer has taken a batch, so at most
-// one batch in each queue and one in each writer's hands are ahead of what is committed. A writer
+// next writer round-robin; a full queue blocks it until that writer takes more, so what is decoded
+// ahead of what is committed is bounded: per writer the batch it writes plus kQueueBytes, and the
+// batch the decoder is sending. A writer
 // (BemiWriterRun, entered from writer_shim.c) receives batches and writes each in one transaction
 // through BatchWriter::Write, which takes the turnstiles: ids in batch order, then the rows in
 // parallel with the other writers, then bemi.progress and commit in batch order.
@@ -48,7 +49,7 @@ extern "C" {
 namespace bemi {
 
 constexpr uint64 kTocMagic = 0x62656d6957727472; // "bemiWrtr"
-constexpr Size kQueueBytes = 8 * 1024 * 1024;
+constexpr Size kQueueBytes = 2 * 1024 * 1024;
 constexpr int kMaxWriters = 16; // bemi.writers' maximum
 
 struct WritersShared {
