@@ -240,6 +240,9 @@ for my $fault ('kill -9 of a writer', 'kill -9 of the worker', 'an immediate sto
 	ok($node->poll_query_until('postgres', qq{
 		SELECT count(*) > 0 FROM bemi.changes WHERE "table" = 'ledger' AND primary_key::int / 1000000 = $round}),
 		"round $round: the drain started");
+	my $seen = $node->safe_psql('postgres', qq{
+		SELECT count(*) FROM bemi.changes WHERE "table" = 'ledger' AND primary_key::int / 1000000 = $round});
+	ok($seen < $per_round * 1.15, "round $round: $fault in the middle of the drain ($seen changes recorded)");
 	if ($fault eq 'kill -9 of a writer') {
 		my $writer = $node->safe_psql('postgres',
 			q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'bemi writer' ORDER BY pid LIMIT 1});
