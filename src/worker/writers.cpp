@@ -3,7 +3,8 @@
 // Runs in two kinds of processes. The database's worker (the decoder) makes one DSM segment per
 // run: the shared state below plus one shm_mq per writer (kQueueBytes each), starts the writers as
 // dynamic background workers, and sends each batch (a header, the rows, the arena's bytes) to the
-// next writer round-robin; a full queue blocks it until that writer takes more, so what is decoded
+// writer with the fewest batches not yet committed (ties: the one whose oldest is oldest, as it is
+// free first: commits go in order); a full queue blocks it until that writer takes more, so what is decoded
 // ahead of what is committed is bounded: per writer the batch it writes plus kQueueBytes, and the
 // batch the decoder is sending. A writer
 // (BemiWriterRun, entered from writer_shim.c) receives batches and writes each in one transaction
@@ -28,6 +29,7 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <deque>
 #include <memory>
 
 extern "C" {
@@ -49,7 +51,7 @@ extern "C" {
 namespace bemi {
 
 constexpr uint64 kTocMagic = 0x62656d6957727472; // "bemiWrtr"
-constexpr Size kQueueBytes = 2 * 1024 * 1024;
+constexpr Size kQueueBytes = 4 * 1024 * 1024; // a batch of 2000 typical changes fits
 constexpr int kMaxWriters = 16; // bemi.writers' maximum
 
 struct WritersShared {
@@ -264,6 +266,7 @@ std::unique_ptr<Writers> Writers::Start(BemiDatabase *db, int n) {
 			break;
 		writers->queues_.push_back(queue);
 		writers->handles_.push_back(handle);
+		writers->assigned_.emplace_back();
 	}
 	if (writers->queues_.empty())
 		return nullptr;
@@ -317,8 +320,20 @@ void Writers::Send(const Batch &batch, const Progress &reached, TimestampTz last
 	parts[1].len = header.rows * sizeof(Batch::Row);
 	parts[2].data = batch.At(0);
 	parts[2].len = header.arena_bytes;
-	shm_mq_handle *queue = queues_[next_];
-	next_ = (next_ + 1) % queues_.size();
+	// Any writer may take any batch (the turnstiles go by number): the least busy one, so that the
+	// decoder does not wait on a busy writer while another is idle.
+	XLogRecPtr commit_end;
+	uint64 committed = Committed(&commit_end);
+	size_t pick = 0;
+	for (size_t i = 0; i < assigned_.size(); i++) {
+		while (!assigned_[i].empty() && assigned_[i].front() <= committed)
+			assigned_[i].pop_front();
+		const std::deque<uint64> &mine = assigned_[i], &best = assigned_[pick];
+		if (mine.size() < best.size() || (mine.size() == best.size() && !mine.empty() && mine.front() < best.front()))
+			pick = i;
+	}
+	assigned_[pick].push_back(header.seq);
+	shm_mq_handle *queue = queues_[pick];
 	shm_mq_result result = PgCall([&]() {
 		shm_mq_result r = shm_mq_sendv(queue, parts, 3, false, true);
 		SpinLockAcquire(&db_->mutex);

@@ -2,7 +2,7 @@
 // (writers.cpp; bemi.writers). Worker code only.
 //
 // The worker (the decoder) fills batches as before and hands each, numbered, to the next writer
-// round-robin through a shm_mq in a DSM segment of its run. Writers commit in batch order through
+// (the least busy one) through a shm_mq in a DSM segment of its run. Writers commit in batch order through
 // two turnstiles in that segment: ids (a batch draws its ids only after the previous batch drew
 // its own) and commit (a batch updates bemi.progress and commits only after the previous batch
 // committed), so bemi.progress stays a prefix of what is written and ids follow change order.
@@ -16,6 +16,8 @@ extern "C" {
 #include "storage/shm_mq.h"
 }
 
+#include <deque>
+#include <memory>
 #include <vector>
 
 namespace bemi {
@@ -66,8 +68,8 @@ class Writers {
 	WritersShared *shared_;
 	std::vector<shm_mq_handle *> queues_;
 	std::vector<BackgroundWorkerHandle *> handles_;
+	std::vector<std::deque<uint64>> assigned_; // per writer: batches sent to it, not known committed
 	uint64 sent_ = 0;
-	size_t next_ = 0;
 };
 
 // Before a run reads bemi.progress: the writers of the database's previous run (if any still
