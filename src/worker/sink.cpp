@@ -293,6 +293,14 @@ void Sink::Drain(BemiDatabase *db) {
 		case kChange: {
 			ChangeEntry entry;
 			Batch::Row row;
+			if (batch_.Count() >= capacity || batch_.Bytes() >= kBatchBytes) {
+				// Full: written when the next change comes, so that it carries the progress of the
+				// commits that followed its last change (no batch of progress alone in between).
+				WriteBatch(db, reached, last_commit);
+				// The current context outlives the batch: it stays in the arena.
+				context = batch_.Clear(context);
+				capacity = bemi_batch_size;
+			}
 			ReadExact(&entry, sizeof(entry));
 			row.schema = ReadText(entry.schema_len);
 			row.table = ReadText(entry.table_len);
@@ -317,12 +325,6 @@ void Sink::Drain(BemiDatabase *db) {
 		}
 		default:
 			throw Error(ERRCODE_INTERNAL_ERROR, fmt::format("bemi: corrupt spool entry '{}'", header.kind));
-		}
-		if (batch_.Count() >= capacity || batch_.Bytes() >= kBatchBytes) {
-			WriteBatch(db, reached, last_commit);
-			// The current context outlives the batch: it stays in the arena.
-			context = batch_.Clear(context);
-			capacity = bemi_batch_size;
 		}
 	}
 	if (batch_.Count() > 0 || reached.txn_end_lsn != done_.txn_end_lsn ||
