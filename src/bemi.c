@@ -33,7 +33,7 @@ int bemi_batch_size = 2000;
 int bemi_startup_timeout_ms = 30000;
 bool bemi_partitions_as_root = true;
 int bemi_flush_delay_ms = 10;
-int bemi_writers = 2;
+int bemi_writers = 1;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static void
@@ -84,7 +84,7 @@ DefineSettings(void)
 							"0: the worker writes its batches itself, between rounds of decoding. N: N dynamic "
 							"background workers write them in parallel with decoding, in order; each counts against "
 							"max_worker_processes. Read when the worker (re)starts.",
-							&bemi_writers, 2, 0, 16, PGC_SIGHUP, 0, NULL, NULL, NULL);
+							&bemi_writers, 1, 0, 16, PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomBoolVariable("bemi.partitions_as_root",
 							 "Record changes to a partition under the name of its partitioned table.",
 							 NULL, &bemi_partitions_as_root, true, PGC_SIGHUP, 0, NULL, NULL, NULL);
