@@ -194,9 +194,9 @@ void DatabaseRun::Run() {
 	PgCall([&]() {
 		MemoryContextSwitchTo(context_);
 		ctx_ = BemiStartDecoding(slot_);
-		ereport(LOG, (errmsg("bemi: worker decoding database %u from %X/%X (written up to %X/%X)", db_->dboid,
-		                     BEMI_LSN_ARGS(MyReplicationSlot->data.confirmed_flush),
-		                     BEMI_LSN_ARGS(progress.txn_end_lsn))));
+		ereport(LOG, (errmsg("bemi: worker decoding database %u from %X/%X (written up to %X/%X), %d writers",
+		                     db_->dboid, BEMI_LSN_ARGS(MyReplicationSlot->data.confirmed_flush),
+		                     BEMI_LSN_ARGS(progress.txn_end_lsn), writers_ ? writers_->Count() : 0)));
 	});
 	Stream();
 }
