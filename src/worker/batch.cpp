@@ -395,8 +395,6 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 			if (rc != SPI_OK_UPDATE || SPI_processed != 1)
 				elog(ERROR, "bemi: bemi.progress must hold exactly one row");
 		});
-		if (turns != nullptr)
-			PassCommitTurn(turns);
 		pgstat_report_activity(STATE_IDLE, nullptr);
 
 		if (replaced > 0)
@@ -408,6 +406,11 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 		db->failures = 0;
 		SpinLockRelease(&db->mutex);
 		BemiRecovered(db);
+		// The counters move before the next batch may commit, and so before bemi_wait returns.
+		if (turns != nullptr) {
+			AddSkipped(db, turns->skipped);
+			PassCommitTurn(turns);
+		}
 	});
 }
 

@@ -242,20 +242,14 @@ void Sink::WriteBatch(BemiDatabase *db, const Progress &reached, TimestampTz las
 		// everything handed to the writers is committed.
 		writers_->Drain();
 		Turns turns = writers_->OwnTurn();
+		turns.skipped = skipped; // counted in the batch's commit turn
 		writer_.Write(db, batch_, reached, last_commit, &turns);
-	} else {
-		writer_.Write(db, batch_, reached, last_commit);
-	}
-	done_ = reached;
-	if (skipped.table_rules == 0 && skipped.column_rules == 0 && skipped.writer_rules == 0)
+		done_ = reached;
 		return;
-	PgCall([&]() {
-		SpinLockAcquire(&db->mutex);
-		db->skipped_table_rules += skipped.table_rules;
-		db->skipped_column_rules += skipped.column_rules;
-		db->skipped_writer_rules += skipped.writer_rules;
-		SpinLockRelease(&db->mutex);
-	});
+	}
+	writer_.Write(db, batch_, reached, last_commit);
+	done_ = reached;
+	PgCall([&]() { AddSkipped(db, skipped); });
 }
 
 void Sink::Drain(BemiDatabase *db) {

@@ -145,7 +145,8 @@ bool ReadState(WritersShared *shared, uint64 *committed, XLogRecPtr *commit_end,
 	return failed;
 }
 
-// The skip counts of a batch's transactions, once it is committed. C-style, inside PgCall only.
+} // namespace
+
 void AddSkipped(BemiDatabase *db, const BemiSkipped &skipped) {
 	if (skipped.table_rules == 0 && skipped.column_rules == 0 && skipped.writer_rules == 0)
 		return;
@@ -155,8 +156,6 @@ void AddSkipped(BemiDatabase *db, const BemiSkipped &skipped) {
 	db->skipped_writer_rules += skipped.writer_rules;
 	SpinLockRelease(&db->mutex);
 }
-
-} // namespace
 
 void WaitIdsTurn(const Turns *turns) {
 	WaitFor(turns->shared, &WritersShared::ids_done, turns->seq - 1);
@@ -497,9 +496,8 @@ namespace {
 			throw Error(ERRCODE_INTERNAL_ERROR, "bemi: a writer received a batch of the wrong size");
 		batch.Assign(reinterpret_cast<const Batch::Row *>(bytes + sizeof(header)), header.rows,
 		             bytes + sizeof(header) + rows_bytes, header.arena_bytes);
-		Turns turns{setup.shared, header.seq, false};
+		Turns turns{setup.shared, header.seq, false, header.skipped};
 		writer->Write(setup.db, batch, header.reached, header.last_commit, &turns);
-		PgCall([&]() { AddSkipped(setup.db, header.skipped); });
 		batch.Release();
 	}
 }

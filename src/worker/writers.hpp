@@ -33,7 +33,10 @@ struct Turns {
 	WritersShared *shared;
 	uint64 seq;           // this batch's number, from 1
 	bool careful_allowed; // the decoder writes this batch itself: careful mode may apply
+	BemiSkipped skipped;  // what the rules skipped in the batch's transactions, counted at commit
 };
+// Adds a committed batch's skip counts to the database's entry. C-style, inside PgCall only.
+void AddSkipped(BemiDatabase *db, const BemiSkipped &skipped);
 void WaitIdsTurn(const Turns *turns);    // the previous batch has drawn its ids
 void PassIdsTurn(const Turns *turns);    // ours are drawn: the next batch may draw
 void WaitCommitTurn(const Turns *turns); // the previous batch has committed
@@ -54,7 +57,7 @@ class Writers {
 	// Waits until every batch sent has committed; throws if a writer failed.
 	void Drain();
 	// The turn of a batch the decoder writes itself, after Drain().
-	Turns OwnTurn() { return Turns{shared_, ++sent_, true}; }
+	Turns OwnTurn() { return Turns{shared_, ++sent_, true, {}}; }
 	// DROP EXTENSION, DROP DATABASE: the writers are stopped and gone when this returns.
 	void Stop();
 
