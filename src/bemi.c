@@ -82,7 +82,8 @@ DefineSettings(void)
 	DefineCustomIntVariable("bemi.writers",
 							"Writer processes per database that write the worker's batches into bemi.changes.",
 							"0: the worker writes its batches itself, between rounds of decoding. N: N dynamic "
-							"background workers write them in parallel with decoding, in order; each counts against "
+							"background workers write them in parallel with decoding a backlog, in order (small "
+							"batches under a steady load the worker still writes itself); each counts against "
 							"max_worker_processes. Read when the worker (re)starts.",
 							&bemi_writers, 1, 0, 16, PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomBoolVariable("bemi.partitions_as_root",

@@ -231,15 +231,19 @@ size_t Sink::ReadText(int32 len) {
 void Sink::WriteBatch(BemiDatabase *db, const Progress &reached, TimestampTz last_commit) {
 	BemiSkipped skipped = skipped_;
 	skipped_ = {};
-	if (writers_ != nullptr && db->failures == 0) {
-		// A writer writes it and counts its skips once committed; decoding goes on.
-		writers_->Send(batch_, reached, last_commit, skipped);
-		done_ = reached;
-		return;
-	}
 	if (writers_ != nullptr) {
-		// Careful mode, after a failure: the decoder writes the batch itself, in its turn, once
-		// everything handed to the writers is committed.
+		XLogRecPtr commit_end;
+		bool in_flight = writers_->Committed(&commit_end) < writers_->Sent();
+		if (db->failures == 0 && (in_flight || batch_.Count() >= bemi_batch_size)) {
+			// A backlog: a writer writes the batch (and counts its skips once committed) while
+			// decoding goes on.
+			writers_->Send(batch_, reached, last_commit, skipped);
+			done_ = reached;
+			return;
+		}
+		// A small batch with the writers idle (a steady load, where a hand-off would only add
+		// CPU and latency), or careful mode after a failure: the worker writes it itself, in its
+		// turn, once everything handed to the writers is committed.
 		writers_->Drain();
 		Turns turns = writers_->OwnTurn();
 		turns.skipped = skipped; // counted in the batch's commit turn
