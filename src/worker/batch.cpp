@@ -385,7 +385,6 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 				InsertBatch(columns, turns);
 			if (turns != nullptr) {
 				PassIdsTurn(turns); // if the insert did not already
-				pgstat_report_activity(STATE_RUNNING, "bemi: waiting for the previous batch to commit");
 				WaitCommitTurn(turns);
 			}
 			progress_args[0] = LSNGetDatum(reached.txn_end_lsn);

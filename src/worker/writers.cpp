@@ -86,6 +86,8 @@ bool writer_clean_exit = false; // a writer leaving because its decoder is gone
 // Sleeps until shared->*counter reaches want; an ERROR if the run stops or fails meanwhile.
 // C-style, inside PgCall only.
 void WaitFor(WritersShared *shared, uint64 WritersShared::*counter, uint64 want) {
+	bool reported = false;
+
 	for (;;) {
 		SpinLockAcquire(&shared->mutex);
 		uint64 value = shared->*counter;
@@ -93,6 +95,12 @@ void WaitFor(WritersShared *shared, uint64 WritersShared::*counter, uint64 want)
 		SpinLockRelease(&shared->mutex);
 		if (value >= want)
 			break;
+		if (!reported) {
+			pgstat_report_activity(STATE_RUNNING, counter == &WritersShared::committed
+			                                          ? "bemi: waiting for the previous batch to commit"
+			                                          : "bemi: waiting for the previous batch to draw its ids");
+			reported = true;
+		}
 		if (stop) {
 			ConditionVariableCancelSleep();
 			ereport(ERROR, (errcode(ERRCODE_OPERATOR_INTERVENTION),
@@ -185,7 +193,7 @@ void PassCommitTurn(const Turns *turns) {
 	Latch *decoder = shared->decoder_latch;
 	SpinLockRelease(&shared->mutex);
 	ConditionVariableBroadcast(&shared->cv);
-	if (decoder)
+	if (decoder && decoder != MyLatch) // the worker's own batch needs no wake-up
 		SetLatch(decoder);
 }
 
