@@ -309,6 +309,8 @@ class Bench:
             "checkpoint_timeout": "'30min'",
             "log_min_messages": "warning",
             "log_checkpoints": "off",
+            # BEMI_BENCH_WRITERS: bemi.writers for every section but ingest (which sets its own)
+            **({"bemi.writers": os.environ["BEMI_BENCH_WRITERS"]} if os.environ.get("BEMI_BENCH_WRITERS") else {}),
         })
         self.server.start()
         self.server.psql(f"CREATE DATABASE {DB}", db="postgres")
