@@ -23,7 +23,8 @@ extern "C" {
 #define BEMI_SIGNED_HEADER_LEN (BEMI_SIGNED_TAG_LEN + BEMI_MAC_HEX_LEN + 1)
 
 /*
- * secret.c stays C: every line of it is a PostgreSQL call (shared memory, the key file, pg_hmac).
+ * secret.c stays C: it is PostgreSQL calls (shared memory, the key file) around the MACs, which
+ * are computed by hmac.h with keys prepared once per process.
  * BemiSignMessage and BemiVerifyMessage may ERROR (out of memory): C++ calls them inside a PgCall.
  */
 extern void BemiSecretShmemRequest(void);

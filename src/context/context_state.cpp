@@ -16,10 +16,28 @@ ContextPtr CopyContext(const Jsonb *jsonb) {
 	return jsonb ? std::make_shared<const Context>(jsonb) : nullptr;
 }
 
+const ContextPtr &ContextState::EffectivePtr() const {
+	return statement_ ? statement_ : local_set_ ? local_ : session_;
+}
+
 const Jsonb *ContextState::Effective() const {
-	const ContextPtr &context = statement_ ? statement_ : local_set_ ? local_ : session_;
+	const ContextPtr &context = EffectivePtr();
 	return context ? context->jsonb() : nullptr;
 }
+
+namespace {
+
+// Do two contexts say the same (both none, or the same jsonb bytes)?
+bool SameContext(const ContextPtr &a, const ContextPtr &b) {
+	if (a == b)
+		return true;
+	if (!a || !b)
+		return false;
+	size_t size = VARSIZE(a->jsonb());
+	return size == VARSIZE(b->jsonb()) && std::memcmp(a->jsonb(), b->jsonb(), size) == 0;
+}
+
+} // namespace
 
 void ContextState::Set(ContextPtr context, bool is_local, int level, bool in_transaction_block) {
 	// The state on entering this savepoint level, saved once per level: the only allocation.
@@ -49,10 +67,19 @@ void ContextState::StartStatement(ContextPtr comment) {
 
 bool ContextState::Writing(Oid role, Oid caller) {
 	wrote_ = true;
-	return emitted_generation_ != generation_ || emitted_role_ != role || emitted_caller_ != caller;
+	if (!emitted_valid_ || emitted_role_ != role || emitted_caller_ != caller)
+		return true;
+	if (emitted_generation_ == generation_)
+		return false;
+	if (!SameContext(emitted_, EffectivePtr()))
+		return true;
+	emitted_generation_ = generation_;
+	return false;
 }
 
 void ContextState::MessageEmitted(Oid role, Oid caller, int level) {
+	emitted_valid_ = true;
+	emitted_ = EffectivePtr();
 	emitted_generation_ = generation_;
 	emitted_role_ = role;
 	emitted_caller_ = caller;
@@ -73,8 +100,10 @@ void ContextState::SubtransactionCommitted(int level) noexcept {
 
 void ContextState::SubtransactionAborted(int level) noexcept {
 	// The message emitted inside the aborted savepoint is gone with it.
-	if (emitted_level_ >= level)
-		emitted_generation_ = 0;
+	if (emitted_level_ >= level) {
+		emitted_valid_ = false;
+		emitted_.reset();
+	}
 	while (!saved_.empty() && saved_.back().level >= level) {
 		Saved &saved = saved_.back();
 		session_ = std::move(saved.session);
@@ -94,6 +123,8 @@ void ContextState::TransactionEnded(bool aborted) noexcept {
 	local_set_ = false;
 	saved_.clear();
 	statement_.reset();
+	emitted_valid_ = false;
+	emitted_.reset();
 	emitted_generation_ = 0;
 	emitted_role_ = InvalidOid;
 	emitted_caller_ = InvalidOid;

@@ -77,10 +77,17 @@ class ContextState {
 	ContextPtr statement_;     // from the running top-level statement's comment
 	std::vector<Saved> saved_; // innermost level last
 
+	// The context in force, shared (null: none).
+	const ContextPtr &EffectivePtr() const;
+
 	// Emission: `generation_` moves whenever the context in force may change; the message in the
-	// WAL is current while `emitted_generation_` equals it and the role is the same.
+	// WAL is current while `emitted_generation_` equals it and the role is the same, or while the
+	// context in force has the same bytes as `emitted_` (Bemi's ORM packages put the same comment
+	// on every write of a request: one message for all of them, not one per statement).
 	uint64_t generation_ = 1;
 	uint64_t emitted_generation_ = 0;
+	bool emitted_valid_ = false; // a message of this transaction, not rolled back, says `emitted_`
+	ContextPtr emitted_;
 	Oid emitted_role_ = InvalidOid;
 	Oid emitted_caller_ = InvalidOid;
 	int emitted_level_ = 0;

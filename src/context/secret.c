@@ -18,7 +18,7 @@
 #include "storage/lwlock.h"
 #include "bemi/secret.h"
 
-#include "common/hmac.h"
+#include "bemi/hmac.h"
 #include "common/sha2.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
@@ -123,30 +123,46 @@ BemiSecretShmemStartup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
-/* HMAC-SHA256(key, tag || xid (big-endian) || payload). False on a library failure. */
+/* The message key, prepared once per process (the key never changes while the server runs). */
+static const BemiHmacKey *
+MessageKey(void)
+{
+	static BemiHmacKey key;
+	static bool prepared = false;
+
+	if (bemi_secret == NULL || !bemi_secret->loaded)
+		return NULL;
+	if (!prepared)
+	{
+		BemiHmacKeyInit(&key, bemi_secret->key, BEMI_SECRET_LEN);
+		prepared = true;
+	}
+	return &key;
+}
+
+/* HMAC-SHA256(key, tag || xid (big-endian) || payload). False when this server has no key. */
 static bool
 ComputeMac(TransactionId top_xid, const char *payload, Size payload_len, uint8 *mac)
 {
-	pg_hmac_ctx *ctx;
+	const BemiHmacKey *key = MessageKey();
 	uint8 xid[4];
-	bool ok;
+	const void *parts[3];
+	size_t lens[3];
 
-	if (bemi_secret == NULL || !bemi_secret->loaded)
+	if (key == NULL)
 		return false;
 	xid[0] = (top_xid >> 24) & 0xff;
 	xid[1] = (top_xid >> 16) & 0xff;
 	xid[2] = (top_xid >> 8) & 0xff;
 	xid[3] = top_xid & 0xff;
-	ctx = pg_hmac_create(PG_SHA256);
-	if (ctx == NULL)
-		return false;
-	ok = pg_hmac_init(ctx, bemi_secret->key, BEMI_SECRET_LEN) == 0 &&
-		pg_hmac_update(ctx, (const uint8 *) BEMI_SIGNED_TAG, BEMI_SIGNED_TAG_LEN) == 0 &&
-		pg_hmac_update(ctx, xid, sizeof(xid)) == 0 &&
-		pg_hmac_update(ctx, (const uint8 *) payload, payload_len) == 0 &&
-		pg_hmac_final(ctx, mac, PG_SHA256_DIGEST_LENGTH) == 0;
-	pg_hmac_free(ctx);
-	return ok;
+	parts[0] = BEMI_SIGNED_TAG;
+	lens[0] = BEMI_SIGNED_TAG_LEN;
+	parts[1] = xid;
+	lens[1] = sizeof(xid);
+	parts[2] = payload;
+	lens[2] = payload_len;
+	BemiHmac(key, 3, parts, lens, mac);
+	return true;
 }
 
 static void
@@ -204,64 +220,52 @@ BemiVerifyMessage(TransactionId top_xid, const char *message, Size size, const c
 
 /*
  * The key of the masked-value hashes of one database: HMAC(secret, "bemi:mask:1:" || OID). Its
- * own tag keeps it apart from the message MACs ("bemi:1:" || xid || payload). Cached per process.
+ * own tag keeps it apart from the message MACs ("bemi:1:" || xid || payload). Prepared once per
+ * process and database.
  */
-static bool
-MaskKey(Oid database, uint8 *key)
+static const BemiHmacKey *
+MaskKey(Oid database)
 {
 	static Oid cached_database = InvalidOid;
-	static uint8 cached_key[PG_SHA256_DIGEST_LENGTH];
+	static BemiHmacKey cached_key;
 	static const char tag[] = "bemi:mask:1:";
-	pg_hmac_ctx *ctx;
+	const BemiHmacKey *secret = MessageKey();
 	uint8 oid[4];
-	bool ok;
+	uint8 derived[BEMI_HMAC_LEN];
+	const void *parts[2];
+	size_t lens[2];
 
+	if (secret == NULL)
+		return NULL;
 	if (OidIsValid(cached_database) && cached_database == database)
-	{
-		memcpy(key, cached_key, PG_SHA256_DIGEST_LENGTH);
-		return true;
-	}
-	if (bemi_secret == NULL || !bemi_secret->loaded)
-		return false;
+		return &cached_key;
 	oid[0] = (database >> 24) & 0xff;
 	oid[1] = (database >> 16) & 0xff;
 	oid[2] = (database >> 8) & 0xff;
 	oid[3] = database & 0xff;
-	ctx = pg_hmac_create(PG_SHA256);
-	if (ctx == NULL)
-		return false;
-	ok = pg_hmac_init(ctx, bemi_secret->key, BEMI_SECRET_LEN) == 0 &&
-		pg_hmac_update(ctx, (const uint8 *) tag, sizeof(tag) - 1) == 0 &&
-		pg_hmac_update(ctx, oid, sizeof(oid)) == 0 &&
-		pg_hmac_final(ctx, key, PG_SHA256_DIGEST_LENGTH) == 0;
-	pg_hmac_free(ctx);
-	if (ok)
-	{
-		memcpy(cached_key, key, PG_SHA256_DIGEST_LENGTH);
-		cached_database = database;
-	}
-	return ok;
+	parts[0] = tag;
+	lens[0] = sizeof(tag) - 1;
+	parts[1] = oid;
+	lens[1] = sizeof(oid);
+	BemiHmac(secret, 2, parts, lens, derived);
+	BemiHmacKeyInit(&cached_key, derived, sizeof(derived));
+	cached_database = database;
+	return &cached_key;
 }
 
 bool
 BemiMaskHash(Oid database, const char *value, Size len, char *hex)
 {
-	uint8 key[PG_SHA256_DIGEST_LENGTH];
-	uint8 mac[PG_SHA256_DIGEST_LENGTH];
-	pg_hmac_ctx *ctx;
-	bool ok;
+	const BemiHmacKey *key = MaskKey(database);
+	uint8 mac[BEMI_HMAC_LEN];
+	const void *parts[1];
+	size_t lens[1];
 
-	if (!MaskKey(database, key))
+	if (key == NULL)
 		return false;
-	ctx = pg_hmac_create(PG_SHA256);
-	if (ctx == NULL)
-		return false;
-	ok = pg_hmac_init(ctx, key, sizeof(key)) == 0 &&
-		pg_hmac_update(ctx, (const uint8 *) value, len) == 0 &&
-		pg_hmac_final(ctx, mac, sizeof(mac)) == 0;
-	pg_hmac_free(ctx);
-	if (!ok)
-		return false;
+	parts[0] = value;
+	lens[0] = len;
+	BemiHmac(key, 1, parts, lens, mac);
 	MacToHex(mac, hex);
 	hex[BEMI_MAC_HEX_LEN] = '\0';
 	return true;
