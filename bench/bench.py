@@ -313,6 +313,8 @@ class Bench:
             "checkpoint_timeout": "'30min'",
             "log_min_messages": "warning",
             "log_checkpoints": "off",
+            # BEMI_BENCH_WRITERS: bemi.writers for every section but ingest (which sets its own)
+            **({"bemi.writers": os.environ["BEMI_BENCH_WRITERS"]} if os.environ.get("BEMI_BENCH_WRITERS") else {}),
         })
         self.server.start()
         self.server.psql(f"CREATE DATABASE {DB}", db="postgres")
@@ -674,85 +676,126 @@ BEGIN
     END LOOP;
 END $$;""")
 
+    INGEST_WRITERS = [0, 1, 2, 4]
+
+    def writer_pids(self):
+        return [int(x) for x in self.server.one(
+            "SELECT coalesce(string_agg(pid::text, ' '), '') FROM pg_stat_activity "
+            "WHERE backend_type = 'bemi writer' AND datname = current_database()").split()]
+
+    def ingest_round(self, writers, n_ins, n_upd, n_del, chunk, reference):
+        """One drain of the backlog with bemi.writers = writers; with reference, test_decoding and
+        the bemi plugin through SQL read the same WAL first (while the worker is held)."""
+        srv = self.server
+        srv.psql(f"ALTER SYSTEM SET bemi.writers = {writers}; SELECT pg_reload_conf();")
+        time.sleep(0.2)
+        self.create_backlog_procedure()
+        pid = self.create_bemi()
+        wpids = self.writer_pids()
+        out = {"writers": writers, "started": len(wpids)}
+        if reference:
+            srv.psql("SELECT pg_create_logical_replication_slot('bench_td', 'test_decoding');"
+                     "SELECT pg_create_logical_replication_slot('bench_bemi_sql', 'bemi');")
+        holder = self.hold_worker()
+        lsn0 = srv.one("SELECT pg_current_wal_lsn()")
+        t0 = time.monotonic()
+        srv.psql(f"CALL bench_backlog({n_ins}, {n_upd}, {n_del}, {chunk})")
+        out["build_s"] = time.monotonic() - t0
+        lsn1 = srv.one("SELECT pg_current_wal_lsn()")
+        out["wal"] = int(float(srv.one(f"SELECT pg_wal_lsn_diff('{lsn1}', '{lsn0}')")))
+        srv.psql("CHECKPOINT")
+        log(f"   writers={writers}: backlog built in {out['build_s']:.1f} s ({out['wal'] / 1e6:.0f} MB of WAL)")
+        if reference:
+            t0 = time.monotonic()
+            out["td"] = int(srv.one("SELECT count(*) FROM pg_logical_slot_get_changes('bench_td', NULL, NULL) "
+                                    "WHERE data LIKE 'table public.bench_ingest:%'"))
+            out["td_s"] = time.monotonic() - t0
+            srv.psql("SELECT pg_drop_replication_slot('bench_td')")
+            log(f"   test_decoding: {out['td']:,} changes in {out['td_s']:.1f} s; bemi plugin through SQL")
+            t0 = time.monotonic()
+            out["bsql"] = int(srv.one("SELECT count(*) FROM pg_logical_slot_get_changes('bench_bemi_sql', NULL, NULL)"))
+            out["bsql_s"] = time.monotonic() - t0
+            srv.psql("SELECT pg_drop_replication_slot('bench_bemi_sql')")
+        out["before"] = int(srv.one("SELECT count(*) FROM bemi.changes"))
+        perf = self.start_perf(pid, "ingest") if self.args.profile and writers == 0 else None
+        cpu0 = proc_cpu_seconds(pid)
+        wcpu0 = [proc_cpu_seconds(w) for w in wpids]
+        t0 = time.monotonic()
+        holder.run("ROLLBACK;")
+        srv.one(f"SELECT bemi_wait('{lsn1}', '60 min')")
+        out["drain_s"] = time.monotonic() - t0
+        cpu1 = proc_cpu_seconds(pid)
+        wcpu1 = [proc_cpu_seconds(w) for w in wpids]
+        if perf:
+            self.stop_perf(perf)
+        holder.close()
+        out["got"] = int(srv.one("SELECT count(*) FROM bemi.changes WHERE \"table\" = 'bench_ingest'"))
+        out["same_pid"] = self.worker_pid() == pid and self.writer_pids() == wpids
+        out["cpu"] = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None
+        out["wcpu"] = (sum(b - a for a, b in zip(wcpu0, wcpu1)) if wpids and None not in wcpu0 + wcpu1
+                       else (0.0 if not wpids else None))
+        self.drop_bemi()
+        srv.psql("DROP TABLE bench_ingest; DROP PROCEDURE bench_backlog")
+        log(f"   writers={writers}: {out['got']:,} changes drained in {out['drain_s']:.1f} s")
+        return out
+
     def section_ingest(self):
         n = self.p["backlog"]
         n_ins, n_upd = n // 2, n * 7 // 20
         n_del = n - n_ins - n_upd
         chunk = 1000
         log(f"2. ingest: backlog of {n:,} changes ({n_ins:,} inserts, {n_upd:,} updates, {n_del:,} deletes, "
-            f"{chunk} per transaction)")
+            f"{chunk} per transaction), drained with bemi.writers = {', '.join(map(str, self.INGEST_WRITERS))}")
         srv = self.server
-        self.create_backlog_procedure()
-        pid = self.create_bemi()
-        srv.psql("SELECT pg_create_logical_replication_slot('bench_td', 'test_decoding');"
-                 "SELECT pg_create_logical_replication_slot('bench_bemi_sql', 'bemi');")
-        holder = self.hold_worker()
-        lsn0 = srv.one("SELECT pg_current_wal_lsn()")
-        t0 = time.monotonic()
-        srv.psql(f"CALL bench_backlog({n_ins}, {n_upd}, {n_del}, {chunk})")
-        build_s = time.monotonic() - t0
-        lsn1 = srv.one("SELECT pg_current_wal_lsn()")
-        wal = int(float(srv.one(f"SELECT pg_wal_lsn_diff('{lsn1}', '{lsn0}')")))
-        srv.psql("CHECKPOINT")
-        log(f"   backlog built in {build_s:.1f} s ({wal / 1e6:.0f} MB of WAL); test_decoding pass")
-
-        t0 = time.monotonic()
-        td = int(srv.one("SELECT count(*) FROM pg_logical_slot_get_changes('bench_td', NULL, NULL) "
-                         "WHERE data LIKE 'table public.bench_ingest:%'"))
-        td_s = time.monotonic() - t0
-        srv.psql("SELECT pg_drop_replication_slot('bench_td')")
-        log(f"   test_decoding: {td:,} changes in {td_s:.1f} s; bemi plugin through SQL")
-        t0 = time.monotonic()
-        bsql = int(srv.one("SELECT count(*) FROM pg_logical_slot_get_changes('bench_bemi_sql', NULL, NULL)"))
-        bsql_s = time.monotonic() - t0
-        srv.psql("SELECT pg_drop_replication_slot('bench_bemi_sql')")
-        before = int(srv.one("SELECT count(*) FROM bemi.changes"))
-
-        log(f"   bemi plugin via SQL: {bsql:,} records in {bsql_s:.1f} s; releasing the worker")
-        perf = self.start_perf(pid, "ingest") if self.args.profile else None
-        cpu0 = proc_cpu_seconds(pid)
-        t0 = time.monotonic()
-        holder.run("ROLLBACK;")
-        srv.one(f"SELECT bemi_wait('{lsn1}', '60 min')")
-        drain_s = time.monotonic() - t0
-        cpu1 = proc_cpu_seconds(pid)
-        if perf:
-            self.stop_perf(perf)
-        holder.close()
-        got = int(srv.one("SELECT count(*) FROM bemi.changes WHERE \"table\" = 'bench_ingest'"))
-        same_pid = self.worker_pid() == pid
-        rate = got / drain_s
+        default = srv.one("SELECT boot_val FROM pg_settings WHERE name = 'bemi.writers'")
+        runs = [self.ingest_round(w, n_ins, n_upd, n_del, chunk, reference=(i == 0))
+                for i, w in enumerate(self.INGEST_WRITERS)]
+        srv.psql("ALTER SYSTEM RESET bemi.writers; SELECT pg_reload_conf();")
+        ref = runs[0]
+        td, td_s, bsql, bsql_s = ref["td"], ref["td_s"], ref["bsql"], ref["bsql_s"]
         td_rate = td / td_s
-        self.drop_bemi()
-        srv.psql("DROP TABLE bench_ingest; DROP PROCEDURE bench_backlog")
-        rows = [
-            ["bemi worker: backlog → visible in `bemi.changes`", fmt(got), fmt(drain_s, 1), fmt(rate), fmt(rate / td_rate, 2)],
-            ["test_decoding, `pg_logical_slot_get_changes` + count", fmt(td), fmt(td_s, 1), fmt(td_rate), "1.00"],
-            ["bemi plugin, `pg_logical_slot_get_changes` + count (decode + images, no insert)", fmt(bsql),
-             fmt(bsql_s, 1), fmt(bsql / bsql_s), fmt(bsql / bsql_s / td_rate, 2)],
-        ]
-        worker_cpu = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None
-        self.summary.append(("ingest: ≥ 100,000 changes/s", rate >= 100_000, f"{rate:,.0f} changes/s"))
-        self.summary.append(("ingest: ≥ 0.4 × test_decoding", rate / td_rate >= 0.4,
-                             f"{rate / td_rate:.2f} × ({td_rate:,.0f} changes/s)"))
-        if got != n:
-            self.notes.append(f"ingest: expected {n:,} rows in bemi.changes, found {got:,}")
+        rows = []
+        for r in runs:
+            rate = r["got"] / r["drain_s"]
+            r["rate"] = rate
+            per = (lambda c: fmt(c / r["got"] * 1e6, 1) if c is not None and r["got"] else "–")
+            label = (f"bemi worker, `bemi.writers = {r['writers']}`" + (" (default)" if str(r["writers"]) == default else "")
+                     + ("" if r["started"] == r["writers"] else f" ({r['started']} started)")
+                     + ("" if r["same_pid"] else " — **a process restarted during the drain**"))
+            rows.append([label, fmt(r["got"]), fmt(r["drain_s"], 1), fmt(rate), fmt(rate / td_rate, 2),
+                         fmt(r["cpu"], 1), fmt(r["wcpu"], 1), per(r["cpu"]),
+                         per(r["cpu"] + r["wcpu"] if r["cpu"] is not None and r["wcpu"] is not None else None)])
+        rows.append(["test_decoding, `pg_logical_slot_get_changes` + count", fmt(td), fmt(td_s, 1), fmt(td_rate),
+                     "1.00", "", "", "", ""])
+        rows.append(["bemi plugin, `pg_logical_slot_get_changes` + count (decode + images, no insert)", fmt(bsql),
+                     fmt(bsql_s, 1), fmt(bsql / bsql_s), fmt(bsql / bsql_s / td_rate, 2), "", "", "", ""])
+        best = max(runs, key=lambda r: r["rate"])
+        dflt = next((r for r in runs if str(r["writers"]) == default), best)
+        self.summary.append(("ingest: ≥ 100,000 changes/s", dflt["rate"] >= 100_000,
+                             f"{dflt['rate']:,.0f} changes/s (bemi.writers = {dflt['writers']})"))
+        self.summary.append(("ingest: ≥ 0.75 × test_decoding", dflt["rate"] / td_rate >= 0.75,
+                             f"{dflt['rate'] / td_rate:.2f} × ({td_rate:,.0f} changes/s), bemi.writers = {dflt['writers']}"))
+        for r in runs:
+            if r["got"] != n:
+                self.notes.append(f"ingest (bemi.writers = {r['writers']}): expected {n:,} rows in bemi.changes, "
+                                  f"found {r['got']:,}")
         self.sections.append("\n".join([
             "## 2. Ingest throughput\n",
             f"A backlog of {n:,} changes on a 10-column table (text, numeric, integer, float, boolean, two "
             f"timestamptz, jsonb; REPLICA IDENTITY FULL): {n_ins:,} inserts, {n_upd:,} updates, {n_del:,} "
-            f"deletes, {chunk} changes per transaction, {wal / 1e6:,.0f} MB of WAL, built in {build_s:.1f} s "
-            "while the worker was held (a session holding `LOCK TABLE bemi.changes IN EXCLUSIVE MODE`: the "
-            f"worker blocks on its first INSERT, having decoded at most one batch; {before:,} rows were "
-            "visible when it was released). Timed: from releasing the lock to `bemi_wait(<LSN at the end of "
-            "the backlog>)` returning, i.e. decoding the backlog, building the images, inserting the rows "
-            "with their indexes and committing. test_decoding and the bemi plugin through SQL read the same "
-            "WAL through their own slots (created before the backlog, timed one after the other while the "
-            "worker was still held, so nothing ran concurrently).\n",
-            md_table(["reader", "changes", "seconds", "changes/s", "× test_decoding"], rows), "",
-            f"Worker CPU during the drain: {fmt(worker_cpu, 1)} s for {drain_s:.1f} s wall "
-            f"({fmt(worker_cpu / got * 1e6 if worker_cpu else None, 1)} µs of worker CPU per change)"
-            + ("" if same_pid else " — **the worker restarted during the drain**") + ".", ""]))
+            f"deletes, {chunk} changes per transaction, {ref['wal'] / 1e6:,.0f} MB of WAL, built while the worker "
+            "was held (a session holding `LOCK TABLE bemi.changes IN EXCLUSIVE MODE`: the worker, or each "
+            "writer, blocks on its first INSERT; with writers the decoder goes on until every writer's queue "
+            "is full, i.e. at most one batch per writer plus 2 MB per writer plus one batch are decoded "
+            "ahead). The same backlog is built and drained once per `bemi.writers` setting, one after "
+            "the other. Timed: from releasing the lock to `bemi_wait(<LSN at the end of the backlog>)` "
+            "returning, i.e. decoding the backlog, building the images, inserting the rows with their indexes "
+            "and committing. test_decoding and the bemi plugin through SQL read the WAL of the first round "
+            "through their own slots (created before the backlog, timed one after the other while the "
+            "worker was still held, so nothing ran concurrently). CPU: of the worker (decoding, and writing "
+            "when it has no writers) and of all its writers together, during the drain.\n",
+            md_table(["reader", "changes", "seconds", "changes/s", "× test_decoding", "worker CPU s",
+                      "writers CPU s", "µs worker CPU / change", "µs total CPU / change"], rows), ""]))
 
     # -- tracking rules -------------------------------------------------------------------------
     # 100 rules shaped like a real deployment's: two wide ones that match every table (ignored

@@ -36,6 +36,7 @@ bool bemi_partitions_as_root = true;
 int bemi_flush_delay_ms = 10;
 bool bemi_allow_drop = false;
 bool bemi_allow_trail_changes = false;
+int bemi_writers = 1;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static void
@@ -81,6 +82,13 @@ DefineSettings(void)
 							"How long the worker lets a small batch gather before writing it.",
 							"Longer means fewer, larger batches under load, and more lag.",
 							&bemi_flush_delay_ms, 10, 0, 10000, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("bemi.writers",
+							"Writer processes per database that write the worker's batches into bemi.changes.",
+							"0: the worker writes its batches itself, between rounds of decoding. N: N dynamic "
+							"background workers write them in parallel with decoding a backlog, in order (small "
+							"batches under a steady load the worker still writes itself); each counts against "
+							"max_worker_processes. Read when the worker (re)starts.",
+							&bemi_writers, 1, 0, 16, PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomBoolVariable("bemi.partitions_as_root",
 							 "Record changes to a partition under the name of its partitioned table.",
 							 NULL, &bemi_partitions_as_root, true, PGC_SIGHUP, 0, NULL, NULL, NULL);

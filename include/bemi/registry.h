@@ -53,6 +53,12 @@ typedef struct BemiDatabase
 	char last_error[BEMI_ERROR_LEN];
 	TimestampTz last_error_at;
 	ConditionVariable progress_cv; /* signalled when state or applied_lsn moves */
+	/* The worker's writer processes (bemi.writers, src/worker/writers.cpp), set by the worker. */
+	uint32 writers_dsm;       /* its shared memory for them (a dsm_handle), 0 when none: a new run
+	                           * waits there for the writers of the last one to be gone */
+	int writers;              /* writer processes running */
+	uint64 batches_sent;      /* batches handed to writers in this run */
+	uint64 batches_committed; /* of those, committed */
 } BemiDatabase;
 
 typedef struct BemiShared

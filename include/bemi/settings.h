@@ -18,6 +18,7 @@ extern bool bemi_partitions_as_root;
 extern int bemi_flush_delay_ms;
 extern bool bemi_allow_drop;
 extern bool bemi_allow_trail_changes;
+extern int bemi_writers;
 
 #ifdef __cplusplus
 }

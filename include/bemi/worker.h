@@ -32,6 +32,9 @@ extern RepOriginId bemi_worker_origin;
 /* worker.cpp: one database's worker, from claim to exit (called by bemi_worker_main). */
 extern void BemiWorkerRun(Oid dboid);
 
+/* writers.cpp: one writer process of a database's worker (bemi.writers), from its DSM handle. */
+extern void BemiWriterRun(Datum arg);
+
 /* launcher.cpp: start the workers of every database with a bemi slot, then idle (the launcher). */
 extern void BemiLauncherRun(void);
 /* launcher.cpp: refuse a server that cannot capture, then start this database's worker. */
@@ -40,6 +43,7 @@ extern void BemiStartWorker(void);
 /* worker_shim.c, launcher_shim.c: the entry points the postmaster starts. */
 extern PGDLLEXPORT void bemi_worker_main(Datum arg);
 extern PGDLLEXPORT void bemi_launcher_main(Datum arg);
+extern PGDLLEXPORT void bemi_writer_main(Datum arg);
 
 #ifdef __cplusplus
 }

@@ -217,7 +217,9 @@ void Session::Commit(ReorderBufferTXN *txn) {
 }
 
 bool Session::SkipsOrigin(RepOriginId origin) const {
-	return to_sink_ && origin != InvalidRepOriginId && origin == bemi_worker_origin;
+	// The worker's own writes: its origin, and DoNotReplicateId, which its writer processes
+	// (bemi.writers) tag theirs with (src/worker/writers.cpp).
+	return to_sink_ && origin != InvalidRepOriginId && (origin == bemi_worker_origin || origin == DoNotReplicateId);
 }
 
 // A context message: ours (prefix "bemi") or one from Bemi's row trigger (prefix "_bemi"), but any

@@ -13,6 +13,7 @@
 
 #include "multi_insert.hpp"
 #include "transaction.hpp"
+#include "writers.hpp"
 
 #include <cstring>
 
@@ -289,11 +290,11 @@ ErrorData *BatchWriter::TryInsertRow(const Columns &c, int i, MemoryContext row_
 // A whole batch: by table_multi_insert, or through the INSERT statement when bemi.changes has what
 // that path leaves to the executor (triggers, foreign partitions: see multi_insert.cpp). The log
 // says when the path changes. C-style, inside PgCall only.
-void BatchWriter::InsertBatch(const Columns &c) {
-	bool multi_insert = MultiInsertChanges(c, CStringGetTextDatum(database_.c_str()));
+void BatchWriter::InsertBatch(const Columns &c, const Turns *turns) {
+	bool multi_insert = MultiInsertChanges(c, CStringGetTextDatum(database_.c_str()), turns);
 
 	if (!multi_insert)
-		InsertRows(c, 0, c.count);
+		InsertRows(c, 0, c.count); // in the ids turn, if any: the INSERT draws them in order
 	if (multi_insert != multi_insert_) {
 		multi_insert_ = multi_insert;
 		ereport(LOG,
@@ -358,11 +359,14 @@ int BatchWriter::InsertCarefully(const Columns &c, char *note, size_t note_len) 
 
 // One transaction: the batch's rows and the progress they reach. The first batch after a failure
 // (db->failures > 0) is written carefully, row by row; a success returns to whole batches.
-void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &reached,
-                        TimestampTz last_commit) {
+// With turns (a writer process, or the decoder in the writers' order): the ids turn is taken
+// before anything of bemi.changes is locked, so an earlier batch never waits for a lock behind a
+// later one; bemi.progress is updated and committed in the commit turn.
+void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &reached, TimestampTz last_commit,
+                        const Turns *turns) {
 	Columns columns = Fill(batch);
 	PgCall([&]() {
-		bool careful = db->failures > 0;
+		bool careful = db->failures > 0 && (turns == nullptr || turns->careful_allowed);
 		char note[BEMI_ERROR_LEN] = "";
 		int replaced = 0;
 
@@ -372,11 +376,17 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 			pgstat_report_activity(STATE_RUNNING,
 			                       careful ? "bemi: writing a batch of changes one by one after a failure"
 			                               : "bemi: writing a batch of changes");
+			if (turns != nullptr)
+				WaitIdsTurn(turns);
 			PreparePlans();
 			if (columns.count > 0 && careful)
 				replaced = InsertCarefully(columns, note, sizeof(note));
 			else if (columns.count > 0)
-				InsertBatch(columns);
+				InsertBatch(columns, turns);
+			if (turns != nullptr) {
+				PassIdsTurn(turns); // if the insert did not already
+				WaitCommitTurn(turns);
+			}
 			progress_args[0] = LSNGetDatum(reached.txn_end_lsn);
 			progress_args[1] = Int64GetDatum(reached.txn_records);
 			progress_args[2] = BoolGetDatum(reached.txn_complete);
@@ -395,6 +405,11 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 		db->failures = 0;
 		SpinLockRelease(&db->mutex);
 		BemiRecovered(db);
+		// The counters move before the next batch may commit, and so before bemi_wait returns.
+		if (turns != nullptr) {
+			AddSkipped(db, turns->skipped);
+			PassCommitTurn(turns);
+		}
 	});
 }
 

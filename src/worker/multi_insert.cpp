@@ -18,6 +18,8 @@
 // bemi.changes would not see the rows of its own group (ours are nextval and clock_timestamp).
 #include "multi_insert.hpp"
 
+#include "writers.hpp"
+
 #include <cstring>
 
 extern "C" {
@@ -91,6 +93,8 @@ struct Target {
 	int ndefaults;
 	AttrNumber *default_attnum;
 	ExprState **default_expr;
+	int id_default; // the default of column id among them, -1 if none
+	Datum *ids;     // ids drawn ahead, one per row, when writing in the writers' order
 	Group *groups;
 	int ngroups;
 	int groups_capacity;
@@ -129,6 +133,7 @@ void PrepareDefaults(Target *t, Relation rel) {
 	TupleDesc desc = RelationGetDescr(rel);
 
 	t->ndefaults = 0;
+	t->id_default = -1;
 	t->default_attnum = static_cast<AttrNumber *>(palloc(sizeof(AttrNumber) * desc->natts));
 	t->default_expr = static_cast<ExprState **>(palloc(sizeof(ExprState *) * desc->natts));
 	for (int i = 0; i < desc->natts; i++) {
@@ -144,6 +149,8 @@ void PrepareDefaults(Target *t, Relation rel) {
 		Node *expr = build_column_default(rel, att->attnum);
 		if (expr == nullptr)
 			continue; // NULL, as an INSERT leaves it
+		if (strcmp(NameStr(att->attname), "id") == 0 && att->attbyval)
+			t->id_default = t->ndefaults;
 		t->default_attnum[t->ndefaults] = att->attnum;
 		t->default_expr[t->ndefaults] = ExecPrepareExpr(reinterpret_cast<Expr *>(expr), t->estate);
 		t->ndefaults++;
@@ -271,6 +278,11 @@ void FillRow(Target *t, const BatchWriter::Columns &c, int i, bool defaults) {
 		ExprContext *econtext = GetPerTupleExprContext(t->estate);
 		for (int d = 0; d < t->ndefaults; d++) {
 			AttrNumber attnum = t->default_attnum[d];
+			if (d == t->id_default && t->ids != nullptr) {
+				values[attnum - 1] = t->ids[i];
+				nulls[attnum - 1] = false;
+				continue;
+			}
 			values[attnum - 1] = ExecEvalExpr(t->default_expr[d], econtext, &nulls[attnum - 1]);
 		}
 	}
@@ -390,9 +402,28 @@ void InsertRouted(Target *t, const BatchWriter::Columns &c, ResultRelInfo *const
 		Flush(t, &t->groups[g]);
 }
 
+
+
+// Draws the ids of every row, in order, from the id column's default (nextval), for a batch
+// written in the writers' order; then the next batch may draw. C-style, inside PgCall only.
+void DrawIds(Target *t, int count, const Turns *turns) {
+	if (t->id_default >= 0) {
+		ExprContext *econtext = GetPerTupleExprContext(t->estate);
+		t->ids = static_cast<Datum *>(palloc(sizeof(Datum) * Max(count, 1)));
+		for (int i = 0; i < count; i++) {
+			bool isnull;
+			t->ids[i] = ExecEvalExpr(t->default_expr[t->id_default], econtext, &isnull);
+			if (isnull)
+				elog(ERROR, "bemi: the default of bemi.changes.id gave NULL");
+			ResetPerTupleExprContext(t->estate);
+		}
+	}
+	PassIdsTurn(turns);
+}
+
 } // namespace
 
-bool MultiInsertChanges(const BatchWriter::Columns &c, Datum database) {
+bool MultiInsertChanges(const BatchWriter::Columns &c, Datum database, const Turns *turns) {
 	Oid schema = get_namespace_oid("bemi", true);
 	Oid relid = OidIsValid(schema) ? get_relname_relid("changes", schema) : InvalidOid;
 	Target target;
@@ -408,6 +439,8 @@ bool MultiInsertChanges(const BatchWriter::Columns &c, Datum database) {
 	if (Open(&target, relid)) {
 		auto **targets = static_cast<ResultRelInfo **>(palloc(sizeof(ResultRelInfo *) * c.count));
 		if (Route(&target, c, targets)) {
+			if (turns != nullptr)
+				DrawIds(&target, c.count, turns);
 			InsertRouted(&target, c, targets);
 			written = true;
 		}

@@ -13,6 +13,8 @@ namespace bemi {
 // Returns false, having written nothing and drawn no id, when bemi.changes is not what this path
 // handles (triggers, foreign or otherwise unusual partitions, changed columns): the caller then
 // uses the SPI INSERT. C-style, inside PgCall only, in a transaction with a snapshot pushed.
-bool MultiInsertChanges(const BatchWriter::Columns &c, Datum database);
+// turns (writers.hpp), if given: the caller holds the ids turn; the ids are drawn for all rows
+// first, in order, then the turn is passed and the rows are written.
+bool MultiInsertChanges(const BatchWriter::Columns &c, Datum database, const Turns *turns);
 
 } // namespace bemi

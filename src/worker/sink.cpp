@@ -13,6 +13,7 @@
 #include "sink.hpp"
 
 #include "transaction.hpp"
+#include "writers.hpp"
 
 #include <fmt/format.h>
 
@@ -73,31 +74,52 @@ struct ChangeEntry {
 
 } // namespace
 
-std::unique_ptr<Sink> StartSink(Oid dboid, const Progress &done) {
+namespace {
+
+// What every BatchWriter of a database needs: its name and the empty context. C++ copies.
+struct WriterBasics {
+	std::string database;
+	std::vector<char> empty_context;
+};
+
+WriterBasics LoadWriterBasics(Oid dboid) {
 	struct Found {
 		const char *database;
 		Jsonb *empty;
 	};
-	char path[MAXPGPATH];
 	Found found = PgCall([&]() {
-		// In base/pgsql_tmp, named like PostgreSQL's own temporary files: the server removes it at
-		// start and after a crash, and the database's next worker replaces a leftover.
-		MakePGDirectory("base/" PG_TEMP_FILES_DIR);
-		snprintf(path, sizeof(path), "base/%s/%sbemi_spool_%u", PG_TEMP_FILES_DIR, PG_TEMP_FILE_PREFIX,
-		         dboid);
 		Found f{nullptr, BemiEmptyImage()};
 		MemoryContext caller = CurrentMemoryContext; // the transaction's own memory goes at commit
 		InTransaction([&]() { f.database = MemoryContextStrdup(caller, get_database_name(dboid)); });
 		return f;
 	});
 	const char *empty = reinterpret_cast<const char *>(found.empty);
-	auto sink = std::make_unique<Sink>(path, found.database,
-	                                   std::vector<char>(empty, empty + VARSIZE(found.empty)), done);
+	WriterBasics basics{found.database, std::vector<char>(empty, empty + VARSIZE(found.empty))};
 	PgCall([&]() {
 		pfree(const_cast<char *>(found.database));
 		pfree(found.empty);
 	});
-	return sink;
+	return basics;
+}
+
+} // namespace
+
+std::unique_ptr<Sink> StartSink(Oid dboid, const Progress &done) {
+	char path[MAXPGPATH];
+	PgCall([&]() {
+		// In base/pgsql_tmp, named like PostgreSQL's own temporary files: the server removes it at
+		// start and after a crash, and the database's next worker replaces a leftover.
+		MakePGDirectory("base/" PG_TEMP_FILES_DIR);
+		snprintf(path, sizeof(path), "base/%s/%sbemi_spool_%u", PG_TEMP_FILES_DIR, PG_TEMP_FILE_PREFIX,
+		         dboid);
+	});
+	WriterBasics basics = LoadWriterBasics(dboid);
+	return std::make_unique<Sink>(path, std::move(basics.database), std::move(basics.empty_context), done);
+}
+
+std::unique_ptr<BatchWriter> StartBatchWriter(Oid dboid) {
+	WriterBasics basics = LoadWriterBasics(dboid);
+	return std::make_unique<BatchWriter>(std::move(basics.database), std::move(basics.empty_context));
 }
 
 Sink::Sink(std::string spool_path, std::string database, std::vector<char> empty_context,
@@ -207,19 +229,31 @@ size_t Sink::ReadText(int32 len) {
 // The batch, then the skip counts of the transactions it completes: counted once, like the
 // changes (a transaction decoded again after a failure is counted with the batch that ends it).
 void Sink::WriteBatch(BemiDatabase *db, const Progress &reached, TimestampTz last_commit) {
-	writer_.Write(db, batch_, reached, last_commit);
-	done_ = reached;
 	BemiSkipped skipped = skipped_;
 	skipped_ = {};
-	if (skipped.table_rules == 0 && skipped.column_rules == 0 && skipped.writer_rules == 0)
+	if (writers_ != nullptr) {
+		XLogRecPtr commit_end;
+		bool in_flight = writers_->Committed(&commit_end) < writers_->Sent();
+		if (db->failures == 0 && (in_flight || batch_.Count() >= bemi_batch_size)) {
+			// A backlog: a writer writes the batch (and counts its skips once committed) while
+			// decoding goes on.
+			writers_->Send(batch_, reached, last_commit, skipped);
+			done_ = reached;
+			return;
+		}
+		// A small batch with the writers idle (a steady load, where a hand-off would only add
+		// CPU and latency), or careful mode after a failure: the worker writes it itself, in its
+		// turn, once everything handed to the writers is committed.
+		writers_->Drain();
+		Turns turns = writers_->OwnTurn();
+		turns.skipped = skipped; // counted in the batch's commit turn
+		writer_.Write(db, batch_, reached, last_commit, &turns);
+		done_ = reached;
 		return;
-	PgCall([&]() {
-		SpinLockAcquire(&db->mutex);
-		db->skipped_table_rules += skipped.table_rules;
-		db->skipped_column_rules += skipped.column_rules;
-		db->skipped_writer_rules += skipped.writer_rules;
-		SpinLockRelease(&db->mutex);
-	});
+	}
+	writer_.Write(db, batch_, reached, last_commit);
+	done_ = reached;
+	PgCall([&]() { AddSkipped(db, skipped); });
 }
 
 void Sink::Drain(BemiDatabase *db) {
@@ -257,6 +291,14 @@ void Sink::Drain(BemiDatabase *db) {
 		case kChange: {
 			ChangeEntry entry;
 			Batch::Row row;
+			if (batch_.Count() >= capacity || batch_.Bytes() >= kBatchBytes) {
+				// Full: written when the next change comes, so that it carries the progress of the
+				// commits that followed its last change (no batch of progress alone in between).
+				WriteBatch(db, reached, last_commit);
+				// The current context outlives the batch: it stays in the arena.
+				context = batch_.Clear(context);
+				capacity = bemi_batch_size;
+			}
 			ReadExact(&entry, sizeof(entry));
 			row.schema = ReadText(entry.schema_len);
 			row.table = ReadText(entry.table_len);
@@ -281,12 +323,6 @@ void Sink::Drain(BemiDatabase *db) {
 		}
 		default:
 			throw Error(ERRCODE_INTERNAL_ERROR, fmt::format("bemi: corrupt spool entry '{}'", header.kind));
-		}
-		if (batch_.Count() >= capacity || batch_.Bytes() >= kBatchBytes) {
-			WriteBatch(db, reached, last_commit);
-			// The current context outlives the batch: it stays in the arena.
-			context = batch_.Clear(context);
-			capacity = bemi_batch_size;
 		}
 	}
 	if (batch_.Count() > 0 || reached.txn_end_lsn != done_.txn_end_lsn ||

@@ -19,6 +19,9 @@ extern "C" {
 
 namespace bemi {
 
+struct Turns;
+class Writers;
+
 // Where the worker stands in the stream; see bemi.progress.
 struct Progress {
 	XLogRecPtr txn_end_lsn = InvalidXLogRecPtr;
@@ -59,6 +62,13 @@ class Batch {
 	int Count() const { return static_cast<int>(rows_.size()); }
 	size_t Bytes() const { return bytes_; }
 	const std::vector<Row> &Rows() const { return rows_; }
+	size_t ArenaBytes() const { return arena_.size(); }
+	// The rows and arena of a batch another process filled (writers.cpp).
+	void Assign(const Row *rows, size_t count, const char *arena, size_t arena_bytes) {
+		rows_.assign(rows, rows + count);
+		arena_.assign(arena, arena + arena_bytes);
+		bytes_ = 0;
+	}
 	// Forgets the rows, keeping only the varlena at `keep` (kNone: nothing); its new offset.
 	size_t Clear(size_t keep);
 	// Clear(kNone), and memory beyond a small arena goes back (the worker may idle for long).
@@ -78,7 +88,10 @@ class BatchWriter {
   public:
 	BatchWriter(std::string database, std::vector<char> empty_context)
 	    : database_(std::move(database)), empty_context_(std::move(empty_context)) {}
-	void Write(BemiDatabase *db, const Batch &batch, const Progress &reached, TimestampTz last_commit);
+	// turns: the batch's place in the writers' order (writers.hpp); nullptr when the worker
+	// writes alone (bemi.writers = 0).
+	void Write(BemiDatabase *db, const Batch &batch, const Progress &reached, TimestampTz last_commit,
+	           const Turns *turns = nullptr);
 	size_t EmptyContextSize() const { return empty_context_.size(); }
 
 	// The batch's columns as PostgreSQL reads them; plain pointers into the writer's buffers.
@@ -94,7 +107,7 @@ class BatchWriter {
 	// C-style, inside PgCall only.
 	void PreparePlans();
 	void InsertRows(const Columns &c, int first, int count);
-	void InsertBatch(const Columns &c);
+	void InsertBatch(const Columns &c, const Turns *turns);
 	ErrorData *TryInsertRow(const Columns &c, int i, MemoryContext row_context);
 	int InsertCarefully(const Columns &c, char *note, size_t note_len);
 
@@ -130,8 +143,10 @@ class Sink {
 	// The worker's side.
 	bool Pending() const { return spool_.Bytes() > 0; }
 	int64 PendingChanges() const { return pending_changes_; }
-	// Writes everything the spool holds, in batches of bemi.batch_size changes.
+	// Writes everything the spool holds, in batches of bemi.batch_size changes: hands them to
+	// the writers if UseWriters() gave some.
 	void Drain(BemiDatabase *db);
+	void UseWriters(Writers *writers) { writers_ = writers; }
 
   private:
 	void Append(char kind, const void *fixed, uint32 fixed_size, const void *const *parts, const int32 *sizes,
@@ -149,9 +164,12 @@ class Sink {
 	BemiSkipped skipped_ = {}; // of the transactions drained into the batch being filled
 	Batch batch_;
 	BatchWriter writer_;
+	Writers *writers_ = nullptr;
 };
 
 // The sink of database dboid's worker, which has written up to `done`.
 std::unique_ptr<Sink> StartSink(Oid dboid, const Progress &done);
+// The batch writer of a writer process of database dboid (writers.cpp).
+std::unique_ptr<BatchWriter> StartBatchWriter(Oid dboid);
 
 } // namespace bemi

@@ -5,6 +5,7 @@ extern "C" {
 #include "postgres.h"
 #include "bemi/registry.h"
 #include "datatype/timestamp.h"
+#include "utils/timestamp.h"
 }
 
 namespace bemi {
@@ -14,6 +15,8 @@ namespace bemi {
 class Upkeep {
   public:
 	void RunIfDue(BemiDatabase *db);
+	// Would RunIfDue run now? (GetCurrentTimestamp cannot fail.)
+	bool Due() const { return GetCurrentTimestamp() >= next_; }
 
   private:
 	TimestampTz next_ = 0;

@@ -11,8 +11,11 @@
 #include "sink.hpp"
 #include "transaction.hpp"
 #include "upkeep.hpp"
+#include "writers.hpp"
 
+#include <deque>
 #include <memory>
+#include <utility>
 
 extern "C" {
 #include "bemi/worker.h"
@@ -37,6 +40,27 @@ extern "C" {
 
 namespace bemi {
 
+// The connection and the settings every statement and image of the worker and its writers
+// depend on.
+// C-style, inside PgCall only.
+void Connect(Oid dboid, const char *name) {
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	bemi_is_worker = true;
+	pgstat_report_appname(name);
+	SetConfigOption("application_name", name, PGC_USERSET, PGC_S_OVERRIDE);
+	// Batches commit without waiting for a WAL flush: see DatabaseRun::ConfirmDurable().
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	// Images must not depend on server defaults: times in UTC, ISO styles.
+	SetConfigOption("TimeZone", "UTC", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("DateStyle", "ISO, YMD", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("IntervalStyle", "postgres", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("extra_float_digits", "1", PGC_SUSET, PGC_S_OVERRIDE);
+	// The worker runs as the bootstrap superuser: its statements must never resolve a name in a
+	// schema that others can create in (a look-alike public.unnest would run as superuser). Every
+	// statement also qualifies what it calls; this is the second lock.
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+}
+
 namespace {
 
 constexpr long kNaptimeMs = 1000;
@@ -56,26 +80,6 @@ void ReleaseClaim(int code, Datum arg) {
 	}
 	LWLockRelease(bemi_shared->lock);
 	ConditionVariableBroadcast(&claimed->progress_cv);
-}
-
-// The connection and the settings every statement and image of the worker depends on.
-// C-style, inside PgCall only.
-void Connect(Oid dboid) {
-	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
-	bemi_is_worker = true;
-	pgstat_report_appname("bemi worker");
-	SetConfigOption("application_name", "bemi worker", PGC_USERSET, PGC_S_OVERRIDE);
-	// Batches commit without waiting for a WAL flush: see DatabaseRun::ConfirmDurable().
-	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
-	// Images must not depend on server defaults: times in UTC, ISO styles.
-	SetConfigOption("TimeZone", "UTC", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("DateStyle", "ISO, YMD", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("IntervalStyle", "postgres", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("extra_float_digits", "1", PGC_SUSET, PGC_S_OVERRIDE);
-	// The worker runs as the bootstrap superuser: its statements must never resolve a name in a
-	// schema that others can create in (a look-alike public.unnest would run as superuser). Every
-	// statement also qualifies what it calls; this is the second lock.
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 }
 
 // One worker per database: a second one (after a crash restart, say) leaves quietly.
@@ -155,6 +159,7 @@ class DatabaseRun {
 	[[noreturn]] void Stream();
 	bool Decode(XLogRecPtr end_of_wal);
 	void Flush();
+	void Advance();
 	void ConfirmDurable(bool flush_now);
 	[[noreturn]] void Retire();
 	[[noreturn]] void LetGo();
@@ -164,6 +169,10 @@ class DatabaseRun {
 	char slot_[NAMEDATALEN];
 	LogicalDecodingContext *ctx_ = nullptr;
 	std::unique_ptr<Sink> sink_;
+	std::unique_ptr<Writers> writers_; // none: the worker writes its batches itself
+	// Batches handed to the writers: (the last batch sent, the WAL position decoded when it was
+	// sent). A position counts as applied once that batch is committed.
+	std::deque<std::pair<uint64, XLogRecPtr>> in_flight_;
 	Upkeep upkeep_;
 	// The worker commits asynchronously (no WAL flush of its own per batch), so the slot may only
 	// be confirmed up to confirm_lsn_ once the WAL holding our last commit, commit_end_, is flushed.
@@ -175,14 +184,20 @@ class DatabaseRun {
 void DatabaseRun::Run() {
 	Start();
 	RecreateLostSlot();
+	WaitForOldWriters(db_); // none of the last run's may commit after we read the progress
 	Progress progress = LoadProgress();
 	sink_ = StartSink(db_->dboid, progress);
+	int writers = PgCall([]() { return bemi_writers; });
+	if (writers > 0) {
+		writers_ = Writers::Start(db_, writers);
+		sink_->UseWriters(writers_.get());
+	}
 	PgCall([&]() {
 		MemoryContextSwitchTo(context_);
 		ctx_ = BemiStartDecoding(slot_);
-		ereport(LOG, (errmsg("bemi: worker decoding database %u from %X/%X (written up to %X/%X)", db_->dboid,
-		                     BEMI_LSN_ARGS(MyReplicationSlot->data.confirmed_flush),
-		                     BEMI_LSN_ARGS(progress.txn_end_lsn))));
+		ereport(LOG, (errmsg("bemi: worker decoding database %u from %X/%X (written up to %X/%X), %d writers",
+		                     db_->dboid, BEMI_LSN_ARGS(MyReplicationSlot->data.confirmed_flush),
+		                     BEMI_LSN_ARGS(progress.txn_end_lsn), writers_ ? writers_->Count() : 0)));
 	});
 	Stream();
 }
@@ -271,6 +286,8 @@ void DatabaseRun::RecreateLostSlot() {
 
 // DROP EXTENSION (or a database without it): drop slot and origin, free the entry, exit.
 void DatabaseRun::Retire() {
+	if (writers_)
+		writers_->Stop();
 	PgCall([&]() {
 		pgstat_report_activity(STATE_RUNNING, "bemi: dropping capture slot");
 		if (ctx_)
@@ -305,6 +322,8 @@ void DatabaseRun::Retire() {
 
 // DROP DATABASE: release the slot and the connection; the backend dropping it takes over.
 void DatabaseRun::LetGo() {
+	if (writers_)
+		writers_->Stop(); // DROP DATABASE waits for their connections too
 	PgCall([&]() { BemiStopDecoding(ctx_); });
 	sink_.reset();
 	PgCall([&]() {
@@ -332,16 +351,58 @@ void DatabaseRun::ConfirmDurable(bool flush_now) {
 	LogicalConfirmReceivedLocation(confirm_lsn_);
 }
 
-// Everything decoded so far is written: tell the waiters, confirm the slot once durable.
+// Everything decoded so far is written (or, with writers, handed to them): tell the waiters
+// what is committed, confirm the slot once durable.
 void DatabaseRun::Flush() {
 	XLogRecPtr reached = ctx_->reader->EndRecPtr;
 
+	if (writers_) {
+		if (sink_->Pending())
+			sink_->Drain(db_);
+		if (!in_flight_.empty() && in_flight_.back().first == writers_->Sent())
+			in_flight_.back().second = reached;
+		else
+			in_flight_.emplace_back(writers_->Sent(), reached);
+		Advance();
+		return;
+	}
 	if (sink_->Pending()) {
 		sink_->Drain(db_);
 		commit_end_ = XactLastCommitEnd;
 	}
 	PgCall([&]() {
 		MemoryContextSwitchTo(context_);
+		BemiRecovered(db_);
+		confirm_lsn_ = reached;
+		ConfirmDurable(false);
+		if (reached > db_->applied_lsn) {
+			SpinLockAcquire(&db_->mutex);
+			db_->applied_lsn = reached;
+			SpinLockRelease(&db_->mutex);
+			ConditionVariableBroadcast(&db_->progress_cv);
+		}
+	});
+}
+
+// With writers: what they have committed in order becomes applied and, once durable, confirmed.
+// Throws if a writer failed.
+void DatabaseRun::Advance() {
+	XLogRecPtr commit_end = InvalidXLogRecPtr;
+	uint64 committed = writers_->Committed(&commit_end);
+	XLogRecPtr reached = InvalidXLogRecPtr;
+
+	while (!in_flight_.empty() && in_flight_.front().first <= committed) {
+		reached = in_flight_.front().second;
+		in_flight_.pop_front();
+	}
+	if (commit_end > commit_end_)
+		commit_end_ = commit_end;
+	PgCall([&]() {
+		MemoryContextSwitchTo(context_);
+		if (XLogRecPtrIsInvalid(reached)) {
+			ConfirmDurable(false);
+			return;
+		}
 		BemiRecovered(db_);
 		confirm_lsn_ = reached;
 		ConfirmDurable(false);
@@ -431,6 +492,11 @@ void DatabaseRun::Stream() {
 			continue;
 		Flush();
 		pending_since = 0;
+		if (writers_ && upkeep_.Due()) {
+			// Upkeep takes strong locks on bemi.changes: never with a batch in flight.
+			writers_->Drain();
+			Advance();
+		}
 		upkeep_.RunIfDue(db_);
 
 		PgCall([&]() {
@@ -452,7 +518,7 @@ void DatabaseRun::Stream() {
 extern "C" void BemiWorkerRun(Oid dboid) {
 	bemi::Enter([&]() {
 		MemoryContext context = bemi::PgCall([&]() {
-			bemi::Connect(dboid);
+			bemi::Connect(dboid, "bemi worker");
 			MemoryContext worker =
 			    AllocSetContextCreate(TopMemoryContext, "bemi worker", ALLOCSET_DEFAULT_SIZES);
 			MemoryContextSwitchTo(worker);

@@ -31,7 +31,7 @@ sub bemi_node
 shared_preload_libraries = 'bemi'
 $opl
 max_worker_processes = 16
-} . ($opts{conf} // ''));
+} . (defined $ENV{BEMI_WRITERS} ? "bemi.writers = $ENV{BEMI_WRITERS}\n" : '') . ($opts{conf} // ''));
 	$node->start if $opts{start} // 1;
 	return $node;
 }

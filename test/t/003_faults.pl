@@ -204,5 +204,90 @@ wait_bemi($node);
 is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE after->>'payload' = 'after the gap'}),
 	'1', 'capture goes on after the gap');
 
+# 8. A parallel drain (bemi.writers = 3) of a backlog built while the worker was held, with kill -9
+# of a writer, kill -9 of the worker, and an immediate stop, each in the middle of the drain.
+# Compared with a ledger of what each round did: every change exactly once, and ids in change
+# order across transactions and batches (each round's transactions run one after the other).
+$node->safe_psql('postgres', q{
+	DROP TRIGGER fail_batch ON bemi.changes;
+	ALTER SYSTEM SET bemi.writers = 3;
+	ALTER SYSTEM SET bemi.batch_size = 500;
+	SELECT pg_reload_conf();
+	CREATE TABLE ledger (id int PRIMARY KEY, round int, v int);
+});
+$node->safe_psql('postgres', 'SELECT pg_terminate_backend(worker_pid) FROM bemi_status()');
+ok($node->poll_query_until('postgres', q{
+	SELECT count(*) = 3 FROM pg_stat_activity WHERE backend_type = 'bemi writer'}), 'three writers running');
+my $per_round = 30_000;
+my $round = 0;
+for my $fault ('kill -9 of a writer', 'kill -9 of the worker', 'an immediate stop') {
+	$round++;
+	my $hold = $node->background_psql('postgres');
+	$hold->query_safe('BEGIN');
+	$hold->query_safe('LOCK TABLE bemi.changes IN EXCLUSIVE MODE');
+	for my $t (0 .. 9) {
+		my $from = $round * 1_000_000 + $t * $per_round / 10 + 1;
+		my $to = $from + $per_round / 10 - 1;
+		$node->safe_psql('postgres', qq{
+			BEGIN;
+			INSERT INTO ledger SELECT g, $round, 0 FROM generate_series($from, $to) g;
+			UPDATE ledger SET v = 1 WHERE id BETWEEN $from AND $to AND id % 10 = 0;
+			DELETE FROM ledger WHERE id BETWEEN $from AND $to AND id % 20 = 5;
+			COMMIT;});
+	}
+	$hold->query_safe('ROLLBACK');
+	$hold->quit;
+	ok($node->poll_query_until('postgres', qq{
+		SELECT count(*) > 0 FROM bemi.changes WHERE "table" = 'ledger' AND primary_key::int / 1000000 = $round}),
+		"round $round: the drain started");
+	my $seen = $node->safe_psql('postgres', qq{
+		SELECT count(*) FROM bemi.changes WHERE "table" = 'ledger' AND primary_key::int / 1000000 = $round});
+	ok($seen < $per_round * 1.15, "round $round: $fault in the middle of the drain ($seen changes recorded)");
+	if ($fault eq 'kill -9 of a writer') {
+		my $writer = $node->safe_psql('postgres',
+			q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'bemi writer' ORDER BY pid LIMIT 1});
+		ok($writer, 'a writer to kill');
+		kill 'KILL', $writer;
+	} elsif ($fault eq 'kill -9 of the worker') {
+		kill 'KILL', $node->safe_psql('postgres', 'SELECT worker_pid FROM bemi_status()');
+	} else {
+		$node->stop('immediate');
+		$node->start;
+	}
+	# The server restarts after a crash; wait for it, then for the drain.
+	ok($node->poll_query_until('postgres', q{SELECT worker_state = 'running' FROM bemi_status()}),
+		"round $round: the worker runs again after $fault");
+	wait_bemi($node);
+	my $inserted = $per_round;
+	my $updated = $per_round / 10;
+	my $deleted = $per_round / 20;
+	is($node->safe_psql('postgres', qq{
+		SELECT count(*) FILTER (WHERE operation = 'CREATE'), count(*) FILTER (WHERE operation = 'UPDATE'),
+		       count(*) FILTER (WHERE operation = 'DELETE'), count(DISTINCT (primary_key, operation))
+		  FROM bemi.changes WHERE "table" = 'ledger' AND primary_key::int / 1000000 = $round}),
+		join('|', $inserted, $updated, $deleted, $inserted + $updated + $deleted),
+		"round $round ($fault): every change of the ledger recorded exactly once");
+	is($node->safe_psql('postgres', qq{
+		SELECT count(*) FROM bemi.changes b
+		  FULL JOIN (SELECT id::text AS pk, 'CREATE' AS op FROM generate_series($round * 1000000 + 1, $round * 1000000 + $per_round) id
+		             UNION ALL SELECT id::text, 'UPDATE' FROM generate_series($round * 1000000 + 1, $round * 1000000 + $per_round) id WHERE id % 10 = 0
+		             UNION ALL SELECT id::text, 'DELETE' FROM generate_series($round * 1000000 + 1, $round * 1000000 + $per_round) id WHERE id % 20 = 5) l
+		    ON l.pk = b.primary_key AND l.op = b.operation
+		 WHERE (b."table" = 'ledger' AND b.primary_key::int / 1000000 = $round OR b.id IS NULL)
+		   AND (b.id IS NULL OR l.pk IS NULL)}),
+		'0', "round $round: no change missing, none extra");
+	is($node->safe_psql('postgres', qq{
+		SELECT count(*) FILTER (WHERE id <= prev)
+		  FROM (SELECT id, lag(id) OVER (ORDER BY position) AS prev FROM bemi.changes
+		         WHERE "table" = 'ledger' AND primary_key::int / 1000000 = $round) s}),
+		'0', "round $round: ids follow the changes' order");
+}
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FROM ledger l
+	  LEFT JOIN LATERAL (SELECT after FROM bemi.changes b WHERE b."table" = 'ledger' AND b.primary_key = l.id::text
+	                      ORDER BY id DESC LIMIT 1) b ON true
+	 WHERE b.after IS DISTINCT FROM to_jsonb(l)}),
+	'0', 'the last recorded image of every ledger row is the row');
+
 $node->stop;
 done_testing();

@@ -9,7 +9,10 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use BemiTest;
 
-my $node = bemi_node('multi_insert');
+# One process writing (bemi.writers = 0): section 1 holds the worker on a batch so that the next
+# one gathers a and b, and the log lines counted below are one writer's. The writers' order of ids
+# is tested in 003_faults.pl.
+my $node = bemi_node('multi_insert', conf => "bemi.writers = 0\n");
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION bemi;
 	CREATE TABLE t (id int PRIMARY KEY, phase text);
