@@ -161,6 +161,7 @@ class DatabaseRun {
 	void Flush();
 	void Advance();
 	void ConfirmDurable(bool flush_now);
+	void Applied(XLogRecPtr reached);
 	[[noreturn]] void Retire();
 	[[noreturn]] void LetGo();
 
@@ -351,6 +352,20 @@ void DatabaseRun::ConfirmDurable(bool flush_now) {
 	LogicalConfirmReceivedLocation(confirm_lsn_);
 }
 
+// Everything up to `reached` is in bemi.changes: tell the waiters, confirm the slot once durable.
+// C-style, inside PgCall only.
+void DatabaseRun::Applied(XLogRecPtr reached) {
+	BemiRecovered(db_);
+	confirm_lsn_ = reached;
+	ConfirmDurable(false);
+	if (reached > db_->applied_lsn) {
+		SpinLockAcquire(&db_->mutex);
+		db_->applied_lsn = reached;
+		SpinLockRelease(&db_->mutex);
+		ConditionVariableBroadcast(&db_->progress_cv);
+	}
+}
+
 // Everything decoded so far is written (or, with writers, handed to them): tell the waiters
 // what is committed, confirm the slot once durable.
 void DatabaseRun::Flush() {
@@ -372,15 +387,7 @@ void DatabaseRun::Flush() {
 	}
 	PgCall([&]() {
 		MemoryContextSwitchTo(context_);
-		BemiRecovered(db_);
-		confirm_lsn_ = reached;
-		ConfirmDurable(false);
-		if (reached > db_->applied_lsn) {
-			SpinLockAcquire(&db_->mutex);
-			db_->applied_lsn = reached;
-			SpinLockRelease(&db_->mutex);
-			ConditionVariableBroadcast(&db_->progress_cv);
-		}
+		Applied(reached);
 	});
 }
 
@@ -403,15 +410,7 @@ void DatabaseRun::Advance() {
 			ConfirmDurable(false);
 			return;
 		}
-		BemiRecovered(db_);
-		confirm_lsn_ = reached;
-		ConfirmDurable(false);
-		if (reached > db_->applied_lsn) {
-			SpinLockAcquire(&db_->mutex);
-			db_->applied_lsn = reached;
-			SpinLockRelease(&db_->mutex);
-			ConditionVariableBroadcast(&db_->progress_cv);
-		}
+		Applied(reached);
 	});
 }
 
