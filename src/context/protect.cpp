@@ -118,8 +118,8 @@ Trail Classify(Oid relid) {
 	return Trail::Other;
 }
 
-// The changes bemi.changes holds, as this command sees them; with `any`, stops at the first.
-int64 TrailChanges(bool any) {
+// The changes bemi.changes holds, as this command sees them, counted up to `limit`.
+int64 TrailChanges(int64 limit) {
 	Oid nsp = BemiNamespace();
 	Oid changes = OidIsValid(nsp) ? get_relname_relid("changes", nsp) : InvalidOid;
 	if (!OidIsValid(changes))
@@ -133,15 +133,14 @@ int64 TrailChanges(bool any) {
 			TupleTableSlot *slot = table_slot_create(rel, nullptr);
 			TableScanDesc scan = table_beginscan(rel, snapshot, 0, nullptr);
 			while (table_scan_getnextslot(scan, ForwardScanDirection, slot)) {
-				n++;
-				if (any)
+				if (++n >= limit)
 					break;
 			}
 			table_endscan(scan);
 			ExecDropSingleTupleTableSlot(slot);
 		}
 		table_close(rel, NoLock);
-		if (any && n > 0)
+		if (n >= limit)
 			break;
 	}
 	UnregisterSnapshot(snapshot);
@@ -168,16 +167,19 @@ bool Exempt() {
 // Returns true when the statement goes ahead only because of bemi.allow_drop (the trail holds
 // changes): then the caller records it where it can.
 bool RefuseUnlessAllowedToDrop(const std::string &what) {
-	if (PgCall([]() { return TrailChanges(true); }) == 0)
+	if (PgCall([]() { return TrailChanges(1); }) == 0)
 		return false;
 	if (bemi_allow_drop)
 		return true;
-	int64 n = PgCall([]() { return TrailChanges(false); });
+	// Counted for the message, but a refusal must not read a huge trail to the end.
+	constexpr int64 kCountLimit = 1000000;
+	int64 n = PgCall([]() { return TrailChanges(kCountLimit); });
+	std::string held = n >= kCountLimit ? "more than 1,000,000 recorded changes"
+	                                    : fmt::format("{} recorded change{}", n, n == 1 ? "" : "s");
 	throw Error(
 	    ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
 	    fmt::format("{} would drop bemi's audit trail", current_command ? current_command : "this statement"),
-	    fmt::format("It {}; bemi.changes holds {} recorded change{}, which would be lost.", what, n,
-	                n == 1 ? "" : "s"),
+	    fmt::format("It {}; bemi.changes holds {}, which would be lost.", what, held),
 	    "Export the trail first if you need it. A superuser who means it sets bemi.allow_drop = on for "
 	    "the session, then runs the statement again.");
 }
