@@ -29,7 +29,7 @@ CREATE TABLE bemi.changes (
     database       text COLLATE "C" NOT NULL,
     schema         text COLLATE "C" NOT NULL,
     "table"        text COLLATE "C" NOT NULL,
-    operation      text COLLATE "C" NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')),
+    operation      text COLLATE "C" NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE', 'DDL', 'SNAPSHOT')),
     committed_at   timestamptz NOT NULL,
     transaction_id bigint NOT NULL,
     position       pg_lsn NOT NULL,
