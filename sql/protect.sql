@@ -148,6 +148,28 @@ SELECT reason, relation, role = current_user AS by_me, statement
 -- The trail is as it was, and what was done to it is in bemi.gaps.
 SELECT pg_temp.trail_unchanged() AS trail_unchanged;
 
+-- A session with the setting on edits the trail itself (a restore, a repair): its own changes are
+-- left out of the trail, and each table it writes is named once per transaction in bemi.gaps.
+SELECT bemi_wait() AS waited;
+SELECT coalesce(max(id), 0) AS prot_mark, (SELECT max(id) FROM bemi.gaps) AS prot_gap_mark FROM bemi.changes \gset
+SET bemi.allow_trail_changes = on;
+BEGIN;
+INSERT INTO prot_items VALUES (10, 'unrecorded');
+UPDATE prot_items SET note = 'unrecorded too' WHERE id = 10;
+COMMIT;
+COPY prot_items FROM stdin;
+11	copied
+\.
+RESET bemi.allow_trail_changes;
+INSERT INTO prot_items VALUES (12, 'recorded');
+SELECT bemi_wait() AS waited;
+SELECT operation, primary_key, after->>'note' AS note FROM bemi.changes
+ WHERE id > :prot_mark AND "table" = 'prot_items' ORDER BY id;
+SELECT reason, relation, statement FROM bemi.gaps WHERE id > :prot_gap_mark ORDER BY id;
+DELETE FROM prot_items WHERE id >= 10;
+-- Per session only: not for a database, a role or the server.
+ALTER SYSTEM SET bemi.allow_trail_changes = on;
+
 -- With bemi.allow_drop, a DETACH of the trail goes ahead and is recorded (rolled back here).
 BEGIN;
 SET LOCAL bemi.allow_drop = on;

@@ -26,6 +26,8 @@ PG_MODULE_MAGIC;
 
 #if PG_VERSION_NUM < 160000
 void _PG_init(void);
+static bool check_allow_trail_changes(bool *newval, void **extra, GucSource source);
+static void assign_allow_trail_changes(bool newval, void *extra);
 #endif
 
 int bemi_max_context_size = 1024 * 1024;
@@ -102,9 +104,27 @@ DefineSettings(void)
 							 "Allow this session to INSERT into, UPDATE, DELETE, MERGE, TRUNCATE or COPY into "
 							 "the trail (bemi.changes, bemi.gaps).",
 							 "Off: refused for every role, superusers included. On: allowed, and each such "
-							 "statement is recorded in bemi.gaps. Superuser only.",
-							 &bemi_allow_trail_changes, false, PGC_SUSET, 0, NULL, NULL, NULL);
+							 "statement is recorded in bemi.gaps; the session's own changes are then not "
+							 "recorded (each table it writes is named in bemi.gaps). Superuser only, per session.",
+							 &bemi_allow_trail_changes, false, PGC_SUSET, 0, check_allow_trail_changes,
+							 assign_allow_trail_changes, NULL);
 	MarkGUCPrefixReserved("bemi");
+}
+
+/* Per session only (SET, PGOPTIONS, a function's SET clause): see BemiAllowTrailChangesCheck. */
+static bool
+check_allow_trail_changes(bool *newval, void **extra, GucSource source)
+{
+	if (BemiAllowTrailChangesCheck(*newval, (int) source))
+		return true;
+	GUC_check_errdetail("bemi.allow_trail_changes is set per session (SET or PGOPTIONS), never for a database, a role or the server.");
+	return false;
+}
+
+static void
+assign_allow_trail_changes(bool newval, void *extra)
+{
+	BemiAllowTrailChangesAssign(newval);
 }
 
 void

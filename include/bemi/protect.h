@@ -31,9 +31,15 @@ extern void BemiGuardDropDatabase(const char *dbname);
 /* Start (true) or end of a call of a function with SET clauses: counts bemi's retention functions. */
 extern void BemiRetentionCall(Oid fn_oid, bool start);
 
-/* Forget cached OIDs (syscache invalidation), and the retention count (transaction abort). */
+/* Forget cached OIDs (syscache invalidation); at the end of a (sub)transaction, what it wrote
+ * under bemi.allow_trail_changes, and after an abort the retention count. */
 extern void BemiProtectForget(bool namespaces, bool functions);
-extern void BemiProtectReset(void);
+extern void BemiProtectReset(bool abort);
+
+/* bemi.allow_trail_changes: set per session only (check hook, source is a GucSource); on, the
+ * session's own changes are left out of the trail (assign hook). */
+extern bool BemiAllowTrailChangesCheck(bool value, int source);
+extern void BemiAllowTrailChangesAssign(bool value);
 
 #ifdef __cplusplus
 }

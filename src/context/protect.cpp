@@ -17,6 +17,11 @@
 //   rule, a DO block); ProcessUtility refuses TRUNCATE of either and COPY into bemi.changes.
 //   bemi.allow_trail_changes lets a superuser's session do it, and each such statement is then
 //   recorded in bemi.gaps (RecordTrailGap), in the statement's own transaction.
+// - A session with bemi.allow_trail_changes on edits the trail itself (a restore, a repair): its
+//   own changes are left out of the trail (its WAL carries the DoNotReplicate origin, see
+//   BemiAllowTrailChangesAssign) and each table it writes is named once per transaction in
+//   bemi.gaps instead. A plain pg_restore's loads are then not recorded as new changes on top of
+//   the restored history (they raced its setval of bemi.changes_id_seq).
 // - bemi's own code is exempt: the worker (it writes the trail and runs retention), bemi's
 //   retention functions when called by a superuser (bemi._maintain_changes and
 //   bemi._make_partition, marked by the fmgr hook while they run), and bemi's own extension
@@ -28,8 +33,10 @@
 #include "protect.hpp"
 #include "ddl_guard.hpp"
 
+#include <algorithm>
 #include <fmt/format.h>
 #include <string>
+#include <vector>
 
 #include "bemi/guard.hpp"
 
@@ -42,6 +49,7 @@ extern "C" {
 
 #include "access/table.h"
 #include "access/tableam.h"
+#include "catalog/catalog.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "catalog/pg_class.h"
@@ -58,6 +66,7 @@ extern "C" {
 #include "nodes/parsenodes.h"
 #include "nodes/plannodes.h"
 #include "parser/parsetree.h"
+#include "replication/origin.h"
 #include "tcop/cmdtag.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
@@ -83,6 +92,9 @@ int retention_depth = 0;
 // Their OIDs, looked up once and forgotten when pg_proc changes.
 Oid maintain_oid = InvalidOid, make_partition_oid = InvalidOid;
 bool functions_known = false;
+
+// The tables this transaction wrote under bemi.allow_trail_changes, already named in bemi.gaps.
+std::vector<Oid> unrecorded;
 
 enum class Trail {
 	None,    // not a table of schema bemi
@@ -116,6 +128,18 @@ Trail Classify(Oid relid) {
 	if (relid == get_relname_relid("gaps", nsp))
 		return Trail::Gaps;
 	return Trail::Other;
+}
+
+// A table whose changes bemi records: permanent, outside the system schemas and bemi.
+bool Recordable(Oid relid) {
+	if (!OidIsValid(relid) || IsCatalogRelationOid(relid) || get_rel_persistence(relid) != RELPERSISTENCE_PERMANENT)
+		return false;
+	char kind = get_rel_relkind(relid);
+	if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
+		return false;
+	Oid nsp = get_rel_namespace(relid);
+	return nsp != BemiNamespace() && !IsCatalogNamespace(nsp) && !IsToastNamespace(nsp) &&
+	       strcmp(get_namespace_name(nsp), "information_schema") != 0;
 }
 
 // The changes bemi.changes holds, as this command sees them, counted up to `limit`.
@@ -221,6 +245,19 @@ void TrailWrite(Oid relid, const char *what, const PlannedStmt *pstmt, const cha
 	                what, name));
 }
 
+// A write of a recorded table by a session with bemi.allow_trail_changes on: left out of the
+// trail (the session's origin), so named in bemi.gaps, once per table and transaction.
+void UnrecordedWrite(Oid relid, const char *what, const PlannedStmt *pstmt, const char *query_string) {
+	if (std::find(unrecorded.begin(), unrecorded.end(), relid) != unrecorded.end())
+		return;
+	const char *name = PgCall([&]() { return RelationName(relid); });
+	RecordTrailGap(relid, pstmt, query_string,
+	               fmt::format("{} of {} by a session with bemi.allow_trail_changes on: its changes are not "
+	                           "recorded",
+	                           what, name));
+	unrecorded.push_back(relid);
+}
+
 // The first result relation of a write statement that belongs to the trail and that this write
 // may not touch: bemi.changes for any write, bemi.gaps for anything but a plain INSERT.
 struct Target {
@@ -317,6 +354,14 @@ void GuardTrailUtility(PlannedStmt *pstmt, const char *query_string) {
 			});
 			if (OidIsValid(relid))
 				TrailWrite(relid, "TRUNCATE", pstmt, query_string);
+			else if (bemi_allow_trail_changes) {
+				Oid user_relid = PgCall([&]() {
+					Oid r = RangeVarGetRelid(rv, NoLock, true);
+					return Recordable(r) ? r : InvalidOid;
+				});
+				if (OidIsValid(user_relid))
+					UnrecordedWrite(user_relid, "TRUNCATE", pstmt, query_string);
+			}
 		}
 	} else if (IsA(stmt, CopyStmt)) {
 		auto *copy = castNode(CopyStmt, stmt);
@@ -331,6 +376,14 @@ void GuardTrailUtility(PlannedStmt *pstmt, const char *query_string) {
 		});
 		if (OidIsValid(relid))
 			TrailWrite(relid, "COPY", pstmt, query_string);
+		else if (bemi_allow_trail_changes) {
+			Oid user_relid = PgCall([&]() {
+				Oid r = RangeVarGetRelid(copy->relation, NoLock, true);
+				return Recordable(r) ? r : InvalidOid;
+			});
+			if (OidIsValid(user_relid))
+				UnrecordedWrite(user_relid, "COPY", pstmt, query_string);
+		}
 	} else if (IsA(stmt, AlterTableStmt) || IsA(stmt, AlterObjectSchemaStmt) || IsA(stmt, RenameStmt)) {
 		if (IsA(stmt, AlterTableStmt) && !AlterDismantles(castNode(AlterTableStmt, stmt)))
 			return;
@@ -357,6 +410,21 @@ extern "C" void BemiGuardTrailWrites(PlannedStmt *pstmt, const char *source_text
 		bemi::Target target = bemi::PgCall([&]() { return bemi::FindTrailTarget(pstmt, operation); });
 		if (OidIsValid(target.relid))
 			bemi::TrailWrite(target.relid, bemi::WriteName(pstmt, operation), pstmt, source_text);
+		if (!bemi_allow_trail_changes)
+			return;
+		List *tables = bemi::PgCall([&]() {
+			List *out = NIL;
+			ListCell *lc;
+			foreach (lc, pstmt->resultRelations) {
+				Oid relid = rt_fetch(lfirst_int(lc), pstmt->rtable)->relid;
+				if (bemi::Recordable(relid))
+					out = lappend_oid(out, relid);
+			}
+			return out;
+		});
+		ListCell *lc;
+		foreach (lc, tables)
+			bemi::UnrecordedWrite(lfirst_oid(lc), bemi::WriteName(pstmt, operation), pstmt, source_text);
 	});
 }
 
@@ -438,6 +506,33 @@ extern "C" void BemiProtectForget(bool namespaces, bool functions) {
 		bemi::functions_known = false;
 }
 
-extern "C" void BemiProtectReset(void) {
-	bemi::retention_depth = 0;
+extern "C" void BemiProtectReset(bool abort) {
+	if (abort)
+		bemi::retention_depth = 0;
+	bemi::unrecorded.clear();
+}
+
+extern "C" bool BemiAllowTrailChangesCheck(bool value, int source) {
+	// Per session only: in postgresql.conf, ALTER SYSTEM, ALTER DATABASE / ROLE ... SET it would
+	// leave every session's changes out of the trail.
+	switch (source) {
+	case PGC_S_ARGV:
+	case PGC_S_GLOBAL:
+	case PGC_S_DATABASE:
+	case PGC_S_USER:
+	case PGC_S_DATABASE_USER:
+	case PGC_S_FILE:
+	case PGC_S_ENV_VAR:
+		return !value;
+	default:
+		return true;
+	}
+}
+
+extern "C" void BemiAllowTrailChangesAssign(bool value) {
+	// Never take over an origin someone set up (logical replication's apply, a writer's).
+	if (value && replorigin_session_origin == InvalidRepOriginId)
+		replorigin_session_origin = DoNotReplicateId;
+	else if (!value && replorigin_session_origin == DoNotReplicateId && !bemi_is_worker)
+		replorigin_session_origin = InvalidRepOriginId;
 }

@@ -63,7 +63,17 @@ static void
 bemi_protect_xact(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
-		BemiProtectReset();
+		BemiProtectReset(true);
+	else if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PREPARE)
+		BemiProtectReset(false);
+}
+
+/* A subtransaction rolled back took its bemi.gaps rows with it: name its tables again. */
+static void
+bemi_protect_subxact(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		BemiProtectReset(false);
 }
 
 void
@@ -78,4 +88,5 @@ BemiProtectInit(void)
 	CacheRegisterSyscacheCallback(NAMESPACEOID, bemi_protect_namespace_changed, (Datum) 0);
 	CacheRegisterSyscacheCallback(PROCOID, bemi_protect_proc_changed, (Datum) 0);
 	RegisterXactCallback(bemi_protect_xact, NULL);
+	RegisterSubXactCallback(bemi_protect_subxact, NULL);
 }
