@@ -26,9 +26,9 @@ PG_MODULE_MAGIC;
 
 #if PG_VERSION_NUM < 160000
 void _PG_init(void);
+#endif
 static bool check_allow_trail_changes(bool *newval, void **extra, GucSource source);
 static void assign_allow_trail_changes(bool newval, void *extra);
-#endif
 
 int bemi_max_context_size = 1024 * 1024;
 bool bemi_replica_identity_full = true;
