@@ -89,12 +89,17 @@ BemiDatabase *Claim(Oid dboid) {
 
 	LWLockAcquire(bemi_shared->lock, LW_EXCLUSIVE);
 	bool taken = db->pid != 0 && db->pid != MyProcPid && kill(db->pid, 0) == 0;
-	if (!taken) {
+	// DROP DATABASE asked the worker to let go while this one was still starting (it saw no pid
+	// and did not wait): leave before taking the slot, which would make the drop fail.
+	bool paused = db->state == BEMI_PAUSED;
+	if (!taken && !paused) {
 		db->pid = MyProcPid;
 		db->latch = MyLatch;
 	}
 	LWLockRelease(bemi_shared->lock);
-	if (taken)
+	if (paused && !taken)
+		ereport(LOG, (errmsg("bemi: worker for database %u exiting for DROP DATABASE", dboid)));
+	if (taken || paused)
 		proc_exit(0);
 	claimed = db;
 	before_shmem_exit(ReleaseClaim, Datum(0));
