@@ -1,10 +1,10 @@
 -- Retention: bemi.changes is partitioned by committed_at; the worker makes partitions ahead of
 -- time and drops those older than the retention. Nothing is lost at the boundaries.
 SET TimeZone = 'UTC';
--- A fresh trail: what the earlier tests recorded does not matter here. This test drops the trail
--- and makes up changes of its own: it says it means it (docs/security.md).
+-- A fresh trail: what the earlier tests recorded does not matter here. This test drops the trail,
+-- and later makes up changes of its own: it says it means it (docs/security.md). Not before: a
+-- session with bemi.allow_trail_changes on is itself left out of the trail.
 SET bemi.allow_drop = on;
-SET bemi.allow_trail_changes = on;
 DROP EXTENSION bemi;
 CREATE EXTENSION bemi;
 -- Dates are shown relative to the start of today (UTC), as "d+N".
@@ -65,7 +65,8 @@ SELECT id, operation, pg_temp.d(date_trunc('day', committed_at)) AS day,
 SELECT count(*) FROM bemi.changes_default;
 
 -- The steps below call the upkeep as of other moments. Each runs in a transaction, so that the
--- worker's own upkeep (as of now) waits and does not mix in.
+-- worker's own upkeep (as of now) waits and does not mix in. Their changes are made up.
+SET bemi.allow_trail_changes = on;
 -- A change whose moment has no partition yet (a clock far ahead, say) lands in the default
 -- partition, and moves into the partition made for its range later.
 BEGIN;
