@@ -148,19 +148,6 @@ Oid BemiExtensionOwner() {
 	return owner;
 }
 
-// Is this a table whose changes bemi records, persistence aside? The same rule as
-// bemi._user_tables(): a table or partitioned table outside the system schemas and bemi's.
-bool IsUserTable(Oid relid) {
-	char kind = get_rel_relkind(relid);
-	Oid nsp = get_rel_namespace(relid);
-	if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
-		return false;
-	if (IsCatalogNamespace(nsp) || IsToastNamespace(nsp) || isAnyTempNamespace(nsp))
-		return false;
-	const char *nspname = get_namespace_name(nsp);
-	return nspname != nullptr && strcmp(nspname, "information_schema") != 0 && strcmp(nspname, "bemi") != 0;
-}
-
 // pg_class.relreplident, which lsyscache has no getter for.
 char ReplicaIdentityOf(Oid relid) {
 	HeapTuple tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
@@ -786,6 +773,19 @@ void GuardPartitionMoves(const AlterIntent &intent, const GapTarget &parent, con
 }
 
 } // namespace
+
+// Is this a table whose changes bemi records, persistence aside? The same rule as
+// bemi._user_tables(): a table or partitioned table outside the system schemas and bemi's.
+bool IsUserTable(Oid relid) {
+	char kind = get_rel_relkind(relid);
+	Oid nsp = get_rel_namespace(relid);
+	if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
+		return false;
+	if (IsCatalogNamespace(nsp) || IsToastNamespace(nsp) || isAnyTempNamespace(nsp))
+		return false;
+	const char *nspname = get_namespace_name(nsp);
+	return nspname != nullptr && strcmp(nspname, "information_schema") != 0 && strcmp(nspname, "bemi") != 0;
+}
 
 void RecordTrailGap(Oid relid, const PlannedStmt *pstmt, const char *query_string,
                     const std::string &reason) {

@@ -49,7 +49,6 @@ extern "C" {
 
 #include "access/table.h"
 #include "access/tableam.h"
-#include "catalog/catalog.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "catalog/pg_class.h"
@@ -130,16 +129,9 @@ Trail Classify(Oid relid) {
 	return Trail::Other;
 }
 
-// A table whose changes bemi records: permanent, outside the system schemas and bemi.
+// A table whose changes bemi records (ddl_guard's rule), and permanent.
 bool Recordable(Oid relid) {
-	if (!OidIsValid(relid) || IsCatalogRelationOid(relid) || get_rel_persistence(relid) != RELPERSISTENCE_PERMANENT)
-		return false;
-	char kind = get_rel_relkind(relid);
-	if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
-		return false;
-	Oid nsp = get_rel_namespace(relid);
-	return nsp != BemiNamespace() && !IsCatalogNamespace(nsp) && !IsToastNamespace(nsp) &&
-	       strcmp(get_namespace_name(nsp), "information_schema") != 0;
+	return OidIsValid(relid) && IsUserTable(relid) && get_rel_persistence(relid) == RELPERSISTENCE_PERMANENT;
 }
 
 // The changes bemi.changes holds, as this command sees them, counted up to `limit`.
