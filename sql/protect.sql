@@ -169,6 +169,14 @@ SELECT reason, relation, statement FROM bemi.gaps WHERE id > :prot_gap_mark ORDE
 DELETE FROM prot_items WHERE id >= 10;
 -- Per session only: not for a database, a role or the server.
 ALTER SYSTEM SET bemi.allow_trail_changes = on;
+-- ALTER ROLE ... SET is taken at login, where it is refused with a WARNING: the setting stays off.
+SELECT current_user AS prot_me \gset
+CREATE ROLE prot_login LOGIN;
+ALTER ROLE prot_login SET bemi.allow_trail_changes = on;
+\c - prot_login
+SHOW bemi.allow_trail_changes;
+\c - :prot_me
+DROP ROLE prot_login;
 
 -- With bemi.allow_drop, a DETACH of the trail goes ahead and is recorded (rolled back here).
 BEGIN;
