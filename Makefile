@@ -18,8 +18,11 @@ MODULE_big = bemi
 #  revert.sql     reverts and roll-forward; call history.sql's and time_travel.sql's functions.
 #  retention.sql  partitions and retention; bemi._trail_starts_at() (LANGUAGE sql) updates
 #                 bemi.tracking (access.sql).
+#  snapshot.sql   bemi.snapshots and bemi_snapshot (src/worker/snapshot.c); queues the snapshots
+#                 of bemi.snapshot_on_create with bemi._user_tables (core.sql). Before start.sql,
+#                 so that the worker finds them when it starts.
 EXT_SQL = ext/core.sql ext/ddl_guard.sql ext/access.sql ext/rules.sql ext/history.sql ext/time_travel.sql ext/revert.sql \
-          ext/retention.sql ext/start.sql
+          ext/retention.sql ext/snapshot.sql ext/start.sql
 # The version is set in bemi.control (default_version) and nowhere else.
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\\(.*\\)'/\\1/p" bemi.control)
 DATA_built = bemi--$(EXTVERSION).sql
@@ -49,7 +52,7 @@ SHLIB_LINK += -lfmt -lstdc++
 # it out on servers without output_plugin_libraries, so a file after it would start from a
 # different trail on different servers. Last, it changes nothing any other file sees. (Today's
 # files do pass with it second: none relies on the trail before it; keep it that way anyway.)
-REGRESS = boundary context comment comment_messages capture images images_xml ddl partitions truncate plugin status bemi_trigger security history as_of primary_key revert retention security_decoding security_ddl security_identity security_names security_history security_time_travel rules rules_revert rules_rename hmac protect misconfig
+REGRESS = boundary context comment comment_messages capture images images_xml ddl partitions truncate plugin status bemi_trigger security history as_of primary_key revert retention security_decoding security_ddl security_identity security_names security_history security_time_travel rules rules_revert rules_rename hmac protect snapshot misconfig
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/regress.conf --load-extension=bemi
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl

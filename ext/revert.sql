@@ -54,6 +54,8 @@ BEGIN
             USING ERRCODE = 'undefined_object', DETAIL = format('Unknown change ids: %s.', missing),
             HINT = 'Changes of tables you cannot SELECT are invisible to you.';
     END IF;
+    -- A SNAPSHOT records what a row held, not a change of it: there is nothing to undo.
+    sel := ARRAY(SELECT s FROM unnest(sel) s WHERE s.operation <> 'SNAPSHOT');
     IF sel = '{}' THEN
         RETURN;
     END IF;
@@ -122,7 +124,7 @@ BEGIN
               JOIN @extschema@.bemi_rows_history(rel, ARRAY(SELECT s.primary_key FROM unnest(sel) s
                                                              WHERE s.schema = tab.schema AND s."table" = tab."table")) h
                 ON h.primary_key = f.primary_key AND h.id > f.first_id
-             WHERE h.id <> ALL (change_ids)
+             WHERE h.id <> ALL (change_ids) AND h.operation <> 'SNAPSHOT'
             UNION ALL
             SELECT format('change %s (TRUNCATE of %s)', h.id, rel)
               FROM @extschema@.bemi_table_truncations(rel) h
@@ -140,7 +142,7 @@ BEGIN
                                                              WHERE s.schema = tab.schema AND s."table" = tab."table"),
                                                       'infinity'::timestamptz) h
                  WHERE h.id > (SELECT min(s.id) FROM unnest(sel) s WHERE s.schema = tab.schema AND s."table" = tab."table")
-                   AND h.id <> ALL (change_ids) AND h.operation <> 'TRUNCATE'
+                   AND h.id <> ALL (change_ids) AND h.operation NOT IN ('TRUNCATE', 'SNAPSHOT')
                    AND EXISTS (SELECT FROM unnest(key_cols) c, unnest(ARRAY[h."before", h."after"]) img
                                 WHERE img <> '{}' AND CASE WHEN img ? c
                                     THEN jsonb_typeof(img -> c) = 'string'

@@ -41,6 +41,11 @@ BEGIN
             USING ERRCODE = 'wrong_object_type', HINT = 'Pass NULL::tablename as the first argument.';
     END IF;
     SELECT * INTO started, had_rows_at_start FROM @extschema@.bemi_tracking(tbl);
+    -- A snapshot finished by the moment recorded every row the table held (docs/guarantees.md,
+    -- "Snapshots"): from then on the trail alone rebuilds it, as if it had been empty at the start.
+    IF had_rows_at_start AND @extschema@.bemi_snapshot_finished_at(tbl, at) >= started THEN
+        had_rows_at_start := false;
+    END IF;
     -- The key text comes from the output plugin's own rule (bemi_primary_key), applied to an
     -- image of the key columns built as the plugin builds images: a type whose JSON conversion
     -- would run an untrusted role's code is recorded as its output text, which format('%s')
@@ -136,9 +141,10 @@ COMMENT ON FUNCTION @extschema@.bemi_mask_misfits(regclass) IS
 
 -- A table as it was at a moment, as rows of its own type: the current rows that no change
 -- after the moment touched, plus the before-image of the first change after the moment of every
--- row that was changed since (unless that change created the row). After a TRUNCATE later than
--- the moment, the current rows say nothing: the state is replayed from the trail instead, which
--- works when the table was empty at a recorded TRUNCATE before the moment or when tracking began.
+-- row that was changed since (unless that change created the row; a SNAPSHOT is no change). After
+-- a TRUNCATE later than the moment, the current rows say nothing: the state is replayed from the
+-- trail instead, which works when the table was empty at a recorded TRUNCATE before the moment or
+-- when tracking began, or when a snapshot (bemi_snapshot) finished before the moment.
 -- Waits for the trail to catch up with everything committed before the call.
 CREATE FUNCTION @extschema@.bemi_as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
@@ -181,7 +187,7 @@ BEGIN
                 WITH firsts AS (
                     SELECT DISTINCT ON (h.primary_key) h.primary_key, h.operation, h."before"
                       FROM @extschema@.bemi_table_history($1, $2, 'infinity'::timestamptz) h
-                     WHERE h.committed_at > $2
+                     WHERE h.committed_at > $2 AND h.operation <> 'SNAPSHOT'
                      ORDER BY h.primary_key, h.id)
                 SELECT t.* FROM %1$s t
                  WHERE NOT EXISTS (SELECT 1 FROM firsts f WHERE f.primary_key = %2$s)
@@ -284,7 +290,7 @@ BEGIN
     END IF;
     BEGIN
         SELECT h.operation, h."before" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
-         WHERE h.committed_at > at ORDER BY h.id LIMIT 1;
+         WHERE h.committed_at > at AND h.operation <> 'SNAPSHOT' ORDER BY h.id LIMIT 1;
         IF FOUND THEN
             -- The first change after the moment knows the row as it was (or that it did not exist).
             IF EXISTS (SELECT FROM jsonb_each(change."before") e

@@ -39,6 +39,7 @@ int bemi_flush_delay_ms = 10;
 bool bemi_allow_drop = false;
 bool bemi_allow_trail_changes = false;
 int bemi_writers = 1;
+bool bemi_snapshot_on_create = false;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static void
@@ -108,6 +109,12 @@ DefineSettings(void)
 							 "recorded (each table it writes is named in bemi.gaps). Superuser only, per session.",
 							 &bemi_allow_trail_changes, false, PGC_SUSET, 0, check_allow_trail_changes,
 							 assign_allow_trail_changes, NULL);
+	DefineCustomBoolVariable("bemi.snapshot_on_create",
+							 "Make CREATE EXTENSION bemi take a snapshot of every table it records.",
+							 "Each table with a primary key (a partitioned table as a whole) gets a job in "
+							 "bemi.snapshots; the worker takes them once capture has started, and their rows "
+							 "are recorded as SNAPSHOT changes. Off by default.",
+							 &bemi_snapshot_on_create, false, PGC_SUSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("bemi");
 }
 

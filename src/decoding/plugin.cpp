@@ -41,7 +41,7 @@ extern "C" void BemiPluginTruncate(LogicalDecodingContext *ctx, ReorderBufferTXN
 
 extern "C" void BemiPluginMessage(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn,
                                   bool transactional, const char *prefix, Size size, const char *message) {
-	Enter([&]() { Session::Of(ctx).Message(txn, transactional, prefix, size, message); });
+	Enter([&]() { Session::Of(ctx).Message(txn, lsn, transactional, prefix, size, message); });
 }
 
 extern "C" bool BemiPluginFilterByOrigin(LogicalDecodingContext *ctx, RepOriginId origin_id) {

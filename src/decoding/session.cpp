@@ -24,6 +24,7 @@ extern "C" {
 #include "bemi/bemi.h"
 #include "bemi/secret.h"
 #include "bemi/settings.h"
+#include "bemi/snapshot.h"
 #include "bemi/sink.h"
 #include "bemi/worker.h"
 #include "commands/dbcommands.h"
@@ -227,10 +228,16 @@ bool Session::SkipsOrigin(RepOriginId origin) const {
 // top-level transaction: the reorder buffer replays subtransactions' changes under it) may set the
 // `_bemi` identity; any other message sets the application context only, and can neither remove
 // nor replace the identity.
-void Session::Message(ReorderBufferTXN *txn, bool transactional, const char *prefix, Size size,
+//
+// A chunk of bemi_snapshot's worker (prefix "bemi_snapshot") carries rows, not a context.
+void Session::Message(ReorderBufferTXN *txn, XLogRecPtr lsn, bool transactional, const char *prefix, Size size,
                       const char *message) {
 	if (!transactional || txn == nullptr || skip_txn_)
 		return;
+	if (strcmp(prefix, BEMI_SNAPSHOT_PREFIX) == 0) {
+		SnapshotMessage(txn, lsn, size, message);
+		return;
+	}
 	bool ours = strcmp(prefix, BEMI_MESSAGE_PREFIX) == 0;
 	if (!ours && strcmp(prefix, BEMI_TRIGGER_MESSAGE_PREFIX) != 0)
 		return;

@@ -29,7 +29,7 @@ class Session {
 
 	void Begin(ReorderBufferTXN *txn);
 	void Commit(ReorderBufferTXN *txn);
-	void Message(ReorderBufferTXN *txn, bool transactional, const char *prefix, Size size,
+	void Message(ReorderBufferTXN *txn, XLogRecPtr lsn, bool transactional, const char *prefix, Size size,
 	             const char *message);
 	void Change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *change);
 	void Truncate(ReorderBufferTXN *txn, int nrelations, Relation relations[], ReorderBufferChange *change);
@@ -45,6 +45,8 @@ class Session {
 		Jsonb *parsed;      // the whole object, or nullptr
 	};
 	void MessageInTxn(ReorderBufferTXN *txn, bool ours, Size size, const char *message);
+	// A chunk of bemi_snapshot's worker: its rows as SNAPSHOT changes (snapshot_records.cpp).
+	void SnapshotMessage(ReorderBufferTXN *txn, XLogRecPtr lsn, Size size, const char *message);
 	Judged JudgeApplicationContext(const char *payload, Size size, bool limit_size);
 	Jsonb *ParseJson(const char *payload, Size size);
 	Jsonb *ParseObject(const char *payload, Size size);

@@ -19,6 +19,7 @@
 
 extern "C" {
 #include "bemi/worker.h"
+#include "bemi/snapshot.h"
 #include "access/xlog.h"
 #include "access/xlogreader.h"
 #include "commands/extension.h"
@@ -190,6 +191,8 @@ class DatabaseRun {
 void DatabaseRun::Run() {
 	Start();
 	RecreateLostSlot();
+	// The slot is consistent: every snapshot chunk committed from now on is decoded.
+	PgCall([&]() { BemiResumeSnapshots(db_->dboid); });
 	WaitForOldWriters(db_); // none of the last run's may commit after we read the progress
 	Progress progress = LoadProgress();
 	sink_ = StartSink(db_->dboid, progress);
