@@ -28,12 +28,14 @@ CREATE TABLE bemi.snapshots (
 -- One unfinished job per table.
 CREATE UNIQUE INDEX snapshots_unfinished ON bemi.snapshots (table_oid) WHERE state IN ('pending', 'running');
 REVOKE ALL ON bemi.snapshots FROM PUBLIC;
-GRANT SELECT ON bemi.snapshots TO bemi_reader;
+GRANT SELECT ON bemi.snapshots TO bemi_reader, bemi_admin;
 
 -- Starts a job's worker (src/worker/snapshot.c). Superusers and members of bemi_admin who may
 -- SELECT every row of the table (no row-level security hiding rows from them); checked inside.
 CREATE FUNCTION bemi._snapshot_start(tbl regclass, wait boolean, chunk_size integer) RETURNS bigint
     AS 'MODULE_PATHNAME', 'bemi_snapshot_start' LANGUAGE C VOLATILE STRICT;
+REVOKE ALL ON FUNCTION bemi._snapshot_start(regclass, boolean, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi._snapshot_start(regclass, boolean, integer) TO bemi_admin;
 
 -- bemi_snapshot: records every row the table holds now as a SNAPSHOT change. With wait (the
 -- default) it returns once the snapshot is done and in bemi.changes; without, at once (see
@@ -68,6 +70,8 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION @extschema@.bemi_snapshot(regclass, boolean, integer) IS
     'Record every row a table holds now as a SNAPSHOT change, consistent with the change stream, in chunks';
+REVOKE ALL ON FUNCTION @extschema@.bemi_snapshot(regclass, boolean, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.bemi_snapshot(regclass, boolean, integer) TO bemi_admin;
 
 -- When the latest completed snapshot of a table finished, at or before a moment (NULL: none).
 -- Time travel reaches back to it across a TRUNCATE. For those who may read the table's changes.

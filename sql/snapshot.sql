@@ -81,6 +81,14 @@ SELECT bemi_snapshot('snap_items');
 SELECT bemi._snapshot_start('snap_items', true, 10);
 SELECT * FROM bemi.snapshots;
 RESET ROLE;
+-- (The function checks for itself too, whoever is let call it.)
+GRANT USAGE ON SCHEMA bemi TO snap_nobody;
+GRANT EXECUTE ON FUNCTION bemi._snapshot_start(regclass, boolean, integer) TO snap_nobody;
+SET ROLE snap_nobody;
+SELECT bemi._snapshot_start('snap_items', true, 10);
+RESET ROLE;
+REVOKE EXECUTE ON FUNCTION bemi._snapshot_start(regclass, boolean, integer) FROM snap_nobody;
+REVOKE USAGE ON SCHEMA bemi FROM snap_nobody;
 SET ROLE snap_admin;
 SELECT bemi_snapshot('snap_items');
 RESET ROLE;
@@ -102,7 +110,8 @@ GRANT SELECT ON snap_pairs TO snap_admin;
 SET ROLE snap_admin;
 SELECT bemi_snapshot('snap_pairs') > 0 AS taken;
 RESET ROLE;
-SELECT requested_by, state, rows FROM bemi.snapshots WHERE "table" = 'snap_pairs' ORDER BY id;
+SELECT CASE WHEN requested_by = current_user THEN 'me' ELSE requested_by END AS requested_by, state, rows
+  FROM bemi.snapshots WHERE "table" = 'snap_pairs' ORDER BY id;
 
 -- A chunk only counts when bemi signed it for its own transaction: one emitted by SQL is ignored.
 SELECT pg_logical_emit_message(true, 'bemi_snapshot', 'BEMISNAP1') IS NOT NULL AS emitted;
