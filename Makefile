@@ -21,8 +21,11 @@ MODULE_big = bemi
 #  snapshot.sql   bemi.snapshots and bemi_snapshot (src/worker/snapshot.c); queues the snapshots
 #                 of bemi.snapshot_on_create with bemi._user_tables (core.sql). Before start.sql,
 #                 so that the worker finds them when it starts.
+#  destination.sql bemi_set_destination and the role bemi_ingest of a destination, with its grants
+#                 on core.sql's tables (after rules.sql: the grants on schema bemi come in the order
+#                 the upgrade step makes them).
 EXT_SQL = ext/core.sql ext/ddl_guard.sql ext/access.sql ext/rules.sql ext/history.sql ext/time_travel.sql ext/revert.sql \
-          ext/retention.sql ext/snapshot.sql ext/start.sql
+          ext/retention.sql ext/snapshot.sql ext/destination.sql ext/start.sql
 # The version is set in bemi.control (default_version) and nowhere else.
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\\(.*\\)'/\\1/p" bemi.control)
 DATA_built = bemi--$(EXTVERSION).sql
@@ -44,6 +47,10 @@ PG_CFLAGS   = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-ini
 BEMI_CXXFLAGS = -std=c++17 -fPIC -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
                 -Wno-missing-field-initializers -fno-omit-frame-pointer
 SHLIB_LINK += -lfmt -lstdc++
+# libpq: the worker writes to a remote destination (src/worker/remote.cpp). PGXS's $(libpq) and
+# $(libpq_srcdir) name the server's own (the wheels of other majors carry theirs).
+SHLIB_LINK_INTERNAL += $(libpq)
+PG_CPPFLAGS += -isystem $(libpq_srcdir)
 
 # pg_regress: one file per behaviour, on a temporary instance with our settings. All files run in
 # one database, in this order, each on what the files before it left. misconfig must stay last:
@@ -52,7 +59,7 @@ SHLIB_LINK += -lfmt -lstdc++
 # it out on servers without output_plugin_libraries, so a file after it would start from a
 # different trail on different servers. Last, it changes nothing any other file sees. (Today's
 # files do pass with it second: none relies on the trail before it; keep it that way anyway.)
-REGRESS = boundary context comment comment_messages capture images images_xml ddl partitions truncate plugin status bemi_trigger security history as_of primary_key revert retention security_decoding security_ddl security_identity security_names security_history security_time_travel rules rules_revert rules_rename hmac protect snapshot misconfig
+REGRESS = boundary context comment comment_messages capture images images_xml ddl partitions truncate plugin status bemi_trigger security history as_of primary_key revert retention security_decoding security_ddl security_identity security_names security_history security_time_travel rules rules_revert rules_rename hmac protect snapshot destination misconfig
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/regress.conf --load-extension=bemi
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl

@@ -38,7 +38,11 @@ CREATE TABLE bemi.changes (
     -- root): history follows the table, not whichever table holds its name now. Meaningful for
     -- changes committed after bemi.tracking.oids_since only (before that: another database,
     -- restored from a dump).
-    table_oid      oid
+    table_oid      oid,
+    -- The server the change was captured on, for a trail that receives changes from other
+    -- servers (a destination, bemi_set_destination): its system identifier (pg_control_system()),
+    -- with `database` naming the database there. NULL: captured by this server's own worker.
+    source_system_id text COLLATE "C"
 ) PARTITION BY RANGE (committed_at);
 CREATE TABLE bemi.changes_default PARTITION OF bemi.changes (PRIMARY KEY (id)) DEFAULT;
 CREATE INDEX changes_default_row_history ON bemi.changes_default ("table", primary_key, schema, id);
@@ -105,11 +109,42 @@ CREATE TABLE bemi.gaps (
     relation    text COLLATE "C",
     table_oid   oid,
     role        text COLLATE "C",
-    statement   text
+    statement   text,
+    -- A gap of a source that writes its trail here (a destination): its system identifier and
+    -- database, as in bemi.changes. NULL: a gap of this database's own capture.
+    source_system_id text COLLATE "C",
+    source_database  text COLLATE "C"
 );
 REVOKE ALL ON bemi.gaps FROM PUBLIC;
 GRANT SELECT ON bemi.gaps TO bemi_reader;
 SELECT pg_catalog.pg_extension_config_dump('bemi.gaps', '');
+
+-- Where this database's worker writes the trail (bemi_set_destination, ext/destination.sql):
+-- NULL, bemi.changes here; else a libpq connection string of another PostgreSQL that has bemi,
+-- never with a password in it (passwords come from a password or service file).
+CREATE TABLE bemi.destination (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    conninfo   text,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO bemi.destination DEFAULT VALUES;
+REVOKE ALL ON bemi.destination FROM PUBLIC;
+
+-- On a destination: each source's progress, written by the source's worker in the same
+-- transaction as the changes it covers (the meaning of bemi.progress, per source). The source
+-- confirms its slot only up to what is committed here: exactly once across the two servers.
+CREATE TABLE bemi.source_progress (
+    source_system_id text COLLATE "C" NOT NULL,
+    database         text COLLATE "C" NOT NULL,
+    txn_end_lsn      pg_lsn NOT NULL,
+    txn_records      bigint NOT NULL,
+    txn_complete     boolean NOT NULL,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source_system_id, database)
+);
+REVOKE ALL ON bemi.source_progress FROM PUBLIC;
+GRANT SELECT ON bemi.source_progress TO bemi_reader;
+SELECT pg_catalog.pg_extension_config_dump('bemi.source_progress', '');
 
 ------------------------------------------------------------------------------------------------
 -- Context
@@ -148,6 +183,11 @@ CREATE FUNCTION bemi._worker_state(
     OUT skipped_column_rules bigint, OUT skipped_writer_rules bigint)
     AS 'MODULE_PATHNAME', 'bemi_worker_state' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
+-- Did the worker's last attempt to write to its destination (bemi.destination) succeed? NULL
+-- before its first attempt.
+CREATE FUNCTION bemi._destination_reachable() RETURNS boolean
+    AS 'MODULE_PATHNAME', 'bemi_destination_reachable' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
 CREATE FUNCTION @extschema@.bemi_status(
     OUT database text, OUT worker_pid integer, OUT worker_state text, OUT slot_name text,
     OUT slot_active boolean, OUT confirmed_lsn pg_lsn, OUT current_lsn pg_lsn,
@@ -155,7 +195,8 @@ CREATE FUNCTION @extschema@.bemi_status(
     OUT wal_status text, OUT changes_written bigint, OUT skipped_table_rules bigint,
     OUT skipped_column_rules bigint, OUT skipped_writer_rules bigint, OUT last_error text, OUT last_error_at timestamptz,
     OUT incomplete_image_tables text[], OUT tables_without_primary_key text[],
-    OUT settings_problems text[], OUT gaps bigint)
+    OUT settings_problems text[], OUT gaps bigint, OUT destination text,
+    OUT destination_reachable boolean, OUT destination_lag_bytes numeric)
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT current_database()::text, w.worker_pid, w.worker_state, w.slot_name,
            s.active, s.confirmed_flush_lsn, pg_current_wal_lsn(),
@@ -179,14 +220,20 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 
                CASE WHEN current_setting('output_plugin_libraries', true) IS NOT NULL
                      AND NOT ('bemi' = ANY (string_to_array(replace(current_setting('output_plugin_libraries', true), ' ', ''), ',')))
                     THEN 'output_plugin_libraries must include bemi' END]) AS p WHERE p IS NOT NULL),
-           (SELECT count(*) FROM bemi.gaps)
+           (SELECT count(*) FROM bemi.gaps),
+           d.conninfo,
+           CASE WHEN d.conninfo IS NOT NULL THEN bemi._destination_reachable() END,
+           CASE WHEN d.conninfo IS NOT NULL
+                THEN pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(s.confirmed_flush_lsn, pg_current_wal_lsn())) END
       FROM bemi._worker_state() w
+      CROSS JOIN bemi.destination d
       LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name
 $$;
-COMMENT ON FUNCTION @extschema@.bemi_status() IS 'The worker, its slot, lag, retained WAL, last error and configuration problems';
+COMMENT ON FUNCTION @extschema@.bemi_status() IS 'The worker, its slot, lag, retained WAL, last error, configuration problems and destination';
 REVOKE ALL ON FUNCTION @extschema@.bemi_status() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.bemi_status() TO bemi_reader;
 GRANT EXECUTE ON FUNCTION bemi._worker_state() TO bemi_reader;
+GRANT EXECUTE ON FUNCTION bemi._destination_reachable() TO bemi_reader;
 
 ------------------------------------------------------------------------------------------------
 -- Replica identity: complete before-images by default (bemi.replica_identity_full = off to opt out)

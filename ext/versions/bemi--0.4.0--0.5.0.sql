@@ -633,3 +633,231 @@ BEGIN
         PERFORM set_config('client_min_messages', saved_min_messages, true);
     END IF;
 END $$;
+
+-- 0.5.0 (issue 16): the trail in another database. bemi.changes and bemi.gaps say which source a
+-- change or gap came from; bemi.destination, bemi.source_progress, bemi_set_destination, the role
+-- bemi_ingest; bemi_status() gets the destination's columns (a new row type: dropped and made
+-- again, as ext/core.sql has it).
+ALTER TABLE bemi.changes ADD COLUMN source_system_id text COLLATE "C";
+ALTER TABLE bemi.gaps ADD COLUMN source_system_id text COLLATE "C",
+    ADD COLUMN source_database text COLLATE "C";
+
+-- Where this database's worker writes the trail (bemi_set_destination, ext/destination.sql):
+-- NULL, bemi.changes here; else a libpq connection string of another PostgreSQL that has bemi,
+-- never with a password in it (passwords come from a password or service file).
+CREATE TABLE bemi.destination (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    conninfo   text,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO bemi.destination DEFAULT VALUES;
+REVOKE ALL ON bemi.destination FROM PUBLIC;
+
+-- On a destination: each source's progress, written by the source's worker in the same
+-- transaction as the changes it covers (the meaning of bemi.progress, per source). The source
+-- confirms its slot only up to what is committed here: exactly once across the two servers.
+CREATE TABLE bemi.source_progress (
+    source_system_id text COLLATE "C" NOT NULL,
+    database         text COLLATE "C" NOT NULL,
+    txn_end_lsn      pg_lsn NOT NULL,
+    txn_records      bigint NOT NULL,
+    txn_complete     boolean NOT NULL,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source_system_id, database)
+);
+REVOKE ALL ON bemi.source_progress FROM PUBLIC;
+GRANT SELECT ON bemi.source_progress TO bemi_reader;
+SELECT pg_catalog.pg_extension_config_dump('bemi.source_progress', '');
+
+-- Did the worker's last attempt to write to its destination (bemi.destination) succeed? NULL
+-- before its first attempt.
+CREATE FUNCTION bemi._destination_reachable() RETURNS boolean
+    AS 'MODULE_PATHNAME', 'bemi_destination_reachable' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+-- The history functions with SQL-standard bodies name bemi.changes' columns where they read a
+-- reader function's rows (SETOF bemi.changes): made again, as ext/history.sql has them, so that
+-- they know the new column as a fresh install's do.
+CREATE OR REPLACE FUNCTION @extschema@.bemi_row_history(tbl regclass, primary_key text) RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._readable_table(bemi_row_history.tbl) t,
+           LATERAL bemi._row_trail(bemi_row_history.tbl, t.schema_name, t.table_name,
+                                   ARRAY[bemi_row_history.primary_key]) c
+     ORDER BY c.id DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_rows_history(tbl regclass, primary_keys text[]) RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._readable_table(bemi_rows_history.tbl) t,
+           LATERAL bemi._row_trail(bemi_rows_history.tbl, t.schema_name, t.table_name, bemi_rows_history.primary_keys) c
+     ORDER BY c.id DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_table_history(tbl regclass, since timestamptz DEFAULT '-infinity',
+                                               until timestamptz DEFAULT 'infinity') RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._readable_table(bemi_table_history.tbl) t,
+           LATERAL bemi._table_time_trail(bemi_table_history.tbl, t.schema_name, t.table_name,
+                                          coalesce(bemi_table_history.since, '-infinity'),
+                                          coalesce(bemi_table_history.until, 'infinity')) c
+     ORDER BY c.id DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_table_truncations(tbl regclass) RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._readable_table(bemi_table_truncations.tbl) t,
+           LATERAL bemi._truncate_trail(bemi_table_truncations.tbl, t.schema_name, t.table_name) c
+     ORDER BY c.id DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_transaction_history(transaction_id bigint) RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._transaction_trail(bemi._caller(), bemi_transaction_history.transaction_id) c
+     ORDER BY c.id DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_context_history(context jsonb) RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._context_trail(bemi._caller(), bemi_context_history.context) c
+     ORDER BY c.id DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_changes(ids bigint[]) RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._id_trail(bemi._caller(), bemi_changes.ids) c
+     ORDER BY c.id DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_transactions(since timestamptz DEFAULT '-infinity', until timestamptz DEFAULT 'infinity')
+RETURNS TABLE (transaction_id bigint, committed_at timestamptz, context jsonb, tables text[],
+               changes bigint, creates bigint, updates bigint, deletes bigint, truncates bigint)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.transaction_id, c.committed_at, (array_agg(c.context ORDER BY c.id))[1],
+           array_agg(DISTINCT format('%I.%I', c.schema, c."table")), count(*),
+           count(*) FILTER (WHERE c.operation = 'CREATE'), count(*) FILTER (WHERE c.operation = 'UPDATE'),
+           count(*) FILTER (WHERE c.operation = 'DELETE'), count(*) FILTER (WHERE c.operation = 'TRUNCATE')
+      FROM bemi._time_trail(bemi._caller(), coalesce(bemi_transactions.since, '-infinity'),
+                            coalesce(bemi_transactions.until, 'infinity')) c
+     GROUP BY c.transaction_id, c.committed_at
+     ORDER BY max(c.id) DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_context_groups(key text, since timestamptz DEFAULT '-infinity',
+                                                until timestamptz DEFAULT 'infinity')
+RETURNS TABLE (value jsonb, transactions bigint, changes bigint, tables text[],
+               first_committed_at timestamptz, last_committed_at timestamptz)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.context -> bemi_context_groups.key, count(DISTINCT (c.transaction_id, c.committed_at)),
+           count(*), array_agg(DISTINCT format('%I.%I', c.schema, c."table")),
+           min(c.committed_at), max(c.committed_at)
+      FROM bemi._time_trail(bemi._caller(), coalesce(bemi_context_groups.since, '-infinity'),
+                            coalesce(bemi_context_groups.until, 'infinity')) c
+     WHERE c.context ? bemi_context_groups.key
+     GROUP BY 1
+     ORDER BY max(c.id) DESC;
+END;
+
+DROP FUNCTION @extschema@.bemi_status();
+CREATE FUNCTION @extschema@.bemi_status(
+    OUT database text, OUT worker_pid integer, OUT worker_state text, OUT slot_name text,
+    OUT slot_active boolean, OUT confirmed_lsn pg_lsn, OUT current_lsn pg_lsn,
+    OUT lag_bytes numeric, OUT lag_seconds double precision, OUT retained_wal_bytes numeric,
+    OUT wal_status text, OUT changes_written bigint, OUT skipped_table_rules bigint,
+    OUT skipped_column_rules bigint, OUT skipped_writer_rules bigint, OUT last_error text, OUT last_error_at timestamptz,
+    OUT incomplete_image_tables text[], OUT tables_without_primary_key text[],
+    OUT settings_problems text[], OUT gaps bigint, OUT destination text,
+    OUT destination_reachable boolean, OUT destination_lag_bytes numeric)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT current_database()::text, w.worker_pid, w.worker_state, w.slot_name,
+           s.active, s.confirmed_flush_lsn, pg_current_wal_lsn(),
+           pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(s.confirmed_flush_lsn, pg_current_wal_lsn())),
+           CASE WHEN w.last_commit_at IS NULL OR s.confirmed_flush_lsn >= pg_current_wal_lsn() THEN 0
+                ELSE extract(epoch FROM clock_timestamp() - w.last_commit_at)::double precision END,
+           pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(s.restart_lsn, pg_current_wal_lsn())),
+           s.wal_status, w.changes_written, w.skipped_table_rules, w.skipped_column_rules,
+           w.skipped_writer_rules, w.last_error, w.last_error_at,
+           ARRAY(SELECT t.name FROM bemi._user_tables() t JOIN pg_class c ON c.oid = t.rel
+                  WHERE c.relreplident <> 'f' ORDER BY 1),
+           ARRAY(SELECT t.name FROM bemi._user_tables() t
+                  WHERE NOT t.is_partition
+                    AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = t.rel AND i.indisprimary)
+                  ORDER BY 1),
+           ARRAY(SELECT p FROM unnest(ARRAY[
+               CASE WHEN current_setting('wal_level') <> 'logical'
+                    THEN 'wal_level must be logical (now ' || current_setting('wal_level') || ')' END,
+               CASE WHEN NOT ('bemi' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ',')))
+                    THEN 'shared_preload_libraries must include bemi' END,
+               CASE WHEN current_setting('output_plugin_libraries', true) IS NOT NULL
+                     AND NOT ('bemi' = ANY (string_to_array(replace(current_setting('output_plugin_libraries', true), ' ', ''), ',')))
+                    THEN 'output_plugin_libraries must include bemi' END]) AS p WHERE p IS NOT NULL),
+           (SELECT count(*) FROM bemi.gaps),
+           d.conninfo,
+           CASE WHEN d.conninfo IS NOT NULL THEN bemi._destination_reachable() END,
+           CASE WHEN d.conninfo IS NOT NULL
+                THEN pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(s.confirmed_flush_lsn, pg_current_wal_lsn())) END
+      FROM bemi._worker_state() w
+      CROSS JOIN bemi.destination d
+      LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name
+$$;
+COMMENT ON FUNCTION @extschema@.bemi_status() IS 'The worker, its slot, lag, retained WAL, last error, configuration problems and destination';
+REVOKE ALL ON FUNCTION @extschema@.bemi_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.bemi_status() TO bemi_reader;
+GRANT EXECUTE ON FUNCTION bemi._destination_reachable() TO bemi_reader;
+
+-- bemi_set_destination(conninfo) makes this database's worker write its changes to another
+-- PostgreSQL that has bemi (its bemi.changes, with the progress in its bemi.source_progress);
+-- NULL writes them here again. Superuser only (the C function checks): the worker connects with
+-- the server's own files (.pgpass, pg_service.conf) and certificates. A connection string with a
+-- password is refused, so none is ever stored, logged or shown by bemi_status().
+CREATE FUNCTION @extschema@.bemi_set_destination(conninfo text) RETURNS void
+    AS 'MODULE_PATHNAME', 'bemi_set_destination' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.bemi_set_destination(text) IS
+    'Write the trail of this database to another PostgreSQL (a libpq connection string without a password); NULL: here';
+REVOKE ALL ON FUNCTION @extschema@.bemi_set_destination(text) FROM PUBLIC;
+
+-- On a destination, the role a source's worker logs in as is granted bemi_ingest: it may append
+-- changes and gaps and keep its source's progress, and nothing else (bemi.changes is otherwise
+-- closed to every role but bemi's own worker: src/context/protect.cpp). Like bemi_reader, a
+-- bemi_ingest that exists already must be one a superuser controls.
+DO $$
+DECLARE
+    suspect text;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'bemi_ingest') THEN
+        CREATE ROLE bemi_ingest NOLOGIN;
+        RETURN;
+    END IF;
+    SELECT pg_catalog.string_agg(pg_catalog.format('%I', m.rolname), ', ' ORDER BY m.rolname) INTO suspect
+      FROM pg_catalog.pg_auth_members a
+      JOIN pg_catalog.pg_roles m ON m.oid OPERATOR(pg_catalog.=) a.member
+      JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantor
+     WHERE a.roleid OPERATOR(pg_catalog.=) 'bemi_ingest'::pg_catalog.regrole
+       AND NOT m.rolsuper AND (a.admin_option OR NOT g.rolsuper);
+    IF suspect IS NOT NULL OR (SELECT rolcanlogin OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'bemi_ingest') THEN
+        RAISE EXCEPTION 'role bemi_ingest exists and is not under a superuser''s control'
+            USING ERRCODE = 'insufficient_privilege',
+            DETAIL = pg_catalog.format('bemi_ingest appends to every database''s trail. It must be NOLOGIN, and only superusers may grant it or administer it; %s.',
+                                       coalesce('these roles got it or its admin option from a non-superuser: ' || suspect, 'it can log in or is a superuser')),
+            HINT = 'Check who made bemi_ingest; as a superuser, REVOKE those memberships (or DROP ROLE bemi_ingest) and try again.';
+    END IF;
+END $$;
+GRANT USAGE ON SCHEMA bemi TO bemi_ingest;
+GRANT INSERT ON bemi.changes TO bemi_ingest;
+GRANT USAGE ON SEQUENCE bemi.changes_id_seq TO bemi_ingest;
+GRANT INSERT ON bemi.gaps TO bemi_ingest;
+GRANT SELECT, INSERT, UPDATE ON bemi.source_progress TO bemi_ingest;

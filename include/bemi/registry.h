@@ -59,6 +59,12 @@ typedef struct BemiDatabase
 	int writers;              /* writer processes running */
 	uint64 batches_sent;      /* batches handed to writers in this run */
 	uint64 batches_committed; /* of those, committed */
+	/* The trail in another database (bemi_set_destination, src/worker/remote.cpp). */
+	uint32 destination_generation; /* moves when a bemi_set_destination commits: the worker
+	                                * writes out what it has and starts again */
+	XLogRecPtr destination_from_lsn; /* the end of that commit: transactions that end after it go
+	                                  * to the new destination, those before to the old */
+	int destination_reachable;     /* the worker's last attempt there: 0 none, 1 worked, 2 failed */
 } BemiDatabase;
 
 typedef struct BemiShared

@@ -14,7 +14,9 @@
 //   does not drop it (DETACH, ...) is then recorded in bemi.gaps.
 // - Writes: ExecutorStart refuses INSERT, UPDATE, DELETE and MERGE of bemi.changes (and its
 //   partitions) and UPDATE, DELETE, MERGE of bemi.gaps, from any statement (a view, a function, a
-//   rule, a DO block); ProcessUtility refuses TRUNCATE of either and COPY into bemi.changes.
+//   rule, a DO block); ProcessUtility refuses TRUNCATE of either and COPY into bemi.changes. One
+//   exception: a role granted bemi_ingest (membership itself, not a superuser's reach) may append
+//   to bemi.changes by plain INSERT or COPY: on a destination, the source's worker (issue 16).
 //   bemi.allow_trail_changes lets a superuser's session do it, and each such statement is then
 //   recorded in bemi.gaps (RecordTrailGap), in the statement's own transaction.
 // - A session with bemi.allow_trail_changes on edits the trail itself (a restore, a repair): its
@@ -178,6 +180,13 @@ bool Exempt() {
 	       (creating_extension && PgCall([]() { return InBemiScript(); }));
 }
 
+// A role granted bemi_ingest (not merely a superuser): on a destination, the role a source's
+// worker logs in as, which may append to bemi.changes and nothing else (issue 16).
+bool Ingests() {
+	Oid ingest = get_role_oid("bemi_ingest", true);
+	return OidIsValid(ingest) && is_member_of_role_nosuper(GetUserId(), ingest);
+}
+
 // A drop or dismantling of the trail while it holds changes, without bemi.allow_drop: refused
 // with what is at stake.
 // Returns true when the statement goes ahead only because of bemi.allow_drop (the trail holds
@@ -261,11 +270,13 @@ Target FindTrailTarget(const PlannedStmt *pstmt, CmdType operation) {
 	if (plain_insert && pstmt->planTree && IsA(pstmt->planTree, ModifyTable) &&
 	    castNode(ModifyTable, pstmt->planTree)->onConflictAction == ONCONFLICT_UPDATE)
 		plain_insert = false;
+	// A bemi_ingest role appends to bemi.changes (a source's worker writing to its destination).
+	bool ingest = plain_insert && Ingests();
 	ListCell *lc;
 	foreach (lc, pstmt->resultRelations) {
 		Oid relid = rt_fetch(lfirst_int(lc), pstmt->rtable)->relid;
 		Trail trail = Classify(relid);
-		if (trail == Trail::Changes || (trail == Trail::Gaps && !plain_insert))
+		if ((trail == Trail::Changes && !ingest) || (trail == Trail::Gaps && !plain_insert))
 			return {relid};
 	}
 	return {InvalidOid};
@@ -361,8 +372,9 @@ void GuardTrailUtility(PlannedStmt *pstmt, const char *query_string) {
 			return;
 		Oid relid = PgCall([&]() {
 			Oid r = RangeVarGetRelid(copy->relation, NoLock, true);
+			// A bemi_ingest role's COPY appends (a source's worker writing to its destination).
 			return Classify(r) == Trail::Changes &&
-			               pg_class_aclcheck(r, GetUserId(), ACL_INSERT) == ACLCHECK_OK
+			               pg_class_aclcheck(r, GetUserId(), ACL_INSERT) == ACLCHECK_OK && !Ingests()
 			           ? r
 			           : InvalidOid;
 		});

@@ -39,6 +39,13 @@ extern text *BemiKeyText(Oid relid, Jsonb *image);
 extern void BemiWaitApplied(XLogRecPtr lsn, int64 timeout_ms);
 extern Datum BemiWorkerStateRow(TupleDesc row);
 
+/*
+ * destination.cpp: bemi_set_destination(conninfo) (NULL: the trail here) and whether the worker's
+ * last attempt to write there worked (*known false: no attempt, or the trail is here).
+ */
+extern void BemiSetDestination(const char *conninfo);
+extern bool BemiDestinationReachable(bool *known);
+
 /* src/boundary/boundary_test.cpp: the test of both directions of the guard (sql/boundary.sql). */
 extern text *BemiBoundaryTest(const char *kind, const char *function);
 

@@ -22,6 +22,8 @@ PG_FUNCTION_INFO_V1(bemi_key_text);
 PG_FUNCTION_INFO_V1(bemi_wait);
 PG_FUNCTION_INFO_V1(bemi_worker_state);
 PG_FUNCTION_INFO_V1(bemi_boundary_test);
+PG_FUNCTION_INFO_V1(bemi_set_destination);
+PG_FUNCTION_INFO_V1(bemi_destination_reachable);
 
 /* The row type a function returning a composite was declared with. */
 static TupleDesc
@@ -102,6 +104,26 @@ Datum
 bemi_worker_state(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_DATUM(BemiWorkerStateRow(ResultRow(fcinfo)));
+}
+
+/* bemi_set_destination(conninfo text) → void (not STRICT: NULL keeps the trail here). */
+Datum
+bemi_set_destination(PG_FUNCTION_ARGS)
+{
+	BemiSetDestination(PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	PG_RETURN_VOID();
+}
+
+/* bemi._destination_reachable() → boolean: NULL before the worker's first attempt there. */
+Datum
+bemi_destination_reachable(PG_FUNCTION_ARGS)
+{
+	bool known;
+	bool reachable = BemiDestinationReachable(&known);
+
+	if (!known)
+		PG_RETURN_NULL();
+	PG_RETURN_BOOL(reachable);
 }
 
 /*

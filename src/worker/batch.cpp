@@ -12,6 +12,7 @@
 #include "sink.hpp"
 
 #include "multi_insert.hpp"
+#include "remote.hpp"
 #include "transaction.hpp"
 #include "writers.hpp"
 
@@ -137,6 +138,35 @@ void Batch::Release() {
 		std::vector<char>().swap(arena_);
 	if (rows_.capacity() * sizeof(Row) > kKeptBytes)
 		std::vector<Row>().swap(rows_);
+}
+
+BatchWriter::BatchWriter(std::string database, std::vector<char> empty_context)
+    : database_(std::move(database)), empty_context_(std::move(empty_context)) {}
+
+BatchWriter::~BatchWriter() = default;
+
+namespace {
+
+// What bemi_status() says of the destination. C-style.
+void SetReachable(BemiDatabase *db, bool reachable) {
+	SpinLockAcquire(&db->mutex);
+	db->destination_reachable = reachable ? 1 : 2;
+	SpinLockRelease(&db->mutex);
+}
+
+} // namespace
+
+std::optional<Progress> BatchWriter::UseRemote(BemiDatabase *db, std::unique_ptr<RemoteDestination> remote) {
+	std::optional<Progress> there;
+	try {
+		there = remote->LoadProgress();
+	} catch (...) {
+		PgCall([&]() { SetReachable(db, false); });
+		throw;
+	}
+	PgCall([&]() { SetReachable(db, true); });
+	remote_ = std::move(remote);
+	return there;
 }
 
 BatchWriter::Columns BatchWriter::Fill(const Batch &batch) {
@@ -364,9 +394,24 @@ int BatchWriter::InsertCarefully(const Columns &c, char *note, size_t note_len) 
 // later one; bemi.progress is updated and committed in the commit turn.
 void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &reached, TimestampTz last_commit,
                         const Turns *turns) {
+	bool remote = remote_ != nullptr;
+	if (remote) {
+		// The destination first: its COMMIT returns once the rows and its progress for this
+		// source are durable there. bemi.progress here follows (below, without rows): a crash in
+		// between is caught up at start, from the destination's progress.
+		std::string text = remote_->CopyText(batch, empty_context_);
+		PgCall([&]() { pgstat_report_activity(STATE_RUNNING, "bemi: writing a batch of changes to the destination"); });
+		try {
+			remote_->Write(text, batch.Count(), reached);
+		} catch (...) {
+			PgCall([&]() { SetReachable(db, false); });
+			throw;
+		}
+		PgCall([&]() { SetReachable(db, true); });
+	}
 	Columns columns = Fill(batch);
 	PgCall([&]() {
-		bool careful = db->failures > 0 && (turns == nullptr || turns->careful_allowed);
+		bool careful = !remote && db->failures > 0 && (turns == nullptr || turns->careful_allowed);
 		char note[BEMI_ERROR_LEN] = "";
 		int replaced = 0;
 
@@ -379,9 +424,10 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 			if (turns != nullptr)
 				WaitIdsTurn(turns);
 			PreparePlans();
-			if (columns.count > 0 && careful)
+			// With a destination the rows are written there already.
+			if (!remote && columns.count > 0 && careful)
 				replaced = InsertCarefully(columns, note, sizeof(note));
-			else if (columns.count > 0)
+			else if (!remote && columns.count > 0)
 				InsertBatch(columns, turns);
 			if (turns != nullptr) {
 				PassIdsTurn(turns); // if the insert did not already

@@ -144,16 +144,30 @@ extern "C" void BemiLauncherRun(void) {
 	});
 }
 
-// Called by the extension script: refuse a server that cannot capture, then start the worker.
+// Called by the extension script. A server that cannot capture (bemi not preloaded, WAL not
+// logical) still gets the trail and its read functions: it can be another database's destination
+// (bemi_set_destination), and the warning says what capture needs. A server set up for capture
+// whose output_plugin_libraries leaves bemi out is refused: its capture would not start.
 extern "C" void BemiStartWorker(void) {
 	bemi::Enter([]() {
-		if (bemi_shared == nullptr)
-			throw bemi::Error(
-			    ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "bemi must be loaded at server start", {},
-			    "Add bemi to shared_preload_libraries in postgresql.conf and restart the server.");
-		if (wal_level < WAL_LEVEL_LOGICAL)
-			throw bemi::Error(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "bemi needs wal_level = logical", {},
-			                  "Set wal_level = logical in postgresql.conf and restart the server.");
+		if (bemi_shared == nullptr || wal_level < WAL_LEVEL_LOGICAL) {
+			bool preloaded = bemi_shared != nullptr;
+			bemi::PgCall([&]() {
+				ereport(WARNING,
+				        (errcode(ERRCODE_WARNING),
+				         errmsg("bemi does not capture the changes of this database: %s",
+				                preloaded ? "wal_level is not logical" : "bemi is not loaded at server start"),
+				         errdetail("This database can hold a trail as the destination of other databases "
+				                   "(bemi_set_destination there); capture here needs "
+				                   "shared_preload_libraries = 'bemi' and wal_level = logical."),
+				         errhint("%s", preloaded ? "Set wal_level = logical in postgresql.conf and restart the "
+				                                   "server, then DROP and CREATE EXTENSION bemi."
+				                                 : "Add bemi to shared_preload_libraries (and wal_level = "
+				                                   "logical) in postgresql.conf and restart the server, then "
+				                                   "DROP and CREATE EXTENSION bemi.")));
+			});
+			return;
+		}
 		const char *allowed =
 		    bemi::PgCall([]() { return GetConfigOption("output_plugin_libraries", true, false); });
 		if (!bemi::SettingLists(allowed, BEMI_PLUGIN_NAME))

@@ -12,6 +12,7 @@
 // becomes an ERROR there and never unwinds PostgreSQL's decoding frames.
 #include "sink.hpp"
 
+#include "remote.hpp"
 #include "transaction.hpp"
 #include "writers.hpp"
 
@@ -27,6 +28,7 @@ extern "C" {
 #include "common/file_utils.h" /* PG_TEMP_FILES_DIR moved here from storage/fd.h in 18 */
 #endif
 #include "storage/fd.h"
+#include "utils/builtins.h"
 #include "utils/pg_lsn.h"
 }
 
@@ -331,6 +333,49 @@ void Sink::Drain(BemiDatabase *db) {
 	spool_.Reset();
 	pending_changes_ = 0;
 	batch_.Release();
+}
+
+bool Later(const Progress &a, const Progress &b) {
+	if (a.txn_end_lsn != b.txn_end_lsn)
+		return a.txn_end_lsn > b.txn_end_lsn;
+	if (a.txn_complete != b.txn_complete)
+		return a.txn_complete;
+	return !a.txn_complete && a.txn_records > b.txn_records;
+}
+
+void Sink::UseDestination(BemiDatabase *db, const std::string &conninfo) {
+	std::optional<Progress> there =
+	    writer_.UseRemote(db, std::make_unique<RemoteDestination>(conninfo, SystemIdentifier(), writer_.Database()));
+	// What this database's own progress says was written (here, or there by an earlier run
+	// before it updated bemi.progress) and what the destination holds: the later of the two.
+	if (there && Later(*there, done_))
+		done_ = *there;
+}
+
+std::string LoadDestination() {
+	const char *found = PgCall([&]() {
+		const char *conninfo = nullptr;
+		MemoryContext caller = CurrentMemoryContext;
+		InTransactionWithSpi([&]() {
+			bool isnull;
+			// Before ALTER EXTENSION bemi UPDATE to 0.5.0 there is no bemi.destination: the trail is here.
+			if (SPI_execute("SELECT pg_catalog.to_regclass('bemi.destination') IS NOT NULL", true, 0) !=
+			        SPI_OK_SELECT ||
+			    !DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+				return;
+			if (SPI_execute("SELECT d.conninfo FROM bemi.destination d", true, 0) == SPI_OK_SELECT &&
+			    SPI_processed == 1) {
+				Datum value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+				if (!isnull)
+					conninfo = MemoryContextStrdup(caller, TextDatumGetCString(value));
+			}
+		});
+		return conninfo;
+	});
+	std::string conninfo = found != nullptr ? found : "";
+	if (found != nullptr)
+		PgCall([&]() { pfree(const_cast<char *>(found)); });
+	return conninfo;
 }
 
 Progress LoadProgress() {

@@ -14,6 +14,7 @@ extern "C" {
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,7 @@ namespace bemi {
 
 struct Turns;
 class Writers;
+class RemoteDestination;
 
 // Where the worker stands in the stream; see bemi.progress.
 struct Progress {
@@ -86,8 +88,14 @@ class Batch {
 // statements.
 class BatchWriter {
   public:
-	BatchWriter(std::string database, std::vector<char> empty_context)
-	    : database_(std::move(database)), empty_context_(std::move(empty_context)) {}
+	BatchWriter(std::string database, std::vector<char> empty_context);
+	~BatchWriter();
+	// The destination seam: with a RemoteDestination the batches go there (remote.cpp) and only
+	// bemi.progress is written here, after the destination committed; without one, into
+	// bemi.changes here. Its progress for this source, if it holds any.
+	std::optional<Progress> UseRemote(BemiDatabase *db, std::unique_ptr<RemoteDestination> remote);
+	bool Remote() const { return remote_ != nullptr; }
+	const std::string &Database() const { return database_; }
 	// turns: the batch's place in the writers' order (writers.hpp); nullptr when the worker
 	// writes alone (bemi.writers = 0).
 	void Write(BemiDatabase *db, const Batch &batch, const Progress &reached, TimestampTz last_commit,
@@ -119,6 +127,7 @@ class BatchWriter {
 	bool insert_has_table_oid_ = false; // insert_plan_ writes bemi.changes.table_oid
 	SPIPlanPtr progress_plan_ = nullptr;
 	bool multi_insert_ = true; // the last whole batch went by table_multi_insert (multi_insert.cpp)
+	std::unique_ptr<RemoteDestination> remote_; // none: the trail is here
 };
 
 // The sink of one worker run: the plugin's records go to the spool while a transaction is
@@ -147,6 +156,10 @@ class Sink {
 	// the writers if UseWriters() gave some.
 	void Drain(BemiDatabase *db);
 	void UseWriters(Writers *writers) { writers_ = writers; }
+	// Writes to another database's trail (bemi.destination): what that destination already holds
+	// of this source is skipped. Throws if it cannot be reached.
+	void UseDestination(BemiDatabase *db, const std::string &conninfo);
+	const Progress &Done() const { return done_; }
 
   private:
 	void Append(char kind, const void *fixed, uint32 fixed_size, const void *const *parts, const int32 *sizes,
@@ -166,6 +179,11 @@ class Sink {
 	BatchWriter writer_;
 	Writers *writers_ = nullptr;
 };
+
+// Is a later than b in the stream?
+bool Later(const Progress &a, const Progress &b);
+// The conninfo of bemi.destination; empty when the trail is here (or the SQL predates it).
+std::string LoadDestination();
 
 // The sink of database dboid's worker, which has written up to `done`.
 std::unique_ptr<Sink> StartSink(Oid dboid, const Progress &done);

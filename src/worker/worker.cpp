@@ -15,6 +15,7 @@
 
 #include <deque>
 #include <memory>
+#include <string>
 #include <utility>
 
 extern "C" {
@@ -170,6 +171,7 @@ class DatabaseRun {
 	void Applied(XLogRecPtr reached);
 	[[noreturn]] void Retire();
 	[[noreturn]] void LetGo();
+	[[noreturn]] void NewDestination();
 
 	BemiDatabase *db_;
 	MemoryContext context_; // long-lived; transactions leave TopMemoryContext current
@@ -185,6 +187,8 @@ class DatabaseRun {
 	// be confirmed up to confirm_lsn_ once the WAL holding our last commit, commit_end_, is flushed.
 	XLogRecPtr confirm_lsn_ = InvalidXLogRecPtr;
 	XLogRecPtr commit_end_ = InvalidXLogRecPtr;
+	uint32 destination_generation_ = 0; // of the destination this run writes to
+	bool switching_ = false;            // a new one is set: decoding is capped at its commit
 };
 
 // Slot, origin, progress and decoding context; then the stream.
@@ -196,7 +200,26 @@ void DatabaseRun::Run() {
 	WaitForOldWriters(db_); // none of the last run's may commit after we read the progress
 	Progress progress = LoadProgress();
 	sink_ = StartSink(db_->dboid, progress);
+	// Read before the destination: a bemi_set_destination committing after this moves it again.
+	destination_generation_ = PgCall([&]() {
+		SpinLockAcquire(&db_->mutex);
+		uint32 generation = db_->destination_generation;
+		SpinLockRelease(&db_->mutex);
+		return generation;
+	});
+	std::string conninfo = LoadDestination();
 	int writers = PgCall([]() { return bemi_writers; });
+	if (!conninfo.empty()) {
+		// Writer processes write here only: with a destination the worker writes each batch there
+		// itself (the destination's COMMIT is the wait, not this server's CPU).
+		sink_->UseDestination(db_, conninfo);
+		writers = 0;
+	} else
+		PgCall([&]() {
+			SpinLockAcquire(&db_->mutex);
+			db_->destination_reachable = 0;
+			SpinLockRelease(&db_->mutex);
+		});
 	if (writers > 0) {
 		writers_ = Writers::Start(db_, writers);
 		sink_->UseWriters(writers_.get());
@@ -204,9 +227,10 @@ void DatabaseRun::Run() {
 	PgCall([&]() {
 		MemoryContextSwitchTo(context_);
 		ctx_ = BemiStartDecoding(slot_);
-		ereport(LOG, (errmsg("bemi: worker decoding database %u from %X/%X (written up to %X/%X), %d writers",
+		ereport(LOG, (errmsg("bemi: worker decoding database %u from %X/%X (written up to %X/%X), %d writers%s",
 		                     db_->dboid, BEMI_LSN_ARGS(MyReplicationSlot->data.confirmed_flush),
-		                     BEMI_LSN_ARGS(progress.txn_end_lsn), writers_ ? writers_->Count() : 0)));
+		                     BEMI_LSN_ARGS(sink_->Done().txn_end_lsn), writers_ ? writers_->Count() : 0,
+		                     conninfo.empty() ? "" : ", the trail in another database")));
 	});
 	Stream();
 }
@@ -342,6 +366,24 @@ void DatabaseRun::LetGo() {
 	pg_unreachable();
 }
 
+// bemi_set_destination committed: what is decoded is written where it was going, then the
+// worker exits to be started again (a second later) with the new destination. The new run starts
+// from the later of bemi.progress and the new destination's progress for this source.
+void DatabaseRun::NewDestination() {
+	Flush();
+	if (writers_) {
+		writers_->Drain();
+		Advance();
+	}
+	PgCall([&]() {
+		MemoryContextSwitchTo(context_);
+		ConfirmDurable(true);
+		ereport(LOG, (errmsg("bemi: the destination of database %u changed; the worker starts again", db_->dboid)));
+		proc_exit(1);
+	});
+	pg_unreachable();
+}
+
 // Confirms the slot up to confirm_lsn_ once our last commit is durable. From 17 the same holds
 // for the standbys named in synchronized_standby_slots. C-style, inside PgCall only.
 void DatabaseRun::ConfirmDurable(bool flush_now) {
@@ -425,8 +467,9 @@ void DatabaseRun::Advance() {
 // Decodes WAL up to end_of_wal while the worker may; true if it stopped for a full batch.
 // C-style, inside PgCall only: one PgCall for a whole round of WAL records.
 bool DatabaseRun::Decode(XLogRecPtr end_of_wal) {
-	while (ctx_->reader->EndRecPtr < end_of_wal &&
-	       (db_->state == BEMI_RUNNING || db_->state == BEMI_FAILING)) {
+	// A bemi_set_destination committing meanwhile stops the round: Stream() caps the next one.
+	while (ctx_->reader->EndRecPtr < end_of_wal && (db_->state == BEMI_RUNNING || db_->state == BEMI_FAILING) &&
+	       (switching_ || db_->destination_generation == destination_generation_)) {
 		char *errm = nullptr;
 		XLogRecord *record = XLogReadRecord(ctx_->reader, &errm);
 
@@ -446,7 +489,7 @@ void DatabaseRun::Stream() {
 	TimestampTz pending_since = 0;
 
 	for (;;) {
-		enum class Next { kDecode, kRetire, kLetGo };
+		enum class Next { kDecode, kRetire, kLetGo, kNewDestination };
 		XLogRecPtr end_of_wal = InvalidXLogRecPtr;
 		Next next = PgCall([&]() {
 			// Transactions leave us in TopMemoryContext: come back every round.
@@ -460,7 +503,19 @@ void DatabaseRun::Stream() {
 				return Next::kRetire;
 			if (db_->state == BEMI_PAUSED)
 				return Next::kLetGo;
+			SpinLockAcquire(&db_->mutex);
+			bool moved = db_->destination_generation != destination_generation_;
+			XLogRecPtr switch_at = db_->destination_from_lsn;
+			SpinLockRelease(&db_->mutex);
 			end_of_wal = GetFlushRecPtr(NULL);
+			if (moved) {
+				// Transactions that end up to bemi_set_destination's commit are this run's; the
+				// next run writes the rest to the new destination.
+				if (ctx_->reader->EndRecPtr >= switch_at)
+					return Next::kNewDestination;
+				switching_ = true;
+				end_of_wal = Min(end_of_wal, switch_at);
+			}
 			if (ctx_->reader->EndRecPtr < end_of_wal)
 				pgstat_report_activity(STATE_RUNNING, "bemi: decoding");
 			return Next::kDecode;
@@ -469,6 +524,8 @@ void DatabaseRun::Stream() {
 			Retire();
 		if (next == Next::kLetGo)
 			LetGo();
+		if (next == Next::kNewDestination)
+			NewDestination();
 
 		while (PgCall([&]() { return Decode(end_of_wal); })) {
 			Flush();

@@ -1,0 +1,46 @@
+
+------------------------------------------------------------------------------------------------
+-- The trail in another database (issue 16)
+------------------------------------------------------------------------------------------------
+-- bemi_set_destination(conninfo) makes this database's worker write its changes to another
+-- PostgreSQL that has bemi (its bemi.changes, with the progress in its bemi.source_progress);
+-- NULL writes them here again. Superuser only (the C function checks): the worker connects with
+-- the server's own files (.pgpass, pg_service.conf) and certificates. A connection string with a
+-- password is refused, so none is ever stored, logged or shown by bemi_status().
+CREATE FUNCTION @extschema@.bemi_set_destination(conninfo text) RETURNS void
+    AS 'MODULE_PATHNAME', 'bemi_set_destination' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.bemi_set_destination(text) IS
+    'Write the trail of this database to another PostgreSQL (a libpq connection string without a password); NULL: here';
+REVOKE ALL ON FUNCTION @extschema@.bemi_set_destination(text) FROM PUBLIC;
+
+-- On a destination, the role a source's worker logs in as is granted bemi_ingest: it may append
+-- changes and gaps and keep its source's progress, and nothing else (bemi.changes is otherwise
+-- closed to every role but bemi's own worker: src/context/protect.cpp). Like bemi_reader, a
+-- bemi_ingest that exists already must be one a superuser controls.
+DO $$
+DECLARE
+    suspect text;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'bemi_ingest') THEN
+        CREATE ROLE bemi_ingest NOLOGIN;
+        RETURN;
+    END IF;
+    SELECT pg_catalog.string_agg(pg_catalog.format('%I', m.rolname), ', ' ORDER BY m.rolname) INTO suspect
+      FROM pg_catalog.pg_auth_members a
+      JOIN pg_catalog.pg_roles m ON m.oid OPERATOR(pg_catalog.=) a.member
+      JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantor
+     WHERE a.roleid OPERATOR(pg_catalog.=) 'bemi_ingest'::pg_catalog.regrole
+       AND NOT m.rolsuper AND (a.admin_option OR NOT g.rolsuper);
+    IF suspect IS NOT NULL OR (SELECT rolcanlogin OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'bemi_ingest') THEN
+        RAISE EXCEPTION 'role bemi_ingest exists and is not under a superuser''s control'
+            USING ERRCODE = 'insufficient_privilege',
+            DETAIL = pg_catalog.format('bemi_ingest appends to every database''s trail. It must be NOLOGIN, and only superusers may grant it or administer it; %s.',
+                                       coalesce('these roles got it or its admin option from a non-superuser: ' || suspect, 'it can log in or is a superuser')),
+            HINT = 'Check who made bemi_ingest; as a superuser, REVOKE those memberships (or DROP ROLE bemi_ingest) and try again.';
+    END IF;
+END $$;
+GRANT USAGE ON SCHEMA bemi TO bemi_ingest;
+GRANT INSERT ON bemi.changes TO bemi_ingest;
+GRANT USAGE ON SEQUENCE bemi.changes_id_seq TO bemi_ingest;
+GRANT INSERT ON bemi.gaps TO bemi_ingest;
+GRANT SELECT, INSERT, UPDATE ON bemi.source_progress TO bemi_ingest;

@@ -1,0 +1,327 @@
+// remote.cpp: writing the worker's batches into another PostgreSQL's bemi.changes (issue 16).
+//
+// Runs in the worker, which calls it instead of its local insert when bemi.destination names a
+// connection string (batch.cpp). Per batch, one transaction on the destination:
+//   1. the source's row of bemi.source_progress is moved from what we last knew to the batch's
+//      progress (INSERT ... ON CONFLICT DO UPDATE ... WHERE it is still what we knew): it locks the
+//      row, so two writers for one source cannot interleave, and one that finds the row moved
+//      fails instead of writing twice;
+//   2. the rows, by COPY bemi.changes (...) FROM STDIN in text format: ids come from the
+//      destination's identity;
+//   3. COMMIT, with synchronous_commit = on: when it returns, the rows are durable there.
+// Only then does the worker update its local bemi.progress and confirm its slot (worker.cpp), so a
+// crash anywhere resumes from what the destination holds (LoadProgress, at start), and nothing is
+// lost or written twice across the two servers.
+//
+// Crossings: libpq never longjmps, so its calls are plain C++ here. The text of a batch is built
+// from the batch's arena inside one PgCall (jsonb and timestamptz output may raise).
+#include "remote.hpp"
+
+#include "transaction.hpp"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+extern "C" {
+#include "access/xlog.h"
+#include "libpq-fe.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+}
+
+namespace bemi {
+
+namespace {
+
+const char *const kCopy =
+    "COPY bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \"table\", operation,"
+    " committed_at, transaction_id, position, source_system_id) FROM STDIN";
+
+// Fenced: the row moves only from what this worker last knew ($6..$8; NULL: no row), else no row
+// comes back. The worker's session has search_path = pg_catalog, pg_temp.
+const char *const kProgress =
+    "INSERT INTO bemi.source_progress AS p (source_system_id, database, txn_end_lsn, txn_records, "
+    "txn_complete) VALUES ($1, $2, $3::pg_lsn, $4::bigint, $5::boolean)"
+    " ON CONFLICT (source_system_id, database) DO UPDATE SET txn_end_lsn = excluded.txn_end_lsn,"
+    " txn_records = excluded.txn_records, txn_complete = excluded.txn_complete, updated_at = now()"
+    " WHERE p.txn_end_lsn = $6::pg_lsn AND p.txn_records = $7::bigint AND p.txn_complete = $8::boolean"
+    " RETURNING 1";
+
+std::string LsnText(XLogRecPtr lsn) {
+	return fmt::format("{:X}/{:X}", static_cast<uint32>(lsn >> 32), static_cast<uint32>(lsn));
+}
+
+// COPY text format: backslash, newline, carriage return and tab escaped. C-style (StringInfo).
+void AppendCopyValue(StringInfo out, const char *value, size_t len) {
+	for (size_t i = 0; i < len; i++) {
+		char c = value[i];
+		switch (c) {
+		case '\\':
+			appendBinaryStringInfo(out, "\\\\", 2);
+			break;
+		case '\n':
+			appendBinaryStringInfo(out, "\\n", 2);
+			break;
+		case '\r':
+			appendBinaryStringInfo(out, "\\r", 2);
+			break;
+		case '\t':
+			appendBinaryStringInfo(out, "\\t", 2);
+			break;
+		default:
+			appendStringInfoCharMacro(out, c);
+		}
+	}
+}
+
+void AppendText(StringInfo out, const char *varlena) {
+	AppendCopyValue(out, VARDATA_ANY(varlena), VARSIZE_ANY_EXHDR(varlena));
+}
+
+void AppendJsonb(StringInfo out, const char *varlena) {
+	const Jsonb *jb = reinterpret_cast<const Jsonb *>(varlena);
+	char *text = JsonbToCString(nullptr, const_cast<JsonbContainer *>(&jb->root), VARSIZE(jb));
+	AppendCopyValue(out, text, strlen(text));
+	pfree(text);
+}
+
+} // namespace
+
+std::string ConninfoProblem(const char *conninfo) {
+	char *error = nullptr;
+	PQconninfoOption *options = PQconninfoParse(conninfo, &error);
+	if (options == nullptr) {
+		std::string problem = "it is not a valid connection string";
+		// libpq's message may quote a piece of the string: left out when it could hold a password.
+		if (error != nullptr && strcasestr(conninfo, "pass") == nullptr && strchr(conninfo, '@') == nullptr)
+			problem += fmt::format(" ({})", std::string(error, strcspn(error, "\n")));
+		PQfreemem(error);
+		return problem;
+	}
+	std::string problem;
+	for (PQconninfoOption *o = options; o->keyword != nullptr; o++)
+		if (strcmp(o->keyword, "password") == 0 && o->val != nullptr)
+			problem = "it contains a password";
+	PQconninfoFree(options);
+	return problem;
+}
+
+std::string SystemIdentifier() {
+	return std::to_string(PgCall([]() { return GetSystemIdentifier(); }));
+}
+
+RemoteDestination::RemoteDestination(std::string conninfo, std::string source_system_id, std::string database)
+    : conninfo_(std::move(conninfo)), source_system_id_(std::move(source_system_id)),
+      database_(std::move(database)) {}
+
+RemoteDestination::~RemoteDestination() {
+	Disconnect();
+}
+
+void RemoteDestination::Disconnect() {
+	if (conn_ != nullptr)
+		PQfinish(conn_);
+	conn_ = nullptr;
+	progress_known_ = false;
+}
+
+void RemoteDestination::Fail(const std::string &what) {
+	std::string reason = conn_ != nullptr ? PQerrorMessage(conn_) : "";
+	while (!reason.empty() && (reason.back() == '\n' || reason.back() == ' '))
+		reason.pop_back();
+	Disconnect();
+	throw Error(ERRCODE_CONNECTION_FAILURE, fmt::format("bemi: the destination {}: {}", what, reason),
+	            "Changes are kept in this server's WAL (within max_slot_wal_keep_size) and written once the "
+	            "destination is back; the worker retries with a growing delay.",
+	            "Check the destination named by bemi_status().destination: it runs, has CREATE EXTENSION "
+	            "bemi, and the role the worker logs in as is granted bemi_ingest.");
+}
+
+void RemoteDestination::Connect() {
+	if (conn_ != nullptr && PQstatus(conn_) == CONNECTION_OK)
+		return;
+	Disconnect();
+	std::string problem = ConninfoProblem(conninfo_.c_str());
+	if (!problem.empty())
+		throw Error(ERRCODE_INVALID_PARAMETER_VALUE,
+		            fmt::format("bemi: the destination's connection string is refused: {}", problem), {},
+		            "Call bemi_set_destination() with a connection string without a password; the "
+		            "password goes in a password file (passfile) or a service file.");
+	const char *encoding = PgCall([]() { return GetDatabaseEncodingName(); });
+	// Defaults first; the expanded connection string overrides them; the encoding is ours.
+	const char *keywords[] = {"connect_timeout", "keepalives_idle",  "keepalives_interval",
+	                          "keepalives_count", "fallback_application_name", "dbname",
+	                          "client_encoding", nullptr};
+	const char *values[] = {"10", "30", "10", "3", "bemi worker", conninfo_.c_str(), encoding, nullptr};
+	conn_ = PQconnectdbParams(keywords, values, 1);
+	if (conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK)
+		Fail("cannot be reached");
+	// Durable at COMMIT whatever the destination's default; names resolve only in pg_catalog.
+	Exec("SET synchronous_commit = on; SET search_path = pg_catalog, pg_temp; SET DateStyle = ISO;"
+	     " SET TimeZone = UTC; SET statement_timeout = 0");
+}
+
+void RemoteDestination::Exec(const char *sql) {
+	PGresult *res = PQexec(conn_, sql);
+	bool ok = res != nullptr && PQresultStatus(res) == PGRES_COMMAND_OK;
+	PQclear(res);
+	if (!ok)
+		Fail(fmt::format("refused \"{:.40}\"", sql));
+}
+
+std::optional<Progress> RemoteDestination::LoadProgress() {
+	Connect();
+	const char *params[2] = {source_system_id_.c_str(), database_.c_str()};
+	PGresult *res = PQexecParams(conn_,
+	                             "SELECT txn_end_lsn, txn_records, txn_complete FROM bemi.source_progress"
+	                             " WHERE source_system_id = $1 AND database = $2",
+	                             2, nullptr, params, nullptr, nullptr, 0);
+	if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK) {
+		PQclear(res);
+		Fail("cannot be read");
+	}
+	remote_.reset();
+	if (PQntuples(res) == 1) {
+		Progress p;
+		uint32 hi = 0, lo = 0;
+		if (sscanf(PQgetvalue(res, 0, 0), "%X/%X", &hi, &lo) != 2) {
+			PQclear(res);
+			Fail("returned a progress that is not an LSN");
+		}
+		p.txn_end_lsn = (static_cast<XLogRecPtr>(hi) << 32) | lo;
+		p.txn_records = std::stoll(PQgetvalue(res, 0, 1));
+		p.txn_complete = PQgetvalue(res, 0, 2)[0] == 't';
+		remote_ = p;
+	}
+	PQclear(res);
+	progress_known_ = true;
+	return remote_;
+}
+
+std::string RemoteDestination::CopyText(const Batch &batch, const std::vector<char> &empty_context) const {
+	struct Built {
+		char *data;
+		int len;
+	};
+	const char *source = source_system_id_.c_str();
+	const char *database = database_.c_str();
+	Built built = PgCall([&]() {
+		StringInfoData out;
+		MemoryContext rows = AllocSetContextCreate(CurrentMemoryContext, "bemi copy", ALLOCSET_DEFAULT_SIZES);
+		MemoryContext caller = MemoryContextSwitchTo(rows);
+		initStringInfo(&out); // in `rows`: copied out below
+		for (const Batch::Row &row : batch.Rows()) {
+			if (row.pk == Batch::kNone)
+				appendBinaryStringInfo(&out, "\\N", 2);
+			else
+				AppendText(&out, batch.At(row.pk));
+			appendStringInfoChar(&out, '\t');
+			AppendJsonb(&out, batch.At(row.before));
+			appendStringInfoChar(&out, '\t');
+			AppendJsonb(&out, batch.At(row.after));
+			appendStringInfoChar(&out, '\t');
+			AppendJsonb(&out, row.context == Batch::kNone ? empty_context.data() : batch.At(row.context));
+			appendStringInfoChar(&out, '\t');
+			AppendCopyValue(&out, database, strlen(database));
+			appendStringInfoChar(&out, '\t');
+			AppendText(&out, batch.At(row.schema));
+			appendStringInfoChar(&out, '\t');
+			AppendText(&out, batch.At(row.table));
+			appendStringInfoChar(&out, '\t');
+			AppendText(&out, batch.At(row.operation));
+			appendStringInfoChar(&out, '\t');
+			// The worker's DateStyle is ISO and its TimeZone UTC: "2026-01-01 00:00:00.123+00".
+			appendStringInfoString(&out, timestamptz_to_str(row.committed));
+			appendStringInfo(&out, "\t" INT64_FORMAT "\t%X/%X\t", static_cast<int64>(row.xid),
+			                 static_cast<uint32>(row.position >> 32), static_cast<uint32>(row.position));
+			AppendCopyValue(&out, source, strlen(source));
+			appendStringInfoChar(&out, '\n');
+		}
+		MemoryContextSwitchTo(caller);
+		Built b{static_cast<char *>(palloc(out.len + 1)), out.len};
+		memcpy(b.data, out.data, out.len);
+		MemoryContextDelete(rows);
+		return b;
+	});
+	std::string text(built.data, built.len);
+	PgCall([&]() { pfree(built.data); });
+	return text;
+}
+
+void RemoteDestination::Write(const std::string &copy_data, int rows, const Progress &reached) {
+	if (!progress_known_)
+		LoadProgress();
+	Connect();
+	Exec("BEGIN");
+	std::string lsn = LsnText(reached.txn_end_lsn), records = std::to_string(reached.txn_records);
+	std::string known_lsn, known_records;
+	if (remote_) {
+		known_lsn = LsnText(remote_->txn_end_lsn);
+		known_records = std::to_string(remote_->txn_records);
+	}
+	const char *params[8] = {source_system_id_.c_str(),
+	                         database_.c_str(),
+	                         lsn.c_str(),
+	                         records.c_str(),
+	                         reached.txn_complete ? "true" : "false",
+	                         remote_ ? known_lsn.c_str() : nullptr,
+	                         remote_ ? known_records.c_str() : nullptr,
+	                         remote_ ? (remote_->txn_complete ? "true" : "false") : nullptr};
+	PGresult *res = PQexecParams(conn_, kProgress, 8, nullptr, params, nullptr, nullptr, 0);
+	ExecStatusType status = res != nullptr ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+	int moved = status == PGRES_TUPLES_OK ? PQntuples(res) : -1;
+	PQclear(res);
+	if (moved < 0)
+		Fail("refused the progress update");
+	if (moved == 0) {
+		Disconnect(); // rolls back; the next run reads the destination's progress again
+		throw Error(ERRCODE_T_R_SERIALIZATION_FAILURE,
+		            "bemi: this source's progress on the destination moved under the worker",
+		            fmt::format("bemi.source_progress there no longer holds what this worker wrote last for "
+		                        "source {}, database \"{}\".",
+		                        source_system_id_, database_),
+		            "Another worker writes there as this source (a copy of this server?). This worker "
+		            "starts again from what the destination holds.");
+	}
+	if (rows > 0) {
+		res = PQexec(conn_, kCopy);
+		bool copying = res != nullptr && PQresultStatus(res) == PGRES_COPY_IN;
+		PQclear(res);
+		if (!copying)
+			Fail("refused COPY into bemi.changes");
+		if (PQputCopyData(conn_, copy_data.data(), static_cast<int>(copy_data.size())) != 1 ||
+		    PQputCopyEnd(conn_, nullptr) != 1)
+			Fail("did not take the batch");
+		bool ok = true;
+		while ((res = PQgetResult(conn_)) != nullptr) {
+			if (PQresultStatus(res) != PGRES_COMMAND_OK)
+				ok = false;
+			PQclear(res);
+		}
+		if (!ok)
+			Fail("refused the batch");
+	}
+	Exec("COMMIT");
+	remote_ = reached;
+}
+
+void RemoteDestination::RecordGap(XLogRecPtr from_lsn, XLogRecPtr to_lsn, const std::string &reason) {
+	Connect();
+	std::string from = LsnText(from_lsn), to = LsnText(to_lsn);
+	const char *params[5] = {from_lsn == InvalidXLogRecPtr ? nullptr : from.c_str(), to.c_str(), reason.c_str(),
+	                         source_system_id_.c_str(), database_.c_str()};
+	PGresult *res = PQexecParams(conn_,
+	                             "INSERT INTO bemi.gaps (from_lsn, to_lsn, reason, source_system_id, "
+	                             "source_database) VALUES ($1::pg_lsn, $2::pg_lsn, $3, $4, $5)",
+	                             5, nullptr, params, nullptr, nullptr, 0);
+	bool ok = res != nullptr && PQresultStatus(res) == PGRES_COMMAND_OK;
+	PQclear(res);
+	if (!ok)
+		Fail("refused a gap in bemi.gaps");
+}
+
+} // namespace bemi

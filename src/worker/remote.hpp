@@ -1,0 +1,60 @@
+// remote.hpp: the trail in another database (issue 16). A RemoteDestination writes the worker's
+// batches into bemi.changes of another PostgreSQL over libpq, with the source's progress in that
+// database's bemi.source_progress in the same transaction (remote.cpp). Worker code, and the
+// connection-string check that bemi_set_destination shares (src/fn/destination.cpp).
+#pragma once
+
+#include "sink.hpp"
+
+#include <optional>
+#include <string>
+
+struct pg_conn;
+
+namespace bemi {
+
+// Why a connection string cannot be a destination's (not parseable; it holds a password), or
+// empty. Never quotes the string: it may hold a secret.
+std::string ConninfoProblem(const char *conninfo);
+
+class RemoteDestination {
+  public:
+	// source_system_id, database: how this source's changes and progress are named there.
+	RemoteDestination(std::string conninfo, std::string source_system_id, std::string database);
+	RemoteDestination(const RemoteDestination &) = delete;
+	RemoteDestination &operator=(const RemoteDestination &) = delete;
+	~RemoteDestination();
+
+	// The destination's progress for this source (connecting first); nullopt when it has none.
+	// Remembered: each batch's progress update checks that nobody moved it meanwhile.
+	std::optional<Progress> LoadProgress();
+	// One transaction there: the progress check and update, the batch's rows by COPY, COMMIT with
+	// synchronous_commit = on. Returns once the destination has it durably; throws otherwise
+	// (the connection is then dropped and made again next time). copy_data: the rows in COPY's
+	// text format (CopyText).
+	void Write(const std::string &copy_data, int rows, const Progress &reached);
+	// A gap of this source, recorded there too (its own transaction).
+	void RecordGap(XLogRecPtr from_lsn, XLogRecPtr to_lsn, const std::string &reason);
+
+	// The rows of a batch in COPY's text format, in the column order of Write's COPY.
+	// empty_context: the jsonb of a change without context.
+	std::string CopyText(const Batch &batch, const std::vector<char> &empty_context) const;
+
+  private:
+	void Connect();
+	void Disconnect();
+	[[noreturn]] void Fail(const std::string &what);
+	void Exec(const char *sql);
+
+	std::string conninfo_;
+	std::string source_system_id_;
+	std::string database_;
+	pg_conn *conn_ = nullptr;
+	bool progress_known_ = false;    // LoadProgress ran on this connection's destination
+	std::optional<Progress> remote_; // what the destination holds for us, as last read or written
+};
+
+// This server's system identifier, as text (pg_control_system().system_identifier).
+std::string SystemIdentifier();
+
+} // namespace bemi

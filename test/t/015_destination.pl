@@ -1,0 +1,160 @@
+# The trail in another database (issue 16): sources write their changes into a destination
+# PostgreSQL that has bemi without preload or logical WAL. The seed's scenario lands there with its
+# context; a kill -9 of a source's worker, an immediate stop of the destination and the destination
+# down for half a minute under pgbench load lose nothing and write nothing twice; two sources (two
+# clusters) share one destination. The ground truth is each source's own tables: every pgbench
+# transaction adds 1 to items.v (one change of items) and inserts one ledger row (one change of
+# ledger), so the destination must hold exactly sum(items.v) changes of items and count(ledger)
+# changes of ledger for that source, each once.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run;
+use BemiTest;
+
+# The destination: a plain server (no shared_preload_libraries, wal_level = replica).
+my $dest = PostgreSQL::Test::Cluster->new('dest');
+$dest->init;
+$dest->append_conf('postgresql.conf', "wal_level = replica\nlog_statement = none\n");
+$dest->start;
+$dest->safe_psql('postgres', 'CREATE DATABASE trail');
+my ($ret, $out, $err) = $dest->psql('trail', 'CREATE EXTENSION bemi');
+is($ret, 0, 'CREATE EXTENSION bemi on a server without preload or logical WAL');
+like($err, qr/can hold a trail as the destination/, 'with a warning that says what it is for');
+$dest->safe_psql('trail', 'CREATE ROLE ingest LOGIN IN ROLE bemi_ingest');
+my $conninfo = sprintf('host=%s port=%d dbname=trail user=ingest', $dest->host, $dest->port);
+
+my %sid;
+sub source
+{
+	my ($name) = @_;
+	my $node = bemi_node($name, conf => "log_statement = none\nrestart_after_crash = on\n");
+	$sid{$name} = $node->safe_psql('postgres', 'SELECT system_identifier FROM pg_control_system()');
+	return $node;
+}
+
+my $src1 = source('src1');
+
+# 1. The seed's scenario, with the destination set first: the change lands there with its context.
+$src1->safe_psql('postgres', qq{
+	CREATE EXTENSION bemi;
+	SELECT bemi_set_destination('$conninfo');
+	CREATE TABLE todo (id serial PRIMARY KEY, task text);
+	BEGIN;
+	SELECT bemi_set_context('{"user_id": 187234, "endpoint": "/todo", "method": "POST"}');
+	INSERT INTO todo (task) VALUES ('Sleep');
+	COMMIT;
+});
+wait_bemi($src1);
+is($dest->safe_psql('trail', qq{
+	SELECT database, "table", operation, "after"->>'task', context->>'endpoint', context->>'user_id'
+	  FROM bemi.changes WHERE source_system_id = '$sid{src1}' AND "table" = 'todo'}),
+	'postgres|todo|CREATE|Sleep|/todo|187234', 'the seed change is on the destination, with its context');
+is($src1->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes}), '0', 'and not in the source\'s own trail');
+is($src1->safe_psql('postgres', q{SELECT destination_reachable, destination ~ 'dbname=trail' FROM bemi_status()}),
+	't|t', 'bemi_status() shows the destination, reachable');
+
+# The load: one change of items and one of ledger per pgbench transaction.
+my $script = PostgreSQL::Test::Utils::tempdir() . '/load.sql';
+open(my $fh, '>', $script) or die;
+print $fh q{\set k random(1, 200)
+BEGIN;
+INSERT INTO items (k, v) VALUES (:k, 1) ON CONFLICT (k) DO UPDATE SET v = items.v + 1;
+INSERT INTO ledger DEFAULT VALUES;
+END;
+};
+close $fh;
+sub prepare_load
+{
+	my ($node) = @_;
+	$node->safe_psql('postgres', q{
+		CREATE TABLE items (k int PRIMARY KEY, v bigint NOT NULL);
+		CREATE TABLE ledger (id bigserial PRIMARY KEY, at timestamptz DEFAULT clock_timestamp());
+	});
+}
+# pgbench in the background for $seconds; its failures (a crash restart ends its clients) do not
+# matter: the source's tables say what committed.
+sub start_load
+{
+	my ($node, $seconds) = @_;
+	my ($o, $e) = ('', '');
+	return IPC::Run::start(['pgbench', '-n', '-c', '4', '-T', $seconds, '-f', $script, '-h', $node->host,
+		'-p', $node->port, 'postgres'], '>', \$o, '2>', \$e);
+}
+# Every change the source committed is on the destination, once.
+sub check_ledger
+{
+	my ($node, $name, $what) = @_;
+	wait_bemi($node, 'postgres', 400);
+	my $truth = $node->safe_psql('postgres',
+		'SELECT (SELECT coalesce(sum(v), 0) FROM items), (SELECT count(*) FROM ledger)');
+	my $there = $dest->safe_psql('trail', qq{
+		SELECT count(*) FILTER (WHERE "table" = 'items'), count(*) FILTER (WHERE "table" = 'ledger')
+		  FROM bemi.changes WHERE source_system_id = '$sid{$name}' AND "table" IN ('items', 'ledger')});
+	is($there, $truth, "$what: every change of $name on the destination ($truth)");
+	is($dest->safe_psql('trail', qq{
+		SELECT count(*) - count(DISTINCT (transaction_id, position)) FROM bemi.changes
+		 WHERE source_system_id = '$sid{$name}'}), '0', "$what: none twice");
+}
+
+prepare_load($src1);
+my $load = start_load($src1, 4);
+$load->finish;
+check_ledger($src1, 'src1', 'steady load');
+
+# 2. kill -9 of the source's worker under load (the postmaster restarts everything).
+$load = start_load($src1, 12);
+sleep 4;
+my $pid = $src1->safe_psql('postgres', 'SELECT worker_pid FROM bemi_status()');
+kill 'KILL', $pid;
+$load->finish;
+$src1->poll_query_until('postgres', 'SELECT true') or die;
+check_ledger($src1, 'src1', 'kill -9 of the worker');
+
+# 3. An immediate stop of the destination under load.
+$load = start_load($src1, 12);
+sleep 4;
+$dest->stop('immediate');
+sleep 2;
+$dest->start;
+$load->finish;
+check_ledger($src1, 'src1', 'immediate stop of the destination');
+
+# 4. The destination down for half a minute under load: the source keeps its WAL, says so, and
+# catches up once it is back.
+$dest->stop('fast');
+$load = start_load($src1, 30);
+sleep 10;
+ok($src1->poll_query_until('postgres', q{SELECT destination_reachable = false AND lag_bytes > 0 FROM bemi_status()}),
+	'bemi_status(): the destination is unreachable and the lag grows');
+like($src1->safe_psql('postgres', 'SELECT last_error FROM bemi_status()'), qr/destination/,
+	'the last error names the destination');
+$load->finish;
+$dest->start;
+check_ledger($src1, 'src1', 'destination down 30 s');
+is($src1->safe_psql('postgres', 'SELECT destination_reachable FROM bemi_status()'), 't', 'reachable again');
+
+# 5. A second source cluster into the same destination, both under load at once.
+my $src2 = source('src2');
+isnt($sid{src1}, $sid{src2}, 'two sources, two system identifiers');
+$src2->safe_psql('postgres', qq{CREATE EXTENSION bemi; SELECT bemi_set_destination('$conninfo')});
+prepare_load($src2);
+my $load1 = start_load($src1, 8);
+my $load2 = start_load($src2, 8);
+$load1->finish;
+$load2->finish;
+check_ledger($src1, 'src1', 'two sources');
+check_ledger($src2, 'src2', 'two sources');
+is($dest->safe_psql('trail', 'SELECT count(*) FROM bemi.source_progress'), '2', 'one progress row per source');
+
+# 6. The role the sources log in as appends and nothing else, even with bemi preloaded there:
+# on this destination the grants say it (no preload); the regression test covers the hooks.
+($ret, $out, $err) = $dest->psql('trail', 'DELETE FROM bemi.changes', extra_params => ['-U', 'ingest']);
+like($err, qr/permission denied/, 'the ingest role cannot delete from the trail');
+
+$src1->stop;
+$src2->stop;
+$dest->stop;
+done_testing();
