@@ -77,6 +77,8 @@ ROLLBACK;
 -- Only superusers and bemi_admin, and only of a table whose every row they may read.
 GRANT SELECT ON snap_items TO snap_nobody;
 SET ROLE snap_nobody;
+SELECT bemi_snapshot_finished_at('snap_pairs');
+SELECT bemi_snapshot_finished_at('snap_items') IS NOT NULL AS finished;
 SELECT bemi_snapshot('snap_items');
 SELECT bemi._snapshot_start('snap_items', true, 10);
 SELECT * FROM bemi.snapshots;

@@ -92,15 +92,22 @@ REVOKE ALL ON FUNCTION @extschema@.bemi_snapshot(regclass, boolean, integer) FRO
 GRANT EXECUTE ON FUNCTION @extschema@.bemi_snapshot(regclass, boolean, integer) TO bemi_admin;
 
 -- When the latest completed snapshot of a table finished, at or before a moment (NULL: none).
--- Time travel reaches back to it across a TRUNCATE. For those who may read the table's changes.
+-- Time travel reaches back to it across a TRUNCATE. As the history functions (access.sql): the
+-- public function runs as the caller and checks that it may read the table's changes; the reader
+-- of bemi.snapshots behind it sits in schema bemi, bound by OID.
+CREATE FUNCTION bemi._snapshot_finished_at(tbl oid, before timestamptz) RETURNS timestamptz
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT max(s.finished_at) FROM bemi.snapshots s
+     WHERE s.table_oid = _snapshot_finished_at.tbl AND s.state = 'done' AND s.finished_at <= _snapshot_finished_at.before;
+END;
 CREATE FUNCTION @extschema@.bemi_snapshot_finished_at(tbl regclass, before timestamptz DEFAULT 'infinity')
 RETURNS timestamptz
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM FROM bemi._readable_table(tbl);
-    RETURN (SELECT max(s.finished_at) FROM bemi.snapshots s
-             WHERE s.table_oid = tbl::oid AND s.state = 'done' AND s.finished_at <= before);
-END $$;
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT bemi._snapshot_finished_at(bemi_snapshot_finished_at.tbl::oid, bemi_snapshot_finished_at.before)
+      FROM bemi._readable_table(bemi_snapshot_finished_at.tbl) r;
+END;
 COMMENT ON FUNCTION @extschema@.bemi_snapshot_finished_at(regclass, timestamptz) IS
     'When the latest completed snapshot of a table finished (at or before a moment), NULL if none';
 
