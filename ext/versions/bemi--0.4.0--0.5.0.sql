@@ -670,6 +670,8 @@ CREATE TABLE bemi.source_progress (
     txn_records      bigint NOT NULL,
     txn_complete     boolean NOT NULL,
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- The last of the source's own bemi.gaps rows (its id there) copied into bemi.gaps here.
+    gaps_forwarded   bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (source_system_id, database)
 );
 REVOKE ALL ON bemi.source_progress FROM PUBLIC;

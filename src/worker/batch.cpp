@@ -400,9 +400,11 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 		// source are durable there. bemi.progress here follows (below, without rows): a crash in
 		// between is caught up at start, from the destination's progress.
 		std::string text = remote_->CopyText(batch, empty_context_);
+		// The source's gaps recorded since the last batch travel with this one (a few at a time).
+		std::vector<Gap> gaps = LoadGaps(remote_->GapsForwarded(), 100);
 		PgCall([&]() { pgstat_report_activity(STATE_RUNNING, "bemi: writing a batch of changes to the destination"); });
 		try {
-			remote_->Write(text, batch.Count(), reached);
+			remote_->Write(text, batch.Count(), reached, gaps);
 		} catch (...) {
 			PgCall([&]() { SetReachable(db, false); });
 			throw;

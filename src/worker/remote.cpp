@@ -25,6 +25,7 @@
 
 extern "C" {
 #include "access/xlog.h"
+#include "catalog/pg_type.h"
 #include "libpq-fe.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
@@ -45,9 +46,10 @@ const char *const kCopy =
 // comes back. The worker's session has search_path = pg_catalog, pg_temp.
 const char *const kProgress =
     "INSERT INTO bemi.source_progress AS p (source_system_id, database, txn_end_lsn, txn_records, "
-    "txn_complete) VALUES ($1, $2, $3::pg_lsn, $4::bigint, $5::boolean)"
+    "txn_complete, gaps_forwarded) VALUES ($1, $2, $3::pg_lsn, $4::bigint, $5::boolean, $9::bigint)"
     " ON CONFLICT (source_system_id, database) DO UPDATE SET txn_end_lsn = excluded.txn_end_lsn,"
-    " txn_records = excluded.txn_records, txn_complete = excluded.txn_complete, updated_at = now()"
+    " txn_records = excluded.txn_records, txn_complete = excluded.txn_complete,"
+    " gaps_forwarded = excluded.gaps_forwarded, updated_at = now()"
     " WHERE p.txn_end_lsn = $6::pg_lsn AND p.txn_records = $7::bigint AND p.txn_complete = $8::boolean"
     " RETURNING 1";
 
@@ -108,6 +110,59 @@ std::string ConninfoProblem(const char *conninfo) {
 			problem = "it contains a password";
 	PQconninfoFree(options);
 	return problem;
+}
+
+std::vector<Gap> LoadGaps(int64 after, int limit) {
+	constexpr int kFields = 8;
+	struct Found {
+		char **values; // kFields per row, NULL for SQL NULL
+		int rows;
+	};
+	Found found = PgCall([&]() {
+		Found f{nullptr, 0};
+		MemoryContext caller = CurrentMemoryContext;
+		InTransactionWithSpi([&]() {
+			Oid types[2] = {INT8OID, INT4OID};
+			Datum args[2] = {Int64GetDatum(after), Int32GetDatum(limit)};
+			// Times in the worker's ISO/UTC style; the destination reads them back exactly.
+			if (SPI_execute_with_args("SELECT id, detected_at, from_lsn, to_lsn, reason, relation, role, statement"
+			                          " FROM bemi.gaps WHERE id > $1 ORDER BY id LIMIT $2",
+			                          2, types, args, nullptr, true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "bemi: could not read bemi.gaps");
+			f.rows = static_cast<int>(SPI_processed);
+			f.values = static_cast<char **>(MemoryContextAllocZero(caller, sizeof(char *) * kFields * Max(f.rows, 1)));
+			for (int r = 0; r < f.rows; r++)
+				for (int c = 0; c < kFields; c++) {
+					char *v = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, c + 1);
+					f.values[r * kFields + c] = v != nullptr ? MemoryContextStrdup(caller, v) : nullptr;
+				}
+		});
+		return f;
+	});
+	std::vector<Gap> gaps;
+	auto text = [&](int r, int c) -> std::optional<std::string> {
+		const char *v = found.values[r * kFields + c];
+		return v != nullptr ? std::optional<std::string>(v) : std::nullopt;
+	};
+	for (int r = 0; r < found.rows; r++) {
+		Gap gap;
+		gap.id = std::stoll(*text(r, 0));
+		gap.detected_at = *text(r, 1);
+		gap.from_lsn = text(r, 2);
+		gap.to_lsn = *text(r, 3);
+		gap.reason = *text(r, 4);
+		gap.relation = text(r, 5);
+		gap.role = text(r, 6);
+		gap.statement = text(r, 7);
+		gaps.push_back(std::move(gap));
+	}
+	PgCall([&]() {
+		for (int i = 0; i < found.rows * kFields; i++)
+			if (found.values[i] != nullptr)
+				pfree(found.values[i]);
+		pfree(found.values);
+	});
+	return gaps;
 }
 
 std::string SystemIdentifier() {
@@ -177,7 +232,7 @@ std::optional<Progress> RemoteDestination::LoadProgress() {
 	Connect();
 	const char *params[2] = {source_system_id_.c_str(), database_.c_str()};
 	PGresult *res = PQexecParams(conn_,
-	                             "SELECT txn_end_lsn, txn_records, txn_complete FROM bemi.source_progress"
+	                             "SELECT txn_end_lsn, txn_records, txn_complete, gaps_forwarded FROM bemi.source_progress"
 	                             " WHERE source_system_id = $1 AND database = $2",
 	                             2, nullptr, params, nullptr, nullptr, 0);
 	if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -185,6 +240,7 @@ std::optional<Progress> RemoteDestination::LoadProgress() {
 		Fail("cannot be read");
 	}
 	remote_.reset();
+	gaps_forwarded_ = 0;
 	if (PQntuples(res) == 1) {
 		Progress p;
 		uint32 hi = 0, lo = 0;
@@ -196,6 +252,7 @@ std::optional<Progress> RemoteDestination::LoadProgress() {
 		p.txn_records = std::stoll(PQgetvalue(res, 0, 1));
 		p.txn_complete = PQgetvalue(res, 0, 2)[0] == 't';
 		remote_ = p;
+		gaps_forwarded_ = std::stoll(PQgetvalue(res, 0, 3));
 	}
 	PQclear(res);
 	progress_known_ = true;
@@ -252,7 +309,8 @@ std::string RemoteDestination::CopyText(const Batch &batch, const std::vector<ch
 	return text;
 }
 
-void RemoteDestination::Write(const std::string &copy_data, int rows, const Progress &reached) {
+void RemoteDestination::Write(const std::string &copy_data, int rows, const Progress &reached,
+                              const std::vector<Gap> &gaps) {
 	if (!progress_known_)
 		LoadProgress();
 	Connect();
@@ -263,15 +321,18 @@ void RemoteDestination::Write(const std::string &copy_data, int rows, const Prog
 		known_lsn = LsnText(remote_->txn_end_lsn);
 		known_records = std::to_string(remote_->txn_records);
 	}
-	const char *params[8] = {source_system_id_.c_str(),
+	int64 forwarded = gaps.empty() ? gaps_forwarded_ : gaps.back().id;
+	std::string forwarded_text = std::to_string(forwarded);
+	const char *params[9] = {source_system_id_.c_str(),
 	                         database_.c_str(),
 	                         lsn.c_str(),
 	                         records.c_str(),
 	                         reached.txn_complete ? "true" : "false",
 	                         remote_ ? known_lsn.c_str() : nullptr,
 	                         remote_ ? known_records.c_str() : nullptr,
-	                         remote_ ? (remote_->txn_complete ? "true" : "false") : nullptr};
-	PGresult *res = PQexecParams(conn_, kProgress, 8, nullptr, params, nullptr, nullptr, 0);
+	                         remote_ ? (remote_->txn_complete ? "true" : "false") : nullptr,
+	                         forwarded_text.c_str()};
+	PGresult *res = PQexecParams(conn_, kProgress, 9, nullptr, params, nullptr, nullptr, 0);
 	ExecStatusType status = res != nullptr ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 	int moved = status == PGRES_TUPLES_OK ? PQntuples(res) : -1;
 	PQclear(res);
@@ -286,6 +347,27 @@ void RemoteDestination::Write(const std::string &copy_data, int rows, const Prog
 		                        source_system_id_, database_),
 		            "Another worker writes there as this source (a copy of this server?). This worker "
 		            "starts again from what the destination holds.");
+	}
+	// The source's gaps, named by it: what its trail misses is visible where the trail is.
+	for (const Gap &gap : gaps) {
+		const char *values[9] = {gap.detected_at.c_str(),
+		                         gap.from_lsn ? gap.from_lsn->c_str() : nullptr,
+		                         gap.to_lsn.c_str(),
+		                         gap.reason.c_str(),
+		                         gap.relation ? gap.relation->c_str() : nullptr,
+		                         gap.role ? gap.role->c_str() : nullptr,
+		                         gap.statement ? gap.statement->c_str() : nullptr,
+		                         source_system_id_.c_str(),
+		                         database_.c_str()};
+		res = PQexecParams(conn_,
+		                   "INSERT INTO bemi.gaps (detected_at, from_lsn, to_lsn, reason, relation, role, statement,"
+		                   " source_system_id, source_database) VALUES ($1::timestamptz, $2::pg_lsn, $3::pg_lsn,"
+		                   " $4, $5, $6, $7, $8, $9)",
+		                   9, nullptr, values, nullptr, nullptr, 0);
+		bool ok = res != nullptr && PQresultStatus(res) == PGRES_COMMAND_OK;
+		PQclear(res);
+		if (!ok)
+			Fail("refused a gap in bemi.gaps");
 	}
 	if (rows > 0) {
 		res = PQexec(conn_, kCopy);
@@ -307,21 +389,8 @@ void RemoteDestination::Write(const std::string &copy_data, int rows, const Prog
 	}
 	Exec("COMMIT");
 	remote_ = reached;
+	gaps_forwarded_ = forwarded;
 }
 
-void RemoteDestination::RecordGap(XLogRecPtr from_lsn, XLogRecPtr to_lsn, const std::string &reason) {
-	Connect();
-	std::string from = LsnText(from_lsn), to = LsnText(to_lsn);
-	const char *params[5] = {from_lsn == InvalidXLogRecPtr ? nullptr : from.c_str(), to.c_str(), reason.c_str(),
-	                         source_system_id_.c_str(), database_.c_str()};
-	PGresult *res = PQexecParams(conn_,
-	                             "INSERT INTO bemi.gaps (from_lsn, to_lsn, reason, source_system_id, "
-	                             "source_database) VALUES ($1::pg_lsn, $2::pg_lsn, $3, $4, $5)",
-	                             5, nullptr, params, nullptr, nullptr, 0);
-	bool ok = res != nullptr && PQresultStatus(res) == PGRES_COMMAND_OK;
-	PQclear(res);
-	if (!ok)
-		Fail("refused a gap in bemi.gaps");
-}
 
 } // namespace bemi

@@ -8,6 +8,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 struct pg_conn;
 
@@ -16,6 +17,16 @@ namespace bemi {
 // Why a connection string cannot be a destination's (not parseable; it holds a password), or
 // empty. Never quotes the string: it may hold a secret.
 std::string ConninfoProblem(const char *conninfo);
+
+// A row of the source's bemi.gaps, to be copied to the destination's (NULLs as nullopt).
+struct Gap {
+	int64 id;
+	std::string detected_at, to_lsn, reason;
+	std::optional<std::string> from_lsn, relation, role, statement;
+};
+
+// The source's bemi.gaps rows after `after` (at most `limit`), oldest first. Its own transaction.
+std::vector<Gap> LoadGaps(int64 after, int limit);
 
 class RemoteDestination {
   public:
@@ -28,13 +39,13 @@ class RemoteDestination {
 	// The destination's progress for this source (connecting first); nullopt when it has none.
 	// Remembered: each batch's progress update checks that nobody moved it meanwhile.
 	std::optional<Progress> LoadProgress();
-	// One transaction there: the progress check and update, the batch's rows by COPY, COMMIT with
-	// synchronous_commit = on. Returns once the destination has it durably; throws otherwise
-	// (the connection is then dropped and made again next time). copy_data: the rows in COPY's
-	// text format (CopyText).
-	void Write(const std::string &copy_data, int rows, const Progress &reached);
-	// A gap of this source, recorded there too (its own transaction).
-	void RecordGap(XLogRecPtr from_lsn, XLogRecPtr to_lsn, const std::string &reason);
+	// One transaction there: the progress check and update, the source's new gaps, the batch's
+	// rows by COPY, COMMIT with synchronous_commit = on. Returns once the destination has it
+	// durably; throws otherwise (the connection is then dropped and made again next time).
+	// copy_data: the rows in COPY's text format (CopyText).
+	void Write(const std::string &copy_data, int rows, const Progress &reached, const std::vector<Gap> &gaps);
+	// The last of this source's gaps the destination holds (bemi.source_progress.gaps_forwarded).
+	int64 GapsForwarded() const { return gaps_forwarded_; }
 
 	// The rows of a batch in COPY's text format, in the column order of Write's COPY.
 	// empty_context: the jsonb of a change without context.
@@ -52,6 +63,7 @@ class RemoteDestination {
 	pg_conn *conn_ = nullptr;
 	bool progress_known_ = false;    // LoadProgress ran on this connection's destination
 	std::optional<Progress> remote_; // what the destination holds for us, as last read or written
+	int64 gaps_forwarded_ = 0;
 };
 
 // This server's system identifier, as text (pg_control_system().system_identifier).
