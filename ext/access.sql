@@ -69,6 +69,20 @@ BEGIN ATOMIC
     SELECT CASE WHEN c.committed_at >= k.oids_since THEN c.table_oid END;
 END;
 
+-- The source the readers below are narrowed to, from the setting bemi.source (issue 16: a
+-- destination holds the changes of many sources): '' or unset, every change; 'local', the changes
+-- captured by this server's own worker; '<system identifier>' or '<system identifier>/<database>',
+-- the changes that source sent here. A reader keeps change c when
+--   NOT s.narrowed OR (c.source_system_id IS NOT DISTINCT FROM s.system_id
+--                      AND (s.database IS NULL OR c.database = s.database)).
+CREATE FUNCTION bemi._source(OUT narrowed boolean, OUT system_id text, OUT database text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT v IS NOT NULL,
+           CASE WHEN v = 'local' THEN NULL ELSE nullif(split_part(v, '/', 1), '') END,
+           CASE WHEN strpos(v, '/') > 0 THEN nullif(substr(v, strpos(v, '/') + 1), '') END
+      FROM (SELECT nullif(current_setting('bemi.source', true), '') AS v) s
+$$;
+
 ------------------------------------------------------------------------------------------------
 -- Layer 1: readers of the trail (owner's rights; unreachable by name for PUBLIC)
 ------------------------------------------------------------------------------------------------
@@ -79,11 +93,16 @@ END;
 CREATE FUNCTION bemi._row_trail(p_table_oid oid, p_schema text, p_table text, p_keys text[])
 RETURNS SETOF bemi.changes
 LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s record;
 BEGIN
+    SELECT * INTO s FROM bemi._source();
     RETURN QUERY
         SELECT c.* FROM bemi.changes c, bemi.tracking k
          WHERE c."table" = p_table AND c.primary_key = ANY (p_keys) AND c.schema = p_schema
-           AND (c.table_oid = p_table_oid OR bemi._recorded_oid(c, k) IS NULL);
+           AND (c.table_oid = p_table_oid OR bemi._recorded_oid(c, k) IS NULL)
+           AND (NOT s.narrowed OR (c.source_system_id IS NOT DISTINCT FROM s.system_id
+                                   AND (s.database IS NULL OR c.database = s.database)));
 END $$;
 
 -- Changes of one table the caller may read, in a time range. Dynamic SQL so that every call is
@@ -92,60 +111,88 @@ CREATE FUNCTION bemi._table_time_trail(p_table_oid oid, p_schema text, p_table t
                                        p_since timestamptz, p_until timestamptz)
 RETURNS SETOF bemi.changes
 LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s record;
 BEGIN
+    SELECT * INTO s FROM bemi._source();
     RETURN QUERY EXECUTE
         'SELECT c.* FROM bemi.changes c, bemi.tracking k'
         ' WHERE c."table" = $3 AND c.schema = $4 AND c.committed_at BETWEEN $1 AND $2'
         '   AND (c.table_oid = $5 OR bemi._recorded_oid(c, k) IS NULL)'
-        USING p_since, p_until, p_table, p_schema, p_table_oid;
+        '   AND (NOT $6 OR (c.source_system_id IS NOT DISTINCT FROM $7 AND ($8 IS NULL OR c.database = $8)))'
+        USING p_since, p_until, p_table, p_schema, p_table_oid, s.narrowed, s.system_id, s.database;
 END $$;
 
 -- Changes of all the tables the reader may read, in a time range.
 CREATE FUNCTION bemi._time_trail(p_reader oid, p_since timestamptz, p_until timestamptz)
 RETURNS SETOF bemi.changes
 LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s record;
 BEGIN
+    SELECT * INTO s FROM bemi._source();
     RETURN QUERY EXECUTE
         'SELECT c.* FROM bemi.changes c, bemi.tracking k WHERE c.committed_at BETWEEN $2 AND $3'
         '   AND bemi._may_read($1, bemi._recorded_oid(c, k), c.schema, c."table")'
-        USING p_reader, p_since, p_until;
+        '   AND (NOT $4 OR (c.source_system_id IS NOT DISTINCT FROM $5 AND ($6 IS NULL OR c.database = $6)))'
+        USING p_reader, p_since, p_until, s.narrowed, s.system_id, s.database;
 END $$;
 
 -- TRUNCATEs of one table the caller may read (primary_key is NULL for them: the row-history index).
 CREATE FUNCTION bemi._truncate_trail(p_table_oid oid, p_schema text, p_table text) RETURNS SETOF bemi.changes
 LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s record;
 BEGIN
+    SELECT * INTO s FROM bemi._source();
     RETURN QUERY
         SELECT c.* FROM bemi.changes c, bemi.tracking k
          WHERE c."table" = p_table AND c.primary_key IS NULL AND c.schema = p_schema AND c.operation = 'TRUNCATE'
-           AND (c.table_oid = p_table_oid OR bemi._recorded_oid(c, k) IS NULL);
+           AND (c.table_oid = p_table_oid OR bemi._recorded_oid(c, k) IS NULL)
+           AND (NOT s.narrowed OR (c.source_system_id IS NOT DISTINCT FROM s.system_id
+                                   AND (s.database IS NULL OR c.database = s.database)));
 END $$;
 
 CREATE FUNCTION bemi._transaction_trail(p_reader oid, p_transaction_id bigint) RETURNS SETOF bemi.changes
 LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s record;
 BEGIN
+    SELECT * INTO s FROM bemi._source();
     RETURN QUERY
         SELECT c.* FROM bemi.changes c, bemi.tracking k
          WHERE c.transaction_id = p_transaction_id
-           AND bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table");
+           AND bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table")
+           AND (NOT s.narrowed OR (c.source_system_id IS NOT DISTINCT FROM s.system_id
+                                   AND (s.database IS NULL OR c.database = s.database)));
 END $$;
 
 CREATE FUNCTION bemi._context_trail(p_reader oid, p_context jsonb) RETURNS SETOF bemi.changes
 LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s record;
 BEGIN
+    SELECT * INTO s FROM bemi._source();
     RETURN QUERY
         SELECT c.* FROM bemi.changes c, bemi.tracking k
          WHERE c.context @> p_context
-           AND bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table");
+           AND bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table")
+           AND (NOT s.narrowed OR (c.source_system_id IS NOT DISTINCT FROM s.system_id
+                                   AND (s.database IS NULL OR c.database = s.database)));
 END $$;
 
 CREATE FUNCTION bemi._id_trail(p_reader oid, p_ids bigint[]) RETURNS SETOF bemi.changes
 LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s record;
 BEGIN
+    SELECT * INTO s FROM bemi._source();
     RETURN QUERY
         SELECT c.* FROM bemi.changes c, bemi.tracking k
          WHERE c.id = ANY (p_ids)
-           AND bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table");
+           AND bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table")
+           AND (NOT s.narrowed OR (c.source_system_id IS NOT DISTINCT FROM s.system_id
+                                   AND (s.database IS NULL OR c.database = s.database)));
 END $$;
 
 -- How many changes of a transaction or a context the reader may not read: a revert refuses to do
@@ -172,7 +219,8 @@ DECLARE
 BEGIN
     FOR fn IN SELECT p.oid FROM pg_proc p WHERE p.pronamespace = 'bemi'::regnamespace
                 AND (p.proname LIKE '\_%trail' OR p.proname IN ('_tracking', '_unreadable_count', '_caller',
-                                                                '_may_read', '_readable_table', '_recorded_oid')) LOOP
+                                                                '_may_read', '_readable_table', '_recorded_oid',
+                                                                '_source')) LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', fn);
     END LOOP;

@@ -89,6 +89,25 @@ SELECT "table", operation, "after", source_system_id FROM bemi.changes
  WHERE "table" = 'dest_items' ORDER BY id DESC LIMIT 1;
 SELECT destination, destination_reachable FROM bemi_status();
 
+-- 7. The read functions narrowed to one source (bemi.source): the changes that came through the
+-- destination are this server's by system identifier; those its own worker wrote are 'local'.
+SELECT primary_key, operation, source_system_id IS NULL AS local FROM bemi_table_history('dest_items') ORDER BY id;
+SET bemi.source = 'local';
+SELECT primary_key, operation FROM bemi_table_history('dest_items') ORDER BY id;
+SELECT count(*) FROM bemi_row_history('dest_items', '1');
+SELECT set_config('bemi.source', (SELECT system_identifier::text FROM pg_control_system()), false) IS NOT NULL AS set;
+SELECT primary_key, operation FROM bemi_table_history('dest_items') ORDER BY id;
+SELECT count(*) FROM bemi_row_history('dest_items', '1');
+SELECT count(*) FROM bemi_context_history('{"endpoint": "/items"}');
+SELECT set_config('bemi.source', (SELECT system_identifier::text FROM pg_control_system()) || '/' || current_database(),
+                  false) IS NOT NULL AS set;
+SELECT count(*) FROM bemi_context_history('{"endpoint": "/items"}');
+SET bemi.source = '1234/nosuchdb';
+SELECT count(*) FROM bemi_table_history('dest_items');
+SELECT count(*) FROM bemi_transactions();
+RESET bemi.source;
+SELECT count(*) FROM bemi_table_history('dest_items');
+
 DROP TABLE dest_items;
 DROP ROLE dest_mallory;
 DROP ROLE dest_ingest;

@@ -39,6 +39,7 @@ int bemi_flush_delay_ms = 10;
 bool bemi_allow_drop = false;
 bool bemi_allow_trail_changes = false;
 int bemi_writers = 1;
+char *bemi_source = NULL;
 bool bemi_snapshot_on_create = false;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -115,6 +116,12 @@ DefineSettings(void)
 							 "bemi.snapshots; the worker takes them once capture has started, and their rows "
 							 "are recorded as SNAPSHOT changes. Off by default.",
 							 &bemi_snapshot_on_create, false, PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("bemi.source",
+							   "Narrow bemi's read functions to the changes of one source.",
+							   "On a trail that receives other servers' changes (bemi_set_destination there): "
+							   "'<system identifier>' or '<system identifier>/<database>' of the source, or "
+							   "'local' for the changes captured here. Empty: every change.",
+							   &bemi_source, "", PGC_USERSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("bemi");
 }
 

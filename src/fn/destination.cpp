@@ -39,8 +39,10 @@ void AtCommit(XactEvent event, void *arg) {
 			BemiWakeWorker(MyDatabaseId);
 		}
 	}
+	// A prepared transaction's commit comes in another session: the worker then sees the new
+	// destination when it next starts.
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_COMMIT ||
-	    event == XACT_EVENT_PARALLEL_ABORT)
+	    event == XACT_EVENT_PARALLEL_ABORT || event == XACT_EVENT_PREPARE)
 		destination_set = false;
 }
 

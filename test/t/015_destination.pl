@@ -56,6 +56,19 @@ is($src1->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes}), '0', 'and
 is($src1->safe_psql('postgres', q{SELECT destination_reachable, destination ~ 'dbname=trail' FROM bemi_status()}),
 	't|t', 'bemi_status() shows the destination, reachable');
 
+# A gap of the source (a table taken out of capture) is recorded there too, with the next batch.
+$src1->safe_psql('postgres', q{
+	CREATE TABLE scratch (id int PRIMARY KEY);
+	ALTER TABLE scratch SET UNLOGGED;
+	INSERT INTO todo (task) VALUES ('Wake up');
+});
+wait_bemi($src1);
+is($dest->safe_psql('trail', qq{
+	SELECT relation, source_database FROM bemi.gaps WHERE source_system_id = '$sid{src1}'}),
+	'public.scratch|postgres', 'the source\'s gap is on the destination, named by its source');
+is($dest->safe_psql('trail', qq{SELECT gaps_forwarded FROM bemi.source_progress WHERE source_system_id = '$sid{src1}'}),
+	$src1->safe_psql('postgres', 'SELECT max(id) FROM bemi.gaps'), 'and its progress there names the last gap copied');
+
 # The load: one change of items and one of ledger per pgbench transaction.
 my $script = PostgreSQL::Test::Utils::tempdir() . '/load.sql';
 open(my $fh, '>', $script) or die;
@@ -148,6 +161,16 @@ $load2->finish;
 check_ledger($src1, 'src1', 'two sources');
 check_ledger($src2, 'src2', 'two sources');
 is($dest->safe_psql('trail', 'SELECT count(*) FROM bemi.source_progress'), '2', 'one progress row per source');
+is($dest->safe_psql('trail', qq{SELECT count(*) FROM bemi.gaps WHERE source_system_id = '$sid{src1}'}),
+	$src1->safe_psql('postgres', 'SELECT count(*) FROM bemi.gaps'),
+	'every gap of the source on the destination, once, through the crashes above');
+
+# The read functions narrowed to one source (bemi.source) on the destination.
+for my $name ('src1', 'src2') {
+	is($dest->safe_psql('trail', qq{SET bemi.source = '$sid{$name}/postgres'; SELECT count(*) FROM bemi_context_history('{}')}),
+		$dest->safe_psql('trail', qq{SELECT count(*) FROM bemi.changes WHERE source_system_id = '$sid{$name}'}),
+		"bemi.source narrows the read functions to $name");
+}
 
 # 6. The role the sources log in as appends and nothing else, even with bemi preloaded there:
 # on this destination the grants say it (no preload); the regression test covers the hooks.
