@@ -91,7 +91,8 @@ SELECT destination, destination_reachable FROM bemi_status();
 
 -- 7. The read functions narrowed to one source (bemi.source): the changes that came through the
 -- destination are this server's by system identifier; those its own worker wrote are 'local'.
-SELECT primary_key, operation, source_system_id IS NULL AS local FROM bemi_table_history('dest_items') ORDER BY id;
+SELECT h.primary_key, h.operation, c.source_system_id IS NULL AS local
+  FROM bemi_table_history('dest_items') h JOIN bemi.changes c USING (id) ORDER BY id;
 SET bemi.source = 'local';
 SELECT primary_key, operation FROM bemi_table_history('dest_items') ORDER BY id;
 SELECT count(*) FROM bemi_row_history('dest_items', '1');
