@@ -57,6 +57,22 @@ CREATE TABLE snap_empty (id int PRIMARY KEY);
 SELECT bemi_snapshot('snap_empty') AS empty_job \gset
 SELECT state, rows, last_key FROM bemi.snapshots WHERE id = :empty_job;
 
+-- Tracking rules apply as to any change: a masked column is masked in the snapshot, and an
+-- ignored table's snapshot reads its rows (the job counts them) but records none.
+CREATE TABLE snap_users (id int PRIMARY KEY, email text, password text);
+INSERT INTO snap_users VALUES (1, 'ann@example.com', 'secret');
+SELECT bemi_mask('public.snap_users', '{password}') AS mask_rule \gset
+SELECT bemi_snapshot('snap_users') > 0 AS taken;
+SELECT "after" FROM bemi.changes WHERE "table" = 'snap_users' AND operation = 'SNAPSHOT';
+SELECT bemi_drop_rule(:mask_rule);
+CREATE TABLE snap_ignored (id int PRIMARY KEY);
+INSERT INTO snap_ignored VALUES (1), (2);
+SELECT bemi_ignore('public.snap_ignored') AS ignore_rule \gset
+SELECT bemi_snapshot('snap_ignored') AS ignored_job \gset
+SELECT state, rows FROM bemi.snapshots WHERE id = :ignored_job;
+SELECT count(*) FROM bemi.changes WHERE "table" = 'snap_ignored' AND operation = 'SNAPSHOT';
+SELECT bemi_drop_rule(:ignore_rule);
+
 -- What cannot be snapshotted, and who may not.
 CREATE TABLE snap_nokey (a int);
 CREATE UNLOGGED TABLE snap_unlogged (id int PRIMARY KEY);
@@ -121,6 +137,6 @@ SELECT pg_logical_emit_message(true, 'bemi_snapshot', 'bemi:1:' || repeat('0', 6
 SELECT bemi_wait();
 SELECT count(*) FROM bemi.changes WHERE operation = 'SNAPSHOT';
 
-DROP TABLE snap_items, snap_pairs, snap_parts, snap_empty, snap_nokey, snap_unlogged, snap_secret CASCADE;
+DROP TABLE snap_items, snap_pairs, snap_parts, snap_empty, snap_users, snap_ignored, snap_nokey, snap_unlogged, snap_secret CASCADE;
 DROP ROLE snap_admin;
 DROP ROLE snap_nobody;
