@@ -58,7 +58,7 @@ sub snapshot_rows {
 
 my $load = start_load();
 sleep 2;
-my $job = $node->safe_psql('postgres', q{SELECT bemi_snapshot('items', wait => false, chunk_size => 200)});
+my $job = $node->safe_psql('postgres', q{SELECT bemi_snapshot('items', wait => false, chunk_size => 50)});
 ok($job > 0, "snapshot job $job started");
 
 # 1. kill -9 of the snapshot worker a quarter of the way in.
@@ -113,7 +113,7 @@ is($node->safe_psql('postgres', q{
 	'0', 'replaying the trail gives exactly the table');
 # Each snapshot is consistent with the stream: the change before it (if any) left the row as the
 # snapshot has it, the change after it (if any) starts from it.
-my ($bad_before, $bad_after, $initial_missing) = split /\|/, $node->safe_psql('postgres', q{
+my ($bad_before, $bad_after, $initial_missing, $changed_before, $changed_after) = split /\|/, $node->safe_psql('postgres', q{
 	WITH t AS (
 	    SELECT primary_key, id, operation, "before", "after",
 	           lag(operation) OVER w AS prev_op, lag("after") OVER w AS prev_after,
@@ -124,8 +124,13 @@ my ($bad_before, $bad_after, $initial_missing) = split /\|/, $node->safe_psql('p
 	       count(*) FILTER (WHERE operation = 'SNAPSHOT' AND next_op IS NOT NULL
 	                          AND (next_op IN ('CREATE', 'SNAPSHOT') OR next_before <> "after")),
 	       (SELECT count(*) FROM generate_series(1, 200000) g
-	         WHERE NOT EXISTS (SELECT FROM bemi.changes c WHERE c."table" = 'items' AND c.primary_key = g::text))
+	         WHERE NOT EXISTS (SELECT FROM bemi.changes c WHERE c."table" = 'items' AND c.primary_key = g::text)),
+	       count(*) FILTER (WHERE operation = 'SNAPSHOT' AND prev_op IS NOT NULL),
+	       count(*) FILTER (WHERE operation = 'SNAPSHOT' AND next_op IS NOT NULL)
 	  FROM t});
+# The load met the snapshot: rows changed before their chunk read them, and after.
+cmp_ok($changed_before, '>', 100, "$changed_before snapshotted rows had changed before their chunk");
+cmp_ok($changed_after, '>', 100, "$changed_after snapshotted rows changed after their chunk");
 is($bad_before, '0', 'every snapshot agrees with the change before it');
 is($bad_after, '0', 'every change after a snapshot starts from it');
 is($initial_missing, '0', 'every row that was there before CREATE EXTENSION is in the trail');
