@@ -399,12 +399,11 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 		// The destination first: its COMMIT returns once the rows and its progress for this
 		// source are durable there. bemi.progress here follows (below, without rows): a crash in
 		// between is caught up at start, from the destination's progress.
-		std::string text = remote_->CopyText(batch, empty_context_);
 		// The source's gaps recorded since the last batch travel with this one (a few at a time).
 		std::vector<Gap> gaps = LoadGaps(remote_->GapsForwarded(), 100);
 		PgCall([&]() { pgstat_report_activity(STATE_RUNNING, "bemi: writing a batch of changes to the destination"); });
 		try {
-			remote_->Write(text, batch.Count(), reached, gaps);
+			remote_->Write(batch, empty_context_, reached, gaps);
 		} catch (...) {
 			PgCall([&]() { SetReachable(db, false); });
 			throw;

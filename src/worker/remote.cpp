@@ -13,14 +13,17 @@
 // crash anywhere resumes from what the destination holds (LoadProgress, at start), and nothing is
 // lost or written twice across the two servers.
 //
-// Crossings: libpq never longjmps, so its calls are plain C++ here. The text of a batch is built
-// from the batch's arena inside one PgCall (jsonb and timestamptz output may raise).
+// Crossings: libpq never longjmps, so its calls are plain C++ here. The COPY text is built from
+// the batch's arena a few hundred rows at a time, each chunk inside one PgCall (jsonb and
+// timestamptz output may raise), and sent while the destination parses and inserts the chunks
+// before it: the worker's text output and the destination's input overlap.
 #include "remote.hpp"
 
 #include "transaction.hpp"
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 
 extern "C" {
@@ -259,7 +262,8 @@ std::optional<Progress> RemoteDestination::LoadProgress() {
 	return remote_;
 }
 
-std::string RemoteDestination::CopyText(const Batch &batch, const std::vector<char> &empty_context) const {
+std::string RemoteDestination::CopyText(const Batch &batch, size_t first, size_t count,
+                                        const std::vector<char> &empty_context) const {
 	struct Built {
 		char *data;
 		int len;
@@ -271,7 +275,8 @@ std::string RemoteDestination::CopyText(const Batch &batch, const std::vector<ch
 		MemoryContext rows = AllocSetContextCreate(CurrentMemoryContext, "bemi copy", ALLOCSET_DEFAULT_SIZES);
 		MemoryContext caller = MemoryContextSwitchTo(rows);
 		initStringInfo(&out); // in `rows`: copied out below
-		for (const Batch::Row &row : batch.Rows()) {
+		for (size_t i = first; i < first + count; i++) {
+			const Batch::Row &row = batch.Rows()[i];
 			if (row.pk == Batch::kNone)
 				appendBinaryStringInfo(&out, "\\N", 2);
 			else
@@ -309,8 +314,10 @@ std::string RemoteDestination::CopyText(const Batch &batch, const std::vector<ch
 	return text;
 }
 
-void RemoteDestination::Write(const std::string &copy_data, int rows, const Progress &reached,
+void RemoteDestination::Write(const Batch &batch, const std::vector<char> &empty_context, const Progress &reached,
                               const std::vector<Gap> &gaps) {
+	constexpr size_t kChunkRows = 200;
+	size_t rows = batch.Rows().size();
 	if (!progress_known_)
 		LoadProgress();
 	Connect();
@@ -375,8 +382,18 @@ void RemoteDestination::Write(const std::string &copy_data, int rows, const Prog
 		PQclear(res);
 		if (!copying)
 			Fail("refused COPY into bemi.changes");
-		if (PQputCopyData(conn_, copy_data.data(), static_cast<int>(copy_data.size())) != 1 ||
-		    PQputCopyEnd(conn_, nullptr) != 1)
+		for (size_t first = 0; first < rows; first += kChunkRows) {
+			std::string text;
+			try {
+				text = CopyText(batch, first, std::min(kChunkRows, rows - first), empty_context);
+			} catch (...) {
+				Disconnect(); // the COPY and its transaction are rolled back with the connection
+				throw;
+			}
+			if (PQputCopyData(conn_, text.data(), static_cast<int>(text.size())) != 1)
+				Fail("did not take the batch");
+		}
+		if (PQputCopyEnd(conn_, nullptr) != 1)
 			Fail("did not take the batch");
 		bool ok = true;
 		while ((res = PQgetResult(conn_)) != nullptr) {

@@ -41,17 +41,18 @@ class RemoteDestination {
 	std::optional<Progress> LoadProgress();
 	// One transaction there: the progress check and update, the source's new gaps, the batch's
 	// rows by COPY, COMMIT with synchronous_commit = on. Returns once the destination has it
-	// durably; throws otherwise (the connection is then dropped and made again next time).
-	// copy_data: the rows in COPY's text format (CopyText).
-	void Write(const std::string &copy_data, int rows, const Progress &reached, const std::vector<Gap> &gaps);
+	// durably; throws otherwise (the connection is then dropped and made again next time). The
+	// rows are turned into COPY's text a few hundred at a time while the destination already
+	// parses and inserts the ones before. empty_context: the jsonb of a change without context.
+	void Write(const Batch &batch, const std::vector<char> &empty_context, const Progress &reached,
+	           const std::vector<Gap> &gaps);
 	// The last of this source's gaps the destination holds (bemi.source_progress.gaps_forwarded).
 	int64 GapsForwarded() const { return gaps_forwarded_; }
 
-	// The rows of a batch in COPY's text format, in the column order of Write's COPY.
-	// empty_context: the jsonb of a change without context.
-	std::string CopyText(const Batch &batch, const std::vector<char> &empty_context) const;
-
   private:
+	// Rows first .. first + count - 1 of a batch in COPY's text format, in the column order of
+	// Write's COPY.
+	std::string CopyText(const Batch &batch, size_t first, size_t count, const std::vector<char> &empty_context) const;
 	void Connect();
 	void Disconnect();
 	[[noreturn]] void Fail(const std::string &what);
