@@ -326,6 +326,11 @@ class Bench:
     def teardown(self):
         if self.recvlogical:
             self.recvlogical.kill()
+        if getattr(self, "dest", None):
+            try:
+                self.dest.stop()
+            except Exception as e:
+                log(f"stopping the destination failed: {e}")
         try:
             self.server.stop()
         except Exception as e:
@@ -1084,6 +1089,156 @@ END $$;""")
         log(f"   profile written to {dest}")
 
     # -- report ---------------------------------------------------------------------------------
+    # -- the trail in another database (issue 16) -------------------------------------------------
+    def start_destination(self):
+        """A second throwaway server, as a destination: no preload, wal_level = replica."""
+        if getattr(self, "dest", None):
+            return
+        d = os.path.join(self.workdir, "dest")
+        os.makedirs(d)
+        if self.server.user:
+            pw = pwd.getpwnam(self.server.user)
+            os.chown(d, pw.pw_uid, pw.pw_gid)
+        self.dest = Server(d, self.args.port + 1, self.server.user)
+        self.dest.init({"wal_level": "replica", "shared_buffers": "'512MB'", "max_wal_size": "'16GB'",
+                        "checkpoint_timeout": "'30min'", "log_min_messages": "warning", "log_checkpoints": "off"})
+        self.dest.start()
+        self.dest.psql("CREATE DATABASE trail", db="postgres")
+        self.dest.psql("SET client_min_messages = error; CREATE EXTENSION bemi;"
+                       "CREATE ROLE bench_ingest LOGIN IN ROLE bemi_ingest", db="trail")
+
+    def set_destination(self):
+        srv = self.server
+        srv.psql(f"SELECT bemi_set_destination('host={self.dest.sock} port={self.dest.port} dbname=trail "
+                 "user=bench_ingest')")
+        for _ in range(600):  # the worker starts again, connected there
+            if srv.one("SELECT destination_reachable FROM bemi_status()") == "t":
+                return self.worker_pid()
+            time.sleep(0.1)
+        raise RuntimeError("the worker did not reach the destination")
+
+    def dest_changes(self):
+        return int(self.dest.one("SELECT count(*) FROM bemi.changes", db="trail"))
+
+    def dest_write_round(self, kind, secs, tag):
+        """kind: a (nothing capturing), b (bemi, trail here), r (bemi, trail in the destination)."""
+        p = self.p
+        self.reset_pgbench("DEFAULT" if kind == "a" else "FULL")
+        pid = None
+        if kind != "a":
+            pid = self.create_bemi()
+            if kind == "r":
+                pid = self.set_destination()
+        self.server.psql("CHECKPOINT")
+        cpu0 = proc_cpu_seconds(pid) if pid else None
+        there0 = self.dest_changes()
+        lsn0 = self.server.one("SELECT pg_current_wal_lsn()")
+        res = self.pgbench("plain" if kind == "a" else "bemi", secs, p["clients"], p["threads"], tag)
+        lsn1 = self.server.one("SELECT pg_current_wal_lsn()")
+        cpu1 = proc_cpu_seconds(pid) if pid else None
+        res["wal_bytes"] = int(float(self.server.one(f"SELECT pg_wal_lsn_diff('{lsn1}', '{lsn0}')")))
+        res["cpu"] = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None
+        res["drain_s"] = self.wait_bemi(lsn1) if pid else None
+        if kind == "b":
+            res["captured"] = int(self.server.one("SELECT count(*) FROM bemi.changes WHERE \"table\" LIKE 'pgbench%'"))
+        elif kind == "r":
+            res["captured"] = self.dest_changes() - there0
+            res["local"] = int(self.server.one("SELECT count(*) FROM bemi.changes"))
+        if pid:
+            self.drop_bemi()
+        return res
+
+    def dest_ingest_round(self, kind, n_ins, n_upd, n_del, chunk):
+        """A backlog built while the worker is stopped, then drained: here (b) or there (r)."""
+        srv = self.server
+        self.create_backlog_procedure()
+        pid = self.create_bemi()
+        if kind == "r":
+            pid = self.set_destination()
+        there0 = self.dest_changes()
+        release = self.stop_worker(pid)
+        lsn0 = srv.one("SELECT pg_current_wal_lsn()")
+        srv.psql(f"CALL bench_backlog({n_ins}, {n_upd}, {n_del}, {chunk})")
+        lsn1 = srv.one("SELECT pg_current_wal_lsn()")
+        srv.psql("CHECKPOINT")
+        if kind == "r":
+            self.dest.psql("CHECKPOINT", db="trail")
+        cpu0 = proc_cpu_seconds(pid)
+        t0 = time.monotonic()
+        release()
+        srv.one(f"SELECT bemi_wait('{lsn1}', '60 min')")
+        drain = time.monotonic() - t0
+        cpu1 = proc_cpu_seconds(pid)
+        got = (self.dest_changes() - there0) if kind == "r" else \
+            int(srv.one("SELECT count(*) FROM bemi.changes WHERE \"table\" = 'bench_ingest'"))
+        self.drop_bemi()
+        srv.psql("DROP TABLE bench_ingest; DROP PROCEDURE bench_backlog")
+        wal = int(float(srv.one(f"SELECT pg_wal_lsn_diff('{lsn1}', '{lsn0}')")))
+        return dict(got=got, drain_s=drain, cpu=(cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
+                    wal=wal)
+
+    def section_destination(self):
+        p = self.p
+        self.start_destination()
+        rounds, secs = p["write_rounds"], p["write_secs"]
+        kinds = {"a": "(a) nothing capturing", "b": "(b) bemi, the trail here",
+                 "r": "(r) bemi, the trail in another server (`bemi_set_destination`)"}
+        log(f"9. the trail in another database: write path {len(kinds)} configurations x {rounds} rounds x {secs} s; "
+            "ingest here vs. there")
+        results = {k: [] for k in kinds}
+        for r in range(rounds):
+            for k in (list(kinds) if r % 2 == 0 else list(kinds)[::-1]):
+                res = self.dest_write_round(k, secs, f"dest{r}{k}")
+                results[k].append(res)
+                log(f"   round {r + 1} {k}: {res['tps']:.0f} tps, wal {res['wal_bytes'] / max(res['n'], 1):.0f} B/txn"
+                    + (f", worker cpu {res['cpu']:.1f} s" if res.get('cpu') is not None else "")
+                    + (f", captured {res['captured']:,}" if res.get('captured') is not None else "")
+                    + (f", drain {res['drain_s']:.2f} s" if res.get('drain_s') is not None else ""))
+        rows = []
+        for k, label in kinds.items():
+            rs = results[k]
+            rows.append([label, fmt(median([x["tps"] for x in rs])),
+                         fmt(median([ratio(x["tps"], a["tps"]) for x, a in zip(rs, results["a"])]), 3),
+                         fmt(median([x["wal_bytes"] / max(x["n"], 1) for x in rs])),
+                         fmt(median([x["p99_ms"] for x in rs]), 2),
+                         fmt(median([x["cpu"] / secs * 100 if x.get("cpu") is not None else None for x in rs]), 0, " %"),
+                         fmt(median([x["drain_s"] for x in rs]), 2, " s") if k != "a" else "–"])
+        remote_local = median([ratio(x["tps"], b["tps"]) for x, b in zip(results["r"], results["b"])])
+        wal_saved = median([ratio(x["wal_bytes"] / max(x["n"], 1), b["wal_bytes"] / max(b["n"], 1))
+                            for x, b in zip(results["r"], results["b"])])
+        local_rows = [x.get("local") for x in results["r"]]
+        n = p["backlog"] // 2
+        n_ins, n_upd = n // 2, n * 7 // 20
+        n_del = n - n_ins - n_upd
+        log(f"   ingest: a backlog of {n:,} changes, drained here and there")
+        ing = {k: self.dest_ingest_round(k, n_ins, n_upd, n_del, 1000) for k in ("b", "r")}
+        for k, x in ing.items():
+            x["rate"] = x["got"] / x["drain_s"]
+            log(f"   ingest {k}: {x['got']:,} changes in {x['drain_s']:.1f} s = {x['rate']:,.0f}/s")
+        ing_ratio = ratio(ing["r"]["rate"], ing["b"]["rate"])
+        text = ["## 9. The trail in another database (issue 16)\n",
+                f"A second throwaway server on the same machine (no preload, `wal_level = replica`) holds the "
+                f"trail for (r), reached over a unix socket as a role granted `bemi_ingest`. pgbench tpcb-like, "
+                f"scale {p['scale']}, {p['clients']} clients, {secs} s per run, {rounds} rounds interleaved; "
+                "medians. *WAL/txn* is the source's WAL per transaction (for (b) it includes the trail's own "
+                "rows and indexes; for (r) those are written on the destination). *worker CPU* is the source "
+                "worker's. The destination server shares the 2 cores, so (r) is not cheaper in CPU here, only "
+                "in the source's WAL and disk.\n",
+                md_table(["configuration", "TPS", "× (a)", "WAL/txn B", "p99 ms", "worker CPU", "catch-up"], rows), "",
+                f"(r) vs (b): TPS {fmt(remote_local, 3)}×, source WAL per transaction {fmt(wal_saved, 2)}×; "
+                f"rows left in the source's own trail during (r): {local_rows}.\n",
+                f"Ingest: a backlog of {n:,} changes ({n_ins:,} inserts, {n_upd:,} updates, {n_del:,} deletes, "
+                "1000 per transaction) built while the worker is stopped, then drained.\n",
+                md_table(["trail", "changes", "drain s", "changes/s", "worker CPU s"],
+                         [[kinds[k], f"{x['got']:,}", fmt(x["drain_s"], 1), fmt(x["rate"]), fmt(x["cpu"], 1)]
+                          for k, x in ing.items()]), "",
+                f"Remote ingest rate {fmt(ing_ratio, 2)}× the local trail's.\n"]
+        self.summary.append(("destination: remote ingest ≥ the local trail's rate", ing_ratio is not None and ing_ratio >= 1,
+                             f"{fmt(ing_ratio, 2)} × local"))
+        self.summary.append(("destination: source WAL per transaction, remote vs local", wal_saved is not None and wal_saved < 1,
+                             f"{fmt(wal_saved, 2)} × local"))
+        self.sections.append("\n".join(text))
+
     def machine(self):
         def sh(cmd):
             try:
@@ -1123,7 +1278,7 @@ END $$;""")
     def run(self):
         started = time.monotonic()
         only = set(self.args.only.split(",")) if self.args.only else {"write", "decomp", "lag", "ingest",
-                                                                       "memory", "reads", "rules"}
+                                                                       "memory", "reads", "rules", "dest"}
         try:
             self.setup()
             if "write" in only:
@@ -1142,6 +1297,8 @@ END $$;""")
                 self.section_reads()
             if "rules" in only:
                 self.section_rules()
+            if "dest" in only:
+                self.section_destination()
             if self.args.profile:
                 self.profile_write_path()
             text = self.report(started, only)
@@ -1158,7 +1315,7 @@ def main():
     ap = argparse.ArgumentParser(description="bemi benchmark suite (see bench/README.md)")
     ap.add_argument("--quick", action="store_true", help="smaller and shorter: under 5 minutes")
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--only", help="comma-separated sections: write,decomp,ingest,lag,memory,reads,rules")
+    ap.add_argument("--only", help="comma-separated sections: write,decomp,ingest,lag,memory,reads,rules,dest")
     ap.add_argument("--profile", action="store_true",
                     help="also record perf profiles (worker during ingest; whole machine during pgbench) into "
                          "bench/profile-*.txt; the ingest rate is then perturbed")
