@@ -615,6 +615,13 @@ bemi_snapshot_start(PG_FUNCTION_ARGS)
 						errmsg("bemi_snapshot cannot wait inside a transaction that has written"),
 						errdetail("The snapshot's worker may need the locks this transaction holds, while it waits for the worker."),
 						errhint("Commit first, or pass wait => false: the snapshot then reads what this transaction commits.")));
+	/* LOCK TABLE takes no transaction id, and the worker's FOR SHARE would wait for it just the same. */
+	if (wait && CheckRelationLockedByMe(rel, ExclusiveLock, true))
+		ereport(ERROR, (errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+						errmsg("bemi_snapshot cannot wait while this transaction holds a lock on table %s that its worker needs",
+							   RelationGetRelationName(rel)),
+						errdetail("The worker reads the table FOR SHARE, which waits for an EXCLUSIVE or ACCESS EXCLUSIVE lock."),
+						errhint("Commit first, or pass wait => false.")));
 	if (wait && IsolationUsesXactSnapshot())
 		ereport(ERROR, (errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
 						errmsg("bemi_snapshot cannot wait in a REPEATABLE READ or SERIALIZABLE transaction"),
