@@ -48,7 +48,9 @@ END $$;
 
 -- Makes the partition [lo, hi), first moving into it the changes bemi.changes_default holds for
 -- that range. The new table takes no lock that stops reading bemi.changes; the default
--- partition is locked briefly.
+-- partition is locked briefly. Writes of bemi.changes wait (SHARE ROW EXCLUSIVE): a write that
+-- routed its rows before the partition existed would find the default partition refusing them
+-- once it got its lock (the worker's first write after a change committed in [lo, hi) did).
 CREATE FUNCTION bemi._make_partition(lo timestamptz, hi timestamptz) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
 DECLARE
@@ -56,7 +58,7 @@ DECLARE
                                                 ELSE 'YYYYMMDD"_"HH24MISS' END);
     moved bigint;
 BEGIN
-    LOCK TABLE bemi.changes IN SHARE UPDATE EXCLUSIVE MODE;
+    LOCK TABLE bemi.changes IN SHARE ROW EXCLUSIVE MODE;
     LOCK TABLE bemi.changes_default IN ACCESS EXCLUSIVE MODE;
     EXECUTE format('CREATE TABLE bemi.%I (LIKE bemi.changes_default INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)', name);
     EXECUTE format('WITH moved AS (DELETE FROM bemi.changes_default WHERE committed_at >= $1 AND committed_at < $2 RETURNING *)'

@@ -284,6 +284,8 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 COMMENT ON FUNCTION @extschema@.bemi_revert_change(bigint, boolean, boolean) IS 'Revert one change (bemi.changes.id)';
 
+-- A revert undoes row changes: the schema changes of a transaction, a context or a table's span
+-- (operation DDL) are left out of what it reverts, and a DDL row given by id is refused.
 CREATE FUNCTION @extschema@.bemi_revert_transaction(transaction_id bigint, force boolean DEFAULT false, dry_run boolean DEFAULT false)
 RETURNS SETOF @extschema@.bemi_revert_step
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -291,7 +293,7 @@ DECLARE
     ids bigint[];
 BEGIN
     PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
-    ids := ARRAY(SELECT h.id FROM @extschema@.bemi_transaction_history(transaction_id) h);
+    ids := ARRAY(SELECT h.id FROM @extschema@.bemi_transaction_history(transaction_id) h WHERE h.operation <> 'DDL');
     IF @extschema@.bemi_unreadable_changes(transaction_id, NULL::jsonb) > 0 THEN
         RAISE EXCEPTION 'cannot revert transaction %: it changed tables you cannot read', transaction_id
             USING ERRCODE = 'insufficient_privilege';
@@ -316,7 +318,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value', HINT = 'For example ''{"request_id": "r1"}''.';
     END IF;
     PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
-    ids := ARRAY(SELECT h.id FROM @extschema@.bemi_context_history(context) h);
+    ids := ARRAY(SELECT h.id FROM @extschema@.bemi_context_history(context) h WHERE h.operation <> 'DDL');
     IF @extschema@.bemi_unreadable_changes(NULL::bigint, context) > 0 THEN
         RAISE EXCEPTION 'cannot revert context %: it changed tables you cannot read', context
             USING ERRCODE = 'insufficient_privilege';
@@ -345,7 +347,8 @@ BEGIN
     END IF;
     target := @extschema@.bemi_time_travel_target((SELECT reltype FROM pg_class WHERE oid = tbl)::regtype, at);
     PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
-    ids := ARRAY(SELECT h.id FROM @extschema@.bemi_table_history(tbl, at, 'infinity'::timestamptz) h WHERE h.committed_at > at);
+    ids := ARRAY(SELECT h.id FROM @extschema@.bemi_table_history(tbl, at, 'infinity'::timestamptz) h
+                  WHERE h.committed_at > at AND h.operation <> 'DDL');
     RETURN QUERY SELECT * FROM @extschema@.bemi_revert_changes(ids, force, dry_run,
         jsonb_build_object('bemi_revert', jsonb_build_object('table', tbl::text, 'to', at)));
 END $$;

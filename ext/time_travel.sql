@@ -170,7 +170,7 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
         IF masked_key THEN
             SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, at, 'infinity'::timestamptz) h
-             WHERE h.committed_at > at AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+             WHERE h.committed_at > at AND h.operation <> 'DDL' AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
                                 WHERE img <> '{}' AND CASE WHEN img ? c
                                     THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
                                     ELSE true END)
@@ -187,7 +187,7 @@ BEGIN
                 WITH firsts AS (
                     SELECT DISTINCT ON (h.primary_key) h.primary_key, h.operation, h."before"
                       FROM @extschema@.bemi_table_history($1, $2, 'infinity'::timestamptz) h
-                     WHERE h.committed_at > $2 AND h.operation <> 'SNAPSHOT'
+                     WHERE h.committed_at > $2 AND h.operation NOT IN ('SNAPSHOT', 'DDL')
                      ORDER BY h.primary_key, h.id)
                 SELECT t.* FROM %1$s t
                  WHERE NOT EXISTS (SELECT 1 FROM firsts f WHERE f.primary_key = %2$s)
@@ -217,7 +217,7 @@ BEGIN
     END IF;
     IF masked_key THEN
         SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, base_at, at) h
-         WHERE h.id > base_id AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+         WHERE h.id > base_id AND h.operation <> 'DDL' AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
                             WHERE img <> '{}' AND CASE WHEN img ? c
                                 THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
                                 ELSE true END)
@@ -234,7 +234,7 @@ BEGIN
             SELECT r.* FROM (
                 SELECT DISTINCT ON (h.primary_key) h.operation, h."after"
                   FROM @extschema@.bemi_table_history($1, $3, $2) h
-                 WHERE h.id > $4 AND h.operation <> 'TRUNCATE'
+                 WHERE h.id > $4 AND h.operation NOT IN ('TRUNCATE', 'DDL')
                  ORDER BY h.primary_key, h.id DESC) l,
                 jsonb_populate_record(NULL::%1$s, l."after" %2$s) r
              WHERE l.operation <> 'DELETE'$q$, target.tbl, format(unmask, 'l."after"', '$5', '$6'))
@@ -276,7 +276,7 @@ BEGIN
     -- any change of the span replayed, below).
     IF masked_key THEN
         SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, at, 'infinity'::timestamptz) h
-         WHERE h.committed_at > at AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+         WHERE h.committed_at > at AND h.operation <> 'DDL' AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
                             WHERE img <> '{}' AND CASE WHEN img ? c
                                 THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
                                 ELSE true END)
@@ -330,7 +330,7 @@ BEGIN
         END IF;
         IF masked_key THEN
             SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, '-infinity'::timestamptz, at) h
-             WHERE h.id > base_id AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+             WHERE h.id > base_id AND h.operation <> 'DDL' AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
                                 WHERE img <> '{}' AND CASE WHEN img ? c
                                     THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
                                     ELSE true END)

@@ -53,4 +53,4 @@ SELECT comment_insert(15) /*Bemi {"job": "fn"} Bemi*/;
 
 SELECT bemi_wait();
 SELECT primary_key, after->>'note' AS note, context - '_bemi' AS context
-  FROM bemi.changes WHERE "table" = 'comment_items' ORDER BY id;
+  FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'comment_items' ORDER BY id;

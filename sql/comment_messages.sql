@@ -21,5 +21,5 @@ SELECT substring(data FROM '"request": "(r[0-9])"') AS message
  WHERE data LIKE 'message:%prefix: bemi,%';
 SELECT 'dropped' FROM pg_drop_replication_slot('comment_raw');
 SELECT bemi_wait();
-SELECT primary_key, context->>'request' AS request FROM bemi.changes WHERE "table" = 'comment_counted' ORDER BY id;
+SELECT primary_key, context->>'request' AS request FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'comment_counted' ORDER BY id;
 DROP TABLE comment_counted;

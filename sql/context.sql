@@ -33,7 +33,7 @@ BEGIN
 END $$;
 SELECT context_fn_write();
 SELECT bemi_wait();
-SELECT context - '_bemi' AS context FROM bemi.changes WHERE "table" = 'context_fn_items';
+SELECT context - '_bemi' AS context FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'context_fn_items';
 
 -- Bad input is refused with a clear error and no side effect.
 BEGIN;

@@ -45,7 +45,7 @@ BEGIN
     RETURN QUERY EXECUTE format(
         'SELECT c.primary_key::text, bemi_primary_key(%1$L, c."after"),
                 (SELECT %2$s FROM %1$s t WHERE t.n = (c."after" ->> ''n'')::int)
-           FROM bemi.changes c WHERE c.table_oid = %1$L::regclass::oid ORDER BY c.id', tbl, key_sql);
+           FROM bemi.changes c WHERE c.table_oid = %1$L::regclass::oid AND c.operation <> ''DDL'' ORDER BY c.id', tbl, key_sql);
 END $$;
 SELECT t AS "table", k.*, k.recorded = k.from_image AND k.recorded = k.from_row AS same
   FROM unnest(ARRAY['pk.by_int', 'pk.by_bigint', 'pk.by_text', 'pk.by_uuid', 'pk.by_numeric', 'pk.by_date',

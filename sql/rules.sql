@@ -131,7 +131,7 @@ SELECT bemi_wait();
 SELECT schema, "table", operation, primary_key, before - '{updated_at, api_token}'::text[] AS before,
        after - '{updated_at, api_token}'::text[] AS after
   FROM bemi.changes
- WHERE "table" IN ('rules_sessions', 'early', 'later', 'rules_late') OR ("table" = 'rules_users' AND operation <> 'CREATE')
+ WHERE operation <> 'DDL' AND ("table" IN ('rules_sessions', 'early', 'later', 'rules_late') OR ("table" = 'rules_users' AND operation <> 'CREATE'))
  ORDER BY id;
 SELECT primary_key, after - '{updated_at, api_token}'::text[] AS after,
        after->>'api_token' ~ '^hmac:[0-9a-f]{64}$' AS hashed
@@ -147,7 +147,7 @@ SELECT operation, CASE operation WHEN 'DELETE' THEN before ELSE after END->>'kin
 CREATE TEMP TABLE rules_decoded AS
     SELECT lsn, data::jsonb AS doc FROM pg_logical_slot_get_changes('rules_slot', NULL, NULL);
 SELECT doc->>'schema' AS schema, doc->>'table' AS "table", doc->>'operation' AS operation, doc->>'primary_key' AS primary_key
-  FROM rules_decoded WHERE doc->>'table' IN ('rules_sessions', 'early', 'later', 'rules_late', 'rules_users')
+  FROM rules_decoded WHERE doc->>'operation' <> 'DDL' AND doc->>'table' IN ('rules_sessions', 'early', 'later', 'rules_late', 'rules_users')
  ORDER BY lsn;
 SELECT count(*) AS secrets_in_trail FROM bemi.changes WHERE "before"::text ~ 'secret-' OR "after"::text ~ 'secret-';
 SELECT count(*) AS secrets_in_output FROM rules_decoded WHERE doc::text ~ 'secret-';

@@ -54,7 +54,7 @@ RESET ROLE;
 
 SELECT bemi_wait();
 SELECT schema, "table", operation, primary_key, before, after
-  FROM bemi.changes WHERE "table" IN ('rename_ledger', 'rename_tmp_ledger', 'rename_users', 'rename_users_plain', 'notes')
+  FROM bemi.changes WHERE operation <> 'DDL' AND "table" IN ('rename_ledger', 'rename_tmp_ledger', 'rename_users', 'rename_users_plain', 'notes')
  ORDER BY id;
 SELECT relation, role, regexp_replace(reason, 'rule [0-9]+ ', 'rule ', 'g') AS reason, statement
   FROM bemi.gaps WHERE id > :last_gap ORDER BY id;
@@ -130,7 +130,7 @@ RESET ROLE;
 
 SELECT bemi_wait();
 SELECT "table", operation, primary_key, before, after
-  FROM bemi.changes WHERE "table" IN ('rename_accounts', 'rename_parts', 'rename_parts_1', 'rename_quiet',
+  FROM bemi.changes WHERE operation <> 'DDL' AND "table" IN ('rename_accounts', 'rename_parts', 'rename_parts_1', 'rename_quiet',
                                       'rename_loose', 'rename_sub', 'rename_sub_a')
  ORDER BY id;
 SELECT relation, role, regexp_replace(reason, 'rule [0-9]+ ', 'rule ', 'g') AS reason, statement

@@ -132,7 +132,7 @@ SELECT bemi_wait();
 SELECT max(transaction_id) AS xact FROM bemi.changes WHERE "table" = 'rrv_plain' \gset
 -- What the trail holds: primary_key as the plugin rendered it from the masked image.
 SELECT "table", operation, CASE WHEN primary_key ~ 'hmac:' THEN regexp_replace(primary_key, '[0-9a-f]{64}', '<hash>') ELSE primary_key END AS primary_key
-  FROM bemi.changes WHERE "table" IN ('rrv_accounts', 'rrv_tokens', 'rrv_pairs') ORDER BY id;
+  FROM bemi.changes WHERE operation <> 'DDL' AND "table" IN ('rrv_accounts', 'rrv_tokens', 'rrv_pairs') ORDER BY id;
 -- History by key: "[masked]" is every row of rrv_accounts; a hash is one row of rrv_tokens.
 SELECT count(*) FROM bemi_row_history('rrv_accounts', '[masked]'::text);
 SELECT count(*) FROM bemi_row_history('rrv_tokens', (SELECT primary_key FROM bemi.changes WHERE "table" = 'rrv_tokens' AND operation = 'DELETE'));

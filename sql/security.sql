@@ -29,7 +29,7 @@ RESET ROLE;
 -- An auditor granted bemi_reader reads it, but cannot change it either.
 SET ROLE sec_auditor;
 SELECT operation, after, context - '_bemi' AS context, context->'_bemi'->>'role' AS role
-  FROM bemi.changes WHERE "table" = 'sec_orders';
+  FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'sec_orders';
 SELECT worker_state FROM bemi_status();
 DELETE FROM bemi.changes;
 RESET ROLE;

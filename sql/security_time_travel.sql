@@ -33,7 +33,7 @@ SELECT bemi_wait();
 
 -- The keys are the values' text; the cast never ran.
 SELECT bemi_json_is_text('tt.code'), bemi_json_is_text('tt.code[]'), bemi_json_is_text('int');
-SELECT "table", operation, primary_key FROM bemi.changes WHERE schema = 'tt' ORDER BY id;
+SELECT "table", operation, primary_key FROM bemi.changes WHERE operation <> 'DDL' AND schema = 'tt' ORDER BY id;
 
 -- A superuser reads them back through every path that renders a key.
 SELECT operation, primary_key FROM bemi_row_history('tt.things', 'alpha'::tt.code) ORDER BY id;

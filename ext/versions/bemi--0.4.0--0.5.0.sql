@@ -990,3 +990,303 @@ BEGIN
            AND (NOT s.narrowed OR (c.source_system_id IS NOT DISTINCT FROM s.system_id
                                    AND (s.database IS NULL OR c.database = s.database)));
 END $$;
+
+-- Schema changes as events (issue 15, "DDL"): the backend records every DDL command on a recorded
+-- table as a signed logical message (src/context/ddl_events.cpp), decoded into a change with
+-- operation 'DDL' (src/decoding/session_ddl.cpp); no new object. Time travel and reverts leave
+-- DDL rows out of what they read as row images; writes of bemi.changes wait while retention makes
+-- a partition (a DDL row committed in the second bemi_set_retention then made a partition for
+-- was routed to the default partition, which stopped taking it). The functions as ext/ defines
+-- them (after every section above that replaced them).
+CREATE OR REPLACE FUNCTION @extschema@.bemi_as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+DECLARE
+    target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
+    base_id bigint;
+    base_at timestamptz;
+    -- Masked values are read back masked (docs/sql-reference.md, "Time travel"): a mask (the marker
+    -- or a hash, by its shape) where it is no value of the column's type reads as NULL, as a dropped
+    -- one does.
+    misfit record := @extschema@.bemi_mask_misfits(target.tbl);
+    unmask constant text := $u$ - ARRAY(SELECT e.key FROM pg_catalog.jsonb_each(%1$s) e
+                                       WHERE pg_catalog.jsonb_typeof(e.value) = 'string'
+                                         AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (%2$s)
+                                                  WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (%3$s)
+                                                  ELSE false END)$u$;
+    -- A mask rule covers a key column: the changes recorded under it say not which row they
+    -- changed ("[masked]" is every row's key), so time travel over them is refused.
+    masked_key constant boolean := target.key_columns && @extschema@.bemi_masked_columns(target.tbl);
+    keyless bigint;
+BEGIN
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
+        IF masked_key THEN
+            SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, at, 'infinity'::timestamptz) h
+             WHERE h.committed_at > at AND h.operation <> 'DDL' AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                                WHERE img <> '{}' AND CASE WHEN img ? c
+                                    THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                    ELSE true END)
+             ORDER BY h.id LIMIT 1;
+        END IF;
+        IF keyless IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot read % as of %: changes since were recorded with its primary key masked', target.tbl, at
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = format('Change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+                HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+        END IF;
+        BEGIN
+            RETURN QUERY EXECUTE format($q$
+                WITH firsts AS (
+                    SELECT DISTINCT ON (h.primary_key) h.primary_key, h.operation, h."before"
+                      FROM @extschema@.bemi_table_history($1, $2, 'infinity'::timestamptz) h
+                     WHERE h.committed_at > $2 AND h.operation NOT IN ('SNAPSHOT', 'DDL')
+                     ORDER BY h.primary_key, h.id)
+                SELECT t.* FROM %1$s t
+                 WHERE NOT EXISTS (SELECT 1 FROM firsts f WHERE f.primary_key = %2$s)
+                UNION ALL
+                SELECT r.* FROM firsts f, jsonb_populate_record(NULL::%1$s, f."before" %3$s) r
+                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql, format(unmask, 'f."before"', '$3', '$4'))
+                USING target.tbl, at, misfit.marker, misfit.hash;
+        EXCEPTION WHEN data_exception THEN
+            RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
+                USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+                HINT = 'A column''s type changed since; read the images with bemi_table_history instead.';
+        END;
+        RETURN;
+    END IF;
+    -- Truncated since: rebuild from the last empty state at or before the moment.
+    SELECT id, committed_at INTO base_id, base_at FROM @extschema@.bemi_table_truncations(target.tbl)
+     WHERE committed_at <= at ORDER BY id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        IF target.had_rows_at_start THEN
+            RAISE EXCEPTION 'cannot read % as of %: it was truncated since, and the trail does not hold its rows at that moment',
+                target.tbl, at USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = 'The table already held rows when tracking began, and no TRUNCATE before the moment emptied it.',
+                HINT = 'Read it as of a moment after a recorded TRUNCATE, or restore a backup.';
+        END IF;
+        base_id := 0;
+        base_at := '-infinity';
+    END IF;
+    IF masked_key THEN
+        SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, base_at, at) h
+         WHERE h.id > base_id AND h.operation <> 'DDL' AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                            WHERE img <> '{}' AND CASE WHEN img ? c
+                                THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                ELSE true END)
+         ORDER BY h.id LIMIT 1;
+    END IF;
+    IF keyless IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot read % as of %: changes before it were recorded with its primary key masked', target.tbl, at
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('It was truncated since, so it is replayed from the trail; change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+            HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+    END IF;
+    BEGIN
+        RETURN QUERY EXECUTE format($q$
+            SELECT r.* FROM (
+                SELECT DISTINCT ON (h.primary_key) h.operation, h."after"
+                  FROM @extschema@.bemi_table_history($1, $3, $2) h
+                 WHERE h.id > $4 AND h.operation NOT IN ('TRUNCATE', 'DDL')
+                 ORDER BY h.primary_key, h.id DESC) l,
+                jsonb_populate_record(NULL::%1$s, l."after" %2$s) r
+             WHERE l.operation <> 'DELETE'$q$, target.tbl, format(unmask, 'l."after"', '$5', '$6'))
+            USING target.tbl, at, base_at, base_id, misfit.marker, misfit.hash;
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
+            USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+            HINT = 'A column''s type changed since; read the images with bemi_table_history instead.';
+    END;
+END $$;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_row_as_of(tbl anyelement, primary_key anycompatible, at timestamptz) RETURNS anyelement
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+DECLARE
+    target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
+    key text := CASE WHEN @extschema@.bemi_json_is_text(pg_typeof(primary_key)) THEN format('%s', primary_key)
+                     ELSE to_jsonb(primary_key) #>> '{}' END;
+    key_image jsonb;
+    change record;
+    base_id bigint := 0;
+    -- As in bemi_as_of: a mask where it is no value of the column's type reads as NULL. Those
+    -- columns are looked up only for an image that holds a mask.
+    no_marker text[];
+    no_hash text[];
+    -- A mask rule covers a key column: the changes recorded under it say not which row they
+    -- changed ("[masked]" is every row's key), so time travel over them is refused.
+    masked_key constant boolean := target.key_columns && @extschema@.bemi_masked_columns(target.tbl);
+    keyless bigint;
+BEGIN
+    IF key IS NULL THEN
+        RAISE EXCEPTION 'the primary key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    -- As in bemi_as_of: any change since under a masked key may be this row's (truncated since,
+    -- any change of the span replayed, below).
+    IF masked_key THEN
+        SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, at, 'infinity'::timestamptz) h
+         WHERE h.committed_at > at AND h.operation <> 'DDL' AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                            WHERE img <> '{}' AND CASE WHEN img ? c
+                                THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                ELSE true END)
+         ORDER BY h.id LIMIT 1;
+    END IF;
+    IF keyless IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot read a row of % as of %: changes since were recorded with its primary key masked', target.tbl, at
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('Change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+            HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+    END IF;
+    BEGIN
+        SELECT h.operation, h."before" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
+         WHERE h.committed_at > at AND h.operation <> 'SNAPSHOT' ORDER BY h.id LIMIT 1;
+        IF FOUND THEN
+            -- The first change after the moment knows the row as it was (or that it did not exist).
+            IF EXISTS (SELECT FROM jsonb_each(change."before") e
+                        WHERE jsonb_typeof(e.value) = 'string'
+                          AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$')) THEN
+                SELECT m.marker, m.hash INTO no_marker, no_hash FROM @extschema@.bemi_mask_misfits(target.tbl) m;
+            END IF;
+            RETURN CASE WHEN change.operation = 'CREATE' THEN NULL
+                        ELSE jsonb_populate_record(tbl, change."before" - ARRAY(
+                             SELECT e.key FROM jsonb_each(change."before") e
+                              WHERE jsonb_typeof(e.value) = 'string'
+                                AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (no_marker)
+                                         WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (no_hash)
+                                         ELSE false END)) END;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
+            -- Untouched since: it is as it is now.
+            key_image := CASE WHEN cardinality(target.key_columns) = 1
+                              THEN jsonb_build_object(target.key_columns[1], key)
+                              ELSE (SELECT jsonb_object_agg(c, key::jsonb -> (o::int - 1))
+                                      FROM unnest(target.key_columns) WITH ORDINALITY AS u (c, o)) END;
+            EXECUTE format('SELECT t.* FROM %1$s t, jsonb_populate_record(NULL::%1$s, $1) k WHERE (%2$s) = (%3$s)',
+                           target.tbl,
+                           (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(target.key_columns) c),
+                           (SELECT string_agg(format('k.%I', c), ', ') FROM unnest(target.key_columns) c))
+                INTO tbl USING key_image;
+            RETURN tbl;
+        END IF;
+        -- Truncated since: the latest change at or before the moment, after the last empty state.
+        SELECT coalesce(max(id), 0) INTO base_id FROM @extschema@.bemi_table_truncations(target.tbl)
+         WHERE committed_at <= at;
+        IF base_id = 0 AND target.had_rows_at_start THEN
+            RAISE EXCEPTION 'cannot read a row of % as of %: the table was truncated since, and the trail does not hold its rows at that moment',
+                target.tbl, at USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = 'The table already held rows when tracking began, and no TRUNCATE before the moment emptied it.',
+                HINT = 'Read it as of a moment after a recorded TRUNCATE, or restore a backup.';
+        END IF;
+        IF masked_key THEN
+            SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, '-infinity'::timestamptz, at) h
+             WHERE h.id > base_id AND h.operation <> 'DDL' AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                                WHERE img <> '{}' AND CASE WHEN img ? c
+                                    THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                    ELSE true END)
+             ORDER BY h.id LIMIT 1;
+        END IF;
+        IF keyless IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot read a row of % as of %: changes before it were recorded with its primary key masked', target.tbl, at
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = format('It was truncated since, so it is replayed from the trail; change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+                HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+        END IF;
+        SELECT h.operation, h."after" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
+         WHERE h.committed_at <= at AND h.id > base_id ORDER BY h.id DESC LIMIT 1;
+        IF FOUND AND EXISTS (SELECT FROM jsonb_each(change."after") e
+                         WHERE jsonb_typeof(e.value) = 'string'
+                           AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$')) THEN
+            SELECT m.marker, m.hash INTO no_marker, no_hash FROM @extschema@.bemi_mask_misfits(target.tbl) m;
+        END IF;
+        RETURN CASE WHEN NOT FOUND OR change.operation = 'DELETE' THEN NULL
+                    ELSE jsonb_populate_record(tbl, change."after" - ARRAY(
+                             SELECT e.key FROM jsonb_each(change."after") e
+                              WHERE jsonb_typeof(e.value) = 'string'
+                                AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (no_marker)
+                                         WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (no_hash)
+                                         ELSE false END)) END;
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
+            USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+            HINT = 'A column''s type changed since; read the images with bemi_row_history instead.';
+    END;
+END $$;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_revert_transaction(transaction_id bigint, force boolean DEFAULT false, dry_run boolean DEFAULT false)
+RETURNS SETOF @extschema@.bemi_revert_step
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ids bigint[];
+BEGIN
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    ids := ARRAY(SELECT h.id FROM @extschema@.bemi_transaction_history(transaction_id) h WHERE h.operation <> 'DDL');
+    IF @extschema@.bemi_unreadable_changes(transaction_id, NULL::jsonb) > 0 THEN
+        RAISE EXCEPTION 'cannot revert transaction %: it changed tables you cannot read', transaction_id
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF ids = '{}' THEN
+        RAISE EXCEPTION 'no changes recorded for transaction %', transaction_id USING ERRCODE = 'undefined_object',
+            HINT = 'Transaction ids are those of bemi.changes.transaction_id (see bemi_transactions()).';
+    END IF;
+    RETURN QUERY SELECT * FROM @extschema@.bemi_revert_changes(ids, force, dry_run,
+        jsonb_build_object('bemi_revert', jsonb_build_object('transaction_id', transaction_id)));
+END $$;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_revert_context(context jsonb, force boolean DEFAULT false, dry_run boolean DEFAULT false)
+RETURNS SETOF @extschema@.bemi_revert_step
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ids bigint[];
+BEGIN
+    IF context IS NULL OR context = '{}' OR jsonb_typeof(context) <> 'object' THEN
+        RAISE EXCEPTION 'the context to revert must be a non-empty JSON object, not %', coalesce(context::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example ''{"request_id": "r1"}''.';
+    END IF;
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    ids := ARRAY(SELECT h.id FROM @extschema@.bemi_context_history(context) h WHERE h.operation <> 'DDL');
+    IF @extschema@.bemi_unreadable_changes(NULL::bigint, context) > 0 THEN
+        RAISE EXCEPTION 'cannot revert context %: it changed tables you cannot read', context
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF ids = '{}' THEN
+        RAISE EXCEPTION 'no changes recorded with context %', context USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN QUERY SELECT * FROM @extschema@.bemi_revert_changes(ids, force, dry_run,
+        jsonb_build_object('bemi_revert', jsonb_build_object('context', context)));
+END $$;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_revert_table(tbl regclass, at timestamptz, force boolean DEFAULT false,
+                                  dry_run boolean DEFAULT false)
+RETURNS SETOF @extschema@.bemi_revert_step
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target record;
+    ids bigint[];
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    target := @extschema@.bemi_time_travel_target((SELECT reltype FROM pg_class WHERE oid = tbl)::regtype, at);
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    ids := ARRAY(SELECT h.id FROM @extschema@.bemi_table_history(tbl, at, 'infinity'::timestamptz) h
+                  WHERE h.committed_at > at AND h.operation <> 'DDL');
+    RETURN QUERY SELECT * FROM @extschema@.bemi_revert_changes(ids, force, dry_run,
+        jsonb_build_object('bemi_revert', jsonb_build_object('table', tbl::text, 'to', at)));
+END $$;
+
+CREATE OR REPLACE FUNCTION bemi._make_partition(lo timestamptz, hi timestamptz) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
+DECLARE
+    name text := 'changes_' || to_char(lo, CASE WHEN lo = date_trunc('day', lo) THEN 'YYYYMMDD'
+                                                ELSE 'YYYYMMDD"_"HH24MISS' END);
+    moved bigint;
+BEGIN
+    LOCK TABLE bemi.changes IN SHARE ROW EXCLUSIVE MODE;
+    LOCK TABLE bemi.changes_default IN ACCESS EXCLUSIVE MODE;
+    EXECUTE format('CREATE TABLE bemi.%I (LIKE bemi.changes_default INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)', name);
+    EXECUTE format('WITH moved AS (DELETE FROM bemi.changes_default WHERE committed_at >= $1 AND committed_at < $2 RETURNING *)'
+                   ' INSERT INTO bemi.%I SELECT * FROM moved', name) USING lo, hi;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    EXECUTE format('ALTER TABLE bemi.changes ATTACH PARTITION bemi.%I FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
+    RETURN format('created bemi.%I for [%s, %s)', name, lo, hi)
+        || CASE WHEN moved > 0 THEN format(', moving %s changes out of bemi.changes_default', moved) ELSE '' END;
+END $$;

@@ -10,6 +10,11 @@
 #define BEMI_MESSAGE_PREFIX "bemi"           /* our context messages */
 #define BEMI_TRIGGER_MESSAGE_PREFIX "_bemi"  /* messages from Bemi's _bemi_row_trigger_func */
 #define BEMI_RESERVED_KEY "_bemi"            /* database-level identity inside a context */
+/* Schema changes of recorded tables (src/context/ddl_events.cpp -> src/decoding/session_ddl.cpp):
+ * signed messages whose payload starts with the tag, so that no signed context message (a JSON
+ * object) can pass for one, nor one of them for a context. */
+#define BEMI_DDL_MESSAGE_PREFIX "bemi_ddl"
+#define BEMI_DDL_PAYLOAD_TAG "ddl:"
 #define BEMI_MAX_DATABASES 64
 #define BEMI_ERROR_LEN 512
 /* What a mask rule (bemi_mask, issue 13) leaves of a value in images: the marker ('redact'), or

@@ -37,6 +37,15 @@ extern void BemiBeforeExecutor(const char *source_text, int stmt_location, int s
 extern bool BemiBeforeUtility(struct PlannedStmt *pstmt, const char *query_string, bool top_level);
 extern void BemiAfterUtility(void);
 
+/*
+ * ProcessUtility, around the statement (src/context/ddl_events.cpp): BemiBeforeDdl notes the
+ * recorded tables a DDL statement is about and returns a handle (NULL for any other statement);
+ * BemiAfterDdl, once the statement ran, records what it changed; BemiAbandonDdl, when it failed.
+ */
+extern void *BemiBeforeDdl(struct PlannedStmt *pstmt, const char *query_string);
+extern void BemiAfterDdl(void *ddl);
+extern void BemiAbandonDdl(void *ddl);
+
 /* Transaction and savepoint ends (the xact and subxact callbacks). */
 extern void BemiTransactionEvent(XactEvent event);
 extern void BemiSubtransactionEvent(SubXactEvent event);

@@ -11,6 +11,7 @@
 // message is due or the statement carries a Bemi comment.
 #include "comment.hpp"
 #include "context_state.hpp"
+#include "ddl_events.hpp"
 #include "ddl_guard.hpp"
 #include "protect.hpp"
 
@@ -269,6 +270,11 @@ void TransactionEvent(XactEvent event) {
 }
 
 } // namespace
+
+void BeforeDdlWrite() {
+	BeforeWrite();
+}
+
 } // namespace bemi
 
 extern "C" void BemiSetContext(const Jsonb *context, bool is_local) {

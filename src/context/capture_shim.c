@@ -70,9 +70,9 @@ bemi_executor_start(QueryDesc *queryDesc, int eflags)
 
 /* Every utility statement: the core first (comment, writes, DDL guard), then the statement. */
 static void
-bemi_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
-					 ProcessUtilityContext context, ParamListInfo params,
-					 QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+run_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+			ProcessUtilityContext context, ParamListInfo params,
+			QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
 	bool may_drop_bemi = BemiBeforeUtility(pstmt, queryString, context == PROCESS_UTILITY_TOPLEVEL);
 	volatile Oid paused_database = InvalidOid;
@@ -100,6 +100,30 @@ bemi_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 		BemiFinishDropDatabase(paused_database, true);
 	if (may_drop_bemi)
 		BemiAfterUtility();
+}
+
+/*
+ * Around it, the DDL events (ddl_events.cpp): the tables a DDL statement is about, noted first (so
+ * that what the guard runs on them belongs to the statement), and its rows once it ran.
+ */
+static void
+bemi_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+					 ProcessUtilityContext context, ParamListInfo params,
+					 QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	void	   *ddl = BemiBeforeDdl(pstmt, queryString);
+
+	PG_TRY();
+	{
+		run_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	}
+	PG_CATCH();
+	{
+		BemiAbandonDdl(ddl);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	BemiAfterDdl(ddl);
 }
 
 static void

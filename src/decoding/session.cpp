@@ -230,12 +230,18 @@ bool Session::SkipsOrigin(RepOriginId origin) const {
 // nor replace the identity.
 //
 // A chunk of bemi_snapshot's worker (prefix "bemi_snapshot") carries rows, not a context.
+//
+// A schema change (prefix "bemi_ddl") becomes a change of its own (session_ddl.cpp).
 void Session::Message(ReorderBufferTXN *txn, XLogRecPtr lsn, bool transactional, const char *prefix, Size size,
                       const char *message) {
 	if (!transactional || txn == nullptr || skip_txn_)
 		return;
 	if (strcmp(prefix, BEMI_SNAPSHOT_PREFIX) == 0) {
 		SnapshotMessage(txn, lsn, size, message);
+		return;
+	}
+	if (strcmp(prefix, BEMI_DDL_MESSAGE_PREFIX) == 0) {
+		Ddl(txn, lsn, size, message);
 		return;
 	}
 	bool ours = strcmp(prefix, BEMI_MESSAGE_PREFIX) == 0;

@@ -47,6 +47,8 @@ class Session {
 	void MessageInTxn(ReorderBufferTXN *txn, bool ours, Size size, const char *message);
 	// A chunk of bemi_snapshot's worker: its rows as SNAPSHOT changes (snapshot_records.cpp).
 	void SnapshotMessage(ReorderBufferTXN *txn, XLogRecPtr lsn, Size size, const char *message);
+	// A schema change of a recorded table (session_ddl.cpp).
+	void Ddl(ReorderBufferTXN *txn, XLogRecPtr lsn, Size size, const char *message);
 	Judged JudgeApplicationContext(const char *payload, Size size, bool limit_size);
 	Jsonb *ParseJson(const char *payload, Size size);
 	Jsonb *ParseObject(const char *payload, Size size);

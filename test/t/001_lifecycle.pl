@@ -39,7 +39,7 @@ for my $i (1 .. 10) {
 		INSERT INTO gap_$i VALUES (1, 'right after'), (2, 'create extension');
 	});
 	wait_bemi($node, 'gap', 120);
-	is($node->safe_psql('gap', qq{SELECT count(*) FROM bemi.changes WHERE "table" = 'gap_$i'}),
+	is($node->safe_psql('gap', qq{SELECT count(*) FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'gap_$i'}),
 		'2', "iteration $i: writes right after CREATE EXTENSION are captured");
 }
 # A writer in another session, started while CREATE EXTENSION runs, loses nothing either.
@@ -137,7 +137,7 @@ ok($node->poll_query_until('postgres',
 # Creating it again starts from scratch.
 $node->safe_psql('app2', 'CREATE EXTENSION bemi; INSERT INTO items (n) VALUES (2)');
 wait_bemi($node, 'app2', 120);
-is($node->safe_psql('app2', 'SELECT count(*) FROM bemi.changes'), '1', 'a new install records only new changes');
+is($node->safe_psql('app2', q{SELECT count(*) FROM bemi.changes WHERE operation <> 'DDL'}), '1', 'a new install records only new changes');
 
 $node->stop;
 done_testing();

@@ -34,13 +34,13 @@ ok($node->poll_query_until('postgres', q{SELECT last_error LIKE '%injected failu
 $node->safe_psql('postgres', 'INSERT INTO orders SELECT g, g FROM generate_series(101, 150) g');
 my ($ret, $out, $err) = $node->psql('postgres', q{SELECT bemi_wait(pg_current_wal_lsn(), '1 second')});
 like($err, qr/timed out.*\n.*injected failure/s, 'bemi_wait times out and says why');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE "table" = 'orders'}), '0',
+is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'orders'}), '0',
 	'nothing written while failing');
 ok($node->safe_psql('postgres', 'SELECT failures FROM bemi._worker_state()') >= 1, 'failures counted');
 $node->safe_psql('postgres', 'DELETE FROM fault');
 wait_bemi($node);
 is($node->safe_psql('postgres', q{
-	SELECT count(*), count(DISTINCT primary_key) FROM bemi.changes WHERE "table" = 'orders'}),
+	SELECT count(*), count(DISTINCT primary_key) FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'orders'}),
 	'150|150', 'caught up: every change exactly once');
 is($node->safe_psql('postgres', 'SELECT worker_state FROM bemi_status()'), 'running', 'worker running again');
 
@@ -54,7 +54,7 @@ my $holder = $node->background_psql('doomed');
 isnt($ret, 0, 'DROP DATABASE fails while a session is connected');
 $node->safe_psql('doomed', 'INSERT INTO t VALUES (2)');
 wait_bemi($node, 'doomed');
-is($node->safe_psql('doomed', 'SELECT count(*) FROM bemi.changes'), '2', 'capture resumed after the failed drop');
+is($node->safe_psql('doomed', q{SELECT count(*) FROM bemi.changes WHERE operation <> 'DDL'}), '2', 'capture resumed after the failed drop');
 $holder->quit;
 $node->safe_psql('postgres', 'SET bemi.allow_drop = on; DROP DATABASE doomed');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'}),
@@ -81,7 +81,7 @@ while (1) {
 }
 is($node->safe_psql('postgres', q{
 	SELECT count(*), count(DISTINCT primary_key), min(position) <= max(position)
-	  FROM bemi.changes WHERE "table" = 'big'}), "$rows|$rows|t", "$rows-change transaction captured completely");
+	  FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'big'}), "$rows|$rows|t", "$rows-change transaction captured completely");
 diag(sprintf('worker peak private RSS while draining %d changes: %.1f MB', $rows, $peak / 1024));
 ok($peak > 0 && $peak < 256 * 1024, 'worker peak private RSS under 256 MB');
 
@@ -100,8 +100,8 @@ SKIP: {
 	wait_bemi($node);
 	is($node->safe_psql('postgres', q{
 		SELECT count(*), count(*) FILTER (WHERE length(after->>'body') = 200 * 1024 * 1024)
-		  FROM bemi.changes WHERE "table" = 'huge'}), '6|5', 'every change of a 1.3 GB transaction recorded');
-	like($node->safe_psql('postgres', q{SELECT after FROM bemi.changes WHERE "table" = 'huge' AND after ? '_bemi_image_error'}),
+		  FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'huge'}), '6|5', 'every change of a 1.3 GB transaction recorded');
+	like($node->safe_psql('postgres', q{SELECT after FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'huge' AND after ? '_bemi_image_error'}),
 		qr/exceeds the maximum/, 'the oversized image says why it is missing');
 }
 
@@ -124,7 +124,7 @@ is($node->safe_psql('postgres', q{
 	  JOIN bemi.changes b ON b."table" = 'concurrent' AND b.primary_key = c.id::text
 	 WHERE (b.context->>'client')::int <> c.client OR (b.context->>'k')::bigint <> c.k}),
 	'0', 'no change carries a neighbour\'s context');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE "table" = 'concurrent'}),
+is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'concurrent'}),
 	$node->safe_psql('postgres', 'SELECT count(*) * 2 FROM concurrent'), 'every insert and update recorded');
 
 # 6. A restart while the worker is far behind: a backlog built while it cannot write, then a
@@ -140,14 +140,14 @@ for my $batch (1 .. 20) {
 		UPDATE backlog SET payload = 'u' WHERE batch = %d AND id %% 10 = 0;}, $batch, $backlog / 20, $batch));
 }
 $node->safe_psql('postgres', 'DELETE FROM fault');
-ok($node->poll_query_until('postgres', q{SELECT count(*) > 0 FROM bemi.changes WHERE "table" = 'backlog'}),
+ok($node->poll_query_until('postgres', q{SELECT count(*) > 0 FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'backlog'}),
 	'the worker started on the backlog');
 $node->restart;
 wait_bemi($node);
 is($node->safe_psql('postgres', q{
 	SELECT count(*) FILTER (WHERE operation = 'CREATE'), count(DISTINCT primary_key) FILTER (WHERE operation = 'CREATE'),
 	       count(*) FILTER (WHERE operation = 'UPDATE')
-	  FROM bemi.changes WHERE "table" = 'backlog'}),
+	  FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'backlog'}),
 	join('|', $backlog, $backlog, $backlog / 10), "$backlog-change backlog recorded exactly once across a restart");
 
 # 7. Comments arrive through the extended and prepared protocols too (the server executes a copy
@@ -165,7 +165,7 @@ for my $mode ('simple', 'extended', 'prepared') {
 wait_bemi($node);
 is($node->safe_psql('postgres', q{
 	SELECT string_agg(DISTINCT after->>'mode', ',' ORDER BY after->>'mode'), count(*) FILTER (WHERE context->>'via' = 'comment')
-	  FROM bemi.changes WHERE "table" = 'protocols'}), 'extended,prepared,simple|9',
+	  FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'protocols'}), 'extended,prepared,simple|9',
 	'the comment gives the context under every protocol');
 
 # 5. WAL retention exceeded: PostgreSQL invalidates the slot. The loss is recorded, never silent,
@@ -238,10 +238,10 @@ for my $fault ('kill -9 of a writer', 'kill -9 of the worker', 'an immediate sto
 	$hold->query_safe('ROLLBACK');
 	$hold->quit;
 	ok($node->poll_query_until('postgres', qq{
-		SELECT count(*) > 0 FROM bemi.changes WHERE "table" = 'ledger' AND primary_key::int / 1000000 = $round}),
+		SELECT count(*) > 0 FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'ledger' AND primary_key::int / 1000000 = $round}),
 		"round $round: the drain started");
 	my $seen = $node->safe_psql('postgres', qq{
-		SELECT count(*) FROM bemi.changes WHERE "table" = 'ledger' AND primary_key::int / 1000000 = $round});
+		SELECT count(*) FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'ledger' AND primary_key::int / 1000000 = $round});
 	ok($seen < $per_round * 1.15, "round $round: $fault in the middle of the drain ($seen changes recorded)");
 	if ($fault eq 'kill -9 of a writer') {
 		my $writer = $node->safe_psql('postgres',
@@ -264,7 +264,7 @@ for my $fault ('kill -9 of a writer', 'kill -9 of the worker', 'an immediate sto
 	is($node->safe_psql('postgres', qq{
 		SELECT count(*) FILTER (WHERE operation = 'CREATE'), count(*) FILTER (WHERE operation = 'UPDATE'),
 		       count(*) FILTER (WHERE operation = 'DELETE'), count(DISTINCT (primary_key, operation))
-		  FROM bemi.changes WHERE "table" = 'ledger' AND primary_key::int / 1000000 = $round}),
+		  FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'ledger' AND primary_key::int / 1000000 = $round}),
 		join('|', $inserted, $updated, $deleted, $inserted + $updated + $deleted),
 		"round $round ($fault): every change of the ledger recorded exactly once");
 	is($node->safe_psql('postgres', qq{
@@ -284,7 +284,7 @@ for my $fault ('kill -9 of a writer', 'kill -9 of the worker', 'an immediate sto
 }
 is($node->safe_psql('postgres', q{
 	SELECT count(*) FROM ledger l
-	  LEFT JOIN LATERAL (SELECT after FROM bemi.changes b WHERE b."table" = 'ledger' AND b.primary_key = l.id::text
+	  LEFT JOIN LATERAL (SELECT after FROM bemi.changes b WHERE operation <> 'DDL' AND b."table" = 'ledger' AND b.primary_key = l.id::text
 	                      ORDER BY id DESC LIMIT 1) b ON true
 	 WHERE b.after IS DISTINCT FROM to_jsonb(l)}),
 	'0', 'the last recorded image of every ledger row is the row');
