@@ -75,7 +75,7 @@ SELECT bemi_wait();
 SELECT "table", operation, "after", context - '_bemi' AS context,
        source_system_id = (SELECT system_identifier::text FROM pg_control_system()) AS from_this_server,
        database = current_database() AS same_database
-  FROM bemi.changes WHERE "table" = 'dest_items' ORDER BY id;
+  FROM bemi.changes WHERE "table" = 'dest_items' AND operation <> 'DDL' ORDER BY id;
 SELECT count(*) AS progress_rows,
        bool_and(txn_end_lsn <= pg_current_wal_lsn()) AS sane
   FROM bemi.source_progress WHERE source_system_id = (SELECT system_identifier::text FROM pg_control_system());
