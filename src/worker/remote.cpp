@@ -41,9 +41,12 @@ namespace bemi {
 
 namespace {
 
+// created_at is sent (the time the worker made the rows): with its volatile default
+// (clock_timestamp()) left to the destination, COPY would insert row by row instead of in
+// multi-insert batches.
 const char *const kCopy =
     "COPY bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \"table\", operation,"
-    " committed_at, transaction_id, position, source_system_id) FROM STDIN";
+    " committed_at, transaction_id, position, source_system_id, created_at) FROM STDIN";
 
 // Fenced: the row moves only from what this worker last knew ($6..$8; NULL: no row), else no row
 // comes back. The worker's session has search_path = pg_catalog, pg_temp.
@@ -275,6 +278,8 @@ std::string RemoteDestination::CopyText(const Batch &batch, size_t first, size_t
 		MemoryContext rows = AllocSetContextCreate(CurrentMemoryContext, "bemi copy", ALLOCSET_DEFAULT_SIZES);
 		MemoryContext caller = MemoryContextSwitchTo(rows);
 		initStringInfo(&out); // in `rows`: copied out below
+		char created[MAXDATELEN + 1];
+		strlcpy(created, timestamptz_to_str(GetCurrentTimestamp()), sizeof(created));
 		for (size_t i = first; i < first + count; i++) {
 			const Batch::Row &row = batch.Rows()[i];
 			if (row.pk == Batch::kNone)
@@ -301,6 +306,8 @@ std::string RemoteDestination::CopyText(const Batch &batch, size_t first, size_t
 			appendStringInfo(&out, "\t" INT64_FORMAT "\t%X/%X\t", static_cast<int64>(row.xid),
 			                 static_cast<uint32>(row.position >> 32), static_cast<uint32>(row.position));
 			AppendCopyValue(&out, source, strlen(source));
+			appendStringInfoChar(&out, '\t');
+			appendStringInfoString(&out, created);
 			appendStringInfoChar(&out, '\n');
 		}
 		MemoryContextSwitchTo(caller);
