@@ -1164,10 +1164,21 @@ END $$;""")
         if kind == "r":
             self.dest.psql("CHECKPOINT", db="trail")
         cpu0 = proc_cpu_seconds(pid)
+        # With --profile: the destination's backend that the worker writes through, and the worker.
+        perfs = []
+        if self.args.profile and kind == "r":
+            backend = self.dest.one("SELECT pid FROM pg_stat_activity WHERE application_name = 'bemi worker'",
+                                    db="trail")
+            if backend:
+                perfs.append(self.start_perf(int(backend), "destination-backend"))
+            perfs.append(self.start_perf(pid, "destination-worker"))
         t0 = time.monotonic()
         release()
         srv.one(f"SELECT bemi_wait('{lsn1}', '60 min')")
         drain = time.monotonic() - t0
+        for perf in perfs:
+            if perf:
+                self.stop_perf(perf)
         cpu1 = proc_cpu_seconds(pid)
         got = (self.dest_changes() - there0) if kind == "r" else \
             int(srv.one("SELECT count(*) FROM bemi.changes WHERE \"table\" = 'bench_ingest'"))
