@@ -178,6 +178,31 @@ for my $name ('src1', 'src2') {
 ($ret, $out, $err) = $dest->psql('trail', 'DELETE FROM bemi.changes', extra_params => ['-U', 'ingest']);
 like($err, qr/permission denied/, 'the ingest role cannot delete from the trail');
 
+# 7. WAL lost past max_slot_wal_keep_size while the destination is down: the source records the
+# gap when it makes a new slot, and the gap reaches the destination with the next batch.
+$src1->append_conf('postgresql.conf', "max_slot_wal_keep_size = 32MB\n");
+$src1->reload;
+$dest->stop('fast');
+$src1->safe_psql('postgres', q{
+	CREATE TABLE lost_rows (id int PRIMARY KEY, pad text);
+	INSERT INTO lost_rows SELECT g, repeat('x', 200) FROM generate_series(1, 300000) g;
+	SELECT pg_switch_wal();
+	CHECKPOINT;
+});
+ok($src1->poll_query_until('postgres', q{
+	SELECT count(*) > 0 FROM bemi.gaps WHERE reason LIKE '%invalidated%' OR reason LIKE '%missing%'}),
+	'the source records the lost WAL in its own bemi.gaps');
+$dest->start;
+$src1->safe_psql('postgres', q{INSERT INTO todo (task) VALUES ('after the gap')});
+wait_bemi($src1, 'postgres', 400);
+is($dest->safe_psql('trail', qq{
+	SELECT count(*) FROM bemi.gaps WHERE source_system_id = '$sid{src1}'
+	   AND (reason LIKE '%invalidated%' OR reason LIKE '%missing%')}), '1',
+	'the lost WAL is a gap on the destination too');
+is($dest->safe_psql('trail', qq{
+	SELECT count(*) FROM bemi.changes WHERE source_system_id = '$sid{src1}' AND "after"->>'task' = 'after the gap'}),
+	'1', 'and capture goes on there');
+
 $src1->stop;
 $src2->stop;
 $dest->stop;
