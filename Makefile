@@ -24,8 +24,10 @@ MODULE_big = bemi
 #  destination.sql bemi_set_destination and the role bemi_ingest of a destination, with its grants
 #                 on core.sql's tables (after rules.sql: the grants on schema bemi come in the order
 #                 the upgrade step makes them).
+#  chain.sql      the hash chain's anchors (written by retention.sql's functions when they run),
+#                 bemi_verify and bemi_chain_head; reads core.sql's bemi.changes.
 EXT_SQL = ext/core.sql ext/ddl_guard.sql ext/access.sql ext/rules.sql ext/history.sql ext/time_travel.sql ext/revert.sql \
-          ext/retention.sql ext/snapshot.sql ext/destination.sql ext/start.sql
+          ext/retention.sql ext/snapshot.sql ext/destination.sql ext/chain.sql ext/start.sql
 # The version is set in bemi.control (default_version) and nowhere else.
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\\(.*\\)'/\\1/p" bemi.control)
 DATA_built = bemi--$(EXTVERSION).sql
@@ -59,7 +61,7 @@ PG_CPPFLAGS += -isystem $(libpq_srcdir)
 # it out on servers without output_plugin_libraries, so a file after it would start from a
 # different trail on different servers. Last, it changes nothing any other file sees. (Today's
 # files do pass with it second: none relies on the trail before it; keep it that way anyway.)
-REGRESS = boundary context comment comment_messages capture images images_xml ddl partitions truncate plugin status bemi_trigger security history as_of primary_key revert retention security_decoding security_ddl security_identity security_names security_history security_time_travel rules rules_revert rules_rename hmac protect snapshot destination ddl_events misconfig
+REGRESS = boundary context comment comment_messages capture images images_xml ddl partitions truncate plugin status bemi_trigger security history as_of primary_key revert retention security_decoding security_ddl security_identity security_names security_history security_time_travel rules rules_revert rules_rename hmac protect snapshot destination ddl_events chain misconfig
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/regress.conf --load-extension=bemi
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl

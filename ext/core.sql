@@ -42,7 +42,12 @@ CREATE TABLE bemi.changes (
     -- The server the change was captured on, for a trail that receives changes from other
     -- servers (a destination, bemi_set_destination): its system identifier (pg_control_system()),
     -- with `database` naming the database there. NULL: captured by this server's own worker.
-    source_system_id text COLLATE "C"
+    source_system_id text COLLATE "C",
+    -- The hash chain (ext/chain.sql, include/bemi/chain.hpp): SHA-256 over the previous change's
+    -- hash, this change's id, created_at and content; previous_id names that previous change
+    -- (NULL for the first of a chain). NULL in changes recorded before 0.5.0.
+    hash           bytea,
+    previous_id    bigint
 ) PARTITION BY RANGE (committed_at);
 CREATE TABLE bemi.changes_default PARTITION OF bemi.changes (PRIMARY KEY (id)) DEFAULT;
 CREATE INDEX changes_default_row_history ON bemi.changes_default ("table", primary_key, schema, id);

@@ -1290,3 +1290,39 @@ BEGIN
     RETURN format('created bemi.%I for [%s, %s)', name, lo, hi)
         || CASE WHEN moved > 0 THEN format(', moving %s changes out of bemi.changes_default', moved) ELSE '' END;
 END $$;
+
+------------------------------------------------------------------------------------------------
+-- Tamper evidence: the hash chain (issue 15). Changes recorded before the update keep NULL in
+-- both columns; the worker chains every change from its first batch after the update, and
+-- bemi_verify starts at the first chained change.
+------------------------------------------------------------------------------------------------
+ALTER TABLE bemi.changes ADD COLUMN hash bytea, ADD COLUMN previous_id bigint;
+
+CREATE TABLE bemi.chain_anchors (
+    id            bigint PRIMARY KEY,
+    previous_id   bigint NOT NULL,
+    previous_hash bytea NOT NULL,
+    cut_at        timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON bemi.chain_anchors FROM PUBLIC;
+GRANT SELECT ON bemi.chain_anchors TO bemi_reader;
+SELECT pg_catalog.pg_extension_config_dump('bemi.chain_anchors', '');
+
+CREATE FUNCTION @extschema@.bemi_verify(since timestamptz DEFAULT '-infinity', until timestamptz DEFAULT 'infinity')
+    RETURNS TABLE (id bigint, reason text, detail text)
+    AS 'MODULE_PATHNAME', 'bemi_verify' LANGUAGE C STABLE STRICT PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.bemi_verify(timestamptz, timestamptz) IS
+    'Check the hash chain over the changes committed in [since, until]: no row if intact, else the first change altered, removed, inserted or reordered';
+
+CREATE FUNCTION @extschema@.bemi_chain_head(OUT id bigint, OUT hash bytea, OUT committed_at timestamptz, OUT "position" pg_lsn)
+    RETURNS SETOF record
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.id, c.hash, c.committed_at, c.position FROM bemi.changes c
+     WHERE c.hash IS NOT NULL ORDER BY c.id DESC LIMIT 1
+$$;
+COMMENT ON FUNCTION @extschema@.bemi_chain_head() IS
+    'The last change of the hash chain: its id, hash, commit time and position, to publish elsewhere';
+
+REVOKE ALL ON FUNCTION @extschema@.bemi_verify(timestamptz, timestamptz), @extschema@.bemi_chain_head() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.bemi_verify(timestamptz, timestamptz), @extschema@.bemi_chain_head() TO bemi_reader;

@@ -1,6 +1,6 @@
 // protect.cpp: the trail cannot be dropped or edited silently (issue 15), checked in every backend.
 //
-// The trail is bemi.changes with its partitions, and bemi.gaps. Three checks, each in a place no
+// The trail is bemi.changes with its partitions, bemi.chain_anchors, and bemi.gaps. Three checks, each in a place no
 // SQL switches off (a trigger can be disabled, session_replication_role = replica skips triggers;
 // these are hooks of bemi.so):
 // - Drops: the object access hook (OAT_DROP) sees every object about to be dropped, from any
@@ -99,7 +99,7 @@ std::vector<Oid> unrecorded;
 
 enum class Trail {
 	None,    // not a table of schema bemi
-	Changes, // bemi.changes or one of its partitions
+	Changes, // bemi.changes or one of its partitions, or bemi.chain_anchors
 	Gaps,    // bemi.gaps
 	Other,   // another table of schema bemi (rules, progress, retention, tracking, ...)
 };
@@ -128,6 +128,9 @@ Trail Classify(Oid relid) {
 		return Trail::Changes;
 	if (relid == get_relname_relid("gaps", nsp))
 		return Trail::Gaps;
+	// The chain's anchors are the trail too: a forged anchor would hide a removed change.
+	if (relid == get_relname_relid("chain_anchors", nsp))
+		return Trail::Changes;
 	return Trail::Other;
 }
 
@@ -235,7 +238,7 @@ void TrailWrite(Oid relid, const char *what, const PlannedStmt *pstmt, const cha
 	if (!bemi_allow_trail_changes)
 		throw Error(ERRCODE_INSUFFICIENT_PRIVILEGE,
 		            fmt::format("{} of {} is refused: it is bemi's audit trail", what, name),
-		            "bemi.changes (with its partitions) and bemi.gaps change only through bemi's worker and "
+		            "bemi.changes (with its partitions), bemi.chain_anchors and bemi.gaps change only through bemi's worker and "
 		            "retention, for every role, superusers included.",
 		            "A superuser who means it sets bemi.allow_trail_changes = on for the session; each "
 		            "statement that then modifies the trail is recorded in bemi.gaps.");

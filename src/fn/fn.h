@@ -16,6 +16,7 @@ extern "C" {
 #include "access/tupdesc.h"
 #include "access/xlogdefs.h"
 #include "fmgr.h"
+#include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 
 /* diff.cpp: what changed between two images, {"column": [old, new]}; NULL images read as {}. */
@@ -45,6 +46,18 @@ extern Datum BemiWorkerStateRow(TupleDesc row);
  */
 extern void BemiSetDestination(const char *conninfo);
 extern bool BemiDestinationReachable(bool *known);
+ * src/chain/verify.cpp: bemi_verify's check of the hash chain over the changes committed in
+ * [since, until]. out->found false: intact; else the first change that does not fit, why
+ * ("altered", "removed", "inserted", "reordered") and a sentence (palloc'd).
+ */
+typedef struct BemiVerifyProblem
+{
+	bool		found;
+	int64		id;
+	const char *reason;
+	char	   *detail;
+} BemiVerifyProblem;
+extern void BemiVerify(TimestampTz since, TimestampTz until, BemiVerifyProblem *out);
 
 /* src/boundary/boundary_test.cpp: the test of both directions of the guard (sql/boundary.sql). */
 extern text *BemiBoundaryTest(const char *kind, const char *function);

@@ -24,6 +24,7 @@ PG_FUNCTION_INFO_V1(bemi_worker_state);
 PG_FUNCTION_INFO_V1(bemi_boundary_test);
 PG_FUNCTION_INFO_V1(bemi_set_destination);
 PG_FUNCTION_INFO_V1(bemi_destination_reachable);
+PG_FUNCTION_INFO_V1(bemi_verify);
 
 /* The row type a function returning a composite was declared with. */
 static TupleDesc
@@ -138,4 +139,30 @@ bemi_boundary_test(PG_FUNCTION_ARGS)
 	const char *function = quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)), get_func_name(fn));
 
 	PG_RETURN_TEXT_P(BemiBoundaryTest(text_to_cstring(PG_GETARG_TEXT_PP(0)), function));
+}
+
+/*
+ * bemi_verify(since timestamptz, until timestamptz) → TABLE(id bigint, reason text, detail text)
+ * (STRICT): no row when the chain over the changes committed in [since, until] is intact, else
+ * the first change that does not fit.
+ */
+Datum
+bemi_verify(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	BemiVerifyProblem problem;
+
+	InitMaterializedSRF(fcinfo, 0);
+	BemiVerify(PG_GETARG_TIMESTAMPTZ(0), PG_GETARG_TIMESTAMPTZ(1), &problem);
+	if (problem.found)
+	{
+		Datum		values[3];
+		bool		nulls[3] = {false, false, false};
+
+		values[0] = Int64GetDatum(problem.id);
+		values[1] = CStringGetTextDatum(problem.reason);
+		values[2] = CStringGetTextDatum(problem.detail);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }

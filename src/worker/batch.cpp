@@ -23,6 +23,7 @@ extern "C" {
 #include "bemi/bemi.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/sequence.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/array.h"
@@ -37,8 +38,9 @@ namespace bemi {
 
 namespace {
 
-constexpr int kInsertArgs = 12;
-constexpr int kColumns = 11; // the per-row columns (the database is one value)
+constexpr int kInsertArgs = 16;
+constexpr int kColumns = 15; // the per-row columns (the database is one value)
+constexpr size_t kHashBytes = MAXALIGN(VARHDRSZ + kChainHashLen); // one bytea hash in hashes_
 
 // The arena holds whole varlenas, each MAXALIGNed like palloc'd ones.
 size_t Aligned(size_t size) {
@@ -57,15 +59,12 @@ Datum MakeArray(Datum *values, bool *nulls, int count, Oid type) {
 	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs, type, typlen, typbyval, typalign));
 }
 
-// Does bemi.changes have table_oid? Not while the database's SQL is still 0.1.0: between
-// `make install` of a newer library and ALTER EXTENSION bemi UPDATE (checked at every batch, so
-// the update takes effect at the next one, and the other way round for a downgrade).
-// C-style, inside PgCall only.
-bool ChangesHaveTableOid() {
-	Oid bemi_schema = get_namespace_oid("bemi", true);
-	Oid changes = OidIsValid(bemi_schema) ? get_relname_relid("changes", bemi_schema) : InvalidOid;
+void PutHashDatum(Datum d, const uint8 *hash) {
+	std::memcpy(VARDATA(DatumGetPointer(d)), hash, kChainHashLen);
+}
 
-	return OidIsValid(changes) && get_attnum(changes, "table_oid") != InvalidAttrNumber;
+const uint8 *HashOfDatum(Datum d) {
+	return reinterpret_cast<const uint8 *>(VARDATA(DatumGetPointer(d)));
 }
 
 // {"_bemi_write_error": "<message>"}: what is recorded instead of images that could not be.
@@ -175,14 +174,19 @@ BatchWriter::Columns BatchWriter::Fill(const Batch &batch) {
 	pk_null_.resize(count);
 	Columns c;
 	Datum *column = datums_.data();
-	for (Datum **to : {&c.pk, &c.before, &c.after, &c.context, &c.schema, &c.table, &c.operation,
-	                   &c.committed, &c.xid, &c.position, &c.table_oid}) {
+	for (Datum **to : {&c.pk, &c.before, &c.after, &c.context, &c.schema, &c.table, &c.operation, &c.committed,
+	                   &c.xid, &c.position, &c.table_oid, &c.id, &c.created, &c.hash, &c.previous_id}) {
 		*to = column;
 		column += count;
 	}
 	c.count = static_cast<int>(count);
 	c.pk_null = reinterpret_cast<bool *>(pk_null_.data());
 	static_assert(sizeof(bool) == sizeof(char), "pk_null_ holds bools");
+	previous_null_.assign(count, 1);
+	c.previous_null = reinterpret_cast<bool *>(previous_null_.data());
+	digests_.resize(count * kChainHashLen);
+	c.digest = digests_.data();
+	hashes_.assign(count * kHashBytes, 0);
 	Datum empty = PointerGetDatum(empty_context_.data());
 	auto at = [&](size_t offset) { return PointerGetDatum(batch.At(offset)); };
 	for (size_t i = 0; i < count; i++) {
@@ -199,61 +203,208 @@ BatchWriter::Columns BatchWriter::Fill(const Batch &batch) {
 		c.xid[i] = Int64GetDatum(static_cast<int64>(row.xid));
 		c.position[i] = LSNGetDatum(row.position);
 		c.table_oid[i] = ObjectIdGetDatum(row.table_oid);
+		// Valid values before the ids turn fills them (routing builds rows before that).
+		char *hash = hashes_.data() + i * kHashBytes;
+		SET_VARSIZE(hash, VARHDRSZ + kChainHashLen);
+		c.hash[i] = PointerGetDatum(hash);
+		c.id[i] = c.created[i] = c.previous_id[i] = Datum(0);
 	}
 	return c;
+}
+
+// Which of bemi.changes' later columns the database's SQL has: table_oid not while it is still
+// 0.1.0, hash and previous_id not before 0.5.0 (between `make install` of a newer library and
+// ALTER EXTENSION bemi UPDATE). Checked at every batch, so the update takes effect at the next
+// one, and the other way round for a downgrade. C-style, inside PgCall only.
+BatchWriter::Schema BatchWriter::ChangesSchema() {
+	Oid bemi_schema = get_namespace_oid("bemi", true);
+	Oid changes = OidIsValid(bemi_schema) ? get_relname_relid("changes", bemi_schema) : InvalidOid;
+
+	if (!OidIsValid(changes) || get_attnum(changes, "table_oid") == InvalidAttrNumber)
+		return Schema::kNoTableOid;
+	if (get_attnum(changes, "hash") == InvalidAttrNumber || get_attnum(changes, "previous_id") == InvalidAttrNumber)
+		return Schema::kNoChain;
+	chain_.id_sequence = get_relname_relid("changes_id_seq", bemi_schema);
+	return Schema::kChain;
+}
+
+// Row i's content digest, from its values as they will be stored. C-style, inside PgCall only.
+void BatchWriter::DigestRow(const Columns &c, int i) {
+	ChainContent content;
+	auto v = [](Datum d) { return reinterpret_cast<const struct varlena *>(DatumGetPointer(d)); };
+
+	content.primary_key = c.pk_null[i] ? nullptr : v(c.pk[i]);
+	content.before = v(c.before[i]);
+	content.after = v(c.after[i]);
+	content.context = v(c.context[i]);
+	content.database = database_.data();
+	content.database_len = database_.size();
+	content.schema = v(c.schema[i]);
+	content.table = v(c.table[i]);
+	content.operation = v(c.operation[i]);
+	content.committed_at = DatumGetTimestampTz(c.committed[i]);
+	content.transaction_id = DatumGetInt64(c.xid[i]);
+	content.position = DatumGetLSN(c.position[i]);
+	content.table_oid_null = false;
+	content.table_oid = DatumGetObjectId(c.table_oid[i]);
+	ChainDigest(chain_.ctx, content, c.digest + i * kChainHashLen);
+}
+
+// The chain's last change, from the trail: in the ids turn, so every earlier batch has drawn
+// (a run's first batch: every earlier run's batch has committed). The change with the highest id
+// is the last written; one without a hash (written before 0.5.0) starts a new chain.
+// C-style, inside PgCall only.
+void BatchWriter::LoadChainHead() {
+	ChainHead *head = chain_.head;
+
+	if (head_plan_ == nullptr) {
+		head_plan_ = SPI_prepare("SELECT id, hash FROM bemi.changes ORDER BY id DESC LIMIT 1", 0, nullptr);
+		if (head_plan_ == nullptr)
+			elog(ERROR, "bemi: could not prepare the chain's head query: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(head_plan_);
+	}
+	int rc = SPI_execute_plan(head_plan_, nullptr, nullptr, true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "bemi: reading the chain's head failed: %s", SPI_result_code_string(rc));
+	memset(head, 0, sizeof(*head));
+	head->valid = true;
+	head->genesis = true;
+	if (SPI_processed == 0)
+		return;
+	bool id_null, hash_null;
+	Datum id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &id_null);
+	Datum hash = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &hash_null);
+	if (id_null || hash_null)
+		return;
+	bytea *bytes = DatumGetByteaPP(hash);
+	if (VARSIZE_ANY_EXHDR(bytes) != kChainHashLen)
+		return; // not one of ours: the chain starts again after it (bemi_verify names it)
+	head->genesis = false;
+	head->id = DatumGetInt64(id);
+	std::memcpy(head->hash, VARDATA_ANY(bytes), kChainHashLen);
+}
+
+// Links rows first .. first + count - 1 (their ids and created_at drawn) one after the other,
+// the first to `from`. The head does not move. C-style, inside PgCall only.
+void BatchWriter::LinkRange(const Columns &c, int first, int count, const ChainHead &from) {
+	const uint8 *previous = from.hash;
+	static const uint8 kZero[kChainHashLen] = {};
+	bool genesis = from.genesis;
+	int64 previous_id = from.id;
+
+	for (int i = first; i < first + count; i++) {
+		c.previous_null[i] = genesis;
+		c.previous_id[i] = Int64GetDatum(genesis ? 0 : previous_id);
+		uint8 hash[kChainHashLen];
+		ChainLink(chain_.ctx, genesis ? kZero : previous, DatumGetInt64(c.id[i]), DatumGetTimestampTz(c.created[i]),
+		          c.digest + i * kChainHashLen, hash);
+		PutHashDatum(c.hash[i], hash);
+		previous = HashOfDatum(c.hash[i]);
+		previous_id = DatumGetInt64(c.id[i]);
+		genesis = false;
+	}
+}
+
+// Row i is written (or will be, with its transaction): the next change links to it.
+void BatchWriter::AdvanceHead(const Columns &c, int i) {
+	ChainHead *head = chain_.head;
+
+	head->genesis = false;
+	head->id = DatumGetInt64(c.id[i]);
+	std::memcpy(head->hash, HashOfDatum(c.hash[i]), kChainHashLen);
+}
+
+// For the INSERT statement: ids from bemi.changes' sequence and created_at now, per row in order
+// (what the column defaults give). C-style, inside PgCall only.
+void BatchWriter::DrawIdsAndTimes(const Columns &c, int first, int count) {
+	if (!OidIsValid(chain_.id_sequence))
+		elog(ERROR, "bemi: bemi.changes_id_seq is missing");
+	for (int i = first; i < first + count; i++) {
+		c.id[i] = Int64GetDatum(nextval_internal(chain_.id_sequence, false));
+		c.created[i] = TimestampTzGetDatum(GetCurrentTimestamp());
+	}
+}
+
+void BatchWriter::LinkRows(const Columns &c, int first, int count) {
+	for (int i = first; i < first + count; i++)
+		c.created[i] = TimestampTzGetDatum(GetCurrentTimestamp());
+	LinkRange(c, first, count, *chain_.head);
+	if (count > 0)
+		AdvanceHead(c, first + count - 1);
 }
 
 // The worker's statements run as superuser: besides the worker's fixed search_path, each names
 // pg_catalog's functions and bemi's tables explicitly. ROWS FROM with one pg_catalog.unnest per
 // column (a qualified unnest takes one array) pairs the columns row by row.
-// On a schema older than the library (no bemi.changes.table_oid) the changes are written without
-// it: NULL there means "go by name", which is how that schema's readers go anyway. Nothing is
-// dropped, and the log says at every (re)start what to run.
-void BatchWriter::PreparePlans() {
+// On a schema older than the library (no bemi.changes.table_oid, no hash) the changes are written
+// without those columns: NULL table_oid means "go by name", which is how that schema's readers go
+// anyway; no hash means not chained yet (bemi_verify starts at the first chained change). Nothing
+// is dropped, and the log says at every (re)start what to run.
+// With the chain the statement takes the ids and created_at the worker drew (OVERRIDING SYSTEM
+// VALUE), as the links cover them.
+void BatchWriter::PreparePlans(Schema schema) {
 	Oid insert_types[kInsertArgs] = {
 	    TEXTARRAYOID, JSONBARRAYOID, JSONBARRAYOID,       JSONBARRAYOID, TEXTOID,        TEXTARRAYOID,
-	    TEXTARRAYOID, TEXTARRAYOID,  TIMESTAMPTZARRAYOID, INT8ARRAYOID,  PG_LSNARRAYOID, OIDARRAYOID};
+	    TEXTARRAYOID, TEXTARRAYOID,  TIMESTAMPTZARRAYOID, INT8ARRAYOID,  PG_LSNARRAYOID, OIDARRAYOID,
+	    INT8ARRAYOID, TIMESTAMPTZARRAYOID, BYTEAARRAYOID, INT8ARRAYOID};
 	Oid progress_types[3] = {PG_LSNOID, INT8OID, BOOLOID};
-	bool with_table_oid = ChangesHaveTableOid();
 
-	if (insert_plan_ && insert_has_table_oid_ == with_table_oid)
+	if (insert_plan_ && insert_schema_ == schema)
 		return;
 	if (insert_plan_) {
 		SPI_freeplan(insert_plan_);
 		SPI_freeplan(progress_plan_);
 		insert_plan_ = progress_plan_ = nullptr;
 	}
-	if (!with_table_oid)
+	if (schema != Schema::kChain)
 		ereport(
 		    WARNING,
 		    (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 		     errmsg("bemi: the SQL of extension bemi in database \"%s\" is older than its library",
 		            database_.c_str()),
-		     errdetail("bemi.changes has no column table_oid: changes are recorded without it, and history "
-		               "goes by table name."),
+		     schema == Schema::kNoTableOid
+		         ? errdetail("bemi.changes has no column table_oid: changes are recorded without it, and "
+		                     "history goes by table name.")
+		         : errdetail("bemi.changes has no columns hash and previous_id: changes are recorded without "
+		                     "the hash chain until the update."),
 		     errhint("Run ALTER EXTENSION bemi UPDATE in database \"%s\".", database_.c_str())));
-	// $12 is declared either way; the older statement leaves it unused.
-	insert_plan_ = SPI_prepare(
-	    with_table_oid
-	        ? "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema, "
-	          "\"table\","
-	          " operation, committed_at, transaction_id, position, table_oid)"
-	          " SELECT pk, b, a, c, $5, s, t, o, ts, x, p, r"
-	          " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
-	          " pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
-	          " pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11), "
-	          "pg_catalog.unnest($12))"
-	          " AS u(pk, b, a, c, s, t, o, ts, x, p, r)"
-	        : "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema, "
-	          "\"table\","
-	          " operation, committed_at, transaction_id, position)"
-	          " SELECT pk, b, a, c, $5, s, t, o, ts, x, p"
-	          " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
-	          " pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
-	          " pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11))"
-	          " AS u(pk, b, a, c, s, t, o, ts, x, p)",
-	    kInsertArgs, insert_types);
-	insert_has_table_oid_ = with_table_oid;
+	// $12 .. $16 are declared either way; the older statements leave them unused.
+	const char *statement = nullptr;
+	switch (schema) {
+	case Schema::kChain:
+		statement = "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema,"
+		            " \"table\", operation, committed_at, transaction_id, position, table_oid, id, created_at,"
+		            " hash, previous_id) OVERRIDING SYSTEM VALUE"
+		            " SELECT pk, b, a, c, $5, s, t, o, ts, x, p, r, i, ca, h, pi"
+		            " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+		            " pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+		            " pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11),"
+		            " pg_catalog.unnest($12), pg_catalog.unnest($13), pg_catalog.unnest($14),"
+		            " pg_catalog.unnest($15), pg_catalog.unnest($16))"
+		            " AS u(pk, b, a, c, s, t, o, ts, x, p, r, i, ca, h, pi)";
+		break;
+	case Schema::kNoChain:
+		statement = "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema,"
+		            " \"table\", operation, committed_at, transaction_id, position, table_oid)"
+		            " SELECT pk, b, a, c, $5, s, t, o, ts, x, p, r"
+		            " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+		            " pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+		            " pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11),"
+		            " pg_catalog.unnest($12))"
+		            " AS u(pk, b, a, c, s, t, o, ts, x, p, r)";
+		break;
+	case Schema::kNoTableOid:
+		statement = "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema,"
+		            " \"table\", operation, committed_at, transaction_id, position)"
+		            " SELECT pk, b, a, c, $5, s, t, o, ts, x, p"
+		            " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+		            " pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+		            " pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11))"
+		            " AS u(pk, b, a, c, s, t, o, ts, x, p)";
+		break;
+	}
+	insert_plan_ = SPI_prepare(statement, kInsertArgs, insert_types);
+	insert_schema_ = schema;
 	progress_plan_ =
 	    SPI_prepare("UPDATE bemi.progress SET txn_end_lsn = $1, txn_records = $2, txn_complete = $3,"
 	                " updated_at = pg_catalog.now()",
@@ -265,9 +416,15 @@ void BatchWriter::PreparePlans() {
 	SPI_keepplan(progress_plan_);
 }
 
-// Inserts rows first .. first + count - 1 with one statement. C-style, inside PgCall only.
+// Inserts rows first .. first + count - 1 with one statement; with the chain, draws their ids
+// and links them first, and moves the head once they are in. C-style, inside PgCall only.
 void BatchWriter::InsertRows(const Columns &c, int first, int count) {
 	Datum args[kInsertArgs];
+
+	if (chained_) {
+		DrawIdsAndTimes(c, first, count);
+		LinkRange(c, first, count, *chain_.head);
+	}
 
 	args[0] = MakeArray(&c.pk[first], &c.pk_null[first], count, TEXTOID);
 	args[1] = MakeArray(&c.before[first], nullptr, count, JSONBOID);
@@ -281,9 +438,15 @@ void BatchWriter::InsertRows(const Columns &c, int first, int count) {
 	args[9] = MakeArray(&c.xid[first], nullptr, count, INT8OID);
 	args[10] = MakeArray(&c.position[first], nullptr, count, PG_LSNOID);
 	args[11] = MakeArray(&c.table_oid[first], nullptr, count, OIDOID);
+	args[12] = MakeArray(&c.id[first], nullptr, count, INT8OID);
+	args[13] = MakeArray(&c.created[first], nullptr, count, TIMESTAMPTZOID);
+	args[14] = MakeArray(&c.hash[first], nullptr, count, BYTEAOID);
+	args[15] = MakeArray(&c.previous_id[first], &c.previous_null[first], count, INT8OID);
 	int rc = SPI_execute_plan(insert_plan_, args, nullptr, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "bemi: inserting changes failed: %s", SPI_result_code_string(rc));
+	if (chained_ && count > 0)
+		AdvanceHead(c, first + count - 1);
 }
 
 // Inserts row i alone in a subtransaction. On failure it returns the error (copied into the
@@ -321,7 +484,7 @@ ErrorData *BatchWriter::TryInsertRow(const Columns &c, int i, MemoryContext row_
 // that path leaves to the executor (triggers, foreign partitions: see multi_insert.cpp). The log
 // says when the path changes. C-style, inside PgCall only.
 void BatchWriter::InsertBatch(const Columns &c, const Turns *turns) {
-	bool multi_insert = MultiInsertChanges(c, CStringGetTextDatum(database_.c_str()), turns);
+	bool multi_insert = MultiInsertChanges(*this, c, CStringGetTextDatum(database_.c_str()), turns);
 
 	if (!multi_insert)
 		InsertRows(c, 0, c.count); // in the ids turn, if any: the INSERT draws them in order
@@ -356,11 +519,15 @@ int BatchWriter::InsertCarefully(const Columns &c, char *note, size_t note_len) 
 		if (SystemicError(first->sqlerrcode))
 			ReThrowError(first);
 		c.before[i] = c.after[i] = WriteErrorImage(first->message);
+		if (chained_)
+			DigestRow(c, i);
 		ErrorData *again = TryInsertRow(c, i, row_context);
 		if (again != nullptr && !SystemicError(again->sqlerrcode)) {
 			// The key itself is the problem (too big for the index, say).
 			c.pk_null[i] = true;
 			c.pk[i] = Datum(0);
+			if (chained_)
+				DigestRow(c, i);
 			FreeErrorData(again);
 			again = TryInsertRow(c, i, row_context);
 		}
@@ -392,6 +559,10 @@ int BatchWriter::InsertCarefully(const Columns &c, char *note, size_t note_len) 
 // With turns (a writer process, or the decoder in the writers' order): the ids turn is taken
 // before anything of bemi.changes is locked, so an earlier batch never waits for a lock behind a
 // later one; bemi.progress is updated and committed in the commit turn.
+// The chain: each row's content digest is computed before the ids turn (writers do it in
+// parallel); in the turn, only the links (one small hash per row) from the head the previous batch
+// left, in the writers' shared state (or head_ when the worker writes alone). A batch that fails
+// fails its run (the worker restarts, and its first batch reads the head from the trail).
 void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &reached, TimestampTz last_commit,
                         const Turns *turns) {
 	bool remote = remote_ != nullptr;
@@ -411,6 +582,17 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 		PgCall([&]() { SetReachable(db, true); });
 	}
 	Columns columns = Fill(batch);
+	try {
+		WriteColumns(db, columns, reached, last_commit, turns);
+	} catch (...) {
+		head_.valid = false; // the head may have moved past rows that are not written
+		throw;
+	}
+}
+
+void BatchWriter::WriteColumns(BemiDatabase *db, const Columns &columns, const Progress &reached,
+                               TimestampTz last_commit, const Turns *turns) {
+	bool remote = remote_ != nullptr;
 	PgCall([&]() {
 		bool careful = !remote && db->failures > 0 && (turns == nullptr || turns->careful_allowed);
 		char note[BEMI_ERROR_LEN] = "";
@@ -422,10 +604,22 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 			pgstat_report_activity(STATE_RUNNING,
 			                       careful ? "bemi: writing a batch of changes one by one after a failure"
 			                               : "bemi: writing a batch of changes");
+			Schema schema = ChangesSchema();
+			// With a destination the rows are written there, without the chain (not yet: the
+			// destination draws their ids).
+			chained_ = !remote && schema == Schema::kChain;
+			if (chained_) {
+				chain_.ctx = ChainHasher();
+				chain_.head = turns != nullptr ? SharedChainHead(turns) : &head_;
+				for (int i = 0; i < columns.count; i++)
+					DigestRow(columns, i);
+			}
 			if (turns != nullptr)
 				WaitIdsTurn(turns);
-			PreparePlans();
 			// With a destination the rows are written there already.
+			PreparePlans(schema);
+			if (chained_ && !chain_.head->valid)
+				LoadChainHead();
 			if (!remote && columns.count > 0 && careful)
 				replaced = InsertCarefully(columns, note, sizeof(note));
 			else if (!remote && columns.count > 0)
@@ -440,6 +634,10 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 			int rc = SPI_execute_plan(progress_plan_, progress_args, nullptr, false, 0);
 			if (rc != SPI_OK_UPDATE || SPI_processed != 1)
 				elog(ERROR, "bemi: bemi.progress must hold exactly one row");
+			if (chained_) {
+				pg_cryptohash_free(chain_.ctx);
+				chain_.ctx = nullptr;
+			}
 		});
 		pgstat_report_activity(STATE_IDLE, nullptr);
 

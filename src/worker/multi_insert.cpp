@@ -56,9 +56,10 @@ namespace {
 constexpr int kGroupSize = 128;
 constexpr size_t kGroupBytes = 65536;
 
-// The columns the worker supplies, in this order in Supplied(), and their types.
-constexpr int kSupplied = 12;
-constexpr int kPrimaryKey = 0, kDatabase = 4, kTableOid = 11;
+// The columns the worker supplies, in this order in Supplied(), and their types. The last three
+// only with the chain (created_at is drawn in the ids turn then, as the links cover it).
+constexpr int kSupplied = 15;
+constexpr int kPrimaryKey = 0, kDatabase = 4, kTableOid = 11, kCreatedAt = 12, kHash = 13, kPreviousId = 14;
 struct SuppliedColumn {
 	const char *name;
 	Oid type;
@@ -67,7 +68,8 @@ const SuppliedColumn kColumns[kSupplied] = {
     {"primary_key", TEXTOID},    {"before", JSONBOID},    {"after", JSONBOID},
     {"context", JSONBOID},       {"database", TEXTOID},   {"schema", TEXTOID},
     {"table", TEXTOID},          {"operation", TEXTOID},  {"committed_at", TIMESTAMPTZOID},
-    {"transaction_id", INT8OID}, {"position", PG_LSNOID}, {"table_oid", OIDOID}};
+    {"transaction_id", INT8OID}, {"position", PG_LSNOID}, {"table_oid", OIDOID},
+    {"created_at", TIMESTAMPTZOID}, {"hash", BYTEAOID},   {"previous_id", INT8OID}};
 
 // The rows bound for one partition, written together.
 struct Group {
@@ -94,15 +96,17 @@ struct Target {
 	AttrNumber *default_attnum;
 	ExprState **default_expr;
 	int id_default; // the default of column id among them, -1 if none
-	Datum *ids;     // ids drawn ahead, one per row, when writing in the writers' order
+	Datum *ids;     // ids drawn ahead, one per row, when writing in the writers' order or chained
+	bool chained;   // created_at, hash and previous_id are supplied
 	Group *groups;
 	int ngroups;
 	int groups_capacity;
 	CommandId cid;
 };
 
-// Finds the columns the worker supplies; false if one is missing (table_oid may be) or has
-// another type, or a column is generated. C-style, inside PgCall only.
+// Finds the columns the worker supplies; false if one is missing (table_oid may be, and the
+// chain's when the batch is not chained) or has another type, or a column is generated.
+// C-style, inside PgCall only.
 bool MapColumns(Target *t, TupleDesc desc) {
 	for (int k = 0; k < kSupplied; k++)
 		t->attnum[k] = InvalidAttrNumber;
@@ -121,8 +125,10 @@ bool MapColumns(Target *t, TupleDesc desc) {
 			t->attnum[k] = att->attnum;
 		}
 	}
+	if (!t->chained)
+		t->attnum[kCreatedAt] = t->attnum[kHash] = t->attnum[kPreviousId] = InvalidAttrNumber;
 	for (int k = 0; k < kSupplied; k++)
-		if (t->attnum[k] == InvalidAttrNumber && k != kTableOid)
+		if (t->attnum[k] == InvalidAttrNumber && k != kTableOid && (k < kCreatedAt || !t->chained))
 			return false;
 	return true;
 }
@@ -272,7 +278,7 @@ void FillRow(Target *t, const BatchWriter::Columns &c, int i, bool defaults) {
 		if (attnum == InvalidAttrNumber)
 			continue;
 		values[attnum - 1] = k == kDatabase ? t->database : t->values[k][i];
-		nulls[attnum - 1] = k == kPrimaryKey && c.pk_null[i];
+		nulls[attnum - 1] = (k == kPrimaryKey && c.pk_null[i]) || (k == kPreviousId && c.previous_null[i]);
 	}
 	if (defaults) {
 		ExprContext *econtext = GetPerTupleExprContext(t->estate);
@@ -405,8 +411,10 @@ void InsertRouted(Target *t, const BatchWriter::Columns &c, ResultRelInfo *const
 
 
 // Draws the ids of every row, in order, from the id column's default (nextval), for a batch
-// written in the writers' order; then the next batch may draw. C-style, inside PgCall only.
-void DrawIds(Target *t, int count, const Turns *turns) {
+// written in the writers' order or chained; links the rows (chained); then the next batch may
+// draw. C-style, inside PgCall only.
+void DrawIds(Target *t, BatchWriter &writer, const BatchWriter::Columns &c, const Turns *turns) {
+	int count = c.count;
 	if (t->id_default >= 0) {
 		ExprContext *econtext = GetPerTupleExprContext(t->estate);
 		t->ids = static_cast<Datum *>(palloc(sizeof(Datum) * Max(count, 1)));
@@ -418,12 +426,18 @@ void DrawIds(Target *t, int count, const Turns *turns) {
 			ResetPerTupleExprContext(t->estate);
 		}
 	}
-	PassIdsTurn(turns);
+	if (t->chained) {
+		for (int i = 0; i < count; i++)
+			c.id[i] = t->ids[i];
+		writer.LinkRows(c, 0, count);
+	}
+	if (turns != nullptr)
+		PassIdsTurn(turns);
 }
 
 } // namespace
 
-bool MultiInsertChanges(const BatchWriter::Columns &c, Datum database, const Turns *turns) {
+bool MultiInsertChanges(BatchWriter &writer, const BatchWriter::Columns &c, Datum database, const Turns *turns) {
 	Oid schema = get_namespace_oid("bemi", true);
 	Oid relid = OidIsValid(schema) ? get_relname_relid("changes", schema) : InvalidOid;
 	Target target;
@@ -432,15 +446,17 @@ bool MultiInsertChanges(const BatchWriter::Columns &c, Datum database, const Tur
 	if (!OidIsValid(relid))
 		return false; // the SPI INSERT reports it
 	memset(&target, 0, sizeof(target));
-	const Datum *values[kSupplied] = {c.pk,    c.before,    c.after,     c.context, nullptr,    c.schema,
-	                                  c.table, c.operation, c.committed, c.xid,     c.position, c.table_oid};
+	const Datum *values[kSupplied] = {c.pk,       c.before,    c.after,     c.context, nullptr,
+	                                  c.schema,   c.table,     c.operation, c.committed, c.xid,
+	                                  c.position, c.table_oid, c.created,   c.hash,      c.previous_id};
 	memcpy(target.values, values, sizeof(values));
 	target.database = database;
+	target.chained = writer.ChainOfBatch() != nullptr;
 	if (Open(&target, relid)) {
 		auto **targets = static_cast<ResultRelInfo **>(palloc(sizeof(ResultRelInfo *) * c.count));
-		if (Route(&target, c, targets)) {
-			if (turns != nullptr)
-				DrawIds(&target, c.count, turns);
+		if (Route(&target, c, targets) && (!target.chained || target.id_default >= 0)) {
+			if (turns != nullptr || target.chained)
+				DrawIds(&target, writer, c, turns);
 			InsertRouted(&target, c, targets);
 			written = true;
 		}

@@ -15,6 +15,8 @@ namespace bemi {
 // uses the SPI INSERT. C-style, inside PgCall only, in a transaction with a snapshot pushed.
 // turns (writers.hpp), if given: the caller holds the ids turn; the ids are drawn for all rows
 // first, in order, then the turn is passed and the rows are written.
-bool MultiInsertChanges(const BatchWriter::Columns &c, Datum database, const Turns *turns);
+// writer.ChainOfBatch(), if not null: the rows are chained; their ids are drawn first (turns or
+// not), then linked (writer.LinkRows), then created_at, hash and previous_id are written as given.
+bool MultiInsertChanges(BatchWriter &writer, const BatchWriter::Columns &c, Datum database, const Turns *turns);
 
 } // namespace bemi

@@ -4,6 +4,8 @@
 
 #include "spool.hpp"
 
+#include "bemi/chain.hpp"
+
 extern "C" {
 #include "access/xlogdefs.h"
 #include "bemi/registry.h"
@@ -103,17 +105,43 @@ class BatchWriter {
 	size_t EmptyContextSize() const { return empty_context_.size(); }
 
 	// The batch's columns as PostgreSQL reads them; plain pointers into the writer's buffers.
+	// The chain's (id, created_at, hash, previous_id) are filled in the ids turn, from the content
+	// digests computed before it (include/bemi/chain.hpp).
 	struct Columns {
 		int count;
 		Datum *pk, *before, *after, *context, *schema, *table, *operation, *committed, *xid, *position,
 		    *table_oid;
 		bool *pk_null;
+		Datum *id, *created, *hash, *previous_id;
+		bool *previous_null;
+		uint8 *digest; // kChainHashLen bytes per row
 	};
+
+	// The chain while a batch is written (C-style, inside PgCall): a hash context of the batch's
+	// transaction, and the head the batch links to (the writers' shared one, or head_).
+	struct Chain {
+		pg_cryptohash_ctx *ctx;
+		ChainHead *head;
+		Oid id_sequence;
+	};
+	// What the batch's rows link to, for multi_insert.cpp: ids and created_at drawn, the links
+	// made from the head, then the head advanced to the last row. C-style, inside PgCall only.
+	void LinkRows(const Columns &c, int first, int count);
+	const Chain *ChainOfBatch() const { return chained_ ? &chain_ : nullptr; }
 
   private:
 	Columns Fill(const Batch &batch);
+	void WriteColumns(BemiDatabase *db, const Columns &columns, const Progress &reached, TimestampTz last_commit,
+	                  const Turns *turns);
 	// C-style, inside PgCall only.
-	void PreparePlans();
+	enum class Schema { kNoTableOid, kNoChain, kChain };
+	Schema ChangesSchema();
+	void PreparePlans(Schema schema);
+	void DigestRow(const Columns &c, int i);
+	void LoadChainHead();
+	void LinkRange(const Columns &c, int first, int count, const ChainHead &from);
+	void AdvanceHead(const Columns &c, int i);
+	void DrawIdsAndTimes(const Columns &c, int first, int count);
 	void InsertRows(const Columns &c, int first, int count);
 	void InsertBatch(const Columns &c, const Turns *turns);
 	ErrorData *TryInsertRow(const Columns &c, int i, MemoryContext row_context);
@@ -123,9 +151,16 @@ class BatchWriter {
 	std::vector<char> empty_context_; // the jsonb {} of changes without context
 	std::vector<Datum> datums_;       // the columns' values, column after column
 	std::vector<char> pk_null_;       // bool per row (a vector<bool> has no data())
+	std::vector<char> previous_null_; // bool per row
+	std::vector<uint8> digests_;      // kChainHashLen per row
+	std::vector<char> hashes_;        // a bytea of kChainHashLen per row, kHashBytes apart
 	SPIPlanPtr insert_plan_ = nullptr;
-	bool insert_has_table_oid_ = false; // insert_plan_ writes bemi.changes.table_oid
+	Schema insert_schema_ = Schema::kNoTableOid; // what insert_plan_ writes
 	SPIPlanPtr progress_plan_ = nullptr;
+	SPIPlanPtr head_plan_ = nullptr;
+	bool chained_ = false; // this batch is chained (bemi.changes has hash and previous_id)
+	Chain chain_ = {};
+	ChainHead head_ = {}; // the head when the worker writes alone (no turns)
 	bool multi_insert_ = true; // the last whole batch went by table_multi_insert (multi_insert.cpp)
 	std::unique_ptr<RemoteDestination> remote_; // none: the trail is here
 };

@@ -68,6 +68,7 @@ struct WritersShared {
 	bool failed; // a writer failed: error says why
 	char error[BEMI_ERROR_LEN];
 	ConditionVariable cv; // the counters, stop or failed moved
+	ChainHead chain_head; // SharedChainHead(): read and moved in the ids turn only
 };
 
 namespace {
@@ -163,6 +164,10 @@ void AddSkipped(BemiDatabase *db, const BemiSkipped &skipped) {
 	db->skipped_column_rules += skipped.column_rules;
 	db->skipped_writer_rules += skipped.writer_rules;
 	SpinLockRelease(&db->mutex);
+}
+
+ChainHead *SharedChainHead(const Turns *turns) {
+	return &turns->shared->chain_head;
 }
 
 void WaitIdsTurn(const Turns *turns) {

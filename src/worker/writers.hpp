@@ -37,6 +37,9 @@ struct Turns {
 };
 // Adds a committed batch's skip counts to the database's entry. C-style, inside PgCall only.
 void AddSkipped(BemiDatabase *db, const BemiSkipped &skipped);
+// The chain's head the batches of this run link to, passed on in the ids turn: only the batch
+// holding the ids turn reads or moves it. Invalid at the start of a run.
+ChainHead *SharedChainHead(const Turns *turns);
 void WaitIdsTurn(const Turns *turns);    // the previous batch has drawn its ids
 void PassIdsTurn(const Turns *turns);    // ours are drawn: the next batch may draw
 void WaitCommitTurn(const Turns *turns); // the previous batch has committed
