@@ -1326,3 +1326,106 @@ COMMENT ON FUNCTION @extschema@.bemi_chain_head() IS
 
 REVOKE ALL ON FUNCTION @extschema@.bemi_verify(timestamptz, timestamptz), @extschema@.bemi_chain_head() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.bemi_verify(timestamptz, timestamptz), @extschema@.bemi_chain_head() TO bemi_reader;
+
+------------------------------------------------------------------------------------------------
+-- Keep last: the public functions whose SQL-standard bodies (BEGIN ATOMIC) read the trail's
+-- readers (RETURNS SETOF bemi.changes) were bound to bemi.changes' columns as they were when they
+-- were made; made again after every column added above, so that their bodies are a fresh
+-- install's (test/t/009_upgrade.pl compares them). The same text as ext/history.sql's, with the
+-- Makefile's @BEMI_CHANGE_COLUMNS@ written out. A later part that adds columns to bemi.changes
+-- puts its section before this one.
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION @extschema@.bemi_row_history(tbl regclass, primary_key text) RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._readable_table(bemi_row_history.tbl) t,
+           LATERAL bemi._row_trail(bemi_row_history.tbl, t.schema_name, t.table_name,
+                                   ARRAY[bemi_row_history.primary_key]) c
+     ORDER BY c.id DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_rows_history(tbl regclass, primary_keys text[]) RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._readable_table(bemi_rows_history.tbl) t,
+           LATERAL bemi._row_trail(bemi_rows_history.tbl, t.schema_name, t.table_name, bemi_rows_history.primary_keys) c
+     ORDER BY c.id DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_table_history(tbl regclass, since timestamptz DEFAULT '-infinity',
+                                               until timestamptz DEFAULT 'infinity') RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._readable_table(bemi_table_history.tbl) t,
+           LATERAL bemi._table_time_trail(bemi_table_history.tbl, t.schema_name, t.table_name,
+                                          coalesce(bemi_table_history.since, '-infinity'),
+                                          coalesce(bemi_table_history.until, 'infinity')) c
+     ORDER BY c.id DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_table_truncations(tbl regclass) RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._readable_table(bemi_table_truncations.tbl) t,
+           LATERAL bemi._truncate_trail(bemi_table_truncations.tbl, t.schema_name, t.table_name) c
+     ORDER BY c.id DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_transaction_history(transaction_id bigint) RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._transaction_trail(bemi._caller(), bemi_transaction_history.transaction_id) c
+     ORDER BY c.id DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_context_history(context jsonb) RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._context_trail(bemi._caller(), bemi_context_history.context) c
+     ORDER BY c.id DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_changes(ids bigint[]) RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._id_trail(bemi._caller(), bemi_changes.ids) c
+     ORDER BY c.id DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_transactions(since timestamptz DEFAULT '-infinity', until timestamptz DEFAULT 'infinity')
+RETURNS TABLE (transaction_id bigint, committed_at timestamptz, context jsonb, tables text[],
+               changes bigint, creates bigint, updates bigint, deletes bigint, truncates bigint)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.transaction_id, c.committed_at, (array_agg(c.context ORDER BY c.id))[1],
+           array_agg(DISTINCT format('%I.%I', c.schema, c."table")), count(*),
+           count(*) FILTER (WHERE c.operation = 'CREATE'), count(*) FILTER (WHERE c.operation = 'UPDATE'),
+           count(*) FILTER (WHERE c.operation = 'DELETE'), count(*) FILTER (WHERE c.operation = 'TRUNCATE')
+      FROM bemi._time_trail(bemi._caller(), coalesce(bemi_transactions.since, '-infinity'),
+                            coalesce(bemi_transactions.until, 'infinity')) c
+     GROUP BY c.transaction_id, c.committed_at
+     ORDER BY max(c.id) DESC;
+END;
+
+CREATE OR REPLACE FUNCTION @extschema@.bemi_context_groups(key text, since timestamptz DEFAULT '-infinity',
+                                                until timestamptz DEFAULT 'infinity')
+RETURNS TABLE (value jsonb, transactions bigint, changes bigint, tables text[],
+               first_committed_at timestamptz, last_committed_at timestamptz)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.context -> bemi_context_groups.key, count(DISTINCT (c.transaction_id, c.committed_at)),
+           count(*), array_agg(DISTINCT format('%I.%I', c.schema, c."table")),
+           min(c.committed_at), max(c.committed_at)
+      FROM bemi._time_trail(bemi._caller(), coalesce(bemi_context_groups.since, '-infinity'),
+                            coalesce(bemi_context_groups.until, 'infinity')) c
+     WHERE c.context ? bemi_context_groups.key
+     GROUP BY 1
+     ORDER BY max(c.id) DESC;
+END;
