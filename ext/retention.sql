@@ -86,6 +86,7 @@ DECLARE
     p record;
     part text;
     n bigint;
+    upto bigint;
 BEGIN
     actions := '{}';
     next_in := '5 seconds';  -- not set up: look again soon, for bemi_set_retention()
@@ -116,6 +117,8 @@ BEGIN
             BEGIN
                 PERFORM bemi._trail_starts_at(p.to_time);
                 EXECUTE format('ALTER TABLE bemi.changes DETACH PARTITION %s', part);
+                -- The hash chain is cut there: anchors keep what remains checkable (ext/chain.sql).
+                PERFORM bemi._cut_chain(p.part);
                 EXECUTE format('DROP TABLE %s', part);
                 actions := actions || format('dropped %s [%s, %s): older than the retention of %s', part, p.from_time, p.to_time, cfg.retention);
             EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
@@ -151,12 +154,14 @@ BEGIN
     END LOOP;
 
     IF cfg.retention IS NOT NULL THEN
-        -- Old changes in the default partition (from before retention was set up): in slices, so
-        -- that one round stays short.
+        -- Old changes in the default partition (from before retention was set up): in slices of
+        -- the oldest ids, so that one round stays short, with anchors where the chain is cut.
         IF EXISTS (SELECT 1 FROM bemi.changes_default WHERE committed_at < cutoff) THEN
             PERFORM bemi._trail_starts_at(cutoff);
-            DELETE FROM bemi.changes_default
-             WHERE ctid = ANY (ARRAY(SELECT ctid FROM bemi.changes_default WHERE committed_at < cutoff LIMIT 100000));
+            SELECT max(s.id) INTO upto
+              FROM (SELECT d.id FROM bemi.changes_default d WHERE d.committed_at < cutoff ORDER BY d.id LIMIT 100000) s;
+            PERFORM bemi._cut_chain('bemi.changes_default', upto, cutoff);
+            DELETE FROM bemi.changes_default WHERE committed_at < cutoff AND id <= upto;
             GET DIAGNOSTICS n = ROW_COUNT;
             actions := actions || format('deleted %s changes older than %s from bemi.changes_default', n, cutoff);
             IF n = 100000 THEN

@@ -1327,6 +1327,140 @@ COMMENT ON FUNCTION @extschema@.bemi_chain_head() IS
 REVOKE ALL ON FUNCTION @extschema@.bemi_verify(timestamptz, timestamptz), @extschema@.bemi_chain_head() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.bemi_verify(timestamptz, timestamptz), @extschema@.bemi_chain_head() TO bemi_reader;
 
+-- Before retention takes changes out of the trail (a partition dropped, or the oldest changes of
+-- bemi.changes_default deleted: those with id <= upto committed before cutoff): an anchor for
+-- every change that stays and whose previous change goes, with that change's id and hash, so that
+-- bemi_verify still checks what remains. The changes that go are an id range [lo, hi] but for a
+-- few that interleave with the partitions around them (commit times are not quite in id order):
+-- the ones that stay and can follow one of them are those with ids in (lo, the first id after hi].
+-- Anchors of changes that go are deleted with them. Called by bemi._maintain_changes only.
+CREATE FUNCTION bemi._cut_chain(part regclass, upto bigint DEFAULT NULL, cutoff timestamptz DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    goes text := CASE WHEN upto IS NULL THEN 'true' ELSE 'd.id <= $3 AND d.committed_at < $4' END;
+    lo bigint;
+    hi bigint;
+    next_id bigint;
+    other regclass;
+BEGIN
+    EXECUTE format('SELECT min(d.id), max(d.id) FROM %s d WHERE %s', part, goes) INTO lo, hi USING lo, hi, upto, cutoff;
+    IF lo IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT min(c.id) INTO next_id FROM bemi.changes c WHERE c.id > hi;
+    FOR other IN SELECT p.part FROM bemi._partitions() p UNION ALL SELECT 'bemi.changes_default'::regclass LOOP
+        CONTINUE WHEN other = part AND upto IS NULL;
+        EXECUTE format('INSERT INTO bemi.chain_anchors (id, previous_id, previous_hash)'
+                       ' SELECT s.id, d.id, d.hash FROM %s s JOIN %s d ON d.id = s.previous_id'
+                       ' WHERE s.id > $1 AND s.id <= $2 AND d.hash IS NOT NULL AND %s%s ON CONFLICT (id) DO NOTHING',
+                       other, part, goes,
+                       CASE WHEN other = part THEN ' AND NOT (s.id <= $3 AND s.committed_at < $4)' ELSE '' END)
+            USING lo, coalesce(next_id, hi), upto, cutoff;
+    END LOOP;
+    EXECUTE format('DELETE FROM bemi.chain_anchors a USING %s d WHERE a.id = d.id AND %s', part, goes)
+        USING lo, hi, upto, cutoff;
+END $$;
+REVOKE ALL ON FUNCTION bemi._cut_chain(regclass, bigint, timestamptz) FROM PUBLIC;
+
+-- Retention records those anchors when it drops a partition or deletes old changes of
+-- bemi.changes_default (as ext/retention.sql has it).
+CREATE OR REPLACE FUNCTION bemi._maintain_changes(now timestamptz, OUT actions text[], OUT next_in interval)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET lock_timeout = '500ms' AS $$
+DECLARE
+    cfg bemi.retention;
+    lo timestamptz;
+    hi timestamptz;
+    horizon timestamptz;
+    cutoff timestamptz;
+    newest timestamptz;
+    p record;
+    part text;
+    n bigint;
+    upto bigint;
+BEGIN
+    actions := '{}';
+    next_in := '5 seconds';  -- not set up: look again soon, for bemi_set_retention()
+    SELECT * INTO cfg FROM bemi.retention;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    -- One round at a time (the worker's, a user's): decisions are made under this lock.
+    BEGIN
+        LOCK TABLE bemi.changes IN SHARE UPDATE EXCLUSIVE MODE;
+    EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+        actions := ARRAY['bemi.changes is busy; upkeep is tried again later'];
+        next_in := '10 seconds';
+        RETURN;
+    END;
+    next_in := least(greatest(cfg.partition_interval / 4, interval '1 second'), interval '1 minute');
+
+    -- Where the partitions end, before retention drops any (see the gap below).
+    SELECT max(to_time) INTO newest FROM bemi._partitions() WHERE to_time < 'infinity';
+
+    -- Drops first: they need bemi.changes itself locked, and taking that lock before any of
+    -- its partitions keeps the order readers use (no deadlock with a reader).
+    IF cfg.retention IS NOT NULL THEN
+        -- Time travel cannot reach behind the cutoff any more: say so before anything goes.
+        cutoff := now - cfg.retention;
+        FOR p IN SELECT * FROM bemi._partitions() WHERE to_time <= cutoff LOOP
+            part := p.part::text;
+            BEGIN
+                PERFORM bemi._trail_starts_at(p.to_time);
+                EXECUTE format('ALTER TABLE bemi.changes DETACH PARTITION %s', part);
+                -- The hash chain is cut there: anchors keep what remains checkable (ext/chain.sql).
+                PERFORM bemi._cut_chain(p.part);
+                EXECUTE format('DROP TABLE %s', part);
+                actions := actions || format('dropped %s [%s, %s): older than the retention of %s', part, p.from_time, p.to_time, cfg.retention);
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                actions := actions || format('could not lock bemi.changes to drop %s; trying again later', part);
+                EXIT;
+            END;
+        END LOOP;
+    END IF;
+
+    -- Partitions from the current interval (or the end of the newest partition, if that is
+    -- later than the retention's cutoff) to three intervals (and at least 15 seconds) ahead.
+    lo := bemi._partition_start(now, cfg.partition_interval);
+    IF newest IS NOT NULL AND newest < lo THEN
+        lo := greatest(newest, bemi._partition_start(now - coalesce(cfg.retention, interval '0'), cfg.partition_interval));
+    END IF;
+    horizon := now + greatest(3 * cfg.partition_interval, interval '15 seconds');
+    WHILE lo < horizon LOOP
+        hi := bemi._partition_start(lo, cfg.partition_interval) + cfg.partition_interval;
+        SELECT * INTO p FROM bemi._partitions() WHERE from_time <= lo AND to_time > lo;
+        IF FOUND THEN
+            lo := p.to_time;
+            CONTINUE;
+        END IF;
+        -- Existing partitions made with another interval keep their bounds: fill around them.
+        hi := least(hi, coalesce((SELECT min(from_time) FROM bemi._partitions() WHERE from_time > lo), hi));
+        BEGIN
+            actions := actions || bemi._make_partition(lo, hi);
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            actions := actions || format('could not lock bemi.changes to make a partition for [%s, %s); trying again later', lo, hi);
+            EXIT;
+        END;
+        lo := hi;
+    END LOOP;
+
+    IF cfg.retention IS NOT NULL THEN
+        -- Old changes in the default partition (from before retention was set up): in slices of
+        -- the oldest ids, so that one round stays short, with anchors where the chain is cut.
+        IF EXISTS (SELECT 1 FROM bemi.changes_default WHERE committed_at < cutoff) THEN
+            PERFORM bemi._trail_starts_at(cutoff);
+            SELECT max(s.id) INTO upto
+              FROM (SELECT d.id FROM bemi.changes_default d WHERE d.committed_at < cutoff ORDER BY d.id LIMIT 100000) s;
+            PERFORM bemi._cut_chain('bemi.changes_default', upto, cutoff);
+            DELETE FROM bemi.changes_default WHERE committed_at < cutoff AND id <= upto;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            actions := actions || format('deleted %s changes older than %s from bemi.changes_default', n, cutoff);
+            IF n = 100000 THEN
+                next_in := '1 second';
+            END IF;
+        END IF;
+    END IF;
+END $$;
+
 ------------------------------------------------------------------------------------------------
 -- Keep last: the public functions whose SQL-standard bodies (BEGIN ATOMIC) read the trail's
 -- readers (RETURNS SETOF bemi.changes) were bound to bemi.changes' columns as they were when they

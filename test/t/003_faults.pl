@@ -281,6 +281,8 @@ for my $fault ('kill -9 of a writer', 'kill -9 of the worker', 'an immediate sto
 		  FROM (SELECT id, lag(id) OVER (ORDER BY position) AS prev FROM bemi.changes
 		         WHERE "table" = 'ledger' AND primary_key::int / 1000000 = $round) s}),
 		'0', "round $round: ids follow the changes' order");
+	is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi_verify()}), '0',
+		"round $round: the hash chain is intact after $fault (ext/chain.sql)");
 }
 is($node->safe_psql('postgres', q{
 	SELECT count(*) FROM ledger l

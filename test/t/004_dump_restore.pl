@@ -107,6 +107,12 @@ is($new->safe_psql('shop', q{
 	SELECT operation, before->>'amount', after->>'amount', context->>'user_id', id > 30
 	  FROM bemi.changes WHERE context->>'user_id' = '8'}),
 	'UPDATE|0|1|8|t', 'new changes are recorded after the restored history');
+# The hash chain survives the dump (its encoding is of values, jsonb's binary form is one per
+# value): the restored trail verifies, and the new change links to the restored head.
+is($new->safe_psql('shop', q{SELECT count(*) FROM bemi_verify()}), '0', 'the restored trail and what follows verify');
+is($new->safe_psql('shop', q{
+	SELECT c.previous_id = (SELECT max(id) FROM bemi.changes WHERE id <= 30) FROM bemi.changes c WHERE context->>'user_id' = '8'}),
+	't', 'the new change links to the restored trail');
 # The restore set bemi.allow_trail_changes, so its own loads (orders' rows) are not recorded as
 # new changes on top of the restored history: each table it loaded is named in bemi.gaps.
 is($new->safe_psql('shop', q{SELECT count(*) FROM bemi.changes WHERE id > 30 AND operation = 'CREATE'}),
