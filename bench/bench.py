@@ -9,6 +9,7 @@ Sections (bench/README.md says what exactly each one times):
   4. memory: the worker's peak RSS while it drains one huge transaction
   5. reads: runs bench/reads* when present
   6. rules: ingest under no rules, 100 rules, a mask, an ignored table (skipped changes)
+  7. verify: bemi_verify() over the ingest backlog's trail (changes checked per second)
 Standard library only.
 """
 import argparse
@@ -802,6 +803,45 @@ END $$;""")
             md_table(["reader", "changes", "seconds", "changes/s", "× test_decoding", "worker CPU s",
                       "writers CPU s", "µs worker CPU / change", "µs total CPU / change"], rows), ""]))
 
+    # -- hash chain: verification ----------------------------------------------------------------
+    def section_verify(self):
+        """bemi_verify() over a trail of the ingest backlog's shape: changes checked per second."""
+        n = self.p["backlog"]
+        n_ins, n_upd = n // 2, n * 7 // 20
+        n_del = n - n_ins - n_upd
+        srv = self.server
+        log(f"7. verify: bemi_verify() over a trail of {n:,} changes")
+        self.create_backlog_procedure()
+        self.create_bemi()
+        srv.psql(f"CALL bench_backlog({n_ins}, {n_upd}, {n_del}, 1000)")
+        self.wait_bemi()
+        total = int(srv.one("SELECT count(*) FROM bemi.changes"))
+        avg = int(float(srv.one("SELECT avg(pg_column_size(c.*)) FROM bemi.changes c")))
+        times = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            problems = srv.one("SELECT count(*) FROM bemi_verify()")
+            times.append(time.monotonic() - t0)
+            if problems != "0":
+                self.notes.append(f"verify: bemi_verify() reported {problems} problem(s) on an intact trail")
+        t0 = time.monotonic()
+        srv.one("SELECT count(*) FROM (SELECT * FROM bemi.changes ORDER BY id) c")
+        read_s = time.monotonic() - t0
+        secs = median(times)
+        self.drop_bemi()
+        srv.psql("DROP TABLE bench_ingest; DROP PROCEDURE bench_backlog")
+        rate = total / secs
+        self.summary.append(("verify: ≥ 100,000 changes/s", rate >= 100_000, f"{rate:,.0f} changes/s"))
+        self.sections.append("\n".join([
+            "## 7. Hash chain: verification\n",
+            f"`bemi_verify()` over a trail of {total:,} changes of the ingest backlog's shape (section 2; "
+            f"{avg} bytes per row on average), written by the worker; median of 3 runs, the trail in cache. "
+            "For scale: reading the same rows in id order (`SELECT * FROM bemi.changes ORDER BY id`).\n",
+            md_table(["what", "changes", "seconds", "changes/s"],
+                     [["`bemi_verify()`", fmt(total), fmt(secs, 2), fmt(rate)],
+                      ["`SELECT * ... ORDER BY id` (reading alone)", fmt(total), fmt(read_s, 2),
+                       fmt(total / read_s)]]), ""]))
+
     # -- tracking rules -------------------------------------------------------------------------
     # 100 rules shaped like a real deployment's: two wide ones that match every table (ignored
     # timestamp columns, masked secret columns, none of which the backlog's updates touch alone or
@@ -1289,7 +1329,7 @@ END $$;""")
     def run(self):
         started = time.monotonic()
         only = set(self.args.only.split(",")) if self.args.only else {"write", "decomp", "lag", "ingest",
-                                                                       "memory", "reads", "rules", "dest"}
+                                                                       "memory", "reads", "rules", "dest", "verify"}
         try:
             self.setup()
             if "write" in only:
@@ -1310,6 +1350,8 @@ END $$;""")
                 self.section_rules()
             if "dest" in only:
                 self.section_destination()
+            if "verify" in only:
+                self.section_verify()
             if self.args.profile:
                 self.profile_write_path()
             text = self.report(started, only)
@@ -1326,7 +1368,7 @@ def main():
     ap = argparse.ArgumentParser(description="bemi benchmark suite (see bench/README.md)")
     ap.add_argument("--quick", action="store_true", help="smaller and shorter: under 5 minutes")
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--only", help="comma-separated sections: write,decomp,ingest,lag,memory,reads,rules,dest")
+    ap.add_argument("--only", help="comma-separated sections: write,decomp,ingest,lag,memory,reads,rules,dest,verify")
     ap.add_argument("--profile", action="store_true",
                     help="also record perf profiles (worker during ingest; whole machine during pgbench) into "
                          "bench/profile-*.txt; the ingest rate is then perturbed")
