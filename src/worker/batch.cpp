@@ -131,6 +131,29 @@ size_t Batch::Clear(size_t keep) {
 	return 0;
 }
 
+void Batch::Digest(pg_cryptohash_ctx *ctx, const std::string &database, const std::vector<char> &empty_context) {
+	auto v = [&](size_t offset) { return reinterpret_cast<const struct varlena *>(At(offset)); };
+	for (Row &row : rows_) {
+		ChainContent content;
+		content.primary_key = row.pk == kNone ? nullptr : v(row.pk);
+		content.before = v(row.before);
+		content.after = v(row.after);
+		content.context = row.context == kNone ? reinterpret_cast<const struct varlena *>(empty_context.data())
+		                                       : v(row.context);
+		content.database = database.data();
+		content.database_len = database.size();
+		content.schema = v(row.schema);
+		content.table = v(row.table);
+		content.operation = v(row.operation);
+		content.committed_at = row.committed;
+		content.transaction_id = static_cast<int64>(row.xid);
+		content.position = row.position;
+		content.table_oid_null = false;
+		content.table_oid = row.table_oid;
+		ChainDigest(ctx, content, row.digest);
+	}
+}
+
 void Batch::Release() {
 	Clear(kNone);
 	if (arena_.capacity() > kKeptBytes)
@@ -203,6 +226,7 @@ BatchWriter::Columns BatchWriter::Fill(const Batch &batch) {
 		c.xid[i] = Int64GetDatum(static_cast<int64>(row.xid));
 		c.position[i] = LSNGetDatum(row.position);
 		c.table_oid[i] = ObjectIdGetDatum(row.table_oid);
+		std::memcpy(c.digest + i * kChainHashLen, row.digest, kChainHashLen);
 		// Valid values before the ids turn fills them (routing builds rows before that).
 		char *hash = hashes_.data() + i * kHashBytes;
 		SET_VARSIZE(hash, VARHDRSZ + kChainHashLen);
@@ -611,8 +635,6 @@ void BatchWriter::WriteColumns(BemiDatabase *db, const Columns &columns, const P
 			if (chained_) {
 				chain_.ctx = ChainHasher();
 				chain_.head = turns != nullptr ? SharedChainHead(turns) : &head_;
-				for (int i = 0; i < columns.count; i++)
-					DigestRow(columns, i);
 			}
 			if (turns != nullptr)
 				WaitIdsTurn(turns);

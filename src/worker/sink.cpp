@@ -29,6 +29,7 @@ extern "C" {
 #endif
 #include "storage/fd.h"
 #include "utils/builtins.h"
+#include "utils/resowner.h"
 #include "utils/pg_lsn.h"
 }
 
@@ -233,6 +234,17 @@ size_t Sink::ReadText(int32 len) {
 void Sink::WriteBatch(BemiDatabase *db, const Progress &reached, TimestampTz last_commit) {
 	BemiSkipped skipped = skipped_;
 	skipped_ = {};
+	PgCall([&]() {
+		if (hasher_ == nullptr) {
+			// For the process's life, outside any transaction: under a resource owner of its own,
+			// never released.
+			ResourceOwner saved = CurrentResourceOwner;
+			CurrentResourceOwner = ResourceOwnerCreate(nullptr, "bemi chain digests");
+			hasher_ = ChainHasher();
+			CurrentResourceOwner = saved;
+		}
+		batch_.Digest(hasher_, writer_.DatabaseName(), writer_.EmptyContext());
+	});
 	if (writers_ != nullptr) {
 		XLogRecPtr commit_end;
 		bool in_flight = writers_->Committed(&commit_end) < writers_->Sent();

@@ -49,6 +49,7 @@ class Batch {
 		TransactionId xid;
 		XLogRecPtr position;
 		Oid table_oid;
+		uint8 digest[kChainHashLen]; // the content's digest for the chain (Digest())
 	};
 
 	// Room for a varlena of `size` bytes (header included), MAXALIGNed; its offset.
@@ -77,6 +78,11 @@ class Batch {
 	size_t Clear(size_t keep);
 	// Clear(kNone), and memory beyond a small arena goes back (the worker may idle for long).
 	void Release();
+	// Every row's content digest (include/bemi/chain.hpp), as the rows will be stored: `context`
+	// stands for the rows without one, `database` for every row's. Done by the decoder before the
+	// batch goes to a writer, so that the writers, the bottleneck of a drain, only link.
+	// C-style, inside PgCall only.
+	void Digest(pg_cryptohash_ctx *ctx, const std::string &database, const std::vector<char> &empty_context);
 
   private:
 	static constexpr size_t kKeptBytes = 1024 * 1024;
@@ -103,6 +109,8 @@ class BatchWriter {
 	void Write(BemiDatabase *db, const Batch &batch, const Progress &reached, TimestampTz last_commit,
 	           const Turns *turns = nullptr);
 	size_t EmptyContextSize() const { return empty_context_.size(); }
+	const std::vector<char> &EmptyContext() const { return empty_context_; }
+	const std::string &DatabaseName() const { return database_; }
 
 	// The batch's columns as PostgreSQL reads them; plain pointers into the writer's buffers.
 	// The chain's (id, created_at, hash, previous_id) are filled in the ids turn, from the content
@@ -210,6 +218,7 @@ class Sink {
 	int64 txn_ordinal_ = 0;  // records of the current transaction seen so far
 	int64 pending_changes_ = 0;
 	BemiSkipped skipped_ = {}; // of the transactions drained into the batch being filled
+	pg_cryptohash_ctx *hasher_ = nullptr; // the decoder's, for Batch::Digest (a resource owner of its own)
 	Batch batch_;
 	BatchWriter writer_;
 	Writers *writers_ = nullptr;
