@@ -10,7 +10,10 @@
 // can be computed before a change has an id, in parallel, by whoever writes it; only the link, one
 // small hash per change, is computed in the writers' order (the ids turn).
 //
-// The content's encoding (EncodeContent in hash.cpp) is canonical: it is made from the values as
+// Changes a destination receives from other servers (source_system_id not NULL) are not chained
+// there: they are written by the sources' workers, with ids the destination draws.
+//
+// The content's encoding (ChainDigest in hash.cpp) is canonical: it is made from the values as
 // bemi.changes stores them, so bemi_verify reproduces it from a stored row, and it survives a dump
 // and restore (a jsonb's binary form is one per value: sorted keys, no duplicates, numerics in
 // their one normal form; texts are their bytes).
@@ -41,6 +44,7 @@ struct ChainContent {
 	XLogRecPtr position;
 	bool table_oid_null;
 	Oid table_oid;
+	const struct varlena *source_system_id; // nullptr: NULL (the worker's own changes, the chained ones)
 };
 
 // The last change of the chain as the next one links to it.

@@ -81,6 +81,7 @@ void ChainDigest(pg_cryptohash_ctx *ctx, const ChainContent &c, uint8 *digest) {
 		PutBig(fixed, &n, c.table_oid, 4);
 	}
 	Update(ctx, fixed, n);
+	Varlena(ctx, c.source_system_id);
 	if (pg_cryptohash_final(ctx, digest, kChainHashLen) < 0)
 		Fail(ctx);
 }

@@ -9,7 +9,8 @@
 //   inserted   a change that is not in the chain: no hash after the chain began, or one its
 //              successor skips;
 //   reordered  its content is the next change's (two changes swapped).
-// Changes without hash before the first chained one are from before 0.5.0: not checked. The check
+// Changes without hash before the first chained one are from before 0.5.0: not checked. Changes
+// received from other servers (source_system_id, on a destination) are not in this chain. The check
 // cannot see changes removed after the last one read, nor a trail rewritten whole with hashes
 // computed again: comparing bemi_chain_head() with a copy published elsewhere does
 // (docs/guarantees.md).
@@ -40,7 +41,7 @@ constexpr long kFetch = 5000;
 
 #define BEMI_CHAIN_COLUMNS                                                                                \
 	"SELECT id, previous_id, hash, created_at, primary_key, \"before\", \"after\", context, database, schema," \
-	" \"table\", operation, committed_at, transaction_id, position, table_oid FROM bemi.changes"
+	" \"table\", operation, committed_at, transaction_id, position, table_oid, source_system_id FROM bemi.changes"
 
 // One change as the check reads it; the varlenas detoasted in the current memory context.
 struct Change {
@@ -84,6 +85,7 @@ void Read(HeapTuple tuple, TupleDesc desc, Change *c) {
 	t.transaction_id = DatumGetInt64(SPI_getbinval(tuple, desc, 14, &isnull));
 	t.position = DatumGetLSN(SPI_getbinval(tuple, desc, 15, &isnull));
 	t.table_oid = DatumGetObjectId(SPI_getbinval(tuple, desc, 16, &t.table_oid_null));
+	t.source_system_id = Detoasted(tuple, desc, 17, &isnull);
 }
 
 // The hash `c` should have after `previous`.
@@ -262,6 +264,8 @@ void Verify(TimestampTz since, TimestampTz until, BemiVerifyProblem *out) {
 			MemoryContextReset(row_context);
 			MemoryContextSwitchTo(row_context);
 			Read(table->vals[r], table->tupdesc, &c);
+			if (c.content.source_system_id != nullptr)
+				continue; // received from another server (a destination's): not in this chain
 			if (c.hash == nullptr) {
 				if (started)
 					Found(out, c.id, "inserted",

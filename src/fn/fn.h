@@ -46,6 +46,8 @@ extern Datum BemiWorkerStateRow(TupleDesc row);
  */
 extern void BemiSetDestination(const char *conninfo);
 extern bool BemiDestinationReachable(bool *known);
+
+/*
  * src/chain/verify.cpp: bemi_verify's check of the hash chain over the changes committed in
  * [since, until]. out->found false: intact; else the first change that does not fit, why
  * ("altered", "removed", "inserted", "reordered") and a sentence (palloc'd).

@@ -150,6 +150,7 @@ void Batch::Digest(pg_cryptohash_ctx *ctx, const std::string &database, const st
 		content.position = row.position;
 		content.table_oid_null = false;
 		content.table_oid = row.table_oid;
+		content.source_system_id = nullptr;
 		ChainDigest(ctx, content, row.digest);
 	}
 }
@@ -271,18 +272,20 @@ void BatchWriter::DigestRow(const Columns &c, int i) {
 	content.position = DatumGetLSN(c.position[i]);
 	content.table_oid_null = false;
 	content.table_oid = DatumGetObjectId(c.table_oid[i]);
+	content.source_system_id = nullptr;
 	ChainDigest(chain_.ctx, content, c.digest + i * kChainHashLen);
 }
 
 // The chain's last change, from the trail: in the ids turn, so every earlier batch has drawn
 // (a run's first batch: every earlier run's batch has committed). The change with the highest id
-// is the last written; one without a hash (written before 0.5.0) starts a new chain.
+// is the last written; one without a hash (written before 0.5.0) starts a new chain. Changes a
+// destination received from other servers are not in its chain.
 // C-style, inside PgCall only.
 void BatchWriter::LoadChainHead() {
 	ChainHead *head = chain_.head;
 
 	if (head_plan_ == nullptr) {
-		head_plan_ = SPI_prepare("SELECT id, hash FROM bemi.changes ORDER BY id DESC LIMIT 1", 0, nullptr);
+		head_plan_ = SPI_prepare("SELECT id, hash FROM bemi.changes WHERE source_system_id IS NULL ORDER BY id DESC LIMIT 1", 0, nullptr);
 		if (head_plan_ == nullptr)
 			elog(ERROR, "bemi: could not prepare the chain's head query: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(head_plan_);

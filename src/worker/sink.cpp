@@ -243,7 +243,7 @@ void Sink::WriteBatch(BemiDatabase *db, const Progress &reached, TimestampTz las
 			hasher_ = ChainHasher();
 			CurrentResourceOwner = saved;
 		}
-		batch_.Digest(hasher_, writer_.DatabaseName(), writer_.EmptyContext());
+		batch_.Digest(hasher_, writer_.Database(), writer_.EmptyContext());
 	});
 	if (writers_ != nullptr) {
 		XLogRecPtr commit_end;

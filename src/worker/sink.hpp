@@ -110,7 +110,6 @@ class BatchWriter {
 	           const Turns *turns = nullptr);
 	size_t EmptyContextSize() const { return empty_context_.size(); }
 	const std::vector<char> &EmptyContext() const { return empty_context_; }
-	const std::string &DatabaseName() const { return database_; }
 
 	// The batch's columns as PostgreSQL reads them; plain pointers into the writer's buffers.
 	// The chain's (id, created_at, hash, previous_id) are filled in the ids turn, from the content
