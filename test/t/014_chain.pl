@@ -11,7 +11,7 @@ use Test::More;
 use Time::HiRes qw(time);
 use BemiTest;
 
-my $node = bemi_node('chain', conf => "bemi.writers = 2\nbemi.batch_size = 2000\n");
+my $node = bemi_node('chain', conf => "bemi.writers = 2\nbemi.batch_size = 2000\nrestart_after_crash = on\nmax_wal_size = 1GB\nlog_statement = none\n");
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION bemi;
 	CREATE TABLE bulk (id int PRIMARY KEY, v int, note text);
