@@ -25,6 +25,9 @@ extern "C" {
 #include "access/xlogdefs.h"
 #include "common/cryptohash.h"
 #include "datatype/timestamp.h"
+#if PG_VERSION_NUM >= 160000
+#include "varatt.h" /* VARDATA_ANY and friends, out of postgres.h since 16 */
+#endif
 }
 
 namespace bemi {
