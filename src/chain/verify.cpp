@@ -258,7 +258,8 @@ void Verify(TimestampTz since, TimestampTz until, BemiVerifyProblem *out) {
 		if (SPI_processed == 0)
 			break;
 		SPITupleTable *table = SPI_tuptable;
-		for (uint64 r = 0; r < SPI_processed && !out->found; r++) {
+		uint64 fetched = SPI_processed; // the lookups below run queries of their own
+		for (uint64 r = 0; r < fetched && !out->found; r++) {
 			Change c;
 			CHECK_FOR_INTERRUPTS();
 			MemoryContextReset(row_context);
