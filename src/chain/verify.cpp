@@ -54,38 +54,43 @@ struct Change {
 	ChainContent content;
 };
 
-const struct varlena *Detoasted(HeapTuple tuple, TupleDesc desc, int column, bool *isnull) {
-	Datum d = SPI_getbinval(tuple, desc, column, isnull);
-	return *isnull ? nullptr : pg_detoast_datum_packed(reinterpret_cast<struct varlena *>(DatumGetPointer(d)));
-}
+constexpr int kColumns = 17;
 
+// The row's columns, deformed once (SPI_getbinval walks the tuple again for each column).
 void Read(HeapTuple tuple, TupleDesc desc, Change *c) {
-	bool isnull;
+	Datum v[kColumns];
+	bool n[kColumns];
 
-	c->id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
-	c->previous_id = DatumGetInt64(SPI_getbinval(tuple, desc, 2, &c->previous_null));
-	const struct varlena *hash = Detoasted(tuple, desc, 3, &isnull);
+	if (desc->natts != kColumns)
+		elog(ERROR, "bemi_verify: unexpected row of %d columns", desc->natts);
+	heap_deform_tuple(tuple, desc, v, n);
+	auto bytes = [&](int i) -> const struct varlena * {
+		return n[i] ? nullptr : pg_detoast_datum_packed(reinterpret_cast<struct varlena *>(DatumGetPointer(v[i])));
+	};
+	c->id = DatumGetInt64(v[0]);
+	c->previous_null = n[1];
+	c->previous_id = n[1] ? 0 : DatumGetInt64(v[1]);
+	const struct varlena *hash = bytes(2);
 	c->hash = hash ? reinterpret_cast<const uint8 *>(VARDATA_ANY(hash)) : nullptr;
 	c->hash_len = hash ? VARSIZE_ANY_EXHDR(hash) : 0;
-	c->created_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 4, &isnull));
-	if (isnull)
-		c->created_at = 0;
+	c->created_at = n[3] ? 0 : DatumGetTimestampTz(v[3]);
 	ChainContent &t = c->content;
-	t.primary_key = Detoasted(tuple, desc, 5, &isnull);
-	t.before = Detoasted(tuple, desc, 6, &isnull);
-	t.after = Detoasted(tuple, desc, 7, &isnull);
-	t.context = Detoasted(tuple, desc, 8, &isnull);
-	const struct varlena *database = Detoasted(tuple, desc, 9, &isnull);
+	t.primary_key = bytes(4);
+	t.before = bytes(5);
+	t.after = bytes(6);
+	t.context = bytes(7);
+	const struct varlena *database = bytes(8);
 	t.database = database ? VARDATA_ANY(database) : nullptr;
 	t.database_len = database ? VARSIZE_ANY_EXHDR(database) : 0;
-	t.schema = Detoasted(tuple, desc, 10, &isnull);
-	t.table = Detoasted(tuple, desc, 11, &isnull);
-	t.operation = Detoasted(tuple, desc, 12, &isnull);
-	t.committed_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 13, &isnull));
-	t.transaction_id = DatumGetInt64(SPI_getbinval(tuple, desc, 14, &isnull));
-	t.position = DatumGetLSN(SPI_getbinval(tuple, desc, 15, &isnull));
-	t.table_oid = DatumGetObjectId(SPI_getbinval(tuple, desc, 16, &t.table_oid_null));
-	t.source_system_id = Detoasted(tuple, desc, 17, &isnull);
+	t.schema = bytes(9);
+	t.table = bytes(10);
+	t.operation = bytes(11);
+	t.committed_at = n[12] ? 0 : DatumGetTimestampTz(v[12]);
+	t.transaction_id = n[13] ? 0 : DatumGetInt64(v[13]);
+	t.position = n[14] ? 0 : DatumGetLSN(v[14]);
+	t.table_oid_null = n[15];
+	t.table_oid = n[15] ? InvalidOid : DatumGetObjectId(v[15]);
+	t.source_system_id = bytes(16);
 }
 
 // The hash `c` should have after `previous`.
@@ -244,7 +249,7 @@ void Verify(TimestampTz since, TimestampTz until, BemiVerifyProblem *out) {
 	Portal portal = SPI_cursor_open_with_args(
 	    nullptr,
 	    BEMI_CHAIN_COLUMNS " WHERE id OPERATOR(pg_catalog.>=) $1 AND id OPERATOR(pg_catalog.<=) $2 ORDER BY id", 2,
-	    types, args, nullptr, true, 0);
+	    types, args, nullptr, true, CURSOR_OPT_FAST_PLAN);
 	pg_cryptohash_ctx *ctx = ChainHasher();
 	MemoryContext row_context = AllocSetContextCreate(CurrentMemoryContext, "bemi_verify row", ALLOCSET_DEFAULT_SIZES);
 	MemoryContext caller = CurrentMemoryContext;
