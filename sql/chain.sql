@@ -29,8 +29,8 @@ CREATE FUNCTION pg_temp.verify() RETURNS TABLE (reason text, change bigint, forg
 $$;
 
 -- Every change is chained: a 32-byte hash, and previous_id names the change written before it.
-SELECT count(*) FILTER (WHERE octet_length(hash) = 32) AS chained,
-       count(*) FILTER (WHERE previous_id IS NOT DISTINCT FROM prev) AS linked_in_order,
+SELECT count(*) FILTER (WHERE octet_length(hash) = 32) = count(*) AS all_chained,
+       count(*) FILTER (WHERE previous_id IS NOT DISTINCT FROM prev) = count(*) AS linked_in_order,
        count(*) FILTER (WHERE previous_id IS NULL) AS chain_starts,
        count(DISTINCT hash) = count(*) AS hashes_differ
   FROM (SELECT id, hash, previous_id, lag(id) OVER (ORDER BY id) AS prev FROM bemi.changes) c;

@@ -50,10 +50,10 @@ wait_bemi($node, 'postgres', 600);
 
 # Ground truth: the table itself. Every row once.
 is($node->safe_psql('postgres', q{
-	SELECT count(*), count(DISTINCT primary_key) FROM bemi.changes WHERE "table" = 'bulk'}),
+	SELECT count(*), count(DISTINCT primary_key) FROM bemi.changes WHERE "table" = 'bulk' AND operation = 'CREATE'}),
 	'1001000|1001000', 'every change recorded once');
 is($node->safe_psql('postgres', q{
-	SELECT count(*) FROM bulk b LEFT JOIN bemi.changes c ON c."table" = 'bulk' AND c.primary_key = b.id::text
+	SELECT count(*) FROM bulk b LEFT JOIN bemi.changes c ON c."table" = 'bulk' AND c.primary_key = b.id::text AND c.operation = 'CREATE'
 	 WHERE c.after IS DISTINCT FROM to_jsonb(b)}), '0', 'each as the table holds it');
 is($node->safe_psql('postgres', q{
 	SELECT count(*) FILTER (WHERE hash IS NULL), count(*) FILTER (WHERE previous_id IS DISTINCT FROM prev)
