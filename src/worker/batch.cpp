@@ -643,7 +643,9 @@ void BatchWriter::WriteColumns(BemiDatabase *db, const Columns &columns, const P
 				WaitIdsTurn(turns);
 			// With a destination the rows are written there already.
 			PreparePlans(schema);
-			if (chained_ && !chain_.head->valid)
+			// Read when a batch first has rows: a restore loads the trail after the worker
+			// started (its own batches hold progress only until then).
+			if (chained_ && columns.count > 0 && !chain_.head->valid)
 				LoadChainHead();
 			if (!remote && columns.count > 0 && careful)
 				replaced = InsertCarefully(columns, note, sizeof(note));
