@@ -153,6 +153,22 @@ BEGIN
                                    AND (s.database IS NULL OR c.database = s.database)));
 END $$;
 
+-- Schema changes (operation DDL) of one table the caller may read (primary_key is NULL for them:
+-- the row-history index), for time travel across them.
+CREATE FUNCTION bemi._schema_trail(p_table_oid oid, p_schema text, p_table text) RETURNS SETOF bemi.changes
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s record;
+BEGIN
+    SELECT * INTO s FROM bemi._source();
+    RETURN QUERY
+        SELECT c.* FROM bemi.changes c, bemi.tracking k
+         WHERE c."table" = p_table AND c.primary_key IS NULL AND c.schema = p_schema AND c.operation = 'DDL'
+           AND (c.table_oid = p_table_oid OR bemi._recorded_oid(c, k) IS NULL)
+           AND (NOT s.narrowed OR (c.source_system_id IS NOT DISTINCT FROM s.system_id
+                                   AND (s.database IS NULL OR c.database = s.database)));
+END $$;
+
 CREATE FUNCTION bemi._transaction_trail(p_reader oid, p_transaction_id bigint) RETURNS SETOF bemi.changes
 LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE

@@ -95,6 +95,17 @@ BEGIN ATOMIC
 END;
 COMMENT ON FUNCTION @extschema@.bemi_table_truncations(regclass) IS 'The recorded TRUNCATEs of one table, newest first';
 
+CREATE FUNCTION @extschema@.bemi_table_schema_changes(tbl regclass) RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT @BEMI_CHANGE_COLUMNS@
+      FROM bemi._readable_table(bemi_table_schema_changes.tbl) t,
+           LATERAL bemi._schema_trail(bemi_table_schema_changes.tbl, t.schema_name, t.table_name) c
+     ORDER BY c.id DESC;
+END;
+COMMENT ON FUNCTION @extschema@.bemi_table_schema_changes(regclass) IS
+    'The recorded schema changes (operation DDL) of one table under its current name, newest first';
+
 -- Changes of tables the caller cannot read are left out of the following three.
 CREATE FUNCTION @extschema@.bemi_transaction_history(transaction_id bigint) RETURNS SETOF @extschema@.bemi_change
 LANGUAGE sql STABLE

@@ -139,6 +139,46 @@ END $$;
 COMMENT ON FUNCTION @extschema@.bemi_mask_misfits(regclass) IS
     'The columns of a table where time travel reads a mask (marker, hash) as NULL: it is not a value of their type';
 
+-- An image recorded while the table had the columns `columns` ([{attnum, name, type}], the
+-- "before" columns of the first DDL row after it), in the table's current shape: each value under
+-- the name its column (by attnum) has now; a column dropped since is left out, one added since is
+-- absent (reads as NULL); a value whose column's type changed is cast from the old type to the new
+-- one, or left out (NULL) with a WARNING when that fails. NULL columns: the image as it is. Runs as
+-- the caller (the casts are those the caller may run).
+CREATE FUNCTION @extschema@.bemi_current_shape(tbl regclass, image jsonb, columns jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb := '{}';
+    col record;
+    v jsonb;
+BEGIN
+    IF columns IS NULL OR image IS NULL OR image = '{}' THEN
+        RETURN image;
+    END IF;
+    FOR col IN SELECT o->>'name' AS old_name, o->>'type' AS old_type, a.attname::text AS name,
+                      format_type(a.atttypid, a.atttypmod) AS type
+                 FROM jsonb_array_elements(columns) o
+                 JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = (o->>'attnum')::int2 AND NOT a.attisdropped
+                WHERE image ? (o->>'name') LOOP
+        v := image -> col.old_name;
+        IF col.type <> col.old_type AND jsonb_typeof(v) <> 'null' THEN
+            BEGIN
+                EXECUTE format('SELECT pg_catalog.to_jsonb(($1 OPERATOR(pg_catalog.#>>) ''{}''::pg_catalog.text[])::%s::%s)',
+                               col.old_type, col.type) INTO v USING v;
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'a value of column % of % (recorded as %) does not convert to its type now (%), read as NULL',
+                    quote_ident(col.name), tbl, col.old_type, col.type
+                    USING DETAIL = SQLERRM;
+                CONTINUE;
+            END;
+        END IF;
+        result := result || jsonb_build_object(col.name, v);
+    END LOOP;
+    RETURN result;
+END $$;
+COMMENT ON FUNCTION @extschema@.bemi_current_shape(regclass, jsonb, jsonb) IS
+    'An image recorded with the given columns, in the table''s current columns (renames, drops, type changes)';
+
 -- A table as it was at a moment, as rows of its own type: the current rows that no change
 -- after the moment touched, plus the before-image of the first change after the moment of every
 -- row that was changed since (unless that change created the row; a SNAPSHOT is no change). After
@@ -165,9 +205,21 @@ DECLARE
     -- changed ("[masked]" is every row's key), so time travel over them is refused.
     masked_key constant boolean := target.key_columns && @extschema@.bemi_masked_columns(target.tbl);
     keyless bigint;
+    -- Schema changes since the images used (columns renamed, dropped, retyped): [{id, columns}],
+    -- the columns before each; an image is read in the table's current shape by the columns of the
+    -- first one after it (bemi_current_shape). NULL, the common case: images are read as they are.
+    shapes jsonb;
+    image text;
 BEGIN
     PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
     IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
+        shapes := (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('id', d.id, 'columns', d."before" -> 'columns') ORDER BY d.id)
+                   FROM @extschema@.bemi_table_schema_changes(target.tbl) d
+                  WHERE d.committed_at > at AND d."before" ? 'columns'
+                    AND d."before" -> 'columns' IS DISTINCT FROM d."after" -> 'columns');
+        image := CASE WHEN shapes IS NULL THEN 'f."before"' ELSE
+            $i$@extschema@.bemi_current_shape($1, f."before", (SELECT s -> 'columns' FROM pg_catalog.jsonb_array_elements($5) s
+                WHERE (s ->> 'id')::pg_catalog.int8 > f.id ORDER BY (s ->> 'id')::pg_catalog.int8 LIMIT 1))$i$ END;
         IF masked_key THEN
             SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, at, 'infinity'::timestamptz) h
              WHERE h.committed_at > at AND h.operation <> 'DDL' AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
@@ -185,16 +237,18 @@ BEGIN
         BEGIN
             RETURN QUERY EXECUTE format($q$
                 WITH firsts AS (
-                    SELECT DISTINCT ON (h.primary_key) h.primary_key, h.operation, h."before"
+                    SELECT DISTINCT ON (h.primary_key) h.id, h.primary_key, h.operation, h."before"
                       FROM @extschema@.bemi_table_history($1, $2, 'infinity'::timestamptz) h
                      WHERE h.committed_at > $2 AND h.operation NOT IN ('SNAPSHOT', 'DDL')
                      ORDER BY h.primary_key, h.id)
                 SELECT t.* FROM %1$s t
                  WHERE NOT EXISTS (SELECT 1 FROM firsts f WHERE f.primary_key = %2$s)
                 UNION ALL
-                SELECT r.* FROM firsts f, jsonb_populate_record(NULL::%1$s, f."before" %3$s) r
-                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql, format(unmask, 'f."before"', '$3', '$4'))
-                USING target.tbl, at, misfit.marker, misfit.hash;
+                SELECT r.* FROM firsts f, LATERAL (SELECT %3$s AS img %5$s) i,
+                       jsonb_populate_record(NULL::%1$s, i.img %4$s) r
+                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql, image, format(unmask, 'i.img', '$3', '$4'),
+                 CASE WHEN shapes IS NULL THEN '' ELSE 'OFFSET 0' END)
+                USING target.tbl, at, misfit.marker, misfit.hash, shapes;
         EXCEPTION WHEN data_exception THEN
             RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
                 USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
@@ -229,16 +283,25 @@ BEGIN
             DETAIL = format('It was truncated since, so it is replayed from the trail; change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
             HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
     END IF;
+    shapes := (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('id', d.id, 'columns', d."before" -> 'columns') ORDER BY d.id)
+               FROM @extschema@.bemi_table_schema_changes(target.tbl) d
+              WHERE d.committed_at > base_at AND d."before" ? 'columns'
+                AND d."before" -> 'columns' IS DISTINCT FROM d."after" -> 'columns');
+    image := CASE WHEN shapes IS NULL THEN 'l."after"' ELSE
+        $i$@extschema@.bemi_current_shape($1, l."after", (SELECT s -> 'columns' FROM pg_catalog.jsonb_array_elements($7) s
+            WHERE (s ->> 'id')::pg_catalog.int8 > l.id ORDER BY (s ->> 'id')::pg_catalog.int8 LIMIT 1))$i$ END;
     BEGIN
         RETURN QUERY EXECUTE format($q$
             SELECT r.* FROM (
-                SELECT DISTINCT ON (h.primary_key) h.operation, h."after"
+                SELECT DISTINCT ON (h.primary_key) h.id, h.operation, h."after"
                   FROM @extschema@.bemi_table_history($1, $3, $2) h
                  WHERE h.id > $4 AND h.operation NOT IN ('TRUNCATE', 'DDL')
                  ORDER BY h.primary_key, h.id DESC) l,
-                jsonb_populate_record(NULL::%1$s, l."after" %2$s) r
-             WHERE l.operation <> 'DELETE'$q$, target.tbl, format(unmask, 'l."after"', '$5', '$6'))
-            USING target.tbl, at, base_at, base_id, misfit.marker, misfit.hash;
+                LATERAL (SELECT %2$s AS img %4$s) i,
+                jsonb_populate_record(NULL::%1$s, i.img %3$s) r
+             WHERE l.operation <> 'DELETE'$q$, target.tbl, image, format(unmask, 'i.img', '$5', '$6'),
+             CASE WHEN shapes IS NULL THEN '' ELSE 'OFFSET 0' END)
+            USING target.tbl, at, base_at, base_id, misfit.marker, misfit.hash, shapes;
     EXCEPTION WHEN data_exception THEN
         RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
             USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
@@ -267,6 +330,7 @@ DECLARE
     -- changed ("[masked]" is every row's key), so time travel over them is refused.
     masked_key constant boolean := target.key_columns && @extschema@.bemi_masked_columns(target.tbl);
     keyless bigint;
+    shape jsonb; -- the columns of the image used, when a schema change came after it
 BEGIN
     IF key IS NULL THEN
         RAISE EXCEPTION 'the primary key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -289,9 +353,19 @@ BEGIN
             HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
     END IF;
     BEGIN
-        SELECT h.operation, h."before" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
+        SELECT h.id, h.operation, h."before" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
          WHERE h.committed_at > at AND h.operation <> 'SNAPSHOT' ORDER BY h.id LIMIT 1;
         IF FOUND THEN
+            -- The image in the table's current shape, if a schema change came after it.
+            IF change.operation <> 'CREATE' THEN
+                shape := (SELECT d."before" -> 'columns' FROM @extschema@.bemi_table_schema_changes(target.tbl) d
+                           WHERE d.id > change.id AND d."before" ? 'columns'
+                             AND d."before" -> 'columns' IS DISTINCT FROM d."after" -> 'columns'
+                           ORDER BY d.id LIMIT 1);
+                IF shape IS NOT NULL THEN
+                    change."before" := @extschema@.bemi_current_shape(target.tbl, change."before", shape);
+                END IF;
+            END IF;
             -- The first change after the moment knows the row as it was (or that it did not exist).
             IF EXISTS (SELECT FROM jsonb_each(change."before") e
                         WHERE jsonb_typeof(e.value) = 'string'
@@ -342,8 +416,17 @@ BEGIN
                 DETAIL = format('It was truncated since, so it is replayed from the trail; change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
                 HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
         END IF;
-        SELECT h.operation, h."after" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
+        SELECT h.id, h.operation, h."after" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
          WHERE h.committed_at <= at AND h.id > base_id ORDER BY h.id DESC LIMIT 1;
+        IF FOUND AND change.operation <> 'DELETE' THEN
+            shape := (SELECT d."before" -> 'columns' FROM @extschema@.bemi_table_schema_changes(target.tbl) d
+                       WHERE d.id > change.id AND d."before" ? 'columns'
+                         AND d."before" -> 'columns' IS DISTINCT FROM d."after" -> 'columns'
+                       ORDER BY d.id LIMIT 1);
+            IF shape IS NOT NULL THEN
+                change."after" := @extschema@.bemi_current_shape(target.tbl, change."after", shape);
+            END IF;
+        END IF;
         IF FOUND AND EXISTS (SELECT FROM jsonb_each(change."after") e
                          WHERE jsonb_typeof(e.value) = 'string'
                            AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$')) THEN

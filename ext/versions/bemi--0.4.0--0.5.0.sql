@@ -1461,6 +1461,320 @@ BEGIN
     END IF;
 END $$;
 
+-- Time travel across schema changes (issue 15, "DDL"): bemi_table_schema_changes (through the
+-- reader bemi._schema_trail) and bemi_current_shape; bemi_as_of and bemi_row_as_of read each
+-- image in the table's current shape when a schema change came after it.
+CREATE FUNCTION bemi._schema_trail(p_table_oid oid, p_schema text, p_table text) RETURNS SETOF bemi.changes
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s record;
+BEGIN
+    SELECT * INTO s FROM bemi._source();
+    RETURN QUERY
+        SELECT c.* FROM bemi.changes c, bemi.tracking k
+         WHERE c."table" = p_table AND c.primary_key IS NULL AND c.schema = p_schema AND c.operation = 'DDL'
+           AND (c.table_oid = p_table_oid OR bemi._recorded_oid(c, k) IS NULL)
+           AND (NOT s.narrowed OR (c.source_system_id IS NOT DISTINCT FROM s.system_id
+                                   AND (s.database IS NULL OR c.database = s.database)));
+END $$;
+REVOKE ALL ON FUNCTION bemi._schema_trail(oid, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi._schema_trail(oid, text, text) TO PUBLIC;
+CREATE FUNCTION @extschema@.bemi_table_schema_changes(tbl regclass) RETURNS SETOF @extschema@.bemi_change
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT c.id, c.schema, c."table", c.primary_key, c.operation, @extschema@.bemi_diff(c."before", c."after"), c."before", c."after", c.context, c.committed_at, c.transaction_id, c.position
+      FROM bemi._readable_table(bemi_table_schema_changes.tbl) t,
+           LATERAL bemi._schema_trail(bemi_table_schema_changes.tbl, t.schema_name, t.table_name) c
+     ORDER BY c.id DESC;
+END;
+COMMENT ON FUNCTION @extschema@.bemi_table_schema_changes(regclass) IS
+    'The recorded schema changes (operation DDL) of one table under its current name, newest first';
+CREATE FUNCTION @extschema@.bemi_current_shape(tbl regclass, image jsonb, columns jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb := '{}';
+    col record;
+    v jsonb;
+BEGIN
+    IF columns IS NULL OR image IS NULL OR image = '{}' THEN
+        RETURN image;
+    END IF;
+    FOR col IN SELECT o->>'name' AS old_name, o->>'type' AS old_type, a.attname::text AS name,
+                      format_type(a.atttypid, a.atttypmod) AS type
+                 FROM jsonb_array_elements(columns) o
+                 JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = (o->>'attnum')::int2 AND NOT a.attisdropped
+                WHERE image ? (o->>'name') LOOP
+        v := image -> col.old_name;
+        IF col.type <> col.old_type AND jsonb_typeof(v) <> 'null' THEN
+            BEGIN
+                EXECUTE format('SELECT pg_catalog.to_jsonb(($1 OPERATOR(pg_catalog.#>>) ''{}''::pg_catalog.text[])::%s::%s)',
+                               col.old_type, col.type) INTO v USING v;
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'a value of column % of % (recorded as %) does not convert to its type now (%), read as NULL',
+                    quote_ident(col.name), tbl, col.old_type, col.type
+                    USING DETAIL = SQLERRM;
+                CONTINUE;
+            END;
+        END IF;
+        result := result || jsonb_build_object(col.name, v);
+    END LOOP;
+    RETURN result;
+END $$;
+COMMENT ON FUNCTION @extschema@.bemi_current_shape(regclass, jsonb, jsonb) IS
+    'An image recorded with the given columns, in the table''s current columns (renames, drops, type changes)';
+CREATE OR REPLACE FUNCTION @extschema@.bemi_as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+DECLARE
+    target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
+    base_id bigint;
+    base_at timestamptz;
+    -- Masked values are read back masked (docs/sql-reference.md, "Time travel"): a mask (the marker
+    -- or a hash, by its shape) where it is no value of the column's type reads as NULL, as a dropped
+    -- one does.
+    misfit record := @extschema@.bemi_mask_misfits(target.tbl);
+    unmask constant text := $u$ - ARRAY(SELECT e.key FROM pg_catalog.jsonb_each(%1$s) e
+                                       WHERE pg_catalog.jsonb_typeof(e.value) = 'string'
+                                         AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (%2$s)
+                                                  WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (%3$s)
+                                                  ELSE false END)$u$;
+    -- A mask rule covers a key column: the changes recorded under it say not which row they
+    -- changed ("[masked]" is every row's key), so time travel over them is refused.
+    masked_key constant boolean := target.key_columns && @extschema@.bemi_masked_columns(target.tbl);
+    keyless bigint;
+    -- Schema changes since the images used (columns renamed, dropped, retyped): [{id, columns}],
+    -- the columns before each; an image is read in the table's current shape by the columns of the
+    -- first one after it (bemi_current_shape). NULL, the common case: images are read as they are.
+    shapes jsonb;
+    image text;
+BEGIN
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
+        shapes := (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('id', d.id, 'columns', d."before" -> 'columns') ORDER BY d.id)
+                   FROM @extschema@.bemi_table_schema_changes(target.tbl) d
+                  WHERE d.committed_at > at AND d."before" ? 'columns'
+                    AND d."before" -> 'columns' IS DISTINCT FROM d."after" -> 'columns');
+        image := CASE WHEN shapes IS NULL THEN 'f."before"' ELSE
+            $i$@extschema@.bemi_current_shape($1, f."before", (SELECT s -> 'columns' FROM pg_catalog.jsonb_array_elements($5) s
+                WHERE (s ->> 'id')::pg_catalog.int8 > f.id ORDER BY (s ->> 'id')::pg_catalog.int8 LIMIT 1))$i$ END;
+        IF masked_key THEN
+            SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, at, 'infinity'::timestamptz) h
+             WHERE h.committed_at > at AND h.operation <> 'DDL' AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                                WHERE img <> '{}' AND CASE WHEN img ? c
+                                    THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                    ELSE true END)
+             ORDER BY h.id LIMIT 1;
+        END IF;
+        IF keyless IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot read % as of %: changes since were recorded with its primary key masked', target.tbl, at
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = format('Change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+                HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+        END IF;
+        BEGIN
+            RETURN QUERY EXECUTE format($q$
+                WITH firsts AS (
+                    SELECT DISTINCT ON (h.primary_key) h.id, h.primary_key, h.operation, h."before"
+                      FROM @extschema@.bemi_table_history($1, $2, 'infinity'::timestamptz) h
+                     WHERE h.committed_at > $2 AND h.operation NOT IN ('SNAPSHOT', 'DDL')
+                     ORDER BY h.primary_key, h.id)
+                SELECT t.* FROM %1$s t
+                 WHERE NOT EXISTS (SELECT 1 FROM firsts f WHERE f.primary_key = %2$s)
+                UNION ALL
+                SELECT r.* FROM firsts f, LATERAL (SELECT %3$s AS img) i,
+                       jsonb_populate_record(NULL::%1$s, i.img %4$s) r
+                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql, image, format(unmask, 'i.img', '$3', '$4'))
+                USING target.tbl, at, misfit.marker, misfit.hash, shapes;
+        EXCEPTION WHEN data_exception THEN
+            RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
+                USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+                HINT = 'A column''s type changed since; read the images with bemi_table_history instead.';
+        END;
+        RETURN;
+    END IF;
+    -- Truncated since: rebuild from the last empty state at or before the moment.
+    SELECT id, committed_at INTO base_id, base_at FROM @extschema@.bemi_table_truncations(target.tbl)
+     WHERE committed_at <= at ORDER BY id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        IF target.had_rows_at_start THEN
+            RAISE EXCEPTION 'cannot read % as of %: it was truncated since, and the trail does not hold its rows at that moment',
+                target.tbl, at USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = 'The table already held rows when tracking began, and no TRUNCATE before the moment emptied it.',
+                HINT = 'Read it as of a moment after a recorded TRUNCATE, or restore a backup.';
+        END IF;
+        base_id := 0;
+        base_at := '-infinity';
+    END IF;
+    IF masked_key THEN
+        SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, base_at, at) h
+         WHERE h.id > base_id AND h.operation <> 'DDL' AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                            WHERE img <> '{}' AND CASE WHEN img ? c
+                                THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                ELSE true END)
+         ORDER BY h.id LIMIT 1;
+    END IF;
+    IF keyless IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot read % as of %: changes before it were recorded with its primary key masked', target.tbl, at
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('It was truncated since, so it is replayed from the trail; change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+            HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+    END IF;
+    shapes := (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('id', d.id, 'columns', d."before" -> 'columns') ORDER BY d.id)
+               FROM @extschema@.bemi_table_schema_changes(target.tbl) d
+              WHERE d.committed_at > base_at AND d."before" ? 'columns'
+                AND d."before" -> 'columns' IS DISTINCT FROM d."after" -> 'columns');
+    image := CASE WHEN shapes IS NULL THEN 'l."after"' ELSE
+        $i$@extschema@.bemi_current_shape($1, l."after", (SELECT s -> 'columns' FROM pg_catalog.jsonb_array_elements($7) s
+            WHERE (s ->> 'id')::pg_catalog.int8 > l.id ORDER BY (s ->> 'id')::pg_catalog.int8 LIMIT 1))$i$ END;
+    BEGIN
+        RETURN QUERY EXECUTE format($q$
+            SELECT r.* FROM (
+                SELECT DISTINCT ON (h.primary_key) h.id, h.operation, h."after"
+                  FROM @extschema@.bemi_table_history($1, $3, $2) h
+                 WHERE h.id > $4 AND h.operation NOT IN ('TRUNCATE', 'DDL')
+                 ORDER BY h.primary_key, h.id DESC) l,
+                LATERAL (SELECT %2$s AS img) i,
+                jsonb_populate_record(NULL::%1$s, i.img %3$s) r
+             WHERE l.operation <> 'DELETE'$q$, target.tbl, image, format(unmask, 'i.img', '$5', '$6'))
+            USING target.tbl, at, base_at, base_id, misfit.marker, misfit.hash, shapes;
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
+            USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+            HINT = 'A column''s type changed since; read the images with bemi_table_history instead.';
+    END;
+END $$;
+CREATE OR REPLACE FUNCTION @extschema@.bemi_row_as_of(tbl anyelement, primary_key anycompatible, at timestamptz) RETURNS anyelement
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+DECLARE
+    target record := @extschema@.bemi_time_travel_target(pg_typeof(tbl), at);
+    key text := CASE WHEN @extschema@.bemi_json_is_text(pg_typeof(primary_key)) THEN format('%s', primary_key)
+                     ELSE to_jsonb(primary_key) #>> '{}' END;
+    key_image jsonb;
+    change record;
+    base_id bigint := 0;
+    -- As in bemi_as_of: a mask where it is no value of the column's type reads as NULL. Those
+    -- columns are looked up only for an image that holds a mask.
+    no_marker text[];
+    no_hash text[];
+    -- A mask rule covers a key column: the changes recorded under it say not which row they
+    -- changed ("[masked]" is every row's key), so time travel over them is refused.
+    masked_key constant boolean := target.key_columns && @extschema@.bemi_masked_columns(target.tbl);
+    keyless bigint;
+    shape jsonb; -- the columns of the image used, when a schema change came after it
+BEGIN
+    IF key IS NULL THEN
+        RAISE EXCEPTION 'the primary key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM @extschema@.bemi_wait(pg_current_wal_insert_lsn(), interval '60 seconds');
+    -- As in bemi_as_of: any change since under a masked key may be this row's (truncated since,
+    -- any change of the span replayed, below).
+    IF masked_key THEN
+        SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, at, 'infinity'::timestamptz) h
+         WHERE h.committed_at > at AND h.operation <> 'DDL' AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                            WHERE img <> '{}' AND CASE WHEN img ? c
+                                THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                ELSE true END)
+         ORDER BY h.id LIMIT 1;
+    END IF;
+    IF keyless IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot read a row of % as of %: changes since were recorded with its primary key masked', target.tbl, at
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('Change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+            HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+    END IF;
+    BEGIN
+        SELECT h.id, h.operation, h."before" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
+         WHERE h.committed_at > at AND h.operation <> 'SNAPSHOT' ORDER BY h.id LIMIT 1;
+        IF FOUND THEN
+            -- The image in the table's current shape, if a schema change came after it.
+            IF change.operation <> 'CREATE' THEN
+                shape := (SELECT d."before" -> 'columns' FROM @extschema@.bemi_table_schema_changes(target.tbl) d
+                           WHERE d.id > change.id AND d."before" ? 'columns'
+                             AND d."before" -> 'columns' IS DISTINCT FROM d."after" -> 'columns'
+                           ORDER BY d.id LIMIT 1);
+                IF shape IS NOT NULL THEN
+                    change."before" := @extschema@.bemi_current_shape(target.tbl, change."before", shape);
+                END IF;
+            END IF;
+            -- The first change after the moment knows the row as it was (or that it did not exist).
+            IF EXISTS (SELECT FROM jsonb_each(change."before") e
+                        WHERE jsonb_typeof(e.value) = 'string'
+                          AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$')) THEN
+                SELECT m.marker, m.hash INTO no_marker, no_hash FROM @extschema@.bemi_mask_misfits(target.tbl) m;
+            END IF;
+            RETURN CASE WHEN change.operation = 'CREATE' THEN NULL
+                        ELSE jsonb_populate_record(tbl, change."before" - ARRAY(
+                             SELECT e.key FROM jsonb_each(change."before") e
+                              WHERE jsonb_typeof(e.value) = 'string'
+                                AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (no_marker)
+                                         WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (no_hash)
+                                         ELSE false END)) END;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM @extschema@.bemi_table_truncations(target.tbl) WHERE committed_at > at) THEN
+            -- Untouched since: it is as it is now.
+            key_image := CASE WHEN cardinality(target.key_columns) = 1
+                              THEN jsonb_build_object(target.key_columns[1], key)
+                              ELSE (SELECT jsonb_object_agg(c, key::jsonb -> (o::int - 1))
+                                      FROM unnest(target.key_columns) WITH ORDINALITY AS u (c, o)) END;
+            EXECUTE format('SELECT t.* FROM %1$s t, jsonb_populate_record(NULL::%1$s, $1) k WHERE (%2$s) = (%3$s)',
+                           target.tbl,
+                           (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(target.key_columns) c),
+                           (SELECT string_agg(format('k.%I', c), ', ') FROM unnest(target.key_columns) c))
+                INTO tbl USING key_image;
+            RETURN tbl;
+        END IF;
+        -- Truncated since: the latest change at or before the moment, after the last empty state.
+        SELECT coalesce(max(id), 0) INTO base_id FROM @extschema@.bemi_table_truncations(target.tbl)
+         WHERE committed_at <= at;
+        IF base_id = 0 AND target.had_rows_at_start THEN
+            RAISE EXCEPTION 'cannot read a row of % as of %: the table was truncated since, and the trail does not hold its rows at that moment',
+                target.tbl, at USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = 'The table already held rows when tracking began, and no TRUNCATE before the moment emptied it.',
+                HINT = 'Read it as of a moment after a recorded TRUNCATE, or restore a backup.';
+        END IF;
+        IF masked_key THEN
+            SELECT h.id INTO keyless FROM @extschema@.bemi_table_history(target.tbl, '-infinity'::timestamptz, at) h
+             WHERE h.id > base_id AND h.operation <> 'DDL' AND EXISTS (SELECT FROM unnest(target.key_columns) c, unnest(ARRAY[h."before", h."after"]) img
+                                WHERE img <> '{}' AND CASE WHEN img ? c
+                                    THEN jsonb_typeof(img -> c) = 'string' AND (img ->> c = '[masked]' OR img ->> c ~ '^hmac:[0-9a-f]{64}$')
+                                    ELSE true END)
+             ORDER BY h.id LIMIT 1;
+        END IF;
+        IF keyless IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot read a row of % as of %: changes before it were recorded with its primary key masked', target.tbl, at
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                DETAIL = format('It was truncated since, so it is replayed from the trail; change %s (and maybe others) holds a mask of the key (a marker, a hash, or no value), which says not which row it changed.', keyless),
+                HINT = 'Read the images with bemi_table_history; time travel matches the trail to rows by primary key.';
+        END IF;
+        SELECT h.id, h.operation, h."after" INTO change FROM @extschema@.bemi_row_history(target.tbl, key) h
+         WHERE h.committed_at <= at AND h.id > base_id ORDER BY h.id DESC LIMIT 1;
+        IF FOUND AND change.operation <> 'DELETE' THEN
+            shape := (SELECT d."before" -> 'columns' FROM @extschema@.bemi_table_schema_changes(target.tbl) d
+                       WHERE d.id > change.id AND d."before" ? 'columns'
+                         AND d."before" -> 'columns' IS DISTINCT FROM d."after" -> 'columns'
+                       ORDER BY d.id LIMIT 1);
+            IF shape IS NOT NULL THEN
+                change."after" := @extschema@.bemi_current_shape(target.tbl, change."after", shape);
+            END IF;
+        END IF;
+        IF FOUND AND EXISTS (SELECT FROM jsonb_each(change."after") e
+                         WHERE jsonb_typeof(e.value) = 'string'
+                           AND (e.value #>> '{}' = '[masked]' OR e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$')) THEN
+            SELECT m.marker, m.hash INTO no_marker, no_hash FROM @extschema@.bemi_mask_misfits(target.tbl) m;
+        END IF;
+        RETURN CASE WHEN NOT FOUND OR change.operation = 'DELETE' THEN NULL
+                    ELSE jsonb_populate_record(tbl, change."after" - ARRAY(
+                             SELECT e.key FROM jsonb_each(change."after") e
+                              WHERE jsonb_typeof(e.value) = 'string'
+                                AND CASE WHEN e.value #>> '{}' = '[masked]' THEN e.key = ANY (no_marker)
+                                         WHEN e.value #>> '{}' ~ '^hmac:[0-9a-f]{64}$' THEN e.key = ANY (no_hash)
+                                         ELSE false END)) END;
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
+            USING ERRCODE = 'datatype_mismatch', DETAIL = SQLERRM,
+            HINT = 'A column''s type changed since; read the images with bemi_row_history instead.';
+    END;
+END $$;
+
 ------------------------------------------------------------------------------------------------
 -- Keep last: the public functions whose SQL-standard bodies (BEGIN ATOMIC) read the trail's
 -- readers (RETURNS SETOF bemi.changes) were bound to bemi.changes' columns as they were when they

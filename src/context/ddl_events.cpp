@@ -49,6 +49,8 @@ extern "C" {
 #include "catalog/pg_class.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_inherits.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_type.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
@@ -123,6 +125,20 @@ Oid RelfilenodeOf(Oid relid) {
 	return relfilenode;
 }
 
+// A column's type as time travel names it (bemi_current_shape compares it with format_type under
+// search_path pg_catalog): unqualified in pg_catalog, schema-qualified anywhere else, whatever the
+// search_path of the statement was.
+const char *TypeName(Oid type, int32 typmod) {
+	bits16 flags = FORMAT_TYPE_TYPEMOD_GIVEN;
+	HeapTuple tuple = SearchSysCache1(TYPEOID, ObjectIdGetDatum(type));
+	if (HeapTupleIsValid(tuple)) {
+		if (reinterpret_cast<Form_pg_type>(GETSTRUCT(tuple))->typnamespace != PG_CATALOG_NAMESPACE)
+			flags |= FORMAT_TYPE_FORCE_QUALIFY;
+		ReleaseSysCache(tuple);
+	}
+	return format_type_extended(type, typmod, flags);
+}
+
 // The columns of a table as a JSON array [{"attnum": 1, "name": "id", "type": "integer"}, ...], in
 // attnum order, dropped columns left out. nullptr for a partition recorded under its root: its
 // changes are read with the root's columns.
@@ -147,7 +163,7 @@ const char *ColumnsOf(Oid relid) {
 			appendStringInfo(&buf, "%s{\"attnum\": %d, \"name\": ", first ? "" : ", ", attnum);
 			escape_json(&buf, NameStr(att->attname));
 			appendStringInfoString(&buf, ", \"type\": ");
-			escape_json(&buf, format_type_with_typemod(att->atttypid, att->atttypmod));
+			escape_json(&buf, TypeName(att->atttypid, att->atttypmod));
 			appendStringInfoChar(&buf, '}');
 			first = false;
 		}
