@@ -1580,9 +1580,10 @@ BEGIN
                 SELECT t.* FROM %1$s t
                  WHERE NOT EXISTS (SELECT 1 FROM firsts f WHERE f.primary_key = %2$s)
                 UNION ALL
-                SELECT r.* FROM firsts f, LATERAL (SELECT %3$s AS img) i,
+                SELECT r.* FROM firsts f, LATERAL (SELECT %3$s AS img %5$s) i,
                        jsonb_populate_record(NULL::%1$s, i.img %4$s) r
-                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql, image, format(unmask, 'i.img', '$3', '$4'))
+                 WHERE f.operation <> 'CREATE'$q$, target.tbl, target.key_sql, image, format(unmask, 'i.img', '$3', '$4'),
+                 CASE WHEN shapes IS NULL THEN '' ELSE 'OFFSET 0' END)
                 USING target.tbl, at, misfit.marker, misfit.hash, shapes;
         EXCEPTION WHEN data_exception THEN
             RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
@@ -1632,9 +1633,10 @@ BEGIN
                   FROM @extschema@.bemi_table_history($1, $3, $2) h
                  WHERE h.id > $4 AND h.operation NOT IN ('TRUNCATE', 'DDL')
                  ORDER BY h.primary_key, h.id DESC) l,
-                LATERAL (SELECT %2$s AS img) i,
+                LATERAL (SELECT %2$s AS img %4$s) i,
                 jsonb_populate_record(NULL::%1$s, i.img %3$s) r
-             WHERE l.operation <> 'DELETE'$q$, target.tbl, image, format(unmask, 'i.img', '$5', '$6'))
+             WHERE l.operation <> 'DELETE'$q$, target.tbl, image, format(unmask, 'i.img', '$5', '$6'),
+             CASE WHEN shapes IS NULL THEN '' ELSE 'OFFSET 0' END)
             USING target.tbl, at, base_at, base_id, misfit.marker, misfit.hash, shapes;
     EXCEPTION WHEN data_exception THEN
         RAISE EXCEPTION 'an old image of % does not fit the table''s current columns', target.tbl
