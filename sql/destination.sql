@@ -62,6 +62,8 @@ VALUES ('forged', 'public', 'accounts', 'DELETE', now(), 1, '0/1');
 -- 5. This database as its own destination, through a socket, as dest_ingest: a change travels
 -- there by COPY, with its context, named by its source (this server's system identifier).
 CREATE TABLE dest_items (id int PRIMARY KEY, name text);
+-- Its DDL row is written here before the switch (without the wait it could be decoded after it).
+SELECT bemi_wait();
 SELECT bemi_set_destination(format('host=%s port=%s dbname=%s user=dest_ingest',
                                    split_part(current_setting('unix_socket_directories'), ',', 1),
                                    current_setting('port'), current_database()));
