@@ -21,6 +21,7 @@
 
 #include "bemi/bemi.h"
 #include "bemi/context_core.h"
+#include "bemi/registry.h"
 #include "bemi/secret.h"
 #include "bemi/snapshot.h"
 
@@ -370,6 +371,25 @@ TableExists(Oid relid)
 }
 
 /*
+ * DROP DATABASE (or DROP EXTENSION) asked the database's worker to let go: a job's worker lets go
+ * too, between chunks, or DROP DATABASE would find it connected and fail. The job stays unfinished
+ * and resumes after the last committed chunk when capture starts again.
+ */
+static bool
+CaptureLettingGo(Oid dboid)
+{
+	BemiDatabase *db = BemiFindDatabase(dboid);
+	bool		letting_go;
+
+	if (db == NULL)
+		return false;
+	LWLockAcquire(bemi_shared->lock, LW_SHARED);
+	letting_go = db->dboid == dboid && (db->state == BEMI_PAUSED || db->state == BEMI_STOPPING);
+	LWLockRelease(bemi_shared->lock);
+	return letting_go;
+}
+
+/*
  * The job: recorded (a new one) or loaded (a resumed one), then chunk after chunk, each in its own
  * transaction, then done. False when there is nothing to do (the job is finished, or its new
  * table went away with the transaction that made it).
@@ -456,6 +476,12 @@ RunJob(const SnapshotRequest *req, MemoryContext keep)
 		uint64		n;
 
 		CHECK_FOR_INTERRUPTS();
+		if (CaptureLettingGo(req->dboid))
+		{
+			ereport(LOG, (errmsg("bemi: snapshot %lld of table %u stops after %lld rows: capture is letting go of the database",
+								 (long long) req->job, relid, (long long) total)));
+			return;
+		}
 		StartTx();
 		rel = try_relation_open(relid, AccessShareLock);
 		if (rel == NULL)
