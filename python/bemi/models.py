@@ -34,7 +34,7 @@ class BemiChange(BemiBase):
     database: Mapped[str] = mapped_column(Text)
     schema: Mapped[str] = mapped_column(Text)
     table: Mapped[str] = mapped_column(Text)
-    operation: Mapped[str] = mapped_column(Text)  # CREATE, UPDATE, DELETE or TRUNCATE
+    operation: Mapped[str] = mapped_column(Text)  # CREATE, UPDATE, DELETE, TRUNCATE; DDL, SNAPSHOT (0.5.0)
     committed_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True))
     transaction_id: Mapped[int] = mapped_column(BigInteger)
     position: Mapped[str] = mapped_column(String)  # pg_lsn, e.g. '0/16B3748'
