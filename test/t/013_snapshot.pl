@@ -171,16 +171,17 @@ my ($rc, $out, $err) = $node->psql('oncreate', qq{SELECT count(*) FROM bemi_as_o
 like($err, qr/it was truncated since, and the trail does not hold its rows at that moment/,
 	'before the snapshot finished, it is refused');
 
-# 6. DROP DATABASE while a snapshot is running: its worker lets go between chunks, as the
-# database's worker does, so the drop does not fail on a connected snapshot worker.
+# 6. DROP DATABASE while a snapshot is running (a row per chunk: it outlasts the drop's waits):
+# its worker lets go between chunks, as the database's worker does, so the drop does not fail on
+# a connected snapshot worker.
 $node->safe_psql('postgres', 'CREATE DATABASE snapdrop');
 $node->safe_psql('snapdrop', q{
 	CREATE EXTENSION bemi;
 	CREATE TABLE big (id int PRIMARY KEY, v text);
-	INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 200000) g;
+	INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 300000) g;
 });
 wait_bemi($node, 'snapdrop');
-$node->safe_psql('snapdrop', q{SELECT bemi_snapshot('big', wait => false, chunk_size => 20)});
+$node->safe_psql('snapdrop', q{SELECT bemi_snapshot('big', wait => false, chunk_size => 1)});
 ok($node->poll_query_until('snapdrop', q{SELECT rows > 0 FROM bemi.snapshots}),
 	'the snapshot to be dropped with its database is under way');
 ($rc, $out, $err) = $node->psql('postgres', 'SET bemi.allow_drop = on; DROP DATABASE snapdrop');
