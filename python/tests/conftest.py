@@ -166,7 +166,8 @@ def changes(pg: Server, table: str, dbname: str | None = None) -> list[dict]:
     wait_for_changes(pg, dbname)
     with pg.connect(dbname) as conn:
         cur = conn.execute(
-            'SELECT primary_key, operation, before, after, context FROM bemi.changes WHERE "table" = %s ORDER BY id',
+            'SELECT primary_key, operation, before, after, context FROM bemi.changes '
+            'WHERE "table" = %s AND operation <> \'DDL\' ORDER BY id',
             (table,),
         )
         names = [d.name for d in cur.description]

@@ -25,7 +25,7 @@ def todo_changes(pg, since: int) -> list[dict]:
     with pg.connect() as conn:
         cur = conn.execute(
             "SELECT primary_key, operation, before, after, context FROM bemi.changes "
-            "WHERE \"table\" = 'todo' AND id > %s ORDER BY id",
+            "WHERE \"table\" = 'todo' AND operation <> 'DDL' AND id > %s ORDER BY id",
             (since,),
         )
         names = [d.name for d in cur.description]
