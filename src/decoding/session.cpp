@@ -256,19 +256,19 @@ void Session::Message(ReorderBufferTXN *txn, XLogRecPtr lsn, bool transactional,
 		PgCall([&]() { BemiSinkContext(context_); });
 }
 
-void Session::MessageInTxn(ReorderBufferTXN *txn, bool ours, Size size, const char *message) {
-	struct Payload {
-		bool verified;
-		const char *data;
-		Size len;
-	};
-	Jsonb *previous[] = {context_, application_, identity_};
-	// A look-alike of ours with a wrong MAC is judged by its payload, like any other message.
-	Payload payload = PgCall([&]() {
+Session::Payload Session::Verify(ReorderBufferTXN *txn, Size size, const char *message) {
+	return PgCall([&]() {
 		Payload p = {false, nullptr, 0};
-		p.verified = BemiVerifyMessage(txn->xid, message, size, &p.data, &p.len) && ours;
+		p.verified = BemiVerifyMessage(txn->xid, message, size, &p.data, &p.len);
 		return p;
 	});
+}
+
+void Session::MessageInTxn(ReorderBufferTXN *txn, bool ours, Size size, const char *message) {
+	Jsonb *previous[] = {context_, application_, identity_};
+	// A look-alike of ours with a wrong MAC is judged by its payload, like any other message.
+	Payload payload = Verify(txn, size, message);
+	payload.verified = payload.verified && ours;
 	// The common case, once per writing transaction: our own message, built by our backend as the
 	// application's object followed by its identity. It is the context as it stands; taking it
 	// apart and putting it together again would cost two jsonb rebuilds for nothing.

@@ -44,6 +44,13 @@ class Session {
 		Jsonb *application; // the context to carry, or a note saying why there is none
 		Jsonb *parsed;      // the whole object, or nullptr
 	};
+	// A message's payload, and whether this server's backends signed it (src/context/secret.c).
+	struct Payload {
+		bool verified;
+		const char *data;
+		Size len;
+	};
+	static Payload Verify(ReorderBufferTXN *txn, Size size, const char *message);
 	void MessageInTxn(ReorderBufferTXN *txn, bool ours, Size size, const char *message);
 	// A chunk of bemi_snapshot's worker: its rows as SNAPSHOT changes (snapshot_records.cpp).
 	void SnapshotMessage(ReorderBufferTXN *txn, XLogRecPtr lsn, Size size, const char *message);

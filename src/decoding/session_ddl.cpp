@@ -65,16 +65,7 @@ DdlFields ReadDdl(Jsonb *payload) {
 } // namespace
 
 void Session::Ddl(ReorderBufferTXN *txn, XLogRecPtr lsn, Size size, const char *message) {
-	struct Payload {
-		bool verified;
-		const char *data;
-		Size len;
-	};
-	Payload payload = PgCall([&]() {
-		Payload p = {false, nullptr, 0};
-		p.verified = BemiVerifyMessage(txn->xid, message, size, &p.data, &p.len);
-		return p;
-	});
+	Payload payload = Verify(txn, size, message);
 	const Size tag_len = strlen(BEMI_DDL_PAYLOAD_TAG);
 	if (!payload.verified || payload.len < tag_len || memcmp(payload.data, BEMI_DDL_PAYLOAD_TAG, tag_len) != 0)
 		return;

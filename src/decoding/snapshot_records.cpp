@@ -40,16 +40,7 @@ uint32 ReadUint32(const char *p) {
 } // namespace
 
 void Session::SnapshotMessage(ReorderBufferTXN *txn, XLogRecPtr lsn, Size size, const char *message) {
-	struct Payload {
-		bool verified;
-		const char *data;
-		Size len;
-	};
-	Payload payload = PgCall([&]() {
-		Payload p = {false, nullptr, 0};
-		p.verified = BemiVerifyMessage(txn->xid, message, size, &p.data, &p.len);
-		return p;
-	});
+	Payload payload = Verify(txn, size, message);
 	if (!payload.verified || payload.len < BEMI_SNAPSHOT_HEADER_LEN ||
 	    std::memcmp(payload.data, BEMI_SNAPSHOT_MAGIC, BEMI_SNAPSHOT_MAGIC_LEN) != 0)
 		return;
