@@ -8,7 +8,10 @@ COMMIT;
 UPDATE todo SET is_completed = true WHERE task = 'Sleep' /*Bemi {"user_id": 187234, "endpoint": "/todo/complete", "method": "PUT"} Bemi*/;
 DELETE FROM todo WHERE task = 'Eat';
 SELECT bemi_wait();
-SELECT primary_key, "table", operation, before, after, context, committed_at FROM bemi.changes ORDER BY id;
+SELECT primary_key, "table", operation, before, after, context, committed_at FROM bemi.changes WHERE operation <> 'DDL' ORDER BY id;
+-- The CREATE TABLE is in the trail too, as a schema change (operation DDL), with who ran it.
+SELECT "table", operation, after->>'command_tag' AS command, after->>'statement' AS statement, context->'_bemi'->>'role' AS role
+  FROM bemi.changes WHERE operation = 'DDL' AND "table" = 'todo';
 -- What is recorded: a password digest never reaches the trail, an updated_at-only UPDATE is noise.
 SELECT bemi_mask('public.users', '{password_digest}', 'hash');
 SELECT bemi_ignore('*.*', '{updated_at}');

@@ -2,10 +2,10 @@
 -- superuser), in every database that has bemi. Released: never edit this file once 0.5.0 is
 -- released; a later change is a new step bemi--0.5.0--B.sql, even one that changes no SQL.
 -- It brings a 0.4.0 database to exactly the schema of a fresh 0.5.0 install and keeps the trail.
--- 0.5.0 (issue 15, in progress): the trail cannot be dropped or edited silently. That protection
--- lives in bemi.so (src/context/protect.cpp, the settings bemi.allow_drop and
--- bemi.allow_trail_changes) and changes no SQL. Later parts of issue 15 add their SQL here,
--- additively, each in its own section.
+-- 0.5.0 (issues 15 and 16): the trail cannot be dropped or edited silently (that protection lives
+-- in bemi.so: src/context/protect.cpp, the settings bemi.allow_drop and bemi.allow_trail_changes);
+-- schema changes, snapshots, the hash chain and destinations add their SQL below, each part in
+-- its own section.
 \echo Use "ALTER EXTENSION bemi UPDATE TO '0.5.0'" to load this file. \quit
 
 -- The same rule as the install script: names resolve only in pg_catalog (docs/security.md, "Names").
