@@ -56,7 +56,7 @@ REVOKE ALL ON FUNCTION bemi._cut_chain(regclass, bigint, timestamptz) FROM PUBLI
 -- Reads the trail with the caller's rights: for bemi_reader (who may read all of it) and superusers.
 CREATE FUNCTION @extschema@.bemi_verify(since timestamptz DEFAULT '-infinity', until timestamptz DEFAULT 'infinity')
     RETURNS TABLE (id bigint, reason text, detail text)
-    AS 'MODULE_PATHNAME', 'bemi_verify' LANGUAGE C STABLE STRICT PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'bemi_verify' LANGUAGE C STABLE PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.bemi_verify(timestamptz, timestamptz) IS
     'Check the hash chain over the changes committed in [since, until]: no row if intact, else the first change altered, removed, inserted or reordered';
@@ -67,7 +67,7 @@ CREATE FUNCTION @extschema@.bemi_chain_head(OUT id bigint, OUT hash bytea, OUT c
     RETURNS SETOF record
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT c.id, c.hash, c.committed_at, c.position FROM bemi.changes c
-     WHERE c.hash IS NOT NULL ORDER BY c.id DESC LIMIT 1
+     WHERE c.hash IS NOT NULL AND c.source_system_id IS NULL ORDER BY c.id DESC LIMIT 1
 $$;
 COMMENT ON FUNCTION @extschema@.bemi_chain_head() IS
     'The last change of the hash chain: its id, hash, commit time and position, to publish elsewhere';

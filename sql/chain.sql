@@ -44,6 +44,9 @@ SELECT h.id = (SELECT max(id) FROM bemi.changes) AS head_is_last,
 -- Windows of time: all of it, and nothing.
 SELECT count(*) AS problems FROM bemi_verify(now() - interval '1 hour', now());
 SELECT count(*) AS problems FROM bemi_verify('infinity');
+-- No row must mean "checked and intact": a NULL or an empty range is refused, not passed.
+SELECT * FROM bemi_verify(NULL);
+SELECT * FROM bemi_verify('2026-01-02', '2026-01-01');
 
 -- A changed value: the change is named as altered.
 BEGIN;

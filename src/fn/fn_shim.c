@@ -143,17 +143,35 @@ bemi_boundary_test(PG_FUNCTION_ARGS)
 
 /*
  * bemi_verify(since timestamptz, until timestamptz) → TABLE(id bigint, reason text, detail text)
- * (STRICT): no row when the chain over the changes committed in [since, until] is intact, else
- * the first change that does not fit.
+ * : no row when the chain over the changes committed in [since, until] is intact, else the first
+ * change that does not fit. Not STRICT: "no row" must never stand for a range that checked
+ * nothing, so a NULL or an empty range is an error.
  */
 Datum
 bemi_verify(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	BemiVerifyProblem problem;
+	TimestampTz since;
+	TimestampTz until;
 
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						errmsg("bemi_verify needs a since and an until, not NULL"),
+						errhint("'-infinity' and 'infinity' check the whole trail.")));
+	since = PG_GETARG_TIMESTAMPTZ(0);
+	until = PG_GETARG_TIMESTAMPTZ(1);
+	if (since > until)
+	{
+		/* timestamptz_to_str returns a static buffer: one copy each. */
+		char	   *since_text = pstrdup(timestamptz_to_str(since));
+		char	   *until_text = pstrdup(timestamptz_to_str(until));
+
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("bemi_verify: since (%s) is after until (%s)", since_text, until_text)));
+	}
 	InitMaterializedSRF(fcinfo, 0);
-	BemiVerify(PG_GETARG_TIMESTAMPTZ(0), PG_GETARG_TIMESTAMPTZ(1), &problem);
+	BemiVerify(since, until, &problem);
 	if (problem.found)
 	{
 		Datum		values[3];

@@ -586,8 +586,8 @@ int BatchWriter::InsertCarefully(const Columns &c, char *note, size_t note_len) 
 // With turns (a writer process, or the decoder in the writers' order): the ids turn is taken
 // before anything of bemi.changes is locked, so an earlier batch never waits for a lock behind a
 // later one; bemi.progress is updated and committed in the commit turn.
-// The chain: each row's content digest is computed before the ids turn (writers do it in
-// parallel); in the turn, only the links (one small hash per row) from the head the previous batch
+// The chain: each row's content digest is computed by the decoder (Sink::WriteBatch) before the
+// batch reaches a writer; in the ids turn, only the links (one small hash per row) from the head the previous batch
 // left, in the writers' shared state (or head_ when the worker writes alone). A batch that fails
 // fails its run (the worker restarts, and its first batch reads the head from the trail).
 void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &reached, TimestampTz last_commit,
@@ -608,7 +608,12 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 		}
 		PgCall([&]() { SetReachable(db, true); });
 	}
-	Columns columns = Fill(batch);
+	// With a destination only bemi.progress is written here: no columns to fill.
+	Columns columns{};
+	if (remote)
+		columns.count = batch.Count();
+	else
+		columns = Fill(batch);
 	try {
 		WriteColumns(db, columns, reached, last_commit, turns);
 	} catch (...) {

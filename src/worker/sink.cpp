@@ -234,17 +234,20 @@ size_t Sink::ReadText(int32 len) {
 void Sink::WriteBatch(BemiDatabase *db, const Progress &reached, TimestampTz last_commit) {
 	BemiSkipped skipped = skipped_;
 	skipped_ = {};
-	PgCall([&]() {
-		if (hasher_ == nullptr) {
-			// For the process's life, outside any transaction: under a resource owner of its own,
-			// never released.
-			ResourceOwner saved = CurrentResourceOwner;
-			CurrentResourceOwner = ResourceOwnerCreate(nullptr, "bemi chain digests");
-			hasher_ = ChainHasher();
-			CurrentResourceOwner = saved;
-		}
-		batch_.Digest(hasher_, writer_.Database(), writer_.EmptyContext());
-	});
+	// The content digests of the chain; a destination's rows are not chained (remote.cpp).
+	if (!writer_.Remote()) {
+		PgCall([&]() {
+			if (hasher_ == nullptr) {
+				// For the process's life, outside any transaction: under a resource owner of its
+				// own, never released.
+				ResourceOwner saved = CurrentResourceOwner;
+				CurrentResourceOwner = ResourceOwnerCreate(nullptr, "bemi chain digests");
+				hasher_ = ChainHasher();
+				CurrentResourceOwner = saved;
+			}
+			batch_.Digest(hasher_, writer_.Database(), writer_.EmptyContext());
+		});
+	}
 	if (writers_ != nullptr) {
 		XLogRecPtr commit_end;
 		bool in_flight = writers_->Committed(&commit_end) < writers_->Sent();
