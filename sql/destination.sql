@@ -15,6 +15,10 @@ SELECT bemi_set_destination('postgresql://bemi:hunter2@trail.example/audit');
 SELECT bemi_set_destination('host=trail.example PASSWORD=hunter2');  -- not a keyword libpq knows
 SELECT bemi_set_destination('host=trail.example password = ''hunter2 x''');
 SELECT bemi_set_destination('host=trail.example password=');
+-- A dbname that is a connection string of its own (libpq expands it), with or without a password.
+SELECT bemi_set_destination('dbname=''postgresql://bemi:hunter2@trail.example/audit''');
+SELECT bemi_set_destination('dbname=''host=trail.example password=hunter2''');
+SELECT bemi_set_destination('host=''trail.example');  -- unterminated quote
 SELECT conninfo FROM bemi.destination;
 SELECT bemi_set_destination('');
 SELECT bemi_set_destination('host=trail.example nosuchoption=1');
@@ -58,6 +62,11 @@ SELECT bemi_set_destination('host=evil.example dbname=loot');
 RESET ROLE;
 INSERT INTO bemi.changes (database, schema, "table", operation, committed_at, transaction_id, position)
 VALUES ('forged', 'public', 'accounts', 'DELETE', now(), 1, '0/1');
+-- A superuser who makes itself bemi_ingest may append to bemi.changes, never write a chain anchor
+-- (a forged anchor would hide a removed change).
+GRANT bemi_ingest TO CURRENT_USER;
+INSERT INTO bemi.chain_anchors (id, previous_id, previous_hash) VALUES (1, 0, '\x00');
+REVOKE bemi_ingest FROM CURRENT_USER;
 
 -- 5. This database as its own destination, through a socket, as dest_ingest: a change travels
 -- there by COPY, with its context, named by its source (this server's system identifier).
@@ -105,6 +114,10 @@ SELECT count(*) FROM bemi_context_history('{"endpoint": "/items"}');
 SELECT set_config('bemi.source', (SELECT system_identifier::text FROM pg_control_system()) || '/' || current_database(),
                   false) IS NOT NULL AS set;
 SELECT count(*) FROM bemi_context_history('{"endpoint": "/items"}');
+-- A value of no known form is refused: it would match nothing and make every read empty.
+SET bemi.source = 'garbage';
+SET bemi.source = 'LOCAL';
+SET bemi.source = '1234/';
 SET bemi.source = '1234/nosuchdb';
 SELECT count(*) FROM bemi_table_history('dest_items');
 SELECT count(*) FROM bemi_transactions();

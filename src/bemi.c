@@ -29,6 +29,7 @@ void _PG_init(void);
 #endif
 static bool check_allow_trail_changes(bool *newval, void **extra, GucSource source);
 static void assign_allow_trail_changes(bool newval, void *extra);
+static bool check_source(char **newval, void **extra, GucSource source);
 
 int bemi_max_context_size = 1024 * 1024;
 bool bemi_replica_identity_full = true;
@@ -121,8 +122,29 @@ DefineSettings(void)
 							   "On a trail that receives other servers' changes (bemi_set_destination there): "
 							   "'<system identifier>' or '<system identifier>/<database>' of the source, or "
 							   "'local' for the changes captured here. Empty: every change.",
-							   &bemi_source, "", PGC_USERSET, 0, NULL, NULL, NULL);
+							   &bemi_source, "", PGC_USERSET, 0, check_source, NULL, NULL);
 	MarkGUCPrefixReserved("bemi");
+}
+
+/*
+ * bemi.source: '', 'local', '<system identifier>' or '<system identifier>/<database>'. Anything
+ * else would match no change and make every read (time travel too) silently empty.
+ */
+static bool
+check_source(char **newval, void **extra, GucSource source)
+{
+	const char *v = *newval;
+	const char *p = v;
+
+	if (v == NULL || v[0] == '\0' || strcmp(v, "local") == 0)
+		return true;
+	while (*p >= '0' && *p <= '9')
+		p++;
+	if (p > v && (*p == '\0' || (*p == '/' && p[1] != '\0' && strlen(p + 1) < NAMEDATALEN)))
+		return true;
+	GUC_check_errdetail("bemi.source is '' (every change), 'local' (the changes captured here), a source's "
+						"system identifier, or '<system identifier>/<database>'.");
+	return false;
 }
 
 /* Per session only (SET, PGOPTIONS, a function's SET clause): see BemiAllowTrailChangesCheck. */

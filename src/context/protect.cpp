@@ -99,7 +99,8 @@ std::vector<Oid> unrecorded;
 
 enum class Trail {
 	None,    // not a table of schema bemi
-	Changes, // bemi.changes or one of its partitions, or bemi.chain_anchors
+	Changes, // bemi.changes or one of its partitions
+	Anchors, // bemi.chain_anchors: as bemi.changes, but never a bemi_ingest role's to append to
 	Gaps,    // bemi.gaps
 	Other,   // another table of schema bemi (rules, progress, retention, tracking, ...)
 };
@@ -130,7 +131,7 @@ Trail Classify(Oid relid) {
 		return Trail::Gaps;
 	// The chain's anchors are the trail too: a forged anchor would hide a removed change.
 	if (relid == get_relname_relid("chain_anchors", nsp))
-		return Trail::Changes;
+		return Trail::Anchors;
 	return Trail::Other;
 }
 
@@ -273,13 +274,14 @@ Target FindTrailTarget(const PlannedStmt *pstmt, CmdType operation) {
 	if (plain_insert && pstmt->planTree && IsA(pstmt->planTree, ModifyTable) &&
 	    castNode(ModifyTable, pstmt->planTree)->onConflictAction == ONCONFLICT_UPDATE)
 		plain_insert = false;
-	// A bemi_ingest role appends to bemi.changes (a source's worker writing to its destination).
-	bool ingest = plain_insert && Ingests();
 	ListCell *lc;
 	foreach (lc, pstmt->resultRelations) {
 		Oid relid = rt_fetch(lfirst_int(lc), pstmt->rtable)->relid;
 		Trail trail = Classify(relid);
-		if ((trail == Trail::Changes && !ingest) || (trail == Trail::Gaps && !plain_insert))
+		// A bemi_ingest role appends to bemi.changes (a source's worker writing to its
+		// destination): its role lookup only for a write of bemi.changes, not for every INSERT.
+		if ((trail == Trail::Changes && !(plain_insert && Ingests())) || trail == Trail::Anchors ||
+		    (trail == Trail::Gaps && !plain_insert))
 			return {relid};
 	}
 	return {InvalidOid};
@@ -353,7 +355,7 @@ void GuardTrailUtility(PlannedStmt *pstmt, const char *query_string) {
 				Oid r = RangeVarGetRelid(rv, NoLock, true);
 				Trail trail = Classify(r);
 				// A role without the right hears PostgreSQL's own refusal next.
-				bool trail_table = trail == Trail::Changes || trail == Trail::Gaps;
+				bool trail_table = trail == Trail::Changes || trail == Trail::Anchors || trail == Trail::Gaps;
 				return trail_table && pg_class_aclcheck(r, GetUserId(), ACL_TRUNCATE) == ACLCHECK_OK
 				           ? r
 				           : InvalidOid;
@@ -376,8 +378,9 @@ void GuardTrailUtility(PlannedStmt *pstmt, const char *query_string) {
 		Oid relid = PgCall([&]() {
 			Oid r = RangeVarGetRelid(copy->relation, NoLock, true);
 			// A bemi_ingest role's COPY appends (a source's worker writing to its destination).
-			return Classify(r) == Trail::Changes &&
-			               pg_class_aclcheck(r, GetUserId(), ACL_INSERT) == ACLCHECK_OK && !Ingests()
+			Trail trail = Classify(r);
+			return ((trail == Trail::Changes && !Ingests()) || trail == Trail::Anchors) &&
+			               pg_class_aclcheck(r, GetUserId(), ACL_INSERT) == ACLCHECK_OK
 			           ? r
 			           : InvalidOid;
 		});

@@ -111,9 +111,14 @@ std::string ConninfoProblem(const char *conninfo) {
 		return problem;
 	}
 	std::string problem;
-	for (PQconninfoOption *o = options; o->keyword != nullptr; o++)
+	for (PQconninfoOption *o = options; o->keyword != nullptr; o++) {
 		if (strcmp(o->keyword, "password") == 0 && o->val != nullptr)
 			problem = "it contains a password";
+		// libpq expands a dbname that is a connection string itself: it could hide a password.
+		else if (strcmp(o->keyword, "dbname") == 0 && o->val != nullptr &&
+		         (strchr(o->val, '=') != nullptr || strstr(o->val, "://") != nullptr) && problem.empty())
+			problem = "its dbname is a connection string of its own (give each part as a keyword)";
+	}
 	PQconninfoFree(options);
 	return problem;
 }
@@ -132,7 +137,7 @@ std::vector<Gap> LoadGaps(int64 after, int limit) {
 			Datum args[2] = {Int64GetDatum(after), Int32GetDatum(limit)};
 			// Times in the worker's ISO/UTC style; the destination reads them back exactly.
 			if (SPI_execute_with_args("SELECT id, detected_at, from_lsn, to_lsn, reason, relation, role, statement"
-			                          " FROM bemi.gaps WHERE id > $1 ORDER BY id LIMIT $2",
+			                          " FROM bemi.gaps WHERE id > $1 AND source_system_id IS NULL ORDER BY id LIMIT $2",
 			                          2, types, args, nullptr, true, 0) != SPI_OK_SELECT)
 				elog(ERROR, "bemi: could not read bemi.gaps");
 			f.rows = static_cast<int>(SPI_processed);
@@ -255,10 +260,17 @@ std::optional<Progress> RemoteDestination::LoadProgress() {
 			Fail("returned a progress that is not an LSN");
 		}
 		p.txn_end_lsn = (static_cast<XLogRecPtr>(hi) << 32) | lo;
-		p.txn_records = std::stoll(PQgetvalue(res, 0, 1));
+		char *end_records = nullptr;
+		char *end_gaps = nullptr;
+		p.txn_records = strtoll(PQgetvalue(res, 0, 1), &end_records, 10);
 		p.txn_complete = PQgetvalue(res, 0, 2)[0] == 't';
+		int64 gaps = strtoll(PQgetvalue(res, 0, 3), &end_gaps, 10);
+		if (*end_records != '\0' || *end_gaps != '\0' || PQgetisnull(res, 0, 1) || PQgetisnull(res, 0, 3)) {
+			PQclear(res);
+			Fail("returned a progress that is not a number");
+		}
 		remote_ = p;
-		gaps_forwarded_ = std::stoll(PQgetvalue(res, 0, 3));
+		gaps_forwarded_ = gaps;
 	}
 	PQclear(res);
 	progress_known_ = true;
