@@ -152,8 +152,15 @@ DECLARE
     col record;
     v jsonb;
 BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'bemi_current_shape needs a table' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     IF columns IS NULL OR image IS NULL OR image = '{}' THEN
         RETURN image;
+    END IF;
+    IF jsonb_typeof(columns) <> 'array' OR jsonb_typeof(image) <> 'object' THEN
+        RAISE EXCEPTION 'bemi_current_shape takes an image (a JSON object) and its columns (a JSON array of {attnum, name, type})'
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     FOR col IN SELECT o->>'name' AS old_name, o->>'type' AS old_type, a.attname::text AS name,
                       format_type(a.atttypid, a.atttypmod) AS type
@@ -164,7 +171,7 @@ BEGIN
         IF col.type <> col.old_type AND jsonb_typeof(v) <> 'null' THEN
             BEGIN
                 EXECUTE format('SELECT pg_catalog.to_jsonb(($1 OPERATOR(pg_catalog.#>>) ''{}''::pg_catalog.text[])::%s::%s)',
-                               col.old_type, col.type) INTO v USING v;
+                               col.old_type::pg_catalog.regtype, col.type) INTO v USING v;
             EXCEPTION WHEN OTHERS THEN
                 RAISE WARNING 'a value of column % of % (recorded as %) does not convert to its type now (%), read as NULL',
                     quote_ident(col.name), tbl, col.old_type, col.type

@@ -36,6 +36,13 @@ SELECT bemi_current_shape('ddl_tt', '{"id": 1, "name": "pen", "qty": 1, "code": 
                           '[{"attnum": 1, "name": "id", "type": "integer"}, {"attnum": 2, "name": "name", "type": "text"},
                             {"attnum": 3, "name": "qty", "type": "integer"}, {"attnum": 4, "name": "code", "type": "text"},
                             {"attnum": 5, "name": "note", "type": "text"}]') AS current_shape;
+-- Bad input: no table, columns that are no list; a recorded type that does not resolve (or is no
+-- type at all) is a value that does not convert: left out with a WARNING, never run as SQL.
+SELECT bemi_current_shape(NULL, '{"id": 1}', '[]');
+SELECT bemi_current_shape('ddl_tt', '{"id": 1}', '{"attnum": 1}');
+SELECT bemi_current_shape('ddl_tt', '{"id": 1, "name": "pen"}',
+                          '[{"attnum": 1, "name": "id", "type": "no_such_type"},
+                            {"attnum": 2, "name": "name", "type": "text) FROM pg_catalog.pg_class --"}]') AS unknown_types;
 
 -- 2. After a TRUNCATE the state is replayed from the images after it: mapped the same way.
 CREATE TABLE ddl_tt2 (id int PRIMARY KEY, v text, w int);

@@ -788,7 +788,7 @@ SELECT pg_catalog.pg_extension_config_dump('bemi.chain_anchors', '');
 
 CREATE FUNCTION @extschema@.bemi_verify(since timestamptz DEFAULT '-infinity', until timestamptz DEFAULT 'infinity')
     RETURNS TABLE (id bigint, reason text, detail text)
-    AS 'MODULE_PATHNAME', 'bemi_verify' LANGUAGE C STABLE STRICT PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'bemi_verify' LANGUAGE C STABLE PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.bemi_verify(timestamptz, timestamptz) IS
     'Check the hash chain over the changes committed in [since, until]: no row if intact, else the first change altered, removed, inserted or reordered';
@@ -797,7 +797,7 @@ CREATE FUNCTION @extschema@.bemi_chain_head(OUT id bigint, OUT hash bytea, OUT c
     RETURNS SETOF record
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT c.id, c.hash, c.committed_at, c.position FROM bemi.changes c
-     WHERE c.hash IS NOT NULL ORDER BY c.id DESC LIMIT 1
+     WHERE c.hash IS NOT NULL AND c.source_system_id IS NULL ORDER BY c.id DESC LIMIT 1
 $$;
 COMMENT ON FUNCTION @extschema@.bemi_chain_head() IS
     'The last change of the hash chain: its id, hash, commit time and position, to publish elsewhere';
@@ -974,8 +974,15 @@ DECLARE
     col record;
     v jsonb;
 BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'bemi_current_shape needs a table' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     IF columns IS NULL OR image IS NULL OR image = '{}' THEN
         RETURN image;
+    END IF;
+    IF jsonb_typeof(columns) <> 'array' OR jsonb_typeof(image) <> 'object' THEN
+        RAISE EXCEPTION 'bemi_current_shape takes an image (a JSON object) and its columns (a JSON array of {attnum, name, type})'
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     FOR col IN SELECT o->>'name' AS old_name, o->>'type' AS old_type, a.attname::text AS name,
                       format_type(a.atttypid, a.atttypmod) AS type
@@ -986,7 +993,7 @@ BEGIN
         IF col.type <> col.old_type AND jsonb_typeof(v) <> 'null' THEN
             BEGIN
                 EXECUTE format('SELECT pg_catalog.to_jsonb(($1 OPERATOR(pg_catalog.#>>) ''{}''::pg_catalog.text[])::%s::%s)',
-                               col.old_type, col.type) INTO v USING v;
+                               col.old_type::pg_catalog.regtype, col.type) INTO v USING v;
             EXCEPTION WHEN OTHERS THEN
                 RAISE WARNING 'a value of column % of % (recorded as %) does not convert to its type now (%), read as NULL',
                     quote_ident(col.name), tbl, col.old_type, col.type

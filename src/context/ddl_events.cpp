@@ -24,8 +24,10 @@
 // trigger's REPLICA IDENTITY FULL after CREATE TABLE, the DDL guard's before SET LOGGED) is part
 // of that statement's row, not a row of its own.
 //
-// Cost: any other utility statement returns after a look at its node tag. A DDL statement on a
-// table looks up the extension and its tables' columns in the catalog caches, twice.
+// Cost: any other utility statement returns after a look at its node tag, a CREATE of a temporary
+// or unlogged table after a look at its parse tree. A DDL statement on a permanent table scans
+// pg_extension (is bemi installed here, at 0.5.0 or later?) and looks up its tables' columns in
+// the catalog caches, twice.
 #include "ddl_events.hpp"
 #include "ddl_guard.hpp"
 
@@ -288,17 +290,27 @@ bool Recording() {
 // is described as that session left it).
 DdlFrame *PlanDdl(PlannedStmt *pstmt, const char *query_string) {
 	Node *stmt = pstmt->utilityStmt;
+	// What the parse tree rules out, before any catalog lookup: a temporary or unlogged table
+	// (CREATE TEMP TABLE runs often in applications), an ALTER of something else than a table.
 	switch (nodeTag(stmt)) {
 	case T_CreateStmt:
+		if (castNode(CreateStmt, stmt)->relation->relpersistence != RELPERSISTENCE_PERMANENT)
+			return nullptr;
+		break;
 	case T_AlterTableStmt:
+		if (castNode(AlterTableStmt, stmt)->objtype != OBJECT_TABLE)
+			return nullptr;
+		break;
 	case T_RenameStmt:
 	case T_AlterObjectSchemaStmt:
 	case T_DropStmt:
 		break;
-	case T_CreateTableAsStmt:
-		if (castNode(CreateTableAsStmt, stmt)->objtype != OBJECT_TABLE)
+	case T_CreateTableAsStmt: {
+		auto *ctas = castNode(CreateTableAsStmt, stmt);
+		if (ctas->objtype != OBJECT_TABLE || ctas->into->rel->relpersistence != RELPERSISTENCE_PERMANENT)
 			return nullptr;
 		break;
+	}
 	default:
 		return nullptr;
 	}
