@@ -592,34 +592,52 @@ int BatchWriter::InsertCarefully(const Columns &c, char *note, size_t note_len) 
 // fails its run (the worker restarts, and its first batch reads the head from the trail).
 void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &reached, TimestampTz last_commit,
                         const Turns *turns) {
-	bool remote = remote_ != nullptr;
-	if (remote) {
-		// The destination first: its COMMIT returns once the rows and its progress for this
-		// source are durable there. bemi.progress here follows (below, without rows): a crash in
-		// between is caught up at start, from the destination's progress.
-		// The source's gaps recorded since the last batch travel with this one (a few at a time).
+	if (remote_ != nullptr) {
+		// The destination first: the batch is sent there and written here (bemi.progress only,
+		// without rows) once the destination has it durably, when the next batch is sent or
+		// Settle() is called. A crash in between is caught up at start, from the destination's
+		// progress. The source's gaps recorded since the last batch travel with this one (a few
+		// at a time).
+		Settle(db);
 		std::vector<Gap> gaps = LoadGaps(remote_->GapsForwarded(), 100);
 		PgCall([&]() { pgstat_report_activity(STATE_RUNNING, "bemi: writing a batch of changes to the destination"); });
 		try {
-			remote_->Write(batch, empty_context_, reached, gaps);
+			remote_->Send(batch, empty_context_, reached, gaps);
 		} catch (...) {
 			PgCall([&]() { SetReachable(db, false); });
 			throw;
 		}
-		PgCall([&]() { SetReachable(db, true); });
+		sent_ = Sent{reached, last_commit, static_cast<int>(batch.Count())};
+		sent_count_++;
+		return;
 	}
-	// With a destination only bemi.progress is written here: no columns to fill.
-	Columns columns{};
-	if (remote)
-		columns.count = batch.Count();
-	else
-		columns = Fill(batch);
+	Columns columns = Fill(batch);
 	try {
 		WriteColumns(db, columns, reached, last_commit, turns);
 	} catch (...) {
 		head_.valid = false; // the head may have moved past rows that are not written
 		throw;
 	}
+}
+
+void BatchWriter::Settle(BemiDatabase *db) {
+	if (!sent_)
+		return;
+	PgCall([&]() { pgstat_report_activity(STATE_RUNNING, "bemi: waiting for the destination's COMMIT"); });
+	try {
+		remote_->Settle();
+	} catch (...) {
+		sent_.reset(); // the worker run fails; the next starts from the destination's progress
+		PgCall([&]() { SetReachable(db, false); });
+		throw;
+	}
+	PgCall([&]() { SetReachable(db, true); });
+	Sent settled = *sent_;
+	sent_.reset();
+	Columns columns{};
+	columns.count = settled.count;
+	WriteColumns(db, columns, settled.reached, settled.last_commit, nullptr);
+	settled_count_++;
 }
 
 void BatchWriter::WriteColumns(BemiDatabase *db, const Columns &columns, const Progress &reached,

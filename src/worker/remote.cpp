@@ -8,10 +8,13 @@
 //      fails instead of writing twice;
 //   2. the rows, by COPY bemi.changes (...) FROM STDIN in text format: ids come from the
 //      destination's identity;
-//   3. COMMIT, with synchronous_commit = on: when it returns, the rows are durable there.
-// Only then does the worker update its local bemi.progress and confirm its slot (worker.cpp), so a
-// crash anywhere resumes from what the destination holds (LoadProgress, at start), and nothing is
-// lost or written twice across the two servers.
+//   3. COMMIT, with synchronous_commit = on, in the same query string as the COPY: the
+//      destination commits as soon as the rows are in, without a round trip.
+// Pipelined: Send returns once the COMMIT is on its way, and the worker decodes the next batch
+// while the destination parses, inserts and flushes this one. Only once Settle() has read the
+// COMMIT's answer (the rows are durable there) does the worker update its local bemi.progress and
+// confirm its slot (batch.cpp, worker.cpp), so a crash anywhere resumes from what the destination
+// holds (LoadProgress, at start), and nothing is lost or written twice across the two servers.
 //
 // Crossings: libpq never longjmps, so its calls are plain C++ here. The COPY text is built from
 // the batch's arena a few hundred rows at a time, each chunk inside one PgCall (jsonb and
@@ -46,7 +49,7 @@ namespace {
 // multi-insert batches.
 const char *const kCopy =
     "COPY bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \"table\", operation,"
-    " committed_at, transaction_id, position, source_system_id, created_at) FROM STDIN";
+    " committed_at, transaction_id, position, source_system_id, created_at) FROM STDIN; COMMIT";
 
 // Fenced: the row moves only from what this worker last knew ($6..$8; NULL: no row), else no row
 // comes back. The worker's session has search_path = pg_catalog, pg_temp.
@@ -190,9 +193,10 @@ RemoteDestination::~RemoteDestination() {
 
 void RemoteDestination::Disconnect() {
 	if (conn_ != nullptr)
-		PQfinish(conn_);
+		PQfinish(conn_); // a transaction in flight is rolled back, or committed: LoadProgress knows
 	conn_ = nullptr;
 	progress_known_ = false;
+	in_flight_.reset();
 }
 
 void RemoteDestination::Fail(const std::string &what) {
@@ -333,10 +337,11 @@ std::string RemoteDestination::CopyText(const Batch &batch, size_t first, size_t
 	return text;
 }
 
-void RemoteDestination::Write(const Batch &batch, const std::vector<char> &empty_context, const Progress &reached,
-                              const std::vector<Gap> &gaps) {
+void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_context, const Progress &reached,
+                             const std::vector<Gap> &gaps) {
 	constexpr size_t kChunkRows = 200;
 	size_t rows = batch.Rows().size();
+	Settle(); // one transaction at a time: the progress check below starts from its end
 	if (!progress_known_)
 		LoadProgress();
 	Connect();
@@ -396,6 +401,7 @@ void RemoteDestination::Write(const Batch &batch, const std::vector<char> &empty
 			Fail("refused a gap in bemi.gaps");
 	}
 	if (rows > 0) {
+		// The COPY and the COMMIT after it: PQexec returns when the destination waits for rows.
 		res = PQexec(conn_, kCopy);
 		bool copying = res != nullptr && PQresultStatus(res) == PGRES_COPY_IN;
 		PQclear(res);
@@ -414,19 +420,29 @@ void RemoteDestination::Write(const Batch &batch, const std::vector<char> &empty
 		}
 		if (PQputCopyEnd(conn_, nullptr) != 1)
 			Fail("did not take the batch");
-		bool ok = true;
-		while ((res = PQgetResult(conn_)) != nullptr) {
-			if (PQresultStatus(res) != PGRES_COMMAND_OK)
-				ok = false;
-			PQclear(res);
-		}
-		if (!ok)
-			Fail("refused the batch");
-	}
-	Exec("COMMIT");
-	remote_ = reached;
-	gaps_forwarded_ = forwarded;
+	} else if (PQsendQuery(conn_, "COMMIT") != 1)
+		Fail("did not take the COMMIT");
+	in_flight_ = Sent{reached, forwarded};
 }
 
+void RemoteDestination::Settle() {
+	if (!in_flight_)
+		return;
+	// Every statement sent must have succeeded, the last a COMMIT that committed (an aborted
+	// transaction answers COMMIT with ROLLBACK).
+	bool ok = true, committed = false;
+	PGresult *res;
+	while ((res = PQgetResult(conn_)) != nullptr) {
+		if (PQresultStatus(res) != PGRES_COMMAND_OK)
+			ok = false;
+		committed = strcmp(PQcmdStatus(res), "COMMIT") == 0;
+		PQclear(res);
+	}
+	if (!ok || !committed)
+		Fail("refused the batch");
+	remote_ = in_flight_->reached;
+	gaps_forwarded_ = in_flight_->gaps_forwarded;
+	in_flight_.reset();
+}
 
 } // namespace bemi

@@ -39,19 +39,26 @@ class RemoteDestination {
 	// The destination's progress for this source (connecting first); nullopt when it has none.
 	// Remembered: each batch's progress update checks that nobody moved it meanwhile.
 	std::optional<Progress> LoadProgress();
-	// One transaction there: the progress check and update, the source's new gaps, the batch's
-	// rows by COPY, COMMIT with synchronous_commit = on. Returns once the destination has it
-	// durably; throws otherwise (the connection is then dropped and made again next time). The
+	// One transaction there, sent without waiting for its end: the progress check and update,
+	// the source's new gaps, the batch's rows by COPY, COMMIT with synchronous_commit = on. The
 	// rows are turned into COPY's text a few hundred at a time while the destination already
-	// parses and inserts the ones before. empty_context: the jsonb of a change without context.
-	void Write(const Batch &batch, const std::vector<char> &empty_context, const Progress &reached,
-	           const std::vector<Gap> &gaps);
+	// parses and inserts the ones before; the COMMIT is on its way when Send returns, and the
+	// worker decodes the next batch while the destination finishes this one. Settle() before
+	// anything counts it as written. Throws on failure (the connection is then dropped and made
+	// again next time). empty_context: the jsonb of a change without context.
+	void Send(const Batch &batch, const std::vector<char> &empty_context, const Progress &reached,
+	          const std::vector<Gap> &gaps);
+	// A batch was sent and its COMMIT's answer not yet read.
+	bool InFlight() const { return in_flight_.has_value(); }
+	// Waits for the batch in flight: returns once the destination has it durably, throws
+	// otherwise. Nothing in flight: returns at once.
+	void Settle();
 	// The last of this source's gaps the destination holds (bemi.source_progress.gaps_forwarded).
 	int64 GapsForwarded() const { return gaps_forwarded_; }
 
   private:
 	// Rows first .. first + count - 1 of a batch in COPY's text format, in the column order of
-	// Write's COPY.
+	// Send's COPY.
 	std::string CopyText(const Batch &batch, size_t first, size_t count, const std::vector<char> &empty_context) const;
 	void Connect();
 	void Disconnect();
@@ -63,8 +70,13 @@ class RemoteDestination {
 	std::string database_;
 	pg_conn *conn_ = nullptr;
 	bool progress_known_ = false;    // LoadProgress ran on this connection's destination
-	std::optional<Progress> remote_; // what the destination holds for us, as last read or written
+	std::optional<Progress> remote_; // what the destination holds for us, as last read or settled
 	int64 gaps_forwarded_ = 0;
+	struct Sent {
+		Progress reached;
+		int64 gaps_forwarded;
+	};
+	std::optional<Sent> in_flight_; // sent, its COMMIT's answer not read
 };
 
 // This server's system identifier, as text (pg_control_system().system_identifier).

@@ -103,6 +103,12 @@ class BatchWriter {
 	// bemi.changes here. Its progress for this source, if it holds any.
 	std::optional<Progress> UseRemote(BemiDatabase *db, std::unique_ptr<RemoteDestination> remote);
 	bool Remote() const { return remote_ != nullptr; }
+	// With a destination, Write sends a batch and returns before the destination's COMMIT
+	// answers: Settle() waits for it and writes its progress here. Batches sent and settled so
+	// far (the worker applies and confirms what is settled).
+	void Settle(BemiDatabase *db);
+	uint64 SentCount() const { return sent_count_; }
+	uint64 SettledCount() const { return settled_count_; }
 	const std::string &Database() const { return database_; }
 	// turns: the batch's place in the writers' order (writers.hpp); nullptr when the worker
 	// writes alone (bemi.writers = 0).
@@ -170,6 +176,13 @@ class BatchWriter {
 	ChainHead head_ = {}; // the head when the worker writes alone (no turns)
 	bool multi_insert_ = true; // the last whole batch went by table_multi_insert (multi_insert.cpp)
 	std::unique_ptr<RemoteDestination> remote_; // none: the trail is here
+	struct Sent {
+		Progress reached;
+		TimestampTz last_commit;
+		int count;
+	};
+	std::optional<Sent> sent_; // the batch in flight to the destination
+	uint64 sent_count_ = 0, settled_count_ = 0;
 };
 
 // The sink of one worker run: the plugin's records go to the spool while a transaction is
@@ -202,6 +215,11 @@ class Sink {
 	// of this source is skipped. Throws if it cannot be reached.
 	void UseDestination(BemiDatabase *db, const std::string &conninfo);
 	const Progress &Done() const { return done_; }
+	// With a destination: see BatchWriter::Settle.
+	bool Remote() const { return writer_.Remote(); }
+	void Settle(BemiDatabase *db) { writer_.Settle(db); }
+	uint64 RemoteSent() const { return writer_.SentCount(); }
+	uint64 RemoteSettled() const { return writer_.SettledCount(); }
 
   private:
 	void Append(char kind, const void *fixed, uint32 fixed_size, const void *const *parts, const int32 *sizes,

@@ -375,6 +375,10 @@ void DatabaseRun::NewDestination() {
 		writers_->Drain();
 		Advance();
 	}
+	if (sink_->Remote()) {
+		sink_->Settle(db_);
+		Advance();
+	}
 	PgCall([&]() {
 		MemoryContextSwitchTo(context_);
 		ConfirmDurable(true);
@@ -421,13 +425,15 @@ void DatabaseRun::Applied(XLogRecPtr reached) {
 void DatabaseRun::Flush() {
 	XLogRecPtr reached = ctx_->reader->EndRecPtr;
 
-	if (writers_) {
+	// With writers, or a destination (batches in flight to it): applied as they commit.
+	if (writers_ || sink_->Remote()) {
 		if (sink_->Pending())
 			sink_->Drain(db_);
-		if (!in_flight_.empty() && in_flight_.back().first == writers_->Sent())
+		uint64 sent = writers_ ? writers_->Sent() : sink_->RemoteSent();
+		if (!in_flight_.empty() && in_flight_.back().first == sent)
 			in_flight_.back().second = reached;
 		else
-			in_flight_.emplace_back(writers_->Sent(), reached);
+			in_flight_.emplace_back(sent, reached);
 		Advance();
 		return;
 	}
@@ -442,10 +448,17 @@ void DatabaseRun::Flush() {
 }
 
 // With writers: what they have committed in order becomes applied and, once durable, confirmed.
-// Throws if a writer failed.
+// Throws if a writer failed. With a destination: what it has committed, once its progress is
+// written here (the slot waits for that local commit to be durable).
 void DatabaseRun::Advance() {
 	XLogRecPtr commit_end = InvalidXLogRecPtr;
-	uint64 committed = writers_->Committed(&commit_end);
+	uint64 committed;
+	if (writers_)
+		committed = writers_->Committed(&commit_end);
+	else {
+		committed = sink_->RemoteSettled();
+		commit_end = XactLastCommitEnd;
+	}
 	XLogRecPtr reached = InvalidXLogRecPtr;
 
 	while (!in_flight_.empty() && in_flight_.front().first <= committed) {
@@ -556,6 +569,13 @@ void DatabaseRun::Stream() {
 			continue;
 		Flush();
 		pending_since = 0;
+		if (sink_->Remote()) {
+			// The end of a round (a backlog drained, or a steady load's few transactions): the
+			// batch in flight to the destination is waited for, so that bemi_wait and the slot
+			// follow within the round. Within a backlog, batches overlap with decoding.
+			sink_->Settle(db_);
+			Advance();
+		}
 		if (writers_ && upkeep_.Due()) {
 			// Upkeep takes strong locks on bemi.changes: never with a batch in flight.
 			writers_->Drain();
