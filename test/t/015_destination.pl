@@ -203,6 +203,28 @@ is($dest->safe_psql('trail', qq{
 	SELECT count(*) FROM bemi.changes WHERE source_system_id = '$sid{src1}' AND "after"->>'task' = 'after the gap'}),
 	'1', 'and capture goes on there');
 
+# 8. A destination that hangs (a session holds a lock on its progress table): the worker waits
+# for it without holding up a fast stop of the source, and writes the change once the lock goes.
+my ($lock_in, $lock_out) = ('', '');
+my $locker = IPC::Run::start(['psql', '-X', '-q', '-At', '-h', $dest->host, '-p', $dest->port, 'trail'],
+	'<', \$lock_in, '>', \$lock_out);
+$lock_in .= "BEGIN; LOCK TABLE bemi.source_progress IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n";
+$locker->pump until $lock_out =~ /locked/;
+$src1->safe_psql('postgres', q{INSERT INTO todo (task) VALUES ('while the destination hangs')});
+ok($dest->poll_query_until('trail', q{
+	SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = 'bemi worker' AND wait_event_type = 'Lock'}),
+	'the worker waits for the destination');
+my $stop_started = time;
+$src1->stop('fast');
+ok(time - $stop_started < 30, 'a fast stop of the source does not wait for the hanging destination');
+$lock_in .= "COMMIT;\n\\q\n";
+$locker->finish;
+$src1->start;
+wait_bemi($src1, 'postgres', 400);
+is($dest->safe_psql('trail', qq{
+	SELECT count(*) FROM bemi.changes WHERE source_system_id = '$sid{src1}' AND "after"->>'task' = 'while the destination hangs'}),
+	'1', 'the change lands once, after the lock is gone');
+
 $src1->stop;
 $src2->stop;
 $dest->stop;
