@@ -16,6 +16,11 @@
 // confirm its slot (batch.cpp, worker.cpp), so a crash anywhere resumes from what the destination
 // holds (LoadProgress, at start), and nothing is lost or written twice across the two servers.
 //
+// Waiting: the connection is non-blocking, and every wait for the destination (connecting,
+// sending, a result) is a wait on its socket and the worker's latch that serves interrupts. A
+// destination stuck on a lock or a dead network never keeps the worker from a shutdown, DROP
+// DATABASE or a new destination.
+//
 // Crossings: libpq never longjmps, so its calls are plain C++ here. The COPY text is built from
 // the batch's arena a few hundred rows at a time, each chunk inside one PgCall (jsonb and
 // timestamptz output may raise), and sent while the destination parses and inserts the chunks
@@ -34,6 +39,9 @@ extern "C" {
 #include "catalog/pg_type.h"
 #include "libpq-fe.h"
 #include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "utils/wait_event.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/jsonb.h"
@@ -43,6 +51,8 @@ extern "C" {
 namespace bemi {
 
 namespace {
+
+constexpr long kConnectTimeoutMs = 10 * 1000;
 
 // created_at is sent (the time the worker made the rows): with its volatile default
 // (clock_timestamp()) left to the destination, COPY would insert row by row instead of in
@@ -227,16 +237,88 @@ void RemoteDestination::Connect() {
 	                          "keepalives_count", "fallback_application_name", "dbname",
 	                          "client_encoding", nullptr};
 	const char *values[] = {"10", "30", "10", "3", "bemi worker", conninfo_.c_str(), encoding, nullptr};
-	conn_ = PQconnectdbParams(keywords, values, 1);
-	if (conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK)
+	conn_ = PQconnectStartParams(keywords, values, 1);
+	if (conn_ == nullptr || PQstatus(conn_) == CONNECTION_BAD)
+		Fail("cannot be reached");
+	// connect_timeout is PQconnectdb's: polling, the deadline is ours.
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), kConnectTimeoutMs);
+	for (PostgresPollingStatusType poll = PGRES_POLLING_WRITING; poll != PGRES_POLLING_OK;) {
+		if (poll == PGRES_POLLING_FAILED)
+			Fail("cannot be reached");
+		long left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (left <= 0)
+			Fail("cannot be reached (timeout)");
+		if (!WaitSocket(poll == PGRES_POLLING_READING ? WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE, left))
+			continue; // the deadline, checked above
+		poll = PQconnectPoll(conn_);
+	}
+	if (PQsetnonblocking(conn_, 1) != 0)
 		Fail("cannot be reached");
 	// Durable at COMMIT whatever the destination's default; names resolve only in pg_catalog.
 	Exec("SET synchronous_commit = on; SET search_path = pg_catalog, pg_temp; SET DateStyle = ISO;"
 	     " SET TimeZone = UTC; SET statement_timeout = 0");
 }
 
+bool RemoteDestination::WaitSocket(int events, long timeout_ms) {
+	int sock = PQsocket(conn_);
+	if (sock < 0)
+		Fail("lost the connection");
+	return PgCall([&]() {
+		int rc = WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | events |
+		                                        (timeout_ms >= 0 ? WL_TIMEOUT : 0),
+		                           sock, timeout_ms, PG_WAIT_EXTENSION);
+		if (rc & WL_LATCH_SET)
+			ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		return (rc & events) != 0;
+	});
+}
+
+void RemoteDestination::Flush() {
+	for (;;) {
+		int left = PQflush(conn_);
+		if (left == 0)
+			return;
+		if (left < 0)
+			Fail("lost the connection");
+		// Full send buffer: the destination may be waiting to send us something first.
+		WaitSocket(WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE);
+		if (PQconsumeInput(conn_) != 1)
+			Fail("lost the connection");
+	}
+}
+
+PGresult *RemoteDestination::NextResult() {
+	Flush();
+	while (PQisBusy(conn_)) {
+		WaitSocket(WL_SOCKET_READABLE);
+		if (PQconsumeInput(conn_) != 1)
+			Fail("lost the connection");
+	}
+	return PQgetResult(conn_);
+}
+
+PGresult *RemoteDestination::Run(const char *sql, int nparams, const char *const *params) {
+	bool sent = nparams == 0 ? PQsendQuery(conn_, sql) == 1
+	                         : PQsendQueryParams(conn_, sql, nparams, nullptr, params, nullptr, nullptr, 0) == 1;
+	if (!sent)
+		Fail(fmt::format("did not take \"{:.40}\"", sql));
+	// The last result of the query string (a COPY's, once it waits for rows).
+	PGresult *last = nullptr;
+	for (;;) {
+		PGresult *res = NextResult();
+		if (res == nullptr)
+			break;
+		PQclear(last);
+		last = res;
+		if (PQresultStatus(res) == PGRES_COPY_IN)
+			break;
+	}
+	return last;
+}
+
 void RemoteDestination::Exec(const char *sql) {
-	PGresult *res = PQexec(conn_, sql);
+	PGresult *res = Run(sql);
 	bool ok = res != nullptr && PQresultStatus(res) == PGRES_COMMAND_OK;
 	PQclear(res);
 	if (!ok)
@@ -246,10 +328,9 @@ void RemoteDestination::Exec(const char *sql) {
 std::optional<Progress> RemoteDestination::LoadProgress() {
 	Connect();
 	const char *params[2] = {source_system_id_.c_str(), database_.c_str()};
-	PGresult *res = PQexecParams(conn_,
-	                             "SELECT txn_end_lsn, txn_records, txn_complete, gaps_forwarded FROM bemi.source_progress"
-	                             " WHERE source_system_id = $1 AND database = $2",
-	                             2, nullptr, params, nullptr, nullptr, 0);
+	PGresult *res = Run("SELECT txn_end_lsn, txn_records, txn_complete, gaps_forwarded FROM bemi.source_progress"
+	                    " WHERE source_system_id = $1 AND database = $2",
+	                    2, params);
 	if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK) {
 		PQclear(res);
 		Fail("cannot be read");
@@ -363,7 +444,7 @@ void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_
 	                         remote_ ? known_records.c_str() : nullptr,
 	                         remote_ ? (remote_->txn_complete ? "true" : "false") : nullptr,
 	                         forwarded_text.c_str()};
-	PGresult *res = PQexecParams(conn_, kProgress, 9, nullptr, params, nullptr, nullptr, 0);
+	PGresult *res = Run(kProgress, 9, params);
 	ExecStatusType status = res != nullptr ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 	int moved = status == PGRES_TUPLES_OK ? PQntuples(res) : -1;
 	PQclear(res);
@@ -390,19 +471,18 @@ void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_
 		                         gap.statement ? gap.statement->c_str() : nullptr,
 		                         source_system_id_.c_str(),
 		                         database_.c_str()};
-		res = PQexecParams(conn_,
-		                   "INSERT INTO bemi.gaps (detected_at, from_lsn, to_lsn, reason, relation, role, statement,"
-		                   " source_system_id, source_database) VALUES ($1::timestamptz, $2::pg_lsn, $3::pg_lsn,"
-		                   " $4, $5, $6, $7, $8, $9)",
-		                   9, nullptr, values, nullptr, nullptr, 0);
+		res = Run("INSERT INTO bemi.gaps (detected_at, from_lsn, to_lsn, reason, relation, role, statement,"
+		          " source_system_id, source_database) VALUES ($1::timestamptz, $2::pg_lsn, $3::pg_lsn,"
+		          " $4, $5, $6, $7, $8, $9)",
+		          9, values);
 		bool ok = res != nullptr && PQresultStatus(res) == PGRES_COMMAND_OK;
 		PQclear(res);
 		if (!ok)
 			Fail("refused a gap in bemi.gaps");
 	}
 	if (rows > 0) {
-		// The COPY and the COMMIT after it: PQexec returns when the destination waits for rows.
-		res = PQexec(conn_, kCopy);
+		// The COPY and the COMMIT after it: Run returns when the destination waits for rows.
+		res = Run(kCopy);
 		bool copying = res != nullptr && PQresultStatus(res) == PGRES_COPY_IN;
 		PQclear(res);
 		if (!copying)
@@ -415,13 +495,25 @@ void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_
 				Disconnect(); // the COPY and its transaction are rolled back with the connection
 				throw;
 			}
-			if (PQputCopyData(conn_, text.data(), static_cast<int>(text.size())) != 1)
+			// Non-blocking: 0 is a full buffer, sent below before more is queued.
+			int put;
+			while ((put = PQputCopyData(conn_, text.data(), static_cast<int>(text.size()))) == 0)
+				Flush();
+			if (put != 1)
 				Fail("did not take the batch");
+			Flush();
 		}
-		if (PQputCopyEnd(conn_, nullptr) != 1)
+		int ended;
+		while ((ended = PQputCopyEnd(conn_, nullptr)) == 0)
+			Flush();
+		if (ended != 1)
 			Fail("did not take the batch");
-	} else if (PQsendQuery(conn_, "COMMIT") != 1)
-		Fail("did not take the COMMIT");
+		Flush();
+	} else {
+		if (PQsendQuery(conn_, "COMMIT") != 1)
+			Fail("did not take the COMMIT");
+		Flush();
+	}
 	in_flight_ = Sent{reached, forwarded};
 }
 
@@ -432,7 +524,7 @@ void RemoteDestination::Settle() {
 	// transaction answers COMMIT with ROLLBACK).
 	bool ok = true, committed = false;
 	PGresult *res;
-	while ((res = PQgetResult(conn_)) != nullptr) {
+	while ((res = NextResult()) != nullptr) {
 		if (PQresultStatus(res) != PGRES_COMMAND_OK)
 			ok = false;
 		committed = strcmp(PQcmdStatus(res), "COMMIT") == 0;

@@ -11,6 +11,7 @@
 #include <vector>
 
 struct pg_conn;
+struct pg_result;
 
 namespace bemi {
 
@@ -63,6 +64,16 @@ class RemoteDestination {
 	void Connect();
 	void Disconnect();
 	[[noreturn]] void Fail(const std::string &what);
+	// Waits for the socket (WL_SOCKET_* events) or timeout_ms (-1: none), serving interrupts:
+	// true if the socket is ready.
+	bool WaitSocket(int events, long timeout_ms = -1);
+	// Sends what libpq holds (non-blocking connection), waiting as the socket allows.
+	void Flush();
+	// PQgetResult, waiting interruptibly for it.
+	pg_result *NextResult();
+	// Sends a query (with text parameters) and returns its last result, or the COPY_IN one;
+	// nullptr if none. The caller PQclears it.
+	pg_result *Run(const char *sql, int nparams = 0, const char *const *params = nullptr);
 	void Exec(const char *sql);
 
 	std::string conninfo_;
