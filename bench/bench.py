@@ -1069,11 +1069,18 @@ END $$;""")
                                  "-g", "none", "--percent-limit", "0.5"], capture_output=True, text=True)
         children = subprocess.run(["perf", "report", "-i", path, "--stdio", "--children", "--sort", "sym",
                                    "-g", "none", "--percent-limit", "2"], capture_output=True, text=True)
+        # The hash chain's share (issue 15): its functions with what they call, below any cutoff.
+        every = subprocess.run(["perf", "report", "-i", path, "--stdio", "--children", "--sort", "sym",
+                                "-g", "none", "--percent-limit", "0"], capture_output=True, text=True)
+        chain = [line for line in every.stdout.splitlines()
+                 if re.search(r"ChainDigest|ChainLink|Batch::Digest|LinkRows|LinkRange|AdvanceHead", line)]
         with open(dest, "w") as f:
             f.write(f"# perf profile of the bemi worker during {tag} (cpu-clock, 999 Hz)\n\n## self time\n")
             f.write(self_r.stdout)
             f.write("\n\n## including callees (children)\n")
             f.write(children.stdout)
+            f.write("\n\n## the hash chain: its functions, including what they call (SHA-256 and all)\n")
+            f.write("\n".join(chain) + "\n")
         log(f"   profile written to {dest}")
 
     def profile_write_path(self):
