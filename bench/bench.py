@@ -238,6 +238,13 @@ SCRIPTS = {
     "trigger": TPCB_HEAD + f"SELECT set_config('bench.context', ({CONTEXT})::text, true);\n" + TPCB_BODY,
     "wal2json": TPCB_HEAD + f"SELECT pg_logical_emit_message(true, 'bench', ({CONTEXT})::text);\n" + TPCB_BODY,
 }
+# The context as the Python package sends it by default with psycopg: a Bemi comment in front of
+# every write statement (python/bemi/transport.py). The comment's text changes with the context
+# (user_id here), so these scripts run with the simple protocol, as psycopg2 does anyway.
+COMMENT = '/*Bemi {"user_id": :aid, "endpoint": "/pgbench/tpcb", "method": "POST"} Bemi*/ '
+SCRIPTS["bemi_comment"] = TPCB_HEAD + "".join(
+    (COMMENT + line if line.split(" ", 1)[0] in ("UPDATE", "INSERT") else line) + "\n"
+    for line in TPCB_BODY.splitlines())
 PGBENCH_TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
 
 AUDIT_SQL = """
@@ -272,6 +279,11 @@ CONFIGS = {
     # nothing capturing), and capturing without one.
     "a2": ("(a2) nothing capturing, the context passed by one `set_config` statement", "trigger", "DEFAULT"),
     "b0": ("(b0) bemi, no context", "plain", "FULL"),
+}
+# Section 1c: the simple protocol, the context in a comment (see COMMENT).
+COMMENT_CONFIGS = {
+    "as": ("(a) nothing capturing, `-M simple`", "plain", "DEFAULT"),
+    "bs": ("(b) bemi, the context as a Bemi comment on each write, `-M simple`", "bemi_comment", "FULL"),
 }
 
 
@@ -390,7 +402,7 @@ class Bench:
                          "".join(f"ALTER TABLE {t} REPLICA IDENTITY {identity};\n" for t in PGBENCH_TABLES))
 
     def start_config(self, key, identity=None):
-        self.reset_pgbench(identity or CONFIGS[key][2])
+        self.reset_pgbench(identity or {**CONFIGS, **COMMENT_CONFIGS}[key][2])
         state = {"pids": []}
         key = key[0]  # a2 is an a, b0 a b
         if key == "b":
@@ -420,6 +432,8 @@ class Bench:
             drain = self.wait_bemi(end_lsn)
             state["captured"] = int(self.server.one(
                 "SELECT count(*) FROM bemi.changes WHERE \"table\" LIKE 'pgbench%'"))
+            state["with_context"] = int(self.server.one(
+                "SELECT count(*) FROM bemi.changes WHERE \"table\" LIKE 'pgbench%' AND context ? 'user_id'"))
             self.drop_bemi()
         elif key == "c":
             state["captured"] = int(self.server.one("SELECT count(*) FROM bench_audit"))
@@ -446,9 +460,9 @@ class Bench:
             self.server.psql("SELECT pg_drop_replication_slot('bench_w2j')")
         return drain
 
-    def pgbench(self, script, secs, clients, threads, tag, rate=None):
+    def pgbench(self, script, secs, clients, threads, tag, rate=None, mode="prepared"):
         prefix = os.path.join(self.logs, tag)
-        cmd = [f"{BINDIR}/pgbench", *self.server.conninfo(), "-n", "-M", "prepared", "-c", str(clients),
+        cmd = [f"{BINDIR}/pgbench", *self.server.conninfo(), "-n", "-M", mode, "-c", str(clients),
                "-j", str(threads), "-T", str(secs), "-s", str(self.p["scale"]),
                "-f", os.path.join(self.workdir, f"{script}.sql"), "-l", f"--log-prefix={prefix}"]
         if rate:
@@ -472,13 +486,13 @@ class Bench:
         return dict(tps=tps, mean_ms=statistics.fmean(lat) if lat else None, p99_ms=percentile(lat, 0.99),
                     p50_ms=percentile(lat, 0.50), n=len(lat), failed=failed)
 
-    def run_config(self, key, secs, clients, threads, tag, held=False, identity=None, script=None):
-        script = script or CONFIGS[key][1]
+    def run_config(self, key, secs, clients, threads, tag, held=False, identity=None, script=None, mode="prepared"):
+        script = script or {**CONFIGS, **COMMENT_CONFIGS}[key][1]
         state = self.start_config(key, identity)
         release = self.stop_worker(state["pids"][0]) if held else None
         cpu0 = [proc_cpu_seconds(p) for p in state["pids"]]
         lsn0 = self.server.one("SELECT pg_current_wal_lsn()")
-        res = self.pgbench(script, secs, clients, threads, tag)
+        res = self.pgbench(script, secs, clients, threads, tag, mode=mode)
         lsn1 = self.server.one("SELECT pg_current_wal_lsn()")
         cpu1 = [proc_cpu_seconds(p) for p in state["pids"]]
         res["wal_bytes"] = int(float(self.server.one(f"SELECT pg_wal_lsn_diff('{lsn1}', '{lsn0}')")))
@@ -488,7 +502,45 @@ class Bench:
             release()
         res["drain_s"] = self.stop_config(key, state, lsn1)
         res["captured"] = state.get("captured")
+        res["with_context"] = state.get("with_context")
         return res
+
+    def section_comment_context(self):
+        """1c: the context as the Python package sends it by default (a comment), simple protocol."""
+        p = self.p
+        rounds, secs = p["write_rounds"], p["write_secs"]
+        keys = list(COMMENT_CONFIGS)
+        results = {k: [] for k in keys}
+        log(f"1c. the context as a comment: {len(keys)} configurations x {rounds} rounds x {secs} s, -M simple")
+        for r in range(rounds):
+            for k in (keys if r % 2 == 0 else keys[::-1]):
+                res = self.run_config(k, secs, p["clients"], p["threads"], f"s{r}{k}", mode="simple")
+                results[k].append(res)
+                log(f"   round {r + 1} {k}: {res['tps']:.0f} tps, wal {res['wal_bytes'] / max(res['n'], 1):.0f} B/txn"
+                    + (f", captured {res['captured']:,}, with context {res['with_context']:,}"
+                       if res.get("captured") is not None else ""))
+        rows = []
+        for k in keys:
+            rs = results[k]
+            rows.append([COMMENT_CONFIGS[k][0], fmt(median([x["tps"] for x in rs])),
+                         fmt(median([ratio(x["tps"], a["tps"]) for x, a in zip(rs, results["as"])]), 3),
+                         fmt(median([x["p99_ms"] for x in rs]), 2),
+                         fmt(median([x["wal_bytes"] / max(x["n"], 1) for x in rs])),
+                         fmt(median([x["capture_cpu_s"] / secs * 100 if x["capture_cpu_s"] is not None else None
+                                     for x in rs]), 0, " %")])
+        b_ratio = median([ratio(b["tps"], a["tps"]) for b, a in zip(results["bs"], results["as"])])
+        context_share = median([ratio(x["with_context"], x["captured"]) for x in results["bs"]])
+        self.summary.append(("write path, context as a comment (`-M simple`): bemi TPS ≥ 0.85 × nothing capturing",
+                             b_ratio is not None and b_ratio >= 0.85, f"{fmt(b_ratio, 3)} × (a)"))
+        self.sections.append("\n".join([
+            "### 1c. The context as a comment (the Python package's default with psycopg)\n",
+            "The same pgbench transaction, with the context as `python/bemi` sends it by default with "
+            "psycopg: a `/*Bemi {...} Bemi*/` comment in front of each write statement, its user_id "
+            "the transaction's account. The comment's text changes per transaction, so both "
+            f"configurations use `-M simple` (as psycopg2 always does). {rounds} rounds of {secs} s, "
+            "interleaved; medians.\n",
+            md_table(["configuration", "TPS", "× (a)", "p99 ms", "WAL/txn B", "capture CPU"], rows), "",
+            f"Share of captured pgbench changes that carry the comment's context: {fmt(context_share, 3)}.\n"]))
 
     def section_write_path(self):
         p = self.p
@@ -1341,6 +1393,7 @@ END $$;""")
             self.setup()
             if "write" in only:
                 self.section_write_path()
+                self.section_comment_context()
             if "decomp" in only:
                 self.section_decomposition()
             if "ingest" in only:
