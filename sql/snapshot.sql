@@ -52,6 +52,8 @@ CREATE TABLE snap_parts_high PARTITION OF snap_parts FOR VALUES FROM (100) TO (2
 INSERT INTO snap_parts VALUES (1, 'low'), (150, 'high'), (99, 'low too');
 SELECT bemi_snapshot('snap_parts', chunk_size => 2) > 0 AS taken;
 SELECT "table", primary_key, "after" FROM bemi.changes WHERE "table" LIKE 'snap_parts%' AND operation = 'SNAPSHOT' ORDER BY id;
+-- A partition alone is refused: its changes are recorded under the partitioned table.
+SELECT bemi_snapshot('snap_parts_high');
 -- An empty table: a job with no rows, done.
 CREATE TABLE snap_empty (id int PRIMARY KEY);
 SELECT bemi_snapshot('snap_empty') AS empty_job \gset

@@ -23,6 +23,7 @@
 #include "bemi/context_core.h"
 #include "bemi/registry.h"
 #include "bemi/secret.h"
+#include "bemi/settings.h"
 #include "bemi/snapshot.h"
 
 #include "access/detoast.h"
@@ -32,6 +33,7 @@
 #include "access/xact.h"
 #include "catalog/catalog.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
@@ -117,6 +119,18 @@ SnapshotKey(Relation rel, AttrNumber *keys)
 	if (rel->rd_rel->relkind != RELKIND_RELATION && rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
 		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE), errmsg("\"%s\" is not a table", name),
 						errhint("bemi_snapshot records the rows of a table (or of a partitioned table as a whole).")));
+	/* Its changes are recorded under the root: a snapshot of it alone would be a part of the root's. */
+	if (rel->rd_rel->relispartition && bemi_partitions_as_root)
+	{
+		List	   *ancestors = get_partition_ancestors(RelationGetRelid(rel));
+		Oid			root = ancestors != NIL ? llast_oid(ancestors) : InvalidOid;
+
+		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+						errmsg("\"%s\" is a partition: bemi records its changes under \"%s\"", name,
+							   OidIsValid(root) ? get_rel_name(root) : "its root"),
+						errhint("Snapshot the partitioned table as a whole, or set bemi.partitions_as_root = off "
+								"to record partitions under their own names.")));
+	}
 	if (rel->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT || IsCatalogNamespace(nsp) ||
 		IsToastNamespace(nsp) || nspname == NULL || strcmp(nspname, "bemi") == 0 ||
 		strcmp(nspname, "information_schema") == 0)
