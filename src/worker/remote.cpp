@@ -6,7 +6,7 @@
 //      progress (INSERT ... ON CONFLICT DO UPDATE ... WHERE it is still what we knew): it locks the
 //      row, so two writers for one source cannot interleave, and one that finds the row moved
 //      fails instead of writing twice;
-//   2. the rows, by COPY bemi.changes (...) FROM STDIN in text format: ids come from the
+//   2. the rows, by COPY bemi.changes (...) FROM STDIN in binary format: ids come from the
 //      destination's identity;
 //   3. COMMIT, with synchronous_commit = on, in the same query string as the COPY: the
 //      destination commits as soon as the rows are in, without a round trip.
@@ -21,10 +21,10 @@
 // destination stuck on a lock or a dead network never keeps the worker from a shutdown, DROP
 // DATABASE or a new destination.
 //
-// Crossings: libpq never longjmps, so its calls are plain C++ here. The COPY text is built from
-// the batch's arena a few hundred rows at a time, each chunk inside one PgCall (jsonb and
-// timestamptz output may raise), and sent while the destination parses and inserts the chunks
-// before it: the worker's text output and the destination's input overlap.
+// Crossings: libpq never longjmps, so its calls are plain C++ here. The COPY data (binary format:
+// times, ids and positions as integers, jsonb as its send format) is built from the batch's arena
+// a few hundred rows at a time, each chunk inside one PgCall (jsonb output may raise), and sent
+// while the destination reads and inserts the chunks before it.
 #include "remote.hpp"
 
 #include "transaction.hpp"
@@ -40,6 +40,7 @@ extern "C" {
 #include "libpq-fe.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "port/pg_bswap.h"
 #include "storage/latch.h"
 #include "utils/wait_event.h"
 #include "utils/builtins.h"
@@ -59,7 +60,7 @@ constexpr long kConnectTimeoutMs = 10 * 1000;
 // multi-insert batches.
 const char *const kCopy =
     "COPY bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \"table\", operation,"
-    " committed_at, transaction_id, position, source_system_id, created_at) FROM STDIN; COMMIT";
+    " committed_at, transaction_id, position, source_system_id, created_at) FROM STDIN (FORMAT binary); COMMIT";
 
 // Fenced: the row moves only from what this worker last knew ($6..$8; NULL: no row), else no row
 // comes back. The worker's session has search_path = pg_catalog, pg_temp.
@@ -76,38 +77,47 @@ std::string LsnText(XLogRecPtr lsn) {
 	return fmt::format("{:X}/{:X}", static_cast<uint32>(lsn >> 32), static_cast<uint32>(lsn));
 }
 
-// COPY text format: backslash, newline, carriage return and tab escaped. C-style (StringInfo).
-void AppendCopyValue(StringInfo out, const char *value, size_t len) {
-	for (size_t i = 0; i < len; i++) {
-		char c = value[i];
-		switch (c) {
-		case '\\':
-			appendBinaryStringInfo(out, "\\\\", 2);
-			break;
-		case '\n':
-			appendBinaryStringInfo(out, "\\n", 2);
-			break;
-		case '\r':
-			appendBinaryStringInfo(out, "\\r", 2);
-			break;
-		case '\t':
-			appendBinaryStringInfo(out, "\\t", 2);
-			break;
-		default:
-			appendStringInfoCharMacro(out, c);
-		}
-	}
+// COPY's binary format (the COPY statement's column order): a field is its length and its
+// bytes in the type's send format, -1 for NULL. Times, ids and positions go as 8-byte integers:
+// the destination parses none of them. C-style (StringInfo).
+constexpr int16 kCopyColumns = 13;
+const char kCopySignature[] = "PGCOPY\n\377\r\n\0";
+
+void AppendInt16(StringInfo out, int16 v) {
+	uint16 n = pg_hton16(static_cast<uint16>(v));
+	appendBinaryStringInfo(out, reinterpret_cast<const char *>(&n), sizeof(n));
 }
 
-void AppendText(StringInfo out, const char *varlena) {
-	AppendCopyValue(out, VARDATA_ANY(varlena), VARSIZE_ANY_EXHDR(varlena));
+void AppendInt32(StringInfo out, int32 v) {
+	uint32 n = pg_hton32(static_cast<uint32>(v));
+	appendBinaryStringInfo(out, reinterpret_cast<const char *>(&n), sizeof(n));
 }
 
-void AppendJsonb(StringInfo out, const char *varlena) {
+void AppendInt64Field(StringInfo out, uint64 v) {
+	AppendInt32(out, sizeof(v));
+	uint64 n = pg_hton64(v);
+	appendBinaryStringInfo(out, reinterpret_cast<const char *>(&n), sizeof(n));
+}
+
+void AppendBytesField(StringInfo out, const char *data, size_t len) {
+	AppendInt32(out, static_cast<int32>(len));
+	appendBinaryStringInfo(out, data, static_cast<int>(len));
+}
+
+void AppendTextField(StringInfo out, const char *varlena) {
+	AppendBytesField(out, VARDATA_ANY(varlena), VARSIZE_ANY_EXHDR(varlena));
+}
+
+// jsonb's send format: a version byte (1), then the document as text.
+void AppendJsonbField(StringInfo out, const char *varlena) {
 	const Jsonb *jb = reinterpret_cast<const Jsonb *>(varlena);
-	char *text = JsonbToCString(nullptr, const_cast<JsonbContainer *>(&jb->root), VARSIZE(jb));
-	AppendCopyValue(out, text, strlen(text));
-	pfree(text);
+	int at = out->len;
+	AppendInt32(out, 0); // the length, filled in below
+	appendStringInfoChar(out, 1);
+	int start = out->len;
+	(void)JsonbToCString(out, const_cast<JsonbContainer *>(&jb->root), VARSIZE(jb));
+	uint32 n = pg_hton32(static_cast<uint32>(out->len - start + 1));
+	memcpy(out->data + at, &n, sizeof(n));
 }
 
 } // namespace
@@ -362,7 +372,7 @@ std::optional<Progress> RemoteDestination::LoadProgress() {
 	return remote_;
 }
 
-std::string RemoteDestination::CopyText(const Batch &batch, size_t first, size_t count,
+std::string RemoteDestination::CopyData(const Batch &batch, size_t first, size_t count,
                                         const std::vector<char> &empty_context) const {
 	struct Built {
 		char *data;
@@ -370,52 +380,49 @@ std::string RemoteDestination::CopyText(const Batch &batch, size_t first, size_t
 	};
 	const char *source = source_system_id_.c_str();
 	const char *database = database_.c_str();
+	size_t rows = batch.Rows().size();
 	Built built = PgCall([&]() {
 		StringInfoData out;
-		MemoryContext rows = AllocSetContextCreate(CurrentMemoryContext, "bemi copy", ALLOCSET_DEFAULT_SIZES);
-		MemoryContext caller = MemoryContextSwitchTo(rows);
-		initStringInfo(&out); // in `rows`: copied out below
-		char created[MAXDATELEN + 1];
-		strlcpy(created, timestamptz_to_str(GetCurrentTimestamp()), sizeof(created));
+		MemoryContext context = AllocSetContextCreate(CurrentMemoryContext, "bemi copy", ALLOCSET_DEFAULT_SIZES);
+		MemoryContext caller = MemoryContextSwitchTo(context);
+		initStringInfo(&out); // in `context`: copied out below
+		if (first == 0) {
+			appendBinaryStringInfo(&out, kCopySignature, sizeof(kCopySignature) - 1);
+			AppendInt32(&out, 0); // flags
+			AppendInt32(&out, 0); // header extension
+		}
+		TimestampTz created = GetCurrentTimestamp();
 		for (size_t i = first; i < first + count; i++) {
 			const Batch::Row &row = batch.Rows()[i];
+			AppendInt16(&out, kCopyColumns);
 			if (row.pk == Batch::kNone)
-				appendBinaryStringInfo(&out, "\\N", 2);
+				AppendInt32(&out, -1);
 			else
-				AppendText(&out, batch.At(row.pk));
-			appendStringInfoChar(&out, '\t');
-			AppendJsonb(&out, batch.At(row.before));
-			appendStringInfoChar(&out, '\t');
-			AppendJsonb(&out, batch.At(row.after));
-			appendStringInfoChar(&out, '\t');
-			AppendJsonb(&out, row.context == Batch::kNone ? empty_context.data() : batch.At(row.context));
-			appendStringInfoChar(&out, '\t');
-			AppendCopyValue(&out, database, strlen(database));
-			appendStringInfoChar(&out, '\t');
-			AppendText(&out, batch.At(row.schema));
-			appendStringInfoChar(&out, '\t');
-			AppendText(&out, batch.At(row.table));
-			appendStringInfoChar(&out, '\t');
-			AppendText(&out, batch.At(row.operation));
-			appendStringInfoChar(&out, '\t');
-			// The worker's DateStyle is ISO and its TimeZone UTC: "2026-01-01 00:00:00.123+00".
-			appendStringInfoString(&out, timestamptz_to_str(row.committed));
-			appendStringInfo(&out, "\t" INT64_FORMAT "\t%X/%X\t", static_cast<int64>(row.xid),
-			                 static_cast<uint32>(row.position >> 32), static_cast<uint32>(row.position));
-			AppendCopyValue(&out, source, strlen(source));
-			appendStringInfoChar(&out, '\t');
-			appendStringInfoString(&out, created);
-			appendStringInfoChar(&out, '\n');
+				AppendTextField(&out, batch.At(row.pk));
+			AppendJsonbField(&out, batch.At(row.before));
+			AppendJsonbField(&out, batch.At(row.after));
+			AppendJsonbField(&out, row.context == Batch::kNone ? empty_context.data() : batch.At(row.context));
+			AppendBytesField(&out, database, strlen(database));
+			AppendTextField(&out, batch.At(row.schema));
+			AppendTextField(&out, batch.At(row.table));
+			AppendTextField(&out, batch.At(row.operation));
+			AppendInt64Field(&out, static_cast<uint64>(row.committed));
+			AppendInt64Field(&out, static_cast<uint64>(row.xid));
+			AppendInt64Field(&out, static_cast<uint64>(row.position));
+			AppendBytesField(&out, source, strlen(source));
+			AppendInt64Field(&out, static_cast<uint64>(created));
 		}
+		if (first + count == rows)
+			AppendInt16(&out, -1); // the trailer
 		MemoryContextSwitchTo(caller);
 		Built b{static_cast<char *>(palloc(out.len + 1)), out.len};
 		memcpy(b.data, out.data, out.len);
-		MemoryContextDelete(rows);
+		MemoryContextDelete(context);
 		return b;
 	});
-	std::string text(built.data, built.len);
+	std::string data(built.data, built.len);
 	PgCall([&]() { pfree(built.data); });
-	return text;
+	return data;
 }
 
 void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_context, const Progress &reached,
@@ -490,7 +497,7 @@ void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_
 		for (size_t first = 0; first < rows; first += kChunkRows) {
 			std::string text;
 			try {
-				text = CopyText(batch, first, std::min(kChunkRows, rows - first), empty_context);
+				text = CopyData(batch, first, std::min(kChunkRows, rows - first), empty_context);
 			} catch (...) {
 				Disconnect(); // the COPY and its transaction are rolled back with the connection
 				throw;

@@ -42,7 +42,7 @@ class RemoteDestination {
 	std::optional<Progress> LoadProgress();
 	// One transaction there, sent without waiting for its end: the progress check and update,
 	// the source's new gaps, the batch's rows by COPY, COMMIT with synchronous_commit = on. The
-	// rows are turned into COPY's text a few hundred at a time while the destination already
+	// rows are turned into COPY's binary format a few hundred at a time while the destination already
 	// parses and inserts the ones before; the COMMIT is on its way when Send returns, and the
 	// worker decodes the next batch while the destination finishes this one. Settle() before
 	// anything counts it as written. Throws on failure (the connection is then dropped and made
@@ -58,9 +58,9 @@ class RemoteDestination {
 	int64 GapsForwarded() const { return gaps_forwarded_; }
 
   private:
-	// Rows first .. first + count - 1 of a batch in COPY's text format, in the column order of
-	// Send's COPY.
-	std::string CopyText(const Batch &batch, size_t first, size_t count, const std::vector<char> &empty_context) const;
+	// Rows first .. first + count - 1 of a batch in COPY's binary format, in the column order of
+	// Send's COPY (with the format's header before the first row, its trailer after the last).
+	std::string CopyData(const Batch &batch, size_t first, size_t count, const std::vector<char> &empty_context) const;
 	void Connect();
 	void Disconnect();
 	[[noreturn]] void Fail(const std::string &what);
