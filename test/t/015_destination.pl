@@ -56,6 +56,17 @@ is($src1->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes}), '0', 'and
 is($src1->safe_psql('postgres', q{SELECT destination_reachable, destination ~ 'dbname=trail' FROM bemi_status()}),
 	't|t', 'bemi_status() shows the destination, reachable');
 
+# Every column arrives as the source wrote it: the transaction id, a position past the WAL before
+# the change, the commit time, and created_at (the worker's) after it.
+my ($xid, $lsn_before) = split /\|/, $src1->safe_psql('postgres', q{
+	BEGIN; SELECT txid_current(), pg_current_wal_lsn(); INSERT INTO todo (task) VALUES ('every column'); COMMIT;});
+wait_bemi($src1);
+is($dest->safe_psql('trail', qq{
+	SELECT transaction_id = $xid, position > '$lsn_before', committed_at > now() - interval '5 minutes',
+	       created_at >= committed_at, primary_key, schema, operation, before = '{}', jsonb_typeof(context)
+	  FROM bemi.changes WHERE source_system_id = '$sid{src1}' AND "after"->>'task' = 'every column'}),
+	't|t|t|t|2|public|CREATE|t|object', 'every column of a change arrives as the source wrote it');
+
 # A gap of the source (a table taken out of capture) is recorded there too, with the next batch.
 $src1->safe_psql('postgres', q{
 	CREATE TABLE scratch (id int PRIMARY KEY);
