@@ -203,9 +203,10 @@ std::string SystemIdentifier() {
 	return std::to_string(PgCall([]() { return GetSystemIdentifier(); }));
 }
 
-RemoteDestination::RemoteDestination(std::string conninfo, std::string source_system_id, std::string database)
+RemoteDestination::RemoteDestination(std::string conninfo, std::string source_system_id, std::string database,
+                                     const BemiDatabase *db)
     : conninfo_(std::move(conninfo)), source_system_id_(std::move(source_system_id)),
-      database_(std::move(database)) {}
+      database_(std::move(database)), db_(db) {}
 
 RemoteDestination::~RemoteDestination() {
 	Disconnect();
@@ -273,7 +274,7 @@ bool RemoteDestination::WaitSocket(int events, long timeout_ms) {
 	int sock = PQsocket(conn_);
 	if (sock < 0)
 		Fail("lost the connection");
-	return PgCall([&]() {
+	bool ready = PgCall([&]() {
 		int rc = WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | events |
 		                                        (timeout_ms >= 0 ? WL_TIMEOUT : 0),
 		                           sock, timeout_ms, PG_WAIT_EXTENSION);
@@ -282,6 +283,14 @@ bool RemoteDestination::WaitSocket(int events, long timeout_ms) {
 		CHECK_FOR_INTERRUPTS();
 		return (rc & events) != 0;
 	});
+	// DROP DATABASE and DROP EXTENSION wait for the worker (a bounded wait, then the drop fails or
+	// leaves the slot behind): they must not wait for a destination that hangs. The batch in
+	// flight is rolled back there; the destination's progress says where a next run resumes.
+	if (db_->state == BEMI_PAUSED || db_->state == BEMI_STOPPING) {
+		Disconnect();
+		throw LetGoRequested();
+	}
+	return ready;
 }
 
 void RemoteDestination::Flush() {

@@ -19,6 +19,13 @@ namespace bemi {
 // empty. Never quotes the string: it may hold a secret.
 std::string ConninfoProblem(const char *conninfo);
 
+// Thrown by a wait for the destination when DROP DATABASE or DROP EXTENSION of the source database
+// asks the worker to let go (the connection is closed, the batch in flight rolled back there): the
+// worker then lets go as it would between batches.
+struct LetGoRequested : std::exception {
+	const char *what() const noexcept override { return "bemi: the worker was asked to let go"; }
+};
+
 // A row of the source's bemi.gaps, to be copied to the destination's (NULLs as nullopt).
 struct Gap {
 	int64 id;
@@ -31,8 +38,9 @@ std::vector<Gap> LoadGaps(int64 after, int limit);
 
 class RemoteDestination {
   public:
-	// source_system_id, database: how this source's changes and progress are named there.
-	RemoteDestination(std::string conninfo, std::string source_system_id, std::string database);
+	// source_system_id, database: how this source's changes and progress are named there. db: the
+	// source database's entry, whose DROP DATABASE or DROP EXTENSION ends any wait for the destination.
+	RemoteDestination(std::string conninfo, std::string source_system_id, std::string database, const BemiDatabase *db);
 	RemoteDestination(const RemoteDestination &) = delete;
 	RemoteDestination &operator=(const RemoteDestination &) = delete;
 	~RemoteDestination();
@@ -65,7 +73,7 @@ class RemoteDestination {
 	void Disconnect();
 	[[noreturn]] void Fail(const std::string &what);
 	// Waits for the socket (WL_SOCKET_* events) or timeout_ms (-1: none), serving interrupts:
-	// true if the socket is ready.
+	// true if the socket is ready. Throws if the source database asks the worker to let go.
 	bool WaitSocket(int events, long timeout_ms = -1);
 	// Sends what libpq holds (non-blocking connection), waiting as the socket allows.
 	void Flush();
@@ -79,6 +87,7 @@ class RemoteDestination {
 	std::string conninfo_;
 	std::string source_system_id_;
 	std::string database_;
+	const BemiDatabase *db_;
 	pg_conn *conn_ = nullptr;
 	bool progress_known_ = false;    // LoadProgress ran on this connection's destination
 	std::optional<Progress> remote_; // what the destination holds for us, as last read or settled

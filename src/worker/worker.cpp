@@ -8,6 +8,7 @@
 // a PgCall: one per step (a round of decoding up to a full batch, a flush, a wait), never one per
 // WAL record. Decoding calls the plugin, which feeds the Sink through sink.h's functions, each
 // entered through the guard again (sink.cpp).
+#include "remote.hpp"
 #include "sink.hpp"
 #include "transaction.hpp"
 #include "upkeep.hpp"
@@ -66,7 +67,7 @@ void Connect(Oid dboid, const char *name) {
 namespace {
 
 constexpr long kNaptimeMs = 1000;
-constexpr long kGatherMs = 20; // longest sleep while a batch gathers (see Stream)
+constexpr long kGatherMs = 20; // longest sleep while a batch gathers (see Loop)
 constexpr long kMaxBackoffS = 60;
 
 BemiDatabase *claimed = nullptr;
@@ -163,7 +164,8 @@ class DatabaseRun {
   private:
 	void Start();
 	void RecreateLostSlot();
-	[[noreturn]] void Stream();
+	[[noreturn]] void Stream(const std::string &conninfo);
+	[[noreturn]] void Loop();
 	bool Decode(XLogRecPtr end_of_wal);
 	void Flush();
 	void Advance();
@@ -208,6 +210,23 @@ void DatabaseRun::Run() {
 		return generation;
 	});
 	std::string conninfo = LoadDestination();
+	try {
+		Stream(conninfo);
+	} catch (const LetGoRequested &) {
+		// A wait for the destination ended by DROP DATABASE or DROP EXTENSION (remote.cpp): let go
+		// here, as the stream loop does between batches.
+		PgCall([&]() {
+			AbortOutOfAnyTransaction();
+			ereport(LOG, (errmsg("bemi: worker for database %u stopped waiting for its destination", db_->dboid)));
+		});
+		if (db_->state == BEMI_STOPPING)
+			Retire();
+		LetGo();
+	}
+}
+
+// Writers or the destination, the decoding context, then the loop.
+void DatabaseRun::Stream(const std::string &conninfo) {
 	int writers = PgCall([]() { return bemi_writers; });
 	if (!conninfo.empty()) {
 		// Writer processes write here only: with a destination the worker writes each batch there
@@ -232,7 +251,7 @@ void DatabaseRun::Run() {
 		                     BEMI_LSN_ARGS(sink_->Done().txn_end_lsn), writers_ ? writers_->Count() : 0,
 		                     conninfo.empty() ? "" : ", the trail in another database")));
 	});
-	Stream();
+	Loop();
 }
 
 void DatabaseRun::Start() {
@@ -357,7 +376,10 @@ void DatabaseRun::Retire() {
 void DatabaseRun::LetGo() {
 	if (writers_)
 		writers_->Stop(); // DROP DATABASE waits for their connections too
-	PgCall([&]() { BemiStopDecoding(ctx_); });
+	PgCall([&]() {
+		if (ctx_)
+			BemiStopDecoding(ctx_);
+	});
 	sink_.reset();
 	PgCall([&]() {
 		ereport(LOG, (errmsg("bemi: worker for database %u exiting for DROP DATABASE", db_->dboid)));
@@ -480,7 +502,7 @@ void DatabaseRun::Advance() {
 // Decodes WAL up to end_of_wal while the worker may; true if it stopped for a full batch.
 // C-style, inside PgCall only: one PgCall for a whole round of WAL records.
 bool DatabaseRun::Decode(XLogRecPtr end_of_wal) {
-	// A bemi_set_destination committing meanwhile stops the round: Stream() caps the next one.
+	// A bemi_set_destination committing meanwhile stops the round: Loop() caps the next one.
 	while (ctx_->reader->EndRecPtr < end_of_wal && (db_->state == BEMI_RUNNING || db_->state == BEMI_FAILING) &&
 	       (switching_ || db_->destination_generation == destination_generation_)) {
 		char *errm = nullptr;
@@ -498,7 +520,7 @@ bool DatabaseRun::Decode(XLogRecPtr end_of_wal) {
 	return false;
 }
 
-void DatabaseRun::Stream() {
+void DatabaseRun::Loop() {
 	TimestampTz pending_since = 0;
 
 	for (;;) {

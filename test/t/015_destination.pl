@@ -236,6 +236,47 @@ is($dest->safe_psql('trail', qq{
 	SELECT count(*) FROM bemi.changes WHERE source_system_id = '$sid{src1}' AND "after"->>'task' = 'while the destination hangs'}),
 	'1', 'the change lands once, after the lock is gone');
 
+# 9. DROP DATABASE and DROP EXTENSION while the destination hangs: the worker lets go at once (it
+# is waiting for the destination), so the drop goes ahead and no slot is left holding WAL.
+$src1->safe_psql('postgres', "CREATE DATABASE $_") for ('doomed', 'retired');
+for my $db ('doomed', 'retired')
+{
+	$src1->safe_psql($db, qq{
+		CREATE EXTENSION bemi;
+		SELECT bemi_set_destination('$conninfo');
+		CREATE TABLE t (id int PRIMARY KEY);
+		INSERT INTO t VALUES (1);
+	});
+	wait_bemi($src1, $db, 400);
+}
+($lock_in, $lock_out) = ('', '');
+$locker = IPC::Run::start(['psql', '-X', '-q', '-At', '-h', $dest->host, '-p', $dest->port, 'trail'],
+	'<', \$lock_in, '>', \$lock_out);
+$lock_in .= "BEGIN; LOCK TABLE bemi.source_progress IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n";
+$locker->pump until $lock_out =~ /locked/;
+$src1->safe_psql($_, 'INSERT INTO t VALUES (2)') for ('doomed', 'retired');
+ok($dest->poll_query_until('trail', q{
+	SELECT count(*) = 2 FROM pg_stat_activity WHERE application_name = 'bemi worker' AND wait_event_type = 'Lock'}),
+	'both workers wait for the destination');
+my $drop_started = time;
+($ret, $out, $err) = $src1->psql('postgres', 'SET bemi.allow_drop = on; DROP DATABASE doomed');
+is($ret, 0, 'DROP DATABASE goes ahead while the destination hangs') or diag($err);
+ok(time - $drop_started < 10, 'without waiting for the destination');
+$src1->safe_psql('retired', 'SET bemi.allow_drop = on; DROP EXTENSION bemi');
+ok($src1->poll_query_until('postgres', q{
+	SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'}),
+	'DROP EXTENSION: its slot is dropped while the destination still hangs');
+is($src1->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'bemi%'}), '1',
+	'and only the postgres database keeps a replication origin');
+$lock_in .= "COMMIT;\n\\q\n";
+$locker->finish;
+$src1->safe_psql('postgres', q{INSERT INTO todo (task) VALUES ('after the drops')});
+wait_bemi($src1, 'postgres', 400);
+is($dest->safe_psql('trail', qq{
+	SELECT count(*) FROM bemi.changes WHERE source_system_id = '$sid{src1}' AND "after"->>'task' = 'after the drops'}),
+	'1', 'the remaining database goes on writing to the destination');
+
 $src1->stop;
 $src2->stop;
 $dest->stop;
