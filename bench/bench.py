@@ -401,12 +401,14 @@ class Bench:
                          "VACUUM (ANALYZE) pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history;\n" +
                          "".join(f"ALTER TABLE {t} REPLICA IDENTITY {identity};\n" for t in PGBENCH_TABLES))
 
-    def start_config(self, key, identity=None):
+    def start_config(self, key, identity=None, bemi_sql=None):
         self.reset_pgbench(identity or {**CONFIGS, **COMMENT_CONFIGS}[key][2])
         state = {"pids": []}
         key = key[0]  # a2 is an a, b0 a b
         if key == "b":
             state["pids"].append(self.create_bemi())
+            if bemi_sql:
+                self.server.psql(bemi_sql)
         elif key == "c":
             self.server.psql(AUDIT_SQL)
         elif key == "d":
@@ -486,9 +488,10 @@ class Bench:
         return dict(tps=tps, mean_ms=statistics.fmean(lat) if lat else None, p99_ms=percentile(lat, 0.99),
                     p50_ms=percentile(lat, 0.50), n=len(lat), failed=failed)
 
-    def run_config(self, key, secs, clients, threads, tag, held=False, identity=None, script=None, mode="prepared"):
+    def run_config(self, key, secs, clients, threads, tag, held=False, identity=None, script=None, mode="prepared",
+                   bemi_sql=None):
         script = script or {**CONFIGS, **COMMENT_CONFIGS}[key][1]
-        state = self.start_config(key, identity)
+        state = self.start_config(key, identity, bemi_sql)
         release = self.stop_worker(state["pids"][0]) if held else None
         cpu0 = [proc_cpu_seconds(p) for p in state["pids"]]
         lsn0 = self.server.one("SELECT pg_current_wal_lsn()")
@@ -644,6 +647,47 @@ class Bench:
             "\"Worker held\": the worker is stopped (SIGSTOP, caught asleep in WaitLatch, so it holds no lock "
             "and no snapshot) and costs no CPU; it drains the backlog after the run.\n",
             md_table(["configuration", "µs/txn", "step", "vs plain", "WAL/txn B"], rows), ""]))
+
+    def section_load_decomposition(self):
+        """1d: under section 1's load, what of bemi's cost is the backends', decoding's, and writing's."""
+        p = self.p
+        rounds, secs = p["write_rounds"], p["write_secs"]
+        variants = [
+            ("a2", "a2", False, None, "(a2) nothing capturing, the context passed by `set_config`"),
+            ("held", "b", True, None, "bemi, worker held: the backends' cost only (REPLICA IDENTITY FULL, "
+                                      "`bemi_set_context`, bemi's hooks)"),
+            ("ign", "b", False, "SELECT bemi_ignore('public.pgbench_*')",
+             "bemi, every pgbench table ignored by a rule: all WAL decoded, nothing written"),
+            ("min", "b", False, "SET bemi.allow_drop = on; DROP INDEX bemi.changes_default_row_history, "
+                                "bemi.changes_default_transaction, bemi.changes_default_context",
+             "bemi, the trail without its row-history, transaction and context indexes"),
+            ("b", "b", False, None, "(b) bemi, the whole trail"),
+        ]
+        log(f"1d. the write path's cost under load: {len(variants)} variants x {rounds} rounds x {secs} s")
+        results = {v[0]: [] for v in variants}
+        for r in range(rounds):
+            for name, key, held, sql, _ in (variants if r % 2 == 0 else variants[::-1]):
+                res = self.run_config(key, secs, p["clients"], p["threads"], f"l{r}{name}", held=held, bemi_sql=sql,
+                                      script="bemi" if key == "b" else None)
+                results[name].append(res)
+                log(f"   round {r + 1} {name}: {res['tps']:.0f} tps, wal {res['wal_bytes'] / max(res['n'], 1):.0f} B/txn"
+                    + (f", worker cpu {res['capture_cpu_s']:.1f} s" if res.get("capture_cpu_s") is not None else ""))
+        rows = []
+        for name, _, held, _, label in variants:
+            rs = results[name]
+            rows.append([label, fmt(median([x["tps"] for x in rs])),
+                         fmt(median([ratio(x["tps"], a["tps"]) for x, a in zip(rs, results["a2"])]), 3),
+                         fmt(median([x["wal_bytes"] / max(x["n"], 1) for x in rs])),
+                         fmt(median([x["capture_cpu_s"] / secs * 100 for x in rs]), 0, " %")
+                         if name != "a2" and not held else "–"])
+        self.sections.append("\n".join([
+            "### 1d. Where bemi's write-path cost goes under load\n",
+            f"Section 1's load (pgbench tpcb-like, {p['clients']} clients, `-M prepared`, {secs} s per run, {rounds} "
+            "rounds interleaved, medians) with bemi's script, taking bemi apart: the worker held (SIGSTOP, as in "
+            "1b; it drains after the run), a rule that makes the worker decode every change and write none, "
+            "and the trail without its three secondary indexes (heap, primary key and BRIN only). "
+            "*worker CPU*: the worker's CPU time as a share of one core.\n",
+            md_table(["configuration", "TPS", "× (a2)", "WAL/txn B", "worker CPU"], rows), ""]))
 
     # -- lag ------------------------------------------------------------------------------------
     def section_lag(self):
@@ -1396,6 +1440,7 @@ END $$;""")
                 self.section_comment_context()
             if "decomp" in only:
                 self.section_decomposition()
+                self.section_load_decomposition()
             if "ingest" in only:
                 self.section_ingest()
             if "lag" in only:
