@@ -1243,7 +1243,7 @@ END $$;""")
             pw = pwd.getpwnam(self.server.user)
             os.chown(d, pw.pw_uid, pw.pw_gid)
         self.dest = Server(d, self.args.port + 1, self.server.user)
-        self.dest.init({"wal_level": "replica", "shared_buffers": "'512MB'", "max_wal_size": "'16GB'",
+        self.dest.init({"wal_level": "replica", "shared_buffers": "'512MB'", "max_wal_size": "'16GB'", "min_wal_size": "'1GB'",
                         "checkpoint_timeout": "'30min'", "log_min_messages": "warning", "log_checkpoints": "off"})
         self.dest.start()
         self.dest.psql("CREATE DATABASE trail", db="postgres")
