@@ -14,8 +14,11 @@ SAVEPOINT s;
 ROLLBACK TO SAVEPOINT s;
 /*Bemi {"request": "r3"} Bemi*/ INSERT INTO comment_counted VALUES (6);
 COMMIT;
+-- The same comment in the next transaction is that transaction's context: emitted again.
+/*Bemi {"request": "r3"} Bemi*/ INSERT INTO comment_counted VALUES (7);
 -- r1 once for three writes (the SELECT between them changes nothing), r2, r1 again, and r3 once:
 -- its first message went with the savepoint, so the write after the rollback emitted it again.
+-- Then r3 for the next transaction.
 SELECT substring(data FROM '"request": "(r[0-9])"') AS message
   FROM pg_logical_slot_get_changes('comment_raw', NULL, NULL)
  WHERE data LIKE 'message:%prefix: bemi,%';

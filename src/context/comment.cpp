@@ -61,6 +61,15 @@ int LeadingCommentsStart(const char *source, int location) {
 	return start;
 }
 
+// The last comment this backend parsed, and its context. Bemi's packages put the same comment on
+// every statement of a request: it is parsed once, not once per statement. Only comments that
+// gave a context are kept (a bad one warns every time).
+struct LastComment {
+	std::string json;
+	ContextPtr context;
+};
+LastComment last_comment;
+
 // The context of a statement text that holds a Bemi comment somewhere; null (and a WARNING) when
 // the comment is not a well-formed, small enough JSON object.
 ContextPtr CommentContext(std::string_view sql) {
@@ -78,7 +87,10 @@ ContextPtr CommentContext(std::string_view sql) {
 		                 bemi_max_context_size));
 		return nullptr;
 	}
-	std::string json(sql.substr(scan.json_start, scan.json_len));
+	std::string_view text = sql.substr(scan.json_start, scan.json_len);
+	if (last_comment.context && text == last_comment.json)
+		return last_comment.context;
+	std::string json(text);
 	Jsonb *context;
 	try {
 		context = PgCall(
@@ -93,7 +105,10 @@ ContextPtr CommentContext(std::string_view sql) {
 		     fmt::format("The comment holds {}.", json));
 		return nullptr;
 	}
-	return CopyContext(context);
+	ContextPtr copy = CopyContext(context);
+	last_comment.json = std::move(json);
+	last_comment.context = copy;
+	return copy;
 }
 
 } // namespace
