@@ -40,6 +40,7 @@ extern "C" {
 #include "libpq-fe.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "libpq/pqformat.h"
 #include "port/pg_bswap.h"
 #include "storage/latch.h"
 #include "utils/wait_event.h"
@@ -78,30 +79,20 @@ std::string LsnText(XLogRecPtr lsn) {
 }
 
 // COPY's binary format (the COPY statement's column order): a field is its length and its
-// bytes in the type's send format, -1 for NULL. Times, ids and positions go as 8-byte integers:
-// the destination parses none of them. C-style (StringInfo).
+// bytes in the type's send format, -1 for NULL; integers in network order (libpq/pqformat.h).
+// Times, ids and positions go as 8-byte integers: the destination parses none of them.
+// C-style (StringInfo).
 constexpr int16 kCopyColumns = 13;
 const char kCopySignature[] = "PGCOPY\n\377\r\n\0";
 
-void AppendInt16(StringInfo out, int16 v) {
-	uint16 n = pg_hton16(static_cast<uint16>(v));
-	appendBinaryStringInfo(out, reinterpret_cast<const char *>(&n), sizeof(n));
-}
-
-void AppendInt32(StringInfo out, int32 v) {
-	uint32 n = pg_hton32(static_cast<uint32>(v));
-	appendBinaryStringInfo(out, reinterpret_cast<const char *>(&n), sizeof(n));
-}
-
 void AppendInt64Field(StringInfo out, uint64 v) {
-	AppendInt32(out, sizeof(v));
-	uint64 n = pg_hton64(v);
-	appendBinaryStringInfo(out, reinterpret_cast<const char *>(&n), sizeof(n));
+	pq_sendint32(out, sizeof(v));
+	pq_sendint64(out, v);
 }
 
 void AppendBytesField(StringInfo out, const char *data, size_t len) {
-	AppendInt32(out, static_cast<int32>(len));
-	appendBinaryStringInfo(out, data, static_cast<int>(len));
+	pq_sendint32(out, static_cast<uint32>(len));
+	pq_sendbytes(out, data, static_cast<int>(len));
 }
 
 void AppendTextField(StringInfo out, const char *varlena) {
@@ -112,8 +103,8 @@ void AppendTextField(StringInfo out, const char *varlena) {
 void AppendJsonbField(StringInfo out, const char *varlena) {
 	const Jsonb *jb = reinterpret_cast<const Jsonb *>(varlena);
 	int at = out->len;
-	AppendInt32(out, 0); // the length, filled in below
-	appendStringInfoChar(out, 1);
+	pq_sendint32(out, 0); // the length, filled in below
+	pq_sendbyte(out, 1);
 	int start = out->len;
 	(void)JsonbToCString(out, const_cast<JsonbContainer *>(&jb->root), VARSIZE(jb));
 	uint32 n = pg_hton32(static_cast<uint32>(out->len - start + 1));
@@ -397,15 +388,15 @@ std::string RemoteDestination::CopyData(const Batch &batch, size_t first, size_t
 		initStringInfo(&out); // in `context`: copied out below
 		if (first == 0) {
 			appendBinaryStringInfo(&out, kCopySignature, sizeof(kCopySignature) - 1);
-			AppendInt32(&out, 0); // flags
-			AppendInt32(&out, 0); // header extension
+			pq_sendint32(&out, 0); // flags
+			pq_sendint32(&out, 0); // header extension
 		}
 		TimestampTz created = GetCurrentTimestamp();
 		for (size_t i = first; i < first + count; i++) {
 			const Batch::Row &row = batch.Rows()[i];
-			AppendInt16(&out, kCopyColumns);
+			pq_sendint16(&out, kCopyColumns);
 			if (row.pk == Batch::kNone)
-				AppendInt32(&out, -1);
+				pq_sendint32(&out, static_cast<uint32>(-1));
 			else
 				AppendTextField(&out, batch.At(row.pk));
 			AppendJsonbField(&out, batch.At(row.before));
@@ -422,7 +413,7 @@ std::string RemoteDestination::CopyData(const Batch &batch, size_t first, size_t
 			AppendInt64Field(&out, static_cast<uint64>(created));
 		}
 		if (first + count == rows)
-			AppendInt16(&out, -1); // the trailer
+			pq_sendint16(&out, static_cast<uint16>(-1)); // the trailer
 		MemoryContextSwitchTo(caller);
 		Built b{static_cast<char *>(palloc(out.len + 1)), out.len};
 		memcpy(b.data, out.data, out.len);

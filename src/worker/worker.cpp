@@ -211,18 +211,18 @@ void DatabaseRun::Run() {
 	});
 	std::string conninfo = LoadDestination();
 	try {
-		Stream(conninfo);
+		Stream(conninfo); // never returns
 	} catch (const LetGoRequested &) {
-		// A wait for the destination ended by DROP DATABASE or DROP EXTENSION (remote.cpp): let go
-		// here, as the stream loop does between batches.
-		PgCall([&]() {
-			AbortOutOfAnyTransaction();
-			ereport(LOG, (errmsg("bemi: worker for database %u stopped waiting for its destination", db_->dboid)));
-		});
-		if (db_->state == BEMI_STOPPING)
-			Retire();
-		LetGo();
 	}
+	// A wait for the destination ended by DROP DATABASE or DROP EXTENSION (remote.cpp): let go
+	// here, outside the handler, as the stream loop does between batches.
+	PgCall([&]() {
+		AbortOutOfAnyTransaction();
+		ereport(LOG, (errmsg("bemi: worker for database %u stopped waiting for its destination", db_->dboid)));
+	});
+	if (db_->state == BEMI_STOPPING)
+		Retire();
+	LetGo();
 }
 
 // Writers or the destination, the decoding context, then the loop.
