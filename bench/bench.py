@@ -1291,8 +1291,30 @@ END $$;""")
             self.drop_bemi()
         return res
 
-    def dest_ingest_round(self, kind, n_ins, n_upd, n_del, chunk):
-        """A backlog built while the worker is stopped, then drained: here (b) or there (r)."""
+    def pin(self, server, cpus):
+        """Moves a server's processes (and those it starts later) to the given cores."""
+        with open(os.path.join(server.data, "postmaster.pid")) as f:
+            postmaster = int(f.readline())
+        pids = [postmaster]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        if int(f.read().rsplit(")", 1)[1].split()[1]) == postmaster:
+                            pids.append(int(entry))
+                except (OSError, IndexError, ValueError):
+                    pass
+        for pid in pids:
+            try:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    os.sched_setaffinity(int(tid), cpus)
+            except OSError:
+                pass  # gone meanwhile
+
+    def dest_ingest_round(self, kind, n_ins, n_upd, n_del, chunk, split=False):
+        """A backlog built while the worker is stopped, then drained: here (b) or there (r).
+        split: each server on a core of its own during the drain (the source on the first, the
+        destination on the second), as two one-core machines would be."""
         srv = self.server
         self.create_backlog_procedure()
         pid = self.create_bemi()
@@ -1309,27 +1331,41 @@ END $$;""")
         cpu0 = proc_cpu_seconds(pid)
         # With --profile: the destination's backend that the worker writes through, and the worker.
         perfs = []
-        if self.args.profile and kind == "r":
+        backend = None
+        if kind == "r":
             backend = self.dest.one("SELECT pid FROM pg_stat_activity WHERE application_name = 'bemi worker'",
                                     db="trail")
+            backend = int(backend) if backend else None
+        backend_cpu0 = proc_cpu_seconds(backend) if backend else None
+        if self.args.profile and kind == "r":
             if backend:
-                perfs.append(self.start_perf(int(backend), "destination-backend"))
+                perfs.append(self.start_perf(backend, "destination-backend"))
             perfs.append(self.start_perf(pid, "destination-worker"))
+        all_cpus = os.sched_getaffinity(0)
+        if split:
+            cores = sorted(all_cpus)
+            self.pin(srv, {cores[0]})
+            self.pin(self.dest, {cores[-1]})
         t0 = time.monotonic()
         release()
         srv.one(f"SELECT bemi_wait('{lsn1}', '60 min')")
         drain = time.monotonic() - t0
+        if split:
+            self.pin(srv, all_cpus)
+            self.pin(self.dest, all_cpus)
         for perf in perfs:
             if perf:
                 self.stop_perf(perf)
         cpu1 = proc_cpu_seconds(pid)
+        backend_cpu1 = proc_cpu_seconds(backend) if backend else None
         got = (self.dest_changes() - there0) if kind == "r" else \
             int(srv.one("SELECT count(*) FROM bemi.changes WHERE \"table\" = 'bench_ingest'"))
         self.drop_bemi()
         srv.psql("DROP TABLE bench_ingest; DROP PROCEDURE bench_backlog")
         wal = int(float(srv.one(f"SELECT pg_wal_lsn_diff('{lsn1}', '{lsn0}')")))
         return dict(got=got, drain_s=drain, cpu=(cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
-                    wal=wal)
+                    wal=wal, dest_cpu=(backend_cpu1 - backend_cpu0) if backend_cpu0 is not None
+                    and backend_cpu1 is not None else None)
 
     def section_destination(self):
         p = self.p
@@ -1365,11 +1401,16 @@ END $$;""")
         n_ins, n_upd = n // 2, n * 7 // 20
         n_del = n - n_ins - n_upd
         log(f"   ingest: a backlog of {n:,} changes, drained here and there")
-        ing = {k: self.dest_ingest_round(k, n_ins, n_upd, n_del, 1000) for k in ("b", "r")}
-        for k, x in ing.items():
+        # shared: both servers on all cores; split: one core each, as two machines would be.
+        ing = {(k, split): self.dest_ingest_round(k, n_ins, n_upd, n_del, 1000, split)
+               for split in (False, True) for k in ("b", "r")}
+        for (k, split), x in ing.items():
             x["rate"] = x["got"] / x["drain_s"]
-            log(f"   ingest {k}: {x['got']:,} changes in {x['drain_s']:.1f} s = {x['rate']:,.0f}/s")
-        ing_ratio = ratio(ing["r"]["rate"], ing["b"]["rate"])
+            log(f"   ingest {k}{' split' if split else ''}: {x['got']:,} changes in {x['drain_s']:.1f} s = "
+                f"{x['rate']:,.0f}/s, worker cpu {x['cpu']:.1f} s"
+                + (f", destination backend cpu {x['dest_cpu']:.1f} s" if x.get("dest_cpu") is not None else ""))
+        ing_ratio = ratio(ing[("r", True)]["rate"], ing[("b", True)]["rate"])
+        shared_ratio = ratio(ing[("r", False)]["rate"], ing[("b", False)]["rate"])
         text = ["## 9. The trail in another database (issue 16)\n",
                 f"A second throwaway server on the same machine (no preload, `wal_level = replica`) holds the "
                 f"trail for (r), reached over a unix socket as a role granted `bemi_ingest`. pgbench tpcb-like, "
@@ -1382,13 +1423,19 @@ END $$;""")
                 f"(r) vs (b): TPS {fmt(remote_local, 3)}×, source WAL per transaction {fmt(wal_saved, 2)}×; "
                 f"rows left in the source's own trail during (r): {local_rows}.\n",
                 f"Ingest: a backlog of {n:,} changes ({n_ins:,} inserts, {n_upd:,} updates, {n_del:,} deletes, "
-                "1000 per transaction) built while the worker is stopped, then drained.\n",
-                md_table(["trail", "changes", "drain s", "changes/s", "worker CPU s"],
-                         [[kinds[k], f"{x['got']:,}", fmt(x["drain_s"], 1), fmt(x["rate"]), fmt(x["cpu"], 1)]
-                          for k, x in ing.items()]), "",
-                f"Remote ingest rate {fmt(ing_ratio, 2)}× the local trail's.\n"]
-        self.summary.append(("destination: remote ingest ≥ the local trail's rate", ing_ratio is not None and ing_ratio >= 1,
-                             f"{fmt(ing_ratio, 2)} × local"))
+                "1000 per transaction) built while the worker is stopped, then drained. *shared*: both servers "
+                "on both cores, competing for them; *split*: during the drain the source's processes run on "
+                "one core and the destination's on the other, as a source and a destination on two one-core "
+                "machines would (the local trail then has the one core of its machine).\n",
+                md_table(["trail", "cores", "changes", "drain s", "changes/s", "worker CPU s", "destination CPU s"],
+                         [[kinds[k], "split" if split else "shared", f"{x['got']:,}", fmt(x["drain_s"], 1),
+                           fmt(x["rate"]), fmt(x["cpu"], 1), fmt(x["dest_cpu"], 1) if k == "r" else "–"]
+                          for (k, split), x in ing.items()]), "",
+                f"Remote ingest rate: {fmt(ing_ratio, 2)}× the local trail's with a core each (split), "
+                f"{fmt(shared_ratio, 2)}× with both servers on the same cores (shared).\n"]
+        self.summary.append(("destination: remote ingest ≥ the local trail's rate (a core per server)",
+                             ing_ratio is not None and ing_ratio >= 1,
+                             f"{fmt(ing_ratio, 2)} × local (both on 2 shared cores: {fmt(shared_ratio, 2)} ×)"))
         self.summary.append(("destination: source WAL per transaction, remote vs local", wal_saved is not None and wal_saved < 1,
                              f"{fmt(wal_saved, 2)} × local"))
         self.sections.append("\n".join(text))
