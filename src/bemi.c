@@ -40,6 +40,7 @@ int bemi_flush_delay_ms = 10;
 bool bemi_allow_drop = false;
 bool bemi_allow_trail_changes = false;
 int bemi_writers = 1;
+int bemi_destination_connections = 2;
 char *bemi_source = NULL;
 bool bemi_snapshot_on_create = false;
 
@@ -94,6 +95,12 @@ DefineSettings(void)
 							"batches under a steady load the worker still writes itself); each counts against "
 							"max_worker_processes. Read when the worker (re)starts.",
 							&bemi_writers, 1, 0, 16, PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("bemi.destination_connections",
+							"Connections per database that the worker writes to its destination through.",
+							"With bemi_set_destination: N batches are written there at once, each in its own "
+							"transaction on its own connection, committed in order. Each is a backend on the "
+							"destination. Read when the worker (re)starts.",
+							&bemi_destination_connections, 2, 1, 16, PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomBoolVariable("bemi.partitions_as_root",
 							 "Record changes to a partition under the name of its partitioned table.",
 							 NULL, &bemi_partitions_as_root, true, PGC_SIGHUP, 0, NULL, NULL, NULL);

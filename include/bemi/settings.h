@@ -19,6 +19,7 @@ extern int bemi_flush_delay_ms;
 extern bool bemi_allow_drop;
 extern bool bemi_allow_trail_changes;
 extern int bemi_writers;
+extern int bemi_destination_connections;
 extern char *bemi_source; /* bemi.source: read by SQL (bemi._source), kept here for SET's sake */
 extern bool bemi_snapshot_on_create;
 

@@ -594,20 +594,22 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
                         const Turns *turns) {
 	if (remote_ != nullptr) {
 		// The destination first: the batch is sent there and written here (bemi.progress only,
-		// without rows) once the destination has it durably, when the next batch is sent or
-		// Settle() is called. A crash in between is caught up at start, from the destination's
-		// progress. The source's gaps recorded since the last batch travel with this one (a few
-		// at a time).
-		Settle(db);
+		// without rows) once the destination has it durably: when a later batch needs its
+		// connection, or Settle() is called. A crash in between is caught up at start, from the
+		// destination's progress. The source's gaps recorded since the last batch sent travel with
+		// this one (a few at a time).
+		if (remote_->Full())
+			SettleOldest(db, false);
 		std::vector<Gap> gaps = LoadGaps(remote_->GapsForwarded(), 100);
 		PgCall([&]() { pgstat_report_activity(STATE_RUNNING, "bemi: writing a batch of changes to the destination"); });
 		try {
 			remote_->Send(batch, empty_context_, reached, gaps);
 		} catch (...) {
+			sent_.clear(); // the connections are dropped: the next run starts from the destination's progress
 			PgCall([&]() { SetReachable(db, false); });
 			throw;
 		}
-		sent_ = Sent{reached, last_commit, static_cast<int>(batch.Count())};
+		sent_.push_back(Sent{reached, last_commit, static_cast<int>(batch.Count())});
 		sent_count_++;
 		return;
 	}
@@ -621,23 +623,39 @@ void BatchWriter::Write(BemiDatabase *db, const Batch &batch, const Progress &re
 }
 
 void BatchWriter::Settle(BemiDatabase *db) {
-	if (!sent_)
-		return;
+	if (!sent_.empty())
+		SettleOldest(db, true);
+}
+
+void BatchWriter::Pump() {
+	if (remote_ != nullptr)
+		remote_->Pump();
+}
+
+// all: every batch in flight, their progress written here once, in one transaction.
+void BatchWriter::SettleOldest(BemiDatabase *db, bool all) {
 	PgCall([&]() { pgstat_report_activity(STATE_RUNNING, "bemi: waiting for the destination's COMMIT"); });
+	Sent last = {};
+	int count = 0;
+	uint64 settled = 0;
 	try {
-		remote_->Settle();
+		do {
+			remote_->SettleOldest();
+			last = sent_.front();
+			sent_.pop_front();
+			count += last.count;
+			settled++;
+		} while (all && !sent_.empty());
 	} catch (...) {
-		sent_.reset(); // the worker run fails; the next starts from the destination's progress
+		sent_.clear(); // the worker run fails; the next starts from the destination's progress
 		PgCall([&]() { SetReachable(db, false); });
 		throw;
 	}
 	PgCall([&]() { SetReachable(db, true); });
-	Sent settled = *sent_;
-	sent_.reset();
 	Columns columns{};
-	columns.count = settled.count;
-	WriteColumns(db, columns, settled.reached, settled.last_commit, nullptr);
-	settled_count_++;
+	columns.count = count;
+	WriteColumns(db, columns, last.reached, last.last_commit, nullptr);
+	settled_count_ += settled;
 }
 
 void BatchWriter::WriteColumns(BemiDatabase *db, const Columns &columns, const Progress &reached,

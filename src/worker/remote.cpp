@@ -1,22 +1,31 @@
 // remote.cpp: writing the worker's batches into another PostgreSQL's bemi.changes (issue 16).
 //
 // Runs in the worker, which calls it instead of its local insert when bemi.destination names a
-// connection string (batch.cpp). Per batch, one transaction on the destination:
-//   1. the source's row of bemi.source_progress is moved from what we last knew to the batch's
-//      progress (INSERT ... ON CONFLICT DO UPDATE ... WHERE it is still what we knew): it locks the
-//      row, so two writers for one source cannot interleave, and one that finds the row moved
-//      fails instead of writing twice;
-//   2. the rows, by COPY bemi.changes (...) FROM STDIN in binary format: ids come from the
-//      destination's identity;
-//   3. COMMIT, with synchronous_commit = on, in the same query string as the COPY: the
-//      destination commits as soon as the rows are in, without a round trip.
-// Pipelined: Send returns once the COMMIT is on its way, and the worker decodes the next batch
-// while the destination parses, inserts and flushes this one. Only once Settle() has read the
+// connection string (batch.cpp). Per batch, one transaction on the destination, on the next of
+// bemi.destination_connections connections (round robin):
+//   1. BEGIN, and an advisory lock of the batch's own (this source's class, the batch's number),
+//      held until it ends; the source's new gaps; the rows' ids, drawn from the destination's
+//      sequence by the batch in one statement, after the batch before it drew its own (the
+//      worker waits for that answer before it sends the next batch): ids follow change order
+//      across batches, as in a local trail;
+//   2. the rows, by COPY bemi.changes (...) FROM STDIN in binary format, and in the same query
+//      string, so that the destination goes on without a round trip:
+//   3. a wait for the batch before it to end (its advisory lock), then the source's row of
+//      bemi.source_progress moved from what that batch left to this batch's progress, fenced
+//      (INSERT ... ON CONFLICT DO UPDATE ... WHERE it is still that, or a division by zero that
+//      rolls the batch back): a batch commits only once the one before it committed, so the
+//      destination's progress is always a prefix of what it holds, and a worker that finds the
+//      row moved by another (a copy of this server) fails instead of writing twice;
+//   4. COMMIT, with synchronous_commit = on.
+// Batches overlap: while one connection's backend parses and inserts a batch, the next batch goes
+// to the next connection, and the worker decodes the one after. Only once SettleOldest() has read a
 // COMMIT's answer (the rows are durable there) does the worker update its local bemi.progress and
 // confirm its slot (batch.cpp, worker.cpp), so a crash anywhere resumes from what the destination
-// holds (LoadProgress, at start), and nothing is lost or written twice across the two servers.
+// holds (LoadProgress, at start), and nothing is lost or written twice across the two servers. A
+// failure on any connection drops them all: batches in flight roll back there (each waits for
+// the one before it), or committed, which the next run reads from the progress.
 //
-// Waiting: the connection is non-blocking, and every wait for the destination (connecting,
+// Waiting: the connections are non-blocking, and every wait for the destination (connecting,
 // sending, a result) is a wait on its socket and the worker's latch that serves interrupts. A
 // destination stuck on a lock or a dead network never keeps the worker from a shutdown, DROP
 // DATABASE or a new destination.
@@ -33,6 +42,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 extern "C" {
 #include "access/xlog.h"
@@ -56,23 +66,26 @@ namespace {
 
 constexpr long kConnectTimeoutMs = 10 * 1000;
 
-// created_at is sent (the time the worker made the rows): with its volatile default
-// (clock_timestamp()) left to the destination, COPY would insert row by row instead of in
-// multi-insert batches.
+// ids are sent: the batch draws them in order (Send). created_at is sent (the time the worker made
+// the rows): with its volatile default (clock_timestamp()) left to the destination, COPY would
+// insert row by row instead of in multi-insert batches. COPY writes an identity column's values as
+// given (GENERATED ALWAYS included).
 const char *const kCopy =
-    "COPY bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \"table\", operation,"
-    " committed_at, transaction_id, position, source_system_id, created_at) FROM STDIN (FORMAT binary); COMMIT";
+    "COPY bemi.changes (id, primary_key, \"before\", \"after\", context, database, schema, \"table\", operation,"
+    " committed_at, transaction_id, position, source_system_id, created_at) FROM STDIN (FORMAT binary); ";
 
-// Fenced: the row moves only from what this worker last knew ($6..$8; NULL: no row), else no row
-// comes back. The worker's session has search_path = pg_catalog, pg_temp.
+// Fenced: the row moves only from what the batch before left ({5}..{7}; NULL: no row), else the
+// division by zero rolls the batch back (kMovedUnder). The worker's session has search_path =
+// pg_catalog, pg_temp.
 const char *const kProgress =
-    "INSERT INTO bemi.source_progress AS p (source_system_id, database, txn_end_lsn, txn_records, "
-    "txn_complete, gaps_forwarded) VALUES ($1, $2, $3::pg_lsn, $4::bigint, $5::boolean, $9::bigint)"
+    "WITH moved AS (INSERT INTO bemi.source_progress AS p (source_system_id, database, txn_end_lsn, txn_records,"
+    " txn_complete, gaps_forwarded) VALUES ({0}, {1}, '{2}'::pg_lsn, {3}::bigint, {4}::boolean, {8}::bigint)"
     " ON CONFLICT (source_system_id, database) DO UPDATE SET txn_end_lsn = excluded.txn_end_lsn,"
     " txn_records = excluded.txn_records, txn_complete = excluded.txn_complete,"
     " gaps_forwarded = excluded.gaps_forwarded, updated_at = now()"
-    " WHERE p.txn_end_lsn = $6::pg_lsn AND p.txn_records = $7::bigint AND p.txn_complete = $8::boolean"
-    " RETURNING 1";
+    " WHERE p.txn_end_lsn = {5}::pg_lsn AND p.txn_records = {6}::bigint AND p.txn_complete = {7}::boolean"
+    " RETURNING 1) SELECT 1 / count(*) FROM moved; COMMIT";
+const char *const kMovedUnder = "22012"; // division_by_zero: the fence found the row moved
 
 std::string LsnText(XLogRecPtr lsn) {
 	return fmt::format("{:X}/{:X}", static_cast<uint32>(lsn >> 32), static_cast<uint32>(lsn));
@@ -82,7 +95,7 @@ std::string LsnText(XLogRecPtr lsn) {
 // bytes in the type's send format, -1 for NULL; integers in network order (libpq/pqformat.h).
 // Times, ids and positions go as 8-byte integers: the destination parses none of them.
 // C-style (StringInfo).
-constexpr int16 kCopyColumns = 13;
+constexpr int16 kCopyColumns = 14;
 const char kCopySignature[] = "PGCOPY\n\377\r\n\0";
 
 void AppendInt64Field(StringInfo out, uint64 v) {
@@ -195,24 +208,29 @@ std::string SystemIdentifier() {
 }
 
 RemoteDestination::RemoteDestination(std::string conninfo, std::string source_system_id, std::string database,
-                                     const BemiDatabase *db)
+                                     const BemiDatabase *db, int connections)
     : conninfo_(std::move(conninfo)), source_system_id_(std::move(source_system_id)),
-      database_(std::move(database)), db_(db) {}
+      database_(std::move(database)), db_(db), links_(std::max(connections, 1), nullptr) {
+	// Another source's class may collide: its batches then only wait a little longer.
+	lock_class_ = static_cast<int32>(std::hash<std::string>{}("bemi " + source_system_id_ + " " + database_));
+}
 
 RemoteDestination::~RemoteDestination() {
 	Disconnect();
 }
 
 void RemoteDestination::Disconnect() {
-	if (conn_ != nullptr)
-		PQfinish(conn_); // a transaction in flight is rolled back, or committed: LoadProgress knows
-	conn_ = nullptr;
+	for (pg_conn *&conn : links_) {
+		if (conn != nullptr)
+			PQfinish(conn); // a transaction in flight is rolled back, or committed: LoadProgress knows
+		conn = nullptr;
+	}
 	progress_known_ = false;
-	in_flight_.reset();
+	in_flight_.clear();
 }
 
-void RemoteDestination::Fail(const std::string &what) {
-	std::string reason = conn_ != nullptr ? PQerrorMessage(conn_) : "";
+void RemoteDestination::Fail(pg_conn *conn, const std::string &what) {
+	std::string reason = conn != nullptr ? PQerrorMessage(conn) : "";
 	while (!reason.empty() && (reason.back() == '\n' || reason.back() == ' '))
 		reason.pop_back();
 	Disconnect();
@@ -223,10 +241,12 @@ void RemoteDestination::Fail(const std::string &what) {
 	            "bemi, and the role the worker logs in as is granted bemi_ingest.");
 }
 
-void RemoteDestination::Connect() {
-	if (conn_ != nullptr && PQstatus(conn_) == CONNECTION_OK)
-		return;
-	Disconnect();
+pg_conn *RemoteDestination::Connect(size_t i) {
+	if (links_[i] != nullptr) {
+		if (PQstatus(links_[i]) != CONNECTION_OK)
+			Fail(links_[i], "lost the connection");
+		return links_[i];
+	}
 	std::string problem = ConninfoProblem(conninfo_.c_str());
 	if (!problem.empty())
 		throw Error(ERRCODE_INVALID_PARAMETER_VALUE,
@@ -239,32 +259,36 @@ void RemoteDestination::Connect() {
 	                          "keepalives_count", "fallback_application_name", "dbname",
 	                          "client_encoding", nullptr};
 	const char *values[] = {"10", "30", "10", "3", "bemi worker", conninfo_.c_str(), encoding, nullptr};
-	conn_ = PQconnectStartParams(keywords, values, 1);
-	if (conn_ == nullptr || PQstatus(conn_) == CONNECTION_BAD)
-		Fail("cannot be reached");
+	pg_conn *conn = PQconnectStartParams(keywords, values, 1);
+	links_[i] = conn; // dropped with the others if anything below fails
+	if (conn == nullptr || PQstatus(conn) == CONNECTION_BAD)
+		Fail(conn, "cannot be reached");
 	// connect_timeout is PQconnectdb's: polling, the deadline is ours.
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), kConnectTimeoutMs);
 	for (PostgresPollingStatusType poll = PGRES_POLLING_WRITING; poll != PGRES_POLLING_OK;) {
 		if (poll == PGRES_POLLING_FAILED)
-			Fail("cannot be reached");
+			Fail(conn, "cannot be reached");
 		long left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 		if (left <= 0)
-			Fail("cannot be reached (timeout)");
-		if (!WaitSocket(poll == PGRES_POLLING_READING ? WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE, left))
+			Fail(conn, "cannot be reached (timeout)");
+		if (!WaitSocket(conn, poll == PGRES_POLLING_READING ? WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE, left))
 			continue; // the deadline, checked above
-		poll = PQconnectPoll(conn_);
+		poll = PQconnectPoll(conn);
 	}
-	if (PQsetnonblocking(conn_, 1) != 0)
-		Fail("cannot be reached");
-	// Durable at COMMIT whatever the destination's default; names resolve only in pg_catalog.
-	Exec("SET synchronous_commit = on; SET search_path = pg_catalog, pg_temp; SET DateStyle = ISO;"
-	     " SET TimeZone = UTC; SET statement_timeout = 0");
+	if (PQsetnonblocking(conn, 1) != 0)
+		Fail(conn, "cannot be reached");
+	// Durable at COMMIT whatever the destination's default; names resolve only in pg_catalog; a
+	// batch may wait for the one before it as long as that one takes.
+	Exec(conn, "SET synchronous_commit = on; SET search_path = pg_catalog, pg_temp; SET DateStyle = ISO;"
+	           " SET TimeZone = UTC; SET statement_timeout = 0; SET lock_timeout = 0;"
+	           " SET idle_in_transaction_session_timeout = 0");
+	return conn;
 }
 
-bool RemoteDestination::WaitSocket(int events, long timeout_ms) {
-	int sock = PQsocket(conn_);
+bool RemoteDestination::WaitSocket(pg_conn *conn, int events, long timeout_ms) {
+	int sock = PQsocket(conn);
 	if (sock < 0)
-		Fail("lost the connection");
+		Fail(conn, "lost the connection");
 	bool ready = PgCall([&]() {
 		int rc = WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | events |
 		                                        (timeout_ms >= 0 ? WL_TIMEOUT : 0),
@@ -275,8 +299,8 @@ bool RemoteDestination::WaitSocket(int events, long timeout_ms) {
 		return (rc & events) != 0;
 	});
 	// DROP DATABASE and DROP EXTENSION wait for the worker (a bounded wait, then the drop fails or
-	// leaves the slot behind): they must not wait for a destination that hangs. The batch in
-	// flight is rolled back there; the destination's progress says where a next run resumes.
+	// leaves the slot behind): they must not wait for a destination that hangs. The batches in
+	// flight are rolled back there; the destination's progress says where a next run resumes.
 	if (db_->state == BEMI_PAUSED || db_->state == BEMI_STOPPING) {
 		Disconnect();
 		throw LetGoRequested();
@@ -284,39 +308,44 @@ bool RemoteDestination::WaitSocket(int events, long timeout_ms) {
 	return ready;
 }
 
-void RemoteDestination::Flush() {
+void RemoteDestination::Flush(pg_conn *conn) {
 	for (;;) {
-		int left = PQflush(conn_);
+		int left = PQflush(conn);
 		if (left == 0)
 			return;
 		if (left < 0)
-			Fail("lost the connection");
+			Fail(conn, "lost the connection");
 		// Full send buffer: the destination may be waiting to send us something first.
-		WaitSocket(WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE);
-		if (PQconsumeInput(conn_) != 1)
-			Fail("lost the connection");
+		WaitSocket(conn, WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE);
+		if (PQconsumeInput(conn) != 1)
+			Fail(conn, "lost the connection");
 	}
 }
 
-PGresult *RemoteDestination::NextResult() {
-	Flush();
-	while (PQisBusy(conn_)) {
-		WaitSocket(WL_SOCKET_READABLE);
-		if (PQconsumeInput(conn_) != 1)
-			Fail("lost the connection");
-	}
-	return PQgetResult(conn_);
+void RemoteDestination::Pump() {
+	for (const Sent &sent : in_flight_)
+		(void)PQflush(links_[sent.link]); // non-blocking: what the socket takes now
 }
 
-PGresult *RemoteDestination::Run(const char *sql, int nparams, const char *const *params) {
-	bool sent = nparams == 0 ? PQsendQuery(conn_, sql) == 1
-	                         : PQsendQueryParams(conn_, sql, nparams, nullptr, params, nullptr, nullptr, 0) == 1;
+PGresult *RemoteDestination::NextResult(pg_conn *conn) {
+	Flush(conn);
+	while (PQisBusy(conn)) {
+		WaitSocket(conn, WL_SOCKET_READABLE);
+		if (PQconsumeInput(conn) != 1)
+			Fail(conn, "lost the connection");
+	}
+	return PQgetResult(conn);
+}
+
+PGresult *RemoteDestination::Run(pg_conn *conn, const char *sql, int nparams, const char *const *params) {
+	bool sent = nparams == 0 ? PQsendQuery(conn, sql) == 1
+	                         : PQsendQueryParams(conn, sql, nparams, nullptr, params, nullptr, nullptr, 0) == 1;
 	if (!sent)
-		Fail(fmt::format("did not take \"{:.40}\"", sql));
+		Fail(conn, fmt::format("did not take \"{:.40}\"", sql));
 	// The last result of the query string (a COPY's, once it waits for rows).
 	PGresult *last = nullptr;
 	for (;;) {
-		PGresult *res = NextResult();
+		PGresult *res = NextResult(conn);
 		if (res == nullptr)
 			break;
 		PQclear(last);
@@ -327,23 +356,24 @@ PGresult *RemoteDestination::Run(const char *sql, int nparams, const char *const
 	return last;
 }
 
-void RemoteDestination::Exec(const char *sql) {
-	PGresult *res = Run(sql);
-	bool ok = res != nullptr && PQresultStatus(res) == PGRES_COMMAND_OK;
+void RemoteDestination::Exec(pg_conn *conn, const char *sql) {
+	PGresult *res = Run(conn, sql);
+	ExecStatusType status = res != nullptr ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 	PQclear(res);
-	if (!ok)
-		Fail(fmt::format("refused \"{:.40}\"", sql));
+	if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)
+		Fail(conn, fmt::format("refused \"{:.40}\"", sql));
 }
 
 std::optional<Progress> RemoteDestination::LoadProgress() {
-	Connect();
+	pg_conn *conn = Connect(0);
 	const char *params[2] = {source_system_id_.c_str(), database_.c_str()};
-	PGresult *res = Run("SELECT txn_end_lsn, txn_records, txn_complete, gaps_forwarded FROM bemi.source_progress"
+	PGresult *res = Run(conn,
+	                    "SELECT txn_end_lsn, txn_records, txn_complete, gaps_forwarded FROM bemi.source_progress"
 	                    " WHERE source_system_id = $1 AND database = $2",
 	                    2, params);
 	if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK) {
 		PQclear(res);
-		Fail("cannot be read");
+		Fail(conn, "cannot be read");
 	}
 	remote_.reset();
 	gaps_forwarded_ = 0;
@@ -352,7 +382,7 @@ std::optional<Progress> RemoteDestination::LoadProgress() {
 		uint32 hi = 0, lo = 0;
 		if (sscanf(PQgetvalue(res, 0, 0), "%X/%X", &hi, &lo) != 2) {
 			PQclear(res);
-			Fail("returned a progress that is not an LSN");
+			Fail(conn, "returned a progress that is not an LSN");
 		}
 		p.txn_end_lsn = (static_cast<XLogRecPtr>(hi) << 32) | lo;
 		char *end_records = nullptr;
@@ -362,7 +392,7 @@ std::optional<Progress> RemoteDestination::LoadProgress() {
 		int64 gaps = strtoll(PQgetvalue(res, 0, 3), &end_gaps, 10);
 		if (*end_records != '\0' || *end_gaps != '\0' || PQgetisnull(res, 0, 1) || PQgetisnull(res, 0, 3)) {
 			PQclear(res);
-			Fail("returned a progress that is not a number");
+			Fail(conn, "returned a progress that is not a number");
 		}
 		remote_ = p;
 		gaps_forwarded_ = gaps;
@@ -373,7 +403,7 @@ std::optional<Progress> RemoteDestination::LoadProgress() {
 }
 
 std::string RemoteDestination::CopyData(const Batch &batch, size_t first, size_t count,
-                                        const std::vector<char> &empty_context) const {
+                                        const std::vector<char> &empty_context, const std::vector<int64> &ids) const {
 	struct Built {
 		char *data;
 		int len;
@@ -395,6 +425,7 @@ std::string RemoteDestination::CopyData(const Batch &batch, size_t first, size_t
 		for (size_t i = first; i < first + count; i++) {
 			const Batch::Row &row = batch.Rows()[i];
 			pq_sendint16(&out, kCopyColumns);
+			AppendInt64Field(&out, static_cast<uint64>(ids[i]));
 			if (row.pk == Batch::kNone)
 				pq_sendint32(&out, static_cast<uint32>(-1));
 			else
@@ -425,48 +456,83 @@ std::string RemoteDestination::CopyData(const Batch &batch, size_t first, size_t
 	return data;
 }
 
+std::vector<int64> RemoteDestination::DrawIds(pg_conn *conn, size_t count) {
+	// One row: the first and last id drawn, and all of them only when they are not consecutive
+	// (another source drew some in between).
+	std::string sql = fmt::format(
+	    "SELECT min(v), max(v), CASE WHEN max(v) - min(v) + 1 = count(*) THEN NULL ELSE array_agg(v ORDER BY v)::text END"
+	    " FROM (SELECT nextval('bemi.changes_id_seq'::regclass) AS v FROM generate_series(1, {})) AS drawn",
+	    count);
+	PGresult *res = Run(conn, sql.c_str());
+	if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+		PQclear(res);
+		Fail(conn, "did not give ids from bemi.changes_id_seq");
+	}
+	std::vector<int64> ids;
+	ids.reserve(count);
+	if (PQgetisnull(res, 0, 2)) {
+		int64 first = strtoll(PQgetvalue(res, 0, 0), nullptr, 10);
+		for (size_t i = 0; i < count; i++)
+			ids.push_back(first + static_cast<int64>(i));
+	} else {
+		const char *p = PQgetvalue(res, 0, 2); // {1,2,...}
+		while (*p != '\0') {
+			if (*p == '{' || *p == ',' || *p == '}') {
+				p++;
+				continue;
+			}
+			char *end = nullptr;
+			ids.push_back(strtoll(p, &end, 10));
+			if (end == p)
+				break;
+			p = end;
+		}
+	}
+	PQclear(res);
+	if (ids.size() != count)
+		Fail(conn, "did not give as many ids as rows");
+	return ids;
+}
+
+std::string RemoteDestination::LockOf(uint64 seq) const {
+	return fmt::format("pg_advisory_xact_lock({}, {})", lock_class_, static_cast<int32>(static_cast<uint32>(seq)));
+}
+
+std::string RemoteDestination::AfterCopy(pg_conn *conn, const Progress &reached, int64 forwarded,
+                                         bool wait_for_previous) {
+	auto literal = [&](const std::string &value) {
+		char *quoted = PQescapeLiteral(conn, value.data(), value.size());
+		if (quoted == nullptr)
+			Fail(conn, "could not quote a value");
+		std::string text(quoted);
+		PQfreemem(quoted);
+		return text;
+	};
+	std::string sql;
+	if (wait_for_previous)
+		sql = fmt::format("SELECT {}; ", LockOf(seq_ - 1));
+	sql += fmt::format(fmt::runtime(kProgress), literal(source_system_id_), literal(database_), LsnText(reached.txn_end_lsn),
+	                   reached.txn_records, reached.txn_complete ? "true" : "false",
+	                   remote_ ? "'" + LsnText(remote_->txn_end_lsn) + "'" : std::string("NULL"),
+	                   remote_ ? std::to_string(remote_->txn_records) : std::string("NULL"),
+	                   remote_ ? (remote_->txn_complete ? "true" : "false") : "NULL", forwarded);
+	return sql;
+}
+
 void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_context, const Progress &reached,
                              const std::vector<Gap> &gaps) {
 	constexpr size_t kChunkRows = 200;
 	size_t rows = batch.Rows().size();
-	Settle(); // one transaction at a time: the progress check below starts from its end
+	if (Full())
+		SettleOldest();
 	if (!progress_known_)
-		LoadProgress();
-	Connect();
-	Exec("BEGIN");
-	std::string lsn = LsnText(reached.txn_end_lsn), records = std::to_string(reached.txn_records);
-	std::string known_lsn, known_records;
-	if (remote_) {
-		known_lsn = LsnText(remote_->txn_end_lsn);
-		known_records = std::to_string(remote_->txn_records);
-	}
-	int64 forwarded = gaps.empty() ? gaps_forwarded_ : gaps.back().id;
-	std::string forwarded_text = std::to_string(forwarded);
-	const char *params[9] = {source_system_id_.c_str(),
-	                         database_.c_str(),
-	                         lsn.c_str(),
-	                         records.c_str(),
-	                         reached.txn_complete ? "true" : "false",
-	                         remote_ ? known_lsn.c_str() : nullptr,
-	                         remote_ ? known_records.c_str() : nullptr,
-	                         remote_ ? (remote_->txn_complete ? "true" : "false") : nullptr,
-	                         forwarded_text.c_str()};
-	PGresult *res = Run(kProgress, 9, params);
-	ExecStatusType status = res != nullptr ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-	int moved = status == PGRES_TUPLES_OK ? PQntuples(res) : -1;
-	PQclear(res);
-	if (moved < 0)
-		Fail("refused the progress update");
-	if (moved == 0) {
-		Disconnect(); // rolls back; the next run reads the destination's progress again
-		throw Error(ERRCODE_T_R_SERIALIZATION_FAILURE,
-		            "bemi: this source's progress on the destination moved under the worker",
-		            fmt::format("bemi.source_progress there no longer holds what this worker wrote last for "
-		                        "source {}, database \"{}\".",
-		                        source_system_id_, database_),
-		            "Another worker writes there as this source (a copy of this server?). This worker "
-		            "starts again from what the destination holds.");
-	}
+		LoadProgress(); // after a failure nothing is in flight: the connections were dropped
+	size_t link = next_link_;
+	pg_conn *conn = Connect(link);
+	// The batch before this one, if still in flight, is waited for by this one's fence.
+	bool wait_for_previous = !in_flight_.empty();
+	seq_++;
+	Exec(conn, fmt::format("BEGIN; SELECT {}", LockOf(seq_)).c_str());
 	// The source's gaps, named by it: what its trail misses is visible where the trail is.
 	for (const Gap &gap : gaps) {
 		const char *values[9] = {gap.detected_at.c_str(),
@@ -478,70 +544,82 @@ void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_
 		                         gap.statement ? gap.statement->c_str() : nullptr,
 		                         source_system_id_.c_str(),
 		                         database_.c_str()};
-		res = Run("INSERT INTO bemi.gaps (detected_at, from_lsn, to_lsn, reason, relation, role, statement,"
-		          " source_system_id, source_database) VALUES ($1::timestamptz, $2::pg_lsn, $3::pg_lsn,"
-		          " $4, $5, $6, $7, $8, $9)",
-		          9, values);
+		PGresult *res = Run(conn,
+		                    "INSERT INTO bemi.gaps (detected_at, from_lsn, to_lsn, reason, relation, role, statement,"
+		                    " source_system_id, source_database) VALUES ($1::timestamptz, $2::pg_lsn, $3::pg_lsn,"
+		                    " $4, $5, $6, $7, $8, $9)",
+		                    9, values);
 		bool ok = res != nullptr && PQresultStatus(res) == PGRES_COMMAND_OK;
 		PQclear(res);
 		if (!ok)
-			Fail("refused a gap in bemi.gaps");
+			Fail(conn, "refused a gap in bemi.gaps");
 	}
+	int64 forwarded = gaps.empty() ? gaps_forwarded_ : gaps.back().id;
+	std::string after = AfterCopy(conn, reached, forwarded, wait_for_previous);
 	if (rows > 0) {
-		// The COPY and the COMMIT after it: Run returns when the destination waits for rows.
-		res = Run(kCopy);
+		std::vector<int64> ids = DrawIds(conn, rows);
+		// The COPY and what follows it: Run returns when the destination waits for rows.
+		PGresult *res = Run(conn, (kCopy + after).c_str());
 		bool copying = res != nullptr && PQresultStatus(res) == PGRES_COPY_IN;
 		PQclear(res);
 		if (!copying)
-			Fail("refused COPY into bemi.changes");
+			Fail(conn, "refused COPY into bemi.changes");
 		for (size_t first = 0; first < rows; first += kChunkRows) {
 			std::string text;
 			try {
-				text = CopyData(batch, first, std::min(kChunkRows, rows - first), empty_context);
+				text = CopyData(batch, first, std::min(kChunkRows, rows - first), empty_context, ids);
 			} catch (...) {
 				Disconnect(); // the COPY and its transaction are rolled back with the connection
 				throw;
 			}
-			// Non-blocking: 0 is a full buffer, sent below before more is queued.
-			int put;
-			while ((put = PQputCopyData(conn_, text.data(), static_cast<int>(text.size()))) == 0)
-				Flush();
-			if (put != 1)
-				Fail("did not take the batch");
-			Flush();
+			// Queued in libpq (non-blocking: it grows its buffer) and sent as far as the socket
+			// takes it now; the rest goes with Pump() while the worker decodes.
+			if (PQputCopyData(conn, text.data(), static_cast<int>(text.size())) != 1 || PQflush(conn) < 0)
+				Fail(conn, "did not take the batch");
 		}
-		int ended;
-		while ((ended = PQputCopyEnd(conn_, nullptr)) == 0)
-			Flush();
-		if (ended != 1)
-			Fail("did not take the batch");
-		Flush();
+		if (PQputCopyEnd(conn, nullptr) != 1 || PQflush(conn) < 0)
+			Fail(conn, "did not take the batch");
 	} else {
-		if (PQsendQuery(conn_, "COMMIT") != 1)
-			Fail("did not take the COMMIT");
-		Flush();
+		if (PQsendQuery(conn, after.c_str()) != 1 || PQflush(conn) < 0)
+			Fail(conn, "did not take the COMMIT");
 	}
-	in_flight_ = Sent{reached, forwarded};
+	in_flight_.push_back(Sent{link, seq_});
+	next_link_ = (link + 1) % links_.size();
+	remote_ = reached;
+	gaps_forwarded_ = forwarded;
 }
 
-void RemoteDestination::Settle() {
-	if (!in_flight_)
+void RemoteDestination::SettleOldest() {
+	if (in_flight_.empty())
 		return;
+	pg_conn *conn = links_[in_flight_.front().link];
 	// Every statement sent must have succeeded, the last a COMMIT that committed (an aborted
 	// transaction answers COMMIT with ROLLBACK).
-	bool ok = true, committed = false;
+	bool ok = true, committed = false, moved_under = false;
 	PGresult *res;
-	while ((res = NextResult()) != nullptr) {
-		if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	while ((res = NextResult(conn)) != nullptr) {
+		ExecStatusType status = PQresultStatus(res);
+		if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
 			ok = false;
-		committed = strcmp(PQcmdStatus(res), "COMMIT") == 0;
+			const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+			moved_under = moved_under || (state != nullptr && strcmp(state, kMovedUnder) == 0);
+		}
+		committed = status == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0;
 		PQclear(res);
 	}
+	if (moved_under) {
+		Disconnect(); // the next run reads the destination's progress again
+		throw Error(ERRCODE_T_R_SERIALIZATION_FAILURE,
+		            "bemi: this source's progress on the destination moved under the worker",
+		            fmt::format("bemi.source_progress there no longer holds what this worker wrote last for "
+		                        "source {}, database \"{}\".",
+		                        source_system_id_, database_),
+		            "Another worker writes there as this source (a copy of this server?). This worker "
+		            "starts again from what the destination holds.");
+	}
 	if (!ok || !committed)
-		Fail("refused the batch");
-	remote_ = in_flight_->reached;
-	gaps_forwarded_ = in_flight_->gaps_forwarded;
-	in_flight_.reset();
+		Fail(conn, "refused the batch");
+	in_flight_.pop_front();
 }
 
 } // namespace bemi

@@ -6,6 +6,7 @@
 
 #include "sink.hpp"
 
+#include <deque>
 #include <optional>
 #include <string>
 #include <vector>
@@ -36,11 +37,14 @@ struct Gap {
 // The source's bemi.gaps rows after `after` (at most `limit`), oldest first. Its own transaction.
 std::vector<Gap> LoadGaps(int64 after, int limit);
 
+// Batches go out on `connections` connections at once, each batch one transaction on the next
+// connection; they commit in the order they were sent (remote.cpp says how).
 class RemoteDestination {
   public:
 	// source_system_id, database: how this source's changes and progress are named there. db: the
 	// source database's entry, whose DROP DATABASE or DROP EXTENSION ends any wait for the destination.
-	RemoteDestination(std::string conninfo, std::string source_system_id, std::string database, const BemiDatabase *db);
+	RemoteDestination(std::string conninfo, std::string source_system_id, std::string database, const BemiDatabase *db,
+	                  int connections);
 	RemoteDestination(const RemoteDestination &) = delete;
 	RemoteDestination &operator=(const RemoteDestination &) = delete;
 	~RemoteDestination();
@@ -48,55 +52,76 @@ class RemoteDestination {
 	// The destination's progress for this source (connecting first); nullopt when it has none.
 	// Remembered: each batch's progress update checks that nobody moved it meanwhile.
 	std::optional<Progress> LoadProgress();
-	// One transaction there, sent without waiting for its end: the progress check and update,
-	// the source's new gaps, the batch's rows by COPY, COMMIT with synchronous_commit = on. The
-	// rows are turned into COPY's binary format a few hundred at a time while the destination already
-	// parses and inserts the ones before; the COMMIT is on its way when Send returns, and the
-	// worker decodes the next batch while the destination finishes this one. Settle() before
-	// anything counts it as written. Throws on failure (the connection is then dropped and made
-	// again next time). empty_context: the jsonb of a change without context.
+	// Sends a batch as one transaction on the next connection, which must be free (!Full()):
+	// the gaps, the rows by COPY, then, in the COPY's own query string, a wait for the batch
+	// before it, the progress check and update, and COMMIT with synchronous_commit = on. The rows
+	// are turned into COPY's binary format a few hundred at a time; what the socket does not take
+	// at once stays queued in libpq and goes out with Pump() and SettleOldest(), so the worker
+	// decodes the next batch while the destination parses and inserts this one. Throws on failure
+	// (every connection is then dropped, and made again next time). empty_context: the jsonb of a
+	// change without context.
 	void Send(const Batch &batch, const std::vector<char> &empty_context, const Progress &reached,
 	          const std::vector<Gap> &gaps);
-	// A batch was sent and its COMMIT's answer not yet read.
-	bool InFlight() const { return in_flight_.has_value(); }
-	// Waits for the batch in flight: returns once the destination has it durably, throws
-	// otherwise. Nothing in flight: returns at once.
-	void Settle();
-	// The last of this source's gaps the destination holds (bemi.source_progress.gaps_forwarded).
+	// Batches sent and their COMMIT's answer not yet read, oldest first.
+	size_t InFlight() const { return in_flight_.size(); }
+	// Every connection has a batch in flight: SettleOldest() before the next Send.
+	bool Full() const { return in_flight_.size() >= links_.size(); }
+	// Waits for the oldest batch in flight: returns once the destination has it durably, throws
+	// otherwise (and every batch in flight is then lost there: the next run resumes from the
+	// destination's progress).
+	void SettleOldest();
+	// Pushes queued COPY data towards the destination without waiting. Never throws: a broken
+	// connection is found by the next Send or SettleOldest.
+	void Pump();
+	// The last of this source's gaps the batches sent so far carry (bemi.source_progress.gaps_forwarded
+	// once they commit).
 	int64 GapsForwarded() const { return gaps_forwarded_; }
 
   private:
 	// Rows first .. first + count - 1 of a batch in COPY's binary format, in the column order of
-	// Send's COPY (with the format's header before the first row, its trailer after the last).
-	std::string CopyData(const Batch &batch, size_t first, size_t count, const std::vector<char> &empty_context) const;
-	void Connect();
-	void Disconnect();
-	[[noreturn]] void Fail(const std::string &what);
-	// Waits for the socket (WL_SOCKET_* events) or timeout_ms (-1: none), serving interrupts:
+	// Send's COPY (with the format's header before the first row, its trailer after the last);
+	// ids: the rows' ids, drawn there.
+	std::string CopyData(const Batch &batch, size_t first, size_t count, const std::vector<char> &empty_context,
+	                     const std::vector<int64> &ids) const;
+	// Connection i, connected (and set up) if it was not.
+	pg_conn *Connect(size_t i);
+	void Disconnect(); // every connection: what is in flight is rolled back there, or committed
+	[[noreturn]] void Fail(pg_conn *conn, const std::string &what);
+	// Waits for conn's socket (WL_SOCKET_* events) or timeout_ms (-1: none), serving interrupts:
 	// true if the socket is ready. Throws if the source database asks the worker to let go.
-	bool WaitSocket(int events, long timeout_ms = -1);
-	// Sends what libpq holds (non-blocking connection), waiting as the socket allows.
-	void Flush();
+	bool WaitSocket(pg_conn *conn, int events, long timeout_ms = -1);
+	// Sends what libpq holds for conn (non-blocking connection), waiting as the socket allows.
+	void Flush(pg_conn *conn);
 	// PQgetResult, waiting interruptibly for it.
-	pg_result *NextResult();
+	pg_result *NextResult(pg_conn *conn);
 	// Sends a query (with text parameters) and returns its last result, or the COPY_IN one;
 	// nullptr if none. The caller PQclears it.
-	pg_result *Run(const char *sql, int nparams = 0, const char *const *params = nullptr);
-	void Exec(const char *sql);
+	pg_result *Run(pg_conn *conn, const char *sql, int nparams = 0, const char *const *params = nullptr);
+	void Exec(pg_conn *conn, const char *sql);
+	// The ids of count rows, drawn from the destination's sequence in one statement.
+	std::vector<int64> DrawIds(pg_conn *conn, size_t count);
+	// The statements after the COPY: the wait for the batch before, the fenced progress
+	// update, COMMIT. Values as literals (one simple query with the COPY).
+	std::string AfterCopy(pg_conn *conn, const Progress &reached, int64 forwarded, bool wait_for_previous);
+	// The advisory lock a batch holds from its BEGIN, that the next batch waits for.
+	std::string LockOf(uint64 seq) const;
 
 	std::string conninfo_;
 	std::string source_system_id_;
 	std::string database_;
 	const BemiDatabase *db_;
-	pg_conn *conn_ = nullptr;
-	bool progress_known_ = false;    // LoadProgress ran on this connection's destination
-	std::optional<Progress> remote_; // what the destination holds for us, as last read or settled
-	int64 gaps_forwarded_ = 0;
+	std::vector<pg_conn *> links_;   // the connections; nullptr: not connected
+	size_t next_link_ = 0;           // the one the next batch goes to
+	bool progress_known_ = false;    // LoadProgress ran since the connections were made
+	std::optional<Progress> remote_; // what the destination holds for us once every batch sent commits
+	int64 gaps_forwarded_ = 0;       // likewise
+	uint64 seq_ = 0;                 // batches sent (lock keys)
+	int32 lock_class_;               // the first half of the lock keys: this source's
 	struct Sent {
-		Progress reached;
-		int64 gaps_forwarded;
+		size_t link;
+		uint64 seq;
 	};
-	std::optional<Sent> in_flight_; // sent, its COMMIT's answer not read
+	std::deque<Sent> in_flight_; // sent, their COMMIT's answer not read
 };
 
 // This server's system identifier, as text (pg_control_system().system_identifier).

@@ -360,7 +360,8 @@ bool Later(const Progress &a, const Progress &b) {
 
 void Sink::UseDestination(BemiDatabase *db, const std::string &conninfo) {
 	std::optional<Progress> there =
-	    writer_.UseRemote(db, std::make_unique<RemoteDestination>(conninfo, SystemIdentifier(), writer_.Database(), db));
+	    writer_.UseRemote(db, std::make_unique<RemoteDestination>(conninfo, SystemIdentifier(), writer_.Database(), db,
+	                                                   PgCall([]() { return bemi_destination_connections; })));
 	// What this database's own progress says was written (here, or there by an earlier run
 	// before it updated bemi.progress) and what the destination holds: the later of the two.
 	if (there && Later(*there, done_))

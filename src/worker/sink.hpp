@@ -15,6 +15,7 @@ extern "C" {
 }
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -108,6 +109,9 @@ class BatchWriter {
 	// far (the worker applies and confirms what is settled).
 	void Settle(BemiDatabase *db);
 	uint64 SentCount() const { return sent_count_; }
+	// With a destination: pushes the batches in flight towards it without waiting (see
+	// RemoteDestination::Pump); called while the worker decodes. Never throws.
+	void Pump();
 	uint64 SettledCount() const { return settled_count_; }
 	const std::string &Database() const { return database_; }
 	// turns: the batch's place in the writers' order (writers.hpp); nullptr when the worker
@@ -181,7 +185,9 @@ class BatchWriter {
 		TimestampTz last_commit;
 		int count;
 	};
-	std::optional<Sent> sent_; // the batch in flight to the destination
+	std::deque<Sent> sent_; // the batches in flight to the destination, oldest first
+	// Waits for the oldest batch in flight and writes its progress here.
+	void SettleOldest(BemiDatabase *db, bool all);
 	uint64 sent_count_ = 0, settled_count_ = 0;
 };
 
@@ -218,6 +224,7 @@ class Sink {
 	// With a destination: see BatchWriter::Settle.
 	bool Remote() const { return writer_.Remote(); }
 	void Settle(BemiDatabase *db) { writer_.Settle(db); }
+	void Pump() { writer_.Pump(); }
 	uint64 RemoteSent() const { return writer_.SentCount(); }
 	uint64 RemoteSettled() const { return writer_.SettledCount(); }
 

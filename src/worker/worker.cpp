@@ -502,6 +502,8 @@ void DatabaseRun::Advance() {
 // Decodes WAL up to end_of_wal while the worker may; true if it stopped for a full batch.
 // C-style, inside PgCall only: one PgCall for a whole round of WAL records.
 bool DatabaseRun::Decode(XLogRecPtr end_of_wal) {
+	bool remote = sink_->Remote();
+	uint32 records = 0;
 	// A bemi_set_destination committing meanwhile stops the round: Loop() caps the next one.
 	while (ctx_->reader->EndRecPtr < end_of_wal && (db_->state == BEMI_RUNNING || db_->state == BEMI_FAILING) &&
 	       (switching_ || db_->destination_generation == destination_generation_)) {
@@ -513,6 +515,10 @@ bool DatabaseRun::Decode(XLogRecPtr end_of_wal) {
 			     errm);
 		if (record)
 			LogicalDecodingProcessRecord(ctx_, ctx_->reader);
+		// Batches in flight to a destination: what libpq still holds of them goes out while the
+		// next is decoded (a send that the socket takes or refuses at once).
+		if (remote && (++records & 31) == 0)
+			sink_->Pump();
 		if (sink_->PendingChanges() >= bemi_batch_size)
 			return true;
 		CHECK_FOR_INTERRUPTS();

@@ -122,6 +122,20 @@ sub check_ledger
 	is($dest->safe_psql('trail', qq{
 		SELECT count(*) - count(DISTINCT (transaction_id, position)) FROM bemi.changes
 		 WHERE source_system_id = '$sid{$name}'}), '0', "$what: none twice");
+	# Batches go out on several connections at once, yet ids follow the source's order: a
+	# transaction's changes are consecutive among the source's, in the order of their positions.
+	is($dest->safe_psql('trail', qq{
+		SELECT count(*) FROM (
+		  SELECT transaction_id, position, lag(transaction_id) OVER w AS previous_xid,
+		         lag(position) OVER w AS previous_position,
+		         count(*) OVER (PARTITION BY transaction_id) AS n,
+		         max(id) OVER (PARTITION BY transaction_id) - min(id) OVER (PARTITION BY transaction_id) AS id_span,
+		         max(r) OVER (PARTITION BY transaction_id) - min(r) OVER (PARTITION BY transaction_id) AS rank_span
+		    FROM (SELECT *, row_number() OVER (ORDER BY id) AS r FROM bemi.changes
+		           WHERE source_system_id = '$sid{$name}') c
+		  WINDOW w AS (ORDER BY id)) s
+		 WHERE (transaction_id = previous_xid AND position <= previous_position) OR rank_span <> n - 1}),
+		'0', "$what: ids in the source's order");
 }
 
 prepare_load($src1);
@@ -160,6 +174,23 @@ $load->finish;
 $dest->start;
 check_ledger($src1, 'src1', 'destination down 30 s');
 is($src1->safe_psql('postgres', 'SELECT destination_reachable FROM bemi_status()'), 't', 'reachable again');
+
+# 4b. kill -9 of the worker in the middle of a drain on three connections at once: each batch in
+# flight there is rolled back or committed, in order; the next run resumes from the progress.
+$src1->append_conf('postgresql.conf', "bemi.destination_connections = 3\n");
+$src1->reload;
+$dest->stop('fast');
+$load = start_load($src1, 10);
+$load->finish;
+$dest->start;
+my $before = $dest->safe_psql('trail', qq{SELECT count(*) FROM bemi.changes WHERE source_system_id = '$sid{src1}'});
+# The worker retries with a growing delay: once it writes again, it is killed mid-drain.
+ok($dest->poll_query_until('trail',
+	qq{SELECT count(*) > $before FROM bemi.changes WHERE source_system_id = '$sid{src1}'}),
+	'the drain after the destination came back started');
+kill 'KILL', $src1->safe_psql('postgres', 'SELECT worker_pid FROM bemi_status()');
+$src1->poll_query_until('postgres', 'SELECT true') or die;
+check_ledger($src1, 'src1', 'kill -9 of the worker mid-drain on three connections');
 
 # 5. A second source cluster into the same destination, both under load at once.
 my $src2 = source('src2');
