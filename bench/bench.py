@@ -1250,8 +1250,9 @@ END $$;""")
         self.dest.psql("SET client_min_messages = error; CREATE EXTENSION bemi;"
                        "CREATE ROLE bench_ingest LOGIN IN ROLE bemi_ingest", db="trail")
 
-    def set_destination(self):
+    def set_destination(self, connections=2):
         srv = self.server
+        srv.psql(f"ALTER SYSTEM SET bemi.destination_connections = {int(connections)}; SELECT pg_reload_conf()")
         srv.psql(f"SELECT bemi_set_destination('host={self.dest.sock} port={self.dest.port} dbname=trail "
                  "user=bench_ingest')")
         for _ in range(600):  # the worker starts again, connected there
@@ -1311,15 +1312,15 @@ END $$;""")
             except OSError:
                 pass  # gone meanwhile
 
-    def dest_ingest_round(self, kind, n_ins, n_upd, n_del, chunk, split=False):
-        """A backlog built while the worker is stopped, then drained: here (b) or there (r).
-        split: each server on a core of its own during the drain (the source on the first, the
-        destination on the second), as two one-core machines would be."""
+    def dest_ingest_round(self, kind, n_ins, n_upd, n_del, chunk, split=False, connections=2):
+        """A backlog built while the worker is stopped, then drained: here (b) or there (r, on
+        `connections` connections). split: each server on a core of its own during the drain (the
+        source on the first, the destination on the second), as two one-core machines would be."""
         srv = self.server
         self.create_backlog_procedure()
         pid = self.create_bemi()
         if kind == "r":
-            pid = self.set_destination()
+            pid = self.set_destination(connections)
         there0 = self.dest_changes()
         release = self.stop_worker(pid)
         lsn0 = srv.one("SELECT pg_current_wal_lsn()")
@@ -1331,16 +1332,36 @@ END $$;""")
         cpu0 = proc_cpu_seconds(pid)
         # With --profile: the destination's backend that the worker writes through, and the worker.
         perfs = []
-        backend = None
+        backends = []  # the destination's backends the worker writes through (made as it connects)
         if kind == "r":
-            backend = self.dest.one("SELECT pid FROM pg_stat_activity WHERE application_name = 'bemi worker'",
-                                    db="trail")
-            backend = int(backend) if backend else None
-        backend_cpu0 = proc_cpu_seconds(backend) if backend else None
+            backends = [int(x) for x in self.dest.psql("SELECT pid FROM pg_stat_activity WHERE application_name = "
+                                                         "'bemi worker' ORDER BY pid", db="trail").split()]
+        backend_cpu0 = {b: proc_cpu_seconds(b) for b in backends}
         if self.args.profile and kind == "r":
-            if backend:
-                perfs.append(self.start_perf(backend, "destination-backend"))
+            if backends:
+                perfs.append(self.start_perf(backends[0], "destination-backend"))
             perfs.append(self.start_perf(pid, "destination-worker"))
+        # What the destination's backends and the worker wait for during the drain, sampled.
+        waits, stop_sampling = {}, threading.Event()
+
+        def sample():
+            there = Session(self.dest, "trail")
+            here = Session(srv, DB)
+            while not stop_sampling.is_set():
+                for where, sess, cond in (("dest", there, "application_name = 'bemi worker'"),
+                                          ("worker", here, f"pid = {pid}")):
+                    for line in sess.run("SELECT coalesce(wait_event_type || ':' || wait_event, state, '?') "
+                                         f"FROM pg_stat_activity WHERE {cond};").split("\n"):
+                        if line.strip():
+                            key = f"{where} {line.strip()}"
+                            waits[key] = waits.get(key, 0) + 1
+                time.sleep(0.02)
+            there.close()
+            here.close()
+
+        sampler = threading.Thread(target=sample) if kind == "r" else None
+        if sampler:
+            sampler.start()
         all_cpus = os.sched_getaffinity(0)
         if split:
             cores = sorted(all_cpus)
@@ -1350,6 +1371,10 @@ END $$;""")
         release()
         srv.one(f"SELECT bemi_wait('{lsn1}', '60 min')")
         drain = time.monotonic() - t0
+        if sampler:
+            stop_sampling.set()
+            sampler.join()
+            log("   waits: " + ", ".join(f"{k} {v}" for k, v in sorted(waits.items(), key=lambda kv: -kv[1])))
         if split:
             self.pin(srv, all_cpus)
             self.pin(self.dest, all_cpus)
@@ -1357,15 +1382,18 @@ END $$;""")
             if perf:
                 self.stop_perf(perf)
         cpu1 = proc_cpu_seconds(pid)
-        backend_cpu1 = proc_cpu_seconds(backend) if backend else None
+        backend_now = [int(x) for x in self.dest.psql("SELECT pid FROM pg_stat_activity WHERE application_name = "
+                                                       "'bemi worker'", db="trail").split()] if kind == "r" else []
+        # Connections made during the drain counted from zero.
+        dest_cpu = sum((proc_cpu_seconds(b) or 0) - (backend_cpu0.get(b) or 0) for b in backend_now) \
+            if kind == "r" else None
         got = (self.dest_changes() - there0) if kind == "r" else \
             int(srv.one("SELECT count(*) FROM bemi.changes WHERE \"table\" = 'bench_ingest'"))
         self.drop_bemi()
         srv.psql("DROP TABLE bench_ingest; DROP PROCEDURE bench_backlog")
         wal = int(float(srv.one(f"SELECT pg_wal_lsn_diff('{lsn1}', '{lsn0}')")))
         return dict(got=got, drain_s=drain, cpu=(cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
-                    wal=wal, dest_cpu=(backend_cpu1 - backend_cpu0) if backend_cpu0 is not None
-                    and backend_cpu1 is not None else None)
+                    wal=wal, dest_cpu=dest_cpu, connections=connections if kind == "r" else None)
 
     def section_destination(self):
         p = self.p
@@ -1402,15 +1430,17 @@ END $$;""")
         n_del = n - n_ins - n_upd
         log(f"   ingest: a backlog of {n:,} changes, drained here and there")
         # shared: both servers on all cores; split: one core each, as two machines would be.
-        ing = {(k, split): self.dest_ingest_round(k, n_ins, n_upd, n_del, 1000, split)
-               for split in (False, True) for k in ("b", "r")}
-        for (k, split), x in ing.items():
+        # The remote trail on 1, 2 (the default) and 4 connections.
+        ing = {(k, c, split): self.dest_ingest_round(k, n_ins, n_upd, n_del, 1000, split, c)
+               for split in (False, True) for k, c in (("b", 0), ("r", 1), ("r", 2), ("r", 4))}
+        for (k, c, split), x in ing.items():
             x["rate"] = x["got"] / x["drain_s"]
-            log(f"   ingest {k}{' split' if split else ''}: {x['got']:,} changes in {x['drain_s']:.1f} s = "
+            log(f"   ingest {k}{c or ''}{' split' if split else ''}: {x['got']:,} changes in {x['drain_s']:.1f} s = "
                 f"{x['rate']:,.0f}/s, worker cpu {x['cpu']:.1f} s"
-                + (f", destination backend cpu {x['dest_cpu']:.1f} s" if x.get("dest_cpu") is not None else ""))
-        ing_ratio = ratio(ing[("r", True)]["rate"], ing[("b", True)]["rate"])
-        shared_ratio = ratio(ing[("r", False)]["rate"], ing[("b", False)]["rate"])
+                + (f", destination backends cpu {x['dest_cpu']:.1f} s" if x.get("dest_cpu") is not None else ""))
+        ing_ratio = ratio(ing[("r", 2, True)]["rate"], ing[("b", 0, True)]["rate"])
+        shared_ratio = ratio(ing[("r", 2, False)]["rate"], ing[("b", 0, False)]["rate"])
+        scaling = {c: ratio(ing[("r", c, False)]["rate"], ing[("r", 1, False)]["rate"]) for c in (2, 4)}
         text = ["## 9. The trail in another database (issue 16)\n",
                 f"A second throwaway server on the same machine (no preload, `wal_level = replica`) holds the "
                 f"trail for (r), reached over a unix socket as a role granted `bemi_ingest`. pgbench tpcb-like, "
@@ -1427,12 +1457,17 @@ END $$;""")
                 "on both cores, competing for them; *split*: during the drain the source's processes run on "
                 "one core and the destination's on the other, as a source and a destination on two one-core "
                 "machines would (the local trail then has the one core of its machine).\n",
-                md_table(["trail", "cores", "changes", "drain s", "changes/s", "worker CPU s", "destination CPU s"],
-                         [[kinds[k], "split" if split else "shared", f"{x['got']:,}", fmt(x["drain_s"], 1),
-                           fmt(x["rate"]), fmt(x["cpu"], 1), fmt(x["dest_cpu"], 1) if k == "r" else "–"]
-                          for (k, split), x in ing.items()]), "",
-                f"Remote ingest rate: {fmt(ing_ratio, 2)}× the local trail's with a core each (split), "
-                f"{fmt(shared_ratio, 2)}× with both servers on the same cores (shared).\n"]
+                md_table(["trail", "connections", "cores", "changes", "drain s", "changes/s", "worker CPU s",
+                          "destination CPU s"],
+                         [[kinds[k], str(c) if k == "r" else "–", "split" if split else "shared", f"{x['got']:,}",
+                           fmt(x["drain_s"], 1), fmt(x["rate"]), fmt(x["cpu"], 1),
+                           fmt(x["dest_cpu"], 1) if k == "r" else "–"]
+                          for (k, c, split), x in ing.items()]), "",
+                f"Remote ingest rate, on the default 2 connections: {fmt(ing_ratio, 2)}× the local trail's with a "
+                f"core each (split), {fmt(shared_ratio, 2)}× with both servers on the same cores (shared). "
+                f"With both servers on the same cores, 2 connections drain {fmt(scaling[2], 2)}× as fast as 1, "
+                f"and 4 connections {fmt(scaling[4], 2)}×. *destination CPU* is that of all the destination's "
+                "backends the worker writes through.\n"]
         self.summary.append(("destination: remote ingest ≥ the local trail's rate (a core per server)",
                              ing_ratio is not None and ing_ratio >= 1,
                              f"{fmt(ing_ratio, 2)} × local (both on 2 shared cores: {fmt(shared_ratio, 2)} ×)"))

@@ -627,7 +627,7 @@ void BatchWriter::Settle(BemiDatabase *db) {
 		SettleOldest(db, true);
 }
 
-void BatchWriter::Pump() {
+void BatchWriter::Pump() noexcept {
 	if (remote_ != nullptr)
 		remote_->Pump();
 }

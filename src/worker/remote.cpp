@@ -3,27 +3,28 @@
 // Runs in the worker, which calls it instead of its local insert when bemi.destination names a
 // connection string (batch.cpp). Per batch, one transaction on the destination, on the next of
 // bemi.destination_connections connections (round robin):
-//   1. BEGIN, and an advisory lock of the batch's own (this source's class, the batch's number),
-//      held until it ends; the source's new gaps; the rows' ids, drawn from the destination's
-//      sequence by the batch in one statement, after the batch before it drew its own (the
-//      worker waits for that answer before it sends the next batch): ids follow change order
-//      across batches, as in a local trail;
-//   2. the rows, by COPY bemi.changes (...) FROM STDIN in binary format, and in the same query
-//      string, so that the destination goes on without a round trip:
-//   3. a wait for the batch before it to end (its advisory lock), then the source's row of
-//      bemi.source_progress moved from what that batch left to this batch's progress, fenced
-//      (INSERT ... ON CONFLICT DO UPDATE ... WHERE it is still that, or a division by zero that
-//      rolls the batch back): a batch commits only once the one before it committed, so the
-//      destination's progress is always a prefix of what it holds, and a worker that finds the
-//      row moved by another (a copy of this server) fails instead of writing twice;
-//   4. COMMIT, with synchronous_commit = on.
+//   1. BEGIN, the source's new gaps, and the rows' ids, drawn from the destination's sequence by
+//      the batch in one statement after the batch before it drew its own (the worker has that
+//      answer before it sends the next batch): ids follow change order across batches, as in a
+//      local trail;
+//   2. the rows, by COPY bemi.changes (...) FROM STDIN in binary format;
+//   3. once the COPY is done and the batch before holds the source's row of bemi.source_progress
+//      (its fence has answered: the row stays locked until it ends), that row moved from what
+//      the batch before left to this batch's progress, fenced (INSERT ... ON CONFLICT DO UPDATE
+//      ... WHERE it is still that, or a division by zero rolls the batch back), and COMMIT with
+//      synchronous_commit = on, in one query string. The fence waits on the row lock of the
+//      batch before, so batches commit in order, the destination's progress is always a prefix
+//      of what it holds, and a worker that finds the row moved by another (a copy of this
+//      server) fails instead of writing twice. The order is kept by the worker and a row lock
+//      only bemi_ingest can take, not by locks any role could take and hold.
 // Batches overlap: while one connection's backend parses and inserts a batch, the next batch goes
-// to the next connection, and the worker decodes the one after. Only once SettleOldest() has read a
-// COMMIT's answer (the rows are durable there) does the worker update its local bemi.progress and
-// confirm its slot (batch.cpp, worker.cpp), so a crash anywhere resumes from what the destination
-// holds (LoadProgress, at start), and nothing is lost or written twice across the two servers. A
-// failure on any connection drops them all: batches in flight roll back there (each waits for
-// the one before it), or committed, which the next run reads from the progress.
+// to the next connection, and the worker decodes the one after; Advance() moves the fences along
+// whenever the worker pumps or waits. Only once SettleOldest() has read a COMMIT's answer (the
+// rows are durable there) does the worker update its local bemi.progress and confirm its slot
+// (batch.cpp, worker.cpp), so a crash anywhere resumes from what the destination holds
+// (LoadProgress, at start), and nothing is lost or written twice across the two servers. A failure
+// on any connection drops them all: batches in flight roll back there (a batch after a rolled-back
+// one fails its fence), or committed, which the next run reads from the progress.
 //
 // Waiting: the connections are non-blocking, and every wait for the destination (connecting,
 // sending, a result) is a wait on its socket and the worker's latch that serves interrupts. A
@@ -42,7 +43,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <functional>
 
 extern "C" {
 #include "access/xlog.h"
@@ -65,6 +65,9 @@ namespace bemi {
 namespace {
 
 constexpr long kConnectTimeoutMs = 10 * 1000;
+// How often a wait on one connection pushes on what the others still hold to send: a unix
+// socket's buffer holds a few hundred changes, some 10 ms of the destination's work.
+constexpr long kPumpMs = 2;
 
 // ids are sent: the batch draws them in order (Send). created_at is sent (the time the worker made
 // the rows): with its volatile default (clock_timestamp()) left to the destination, COPY would
@@ -72,10 +75,11 @@ constexpr long kConnectTimeoutMs = 10 * 1000;
 // given (GENERATED ALWAYS included).
 const char *const kCopy =
     "COPY bemi.changes (id, primary_key, \"before\", \"after\", context, database, schema, \"table\", operation,"
-    " committed_at, transaction_id, position, source_system_id, created_at) FROM STDIN (FORMAT binary); ";
+    " committed_at, transaction_id, position, source_system_id, created_at) FROM STDIN (FORMAT binary)";
 
 // Fenced: the row moves only from what the batch before left ({5}..{7}; NULL: no row), else the
-// division by zero rolls the batch back (kMovedUnder). The worker's session has search_path =
+// division by zero rolls the batch back (kMovedUnder) and COMMIT, in the same query string, is
+// not run. The worker's session has search_path =
 // pg_catalog, pg_temp.
 const char *const kProgress =
     "WITH moved AS (INSERT INTO bemi.source_progress AS p (source_system_id, database, txn_end_lsn, txn_records,"
@@ -210,10 +214,7 @@ std::string SystemIdentifier() {
 RemoteDestination::RemoteDestination(std::string conninfo, std::string source_system_id, std::string database,
                                      const BemiDatabase *db, int connections)
     : conninfo_(std::move(conninfo)), source_system_id_(std::move(source_system_id)),
-      database_(std::move(database)), db_(db), links_(std::max(connections, 1), nullptr) {
-	// Another source's class may collide: its batches then only wait a little longer.
-	lock_class_ = static_cast<int32>(std::hash<std::string>{}("bemi " + source_system_id_ + " " + database_));
-}
+      database_(std::move(database)), db_(db), links_(std::max(connections, 1), nullptr) {}
 
 RemoteDestination::~RemoteDestination() {
 	Disconnect();
@@ -227,6 +228,9 @@ void RemoteDestination::Disconnect() {
 	}
 	progress_known_ = false;
 	in_flight_.clear();
+	failed_conn_ = nullptr;
+	failed_.clear();
+	moved_under_ = false;
 }
 
 void RemoteDestination::Fail(pg_conn *conn, const std::string &what) {
@@ -289,6 +293,16 @@ bool RemoteDestination::WaitSocket(pg_conn *conn, int events, long timeout_ms) {
 	int sock = PQsocket(conn);
 	if (sock < 0)
 		Fail(conn, "lost the connection");
+	// The other connections' batches go on out meanwhile: waiting for one connection's COMMIT
+	// must not starve the backend that reads the next batch. While any of them still holds data,
+	// the wait is short.
+	bool pending = false;
+	for (const Sent &sent : in_flight_)
+		if (links_[sent.link] != conn && PQflush(links_[sent.link]) == 1)
+			pending = true;
+	Advance(conn);
+	if (pending && (timeout_ms < 0 || timeout_ms > kPumpMs))
+		timeout_ms = kPumpMs;
 	bool ready = PgCall([&]() {
 		int rc = WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | events |
 		                                        (timeout_ms >= 0 ? WL_TIMEOUT : 0),
@@ -322,9 +336,102 @@ void RemoteDestination::Flush(pg_conn *conn) {
 	}
 }
 
-void RemoteDestination::Pump() {
-	for (const Sent &sent : in_flight_)
-		(void)PQflush(links_[sent.link]); // non-blocking: what the socket takes now
+void RemoteDestination::Pump() noexcept {
+	// Called inside the decoder's PgCall: nothing may leave by an exception (only libpq and
+	// strings below; an allocation failure just leaves the pumping to the next wait).
+	try {
+		for (const Sent &sent : in_flight_)
+			(void)PQflush(links_[sent.link]); // non-blocking: what the socket takes now
+		Advance();
+	} catch (...) {
+	}
+}
+
+void RemoteDestination::Advance(pg_conn *skip) {
+	using Stage = Sent::Stage;
+	for (size_t i = 0; i < in_flight_.size() && failed_.empty(); i++) {
+		Sent &sent = in_flight_[i];
+		pg_conn *conn = links_[sent.link];
+		if (sent.stage == Stage::kLocked)
+			continue;
+		if (conn == skip)
+			return;
+		if (PQconsumeInput(conn) != 1) {
+			failed_conn_ = conn;
+			failed_ = "lost the connection";
+			return;
+		}
+		// Reads the results that have come, one by one; true once the query string has ended.
+		auto read = [&](bool *ended) {
+			*ended = false;
+			while (!PQisBusy(conn)) {
+				PGresult *res = PQgetResult(conn);
+				if (res == nullptr) {
+					*ended = true;
+					return true;
+				}
+				ExecStatusType status = PQresultStatus(res);
+				bool ok = status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK;
+				if (!ok) {
+					const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+					moved_under_ = state != nullptr && strcmp(state, kMovedUnder) == 0;
+					failed_conn_ = conn;
+					failed_ = fmt::format("refused the batch ({})", PQresultErrorMessage(res));
+					while (!failed_.empty() && (failed_.back() == '\n' || failed_.back() == ')'))
+						failed_.pop_back();
+					failed_ += ")";
+					PQclear(res);
+					return false;
+				}
+				if (sent.stage == Stage::kFenceSent && status == PGRES_TUPLES_OK) {
+					sent.stage = Stage::kLocked; // the COMMIT's answer is read by SettleOldest
+					PQclear(res);
+					return true;
+				}
+				PQclear(res);
+			}
+			return true;
+		};
+		bool ended = false;
+		if (sent.stage == Stage::kCopying) {
+			if (!read(&ended))
+				return;
+			if (!ended)
+				return; // the COPY is still going: the batches after it wait
+			sent.stage = Stage::kCopied;
+		}
+		if (sent.stage == Stage::kCopied) {
+			if (i > 0 && in_flight_[i - 1].stage != Stage::kLocked)
+				return; // the batch before does not hold the progress row yet
+			if (PQsendQuery(conn, sent.fence.c_str()) != 1) {
+				failed_conn_ = conn;
+				failed_ = "did not take the COMMIT";
+				return;
+			}
+			(void)PQflush(conn);
+			sent.stage = Stage::kFenceSent;
+		}
+		if (sent.stage == Stage::kFenceSent && (!read(&ended) || sent.stage != Stage::kLocked))
+			return;
+	}
+}
+
+void RemoteDestination::RaiseFailure() {
+	if (failed_.empty())
+		return;
+	if (moved_under_) {
+		Disconnect(); // the next run reads the destination's progress again
+		throw Error(ERRCODE_T_R_SERIALIZATION_FAILURE,
+		            "bemi: this source's progress on the destination moved under the worker",
+		            fmt::format("bemi.source_progress there no longer holds what this worker wrote last for "
+		                        "source {}, database \"{}\".",
+		                        source_system_id_, database_),
+		            "Another worker writes there as this source (a copy of this server?). This worker "
+		            "starts again from what the destination holds.");
+	}
+	std::string what = failed_;
+	pg_conn *conn = failed_conn_;
+	Fail(conn, what);
 }
 
 PGresult *RemoteDestination::NextResult(pg_conn *conn) {
@@ -456,13 +563,13 @@ std::string RemoteDestination::CopyData(const Batch &batch, size_t first, size_t
 	return data;
 }
 
-std::vector<int64> RemoteDestination::DrawIds(pg_conn *conn, size_t count) {
+std::vector<int64> RemoteDestination::DrawIds(pg_conn *conn, size_t count, bool begin) {
 	// One row: the first and last id drawn, and all of them only when they are not consecutive
 	// (another source drew some in between).
 	std::string sql = fmt::format(
-	    "SELECT min(v), max(v), CASE WHEN max(v) - min(v) + 1 = count(*) THEN NULL ELSE array_agg(v ORDER BY v)::text END"
+	    "{}SELECT min(v), max(v), CASE WHEN max(v) - min(v) + 1 = count(*) THEN NULL ELSE array_agg(v ORDER BY v)::text END"
 	    " FROM (SELECT nextval('bemi.changes_id_seq'::regclass) AS v FROM generate_series(1, {})) AS drawn",
-	    count);
+	    begin ? "BEGIN; " : "", count);
 	PGresult *res = Run(conn, sql.c_str());
 	if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
 		PQclear(res);
@@ -494,12 +601,7 @@ std::vector<int64> RemoteDestination::DrawIds(pg_conn *conn, size_t count) {
 	return ids;
 }
 
-std::string RemoteDestination::LockOf(uint64 seq) const {
-	return fmt::format("pg_advisory_xact_lock({}, {})", lock_class_, static_cast<int32>(static_cast<uint32>(seq)));
-}
-
-std::string RemoteDestination::AfterCopy(pg_conn *conn, const Progress &reached, int64 forwarded,
-                                         bool wait_for_previous) {
+std::string RemoteDestination::Fence(pg_conn *conn, const Progress &reached, int64 forwarded) {
 	auto literal = [&](const std::string &value) {
 		char *quoted = PQescapeLiteral(conn, value.data(), value.size());
 		if (quoted == nullptr)
@@ -508,33 +610,30 @@ std::string RemoteDestination::AfterCopy(pg_conn *conn, const Progress &reached,
 		PQfreemem(quoted);
 		return text;
 	};
-	std::string sql;
-	if (wait_for_previous)
-		sql = fmt::format("SELECT {}; ", LockOf(seq_ - 1));
-	sql += fmt::format(fmt::runtime(kProgress), literal(source_system_id_), literal(database_), LsnText(reached.txn_end_lsn),
-	                   reached.txn_records, reached.txn_complete ? "true" : "false",
+	return fmt::format(fmt::runtime(kProgress), literal(source_system_id_), literal(database_),
+	                   LsnText(reached.txn_end_lsn), reached.txn_records, reached.txn_complete ? "true" : "false",
 	                   remote_ ? "'" + LsnText(remote_->txn_end_lsn) + "'" : std::string("NULL"),
 	                   remote_ ? std::to_string(remote_->txn_records) : std::string("NULL"),
 	                   remote_ ? (remote_->txn_complete ? "true" : "false") : "NULL", forwarded);
-	return sql;
 }
 
 void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_context, const Progress &reached,
                              const std::vector<Gap> &gaps) {
 	constexpr size_t kChunkRows = 200;
 	size_t rows = batch.Rows().size();
+	RaiseFailure();
 	if (Full())
 		SettleOldest();
 	if (!progress_known_)
 		LoadProgress(); // after a failure nothing is in flight: the connections were dropped
 	size_t link = next_link_;
 	pg_conn *conn = Connect(link);
-	// The batch before this one, if still in flight, is waited for by this one's fence.
-	bool wait_for_previous = !in_flight_.empty();
-	seq_++;
-	Exec(conn, fmt::format("BEGIN; SELECT {}", LockOf(seq_)).c_str());
+	bool begun = false;
 	// The source's gaps, named by it: what its trail misses is visible where the trail is.
 	for (const Gap &gap : gaps) {
+		if (!begun)
+			Exec(conn, "BEGIN");
+		begun = true;
 		const char *values[9] = {gap.detected_at.c_str(),
 		                         gap.from_lsn ? gap.from_lsn->c_str() : nullptr,
 		                         gap.to_lsn.c_str(),
@@ -555,11 +654,11 @@ void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_
 			Fail(conn, "refused a gap in bemi.gaps");
 	}
 	int64 forwarded = gaps.empty() ? gaps_forwarded_ : gaps.back().id;
-	std::string after = AfterCopy(conn, reached, forwarded, wait_for_previous);
+	Sent sent{link, Fence(conn, reached, forwarded), Sent::Stage::kCopied};
 	if (rows > 0) {
-		std::vector<int64> ids = DrawIds(conn, rows);
-		// The COPY and what follows it: Run returns when the destination waits for rows.
-		PGresult *res = Run(conn, (kCopy + after).c_str());
+		std::vector<int64> ids = DrawIds(conn, rows, !begun);
+		// Run returns when the destination waits for rows.
+		PGresult *res = Run(conn, kCopy);
 		bool copying = res != nullptr && PQresultStatus(res) == PGRES_COPY_IN;
 		PQclear(res);
 		if (!copying)
@@ -579,43 +678,45 @@ void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_
 		}
 		if (PQputCopyEnd(conn, nullptr) != 1 || PQflush(conn) < 0)
 			Fail(conn, "did not take the batch");
-	} else {
-		if (PQsendQuery(conn, after.c_str()) != 1 || PQflush(conn) < 0)
-			Fail(conn, "did not take the COMMIT");
+		sent.stage = Sent::Stage::kCopying;
+	} else if (!begun) {
+		Exec(conn, "BEGIN");
 	}
-	in_flight_.push_back(Sent{link, seq_});
+	in_flight_.push_back(std::move(sent));
 	next_link_ = (link + 1) % links_.size();
 	remote_ = reached;
 	gaps_forwarded_ = forwarded;
+	Advance();
 }
 
 void RemoteDestination::SettleOldest() {
 	if (in_flight_.empty())
 		return;
 	pg_conn *conn = links_[in_flight_.front().link];
-	// Every statement sent must have succeeded, the last a COMMIT that committed (an aborted
-	// transaction answers COMMIT with ROLLBACK).
-	bool ok = true, committed = false, moved_under = false;
+	// Its COPY done and its fence answered (it is the oldest: no batch before it to wait for).
+	for (;;) {
+		Advance();
+		RaiseFailure();
+		if (in_flight_.front().stage == Sent::Stage::kLocked)
+			break;
+		int events = WL_SOCKET_READABLE;
+		int left = PQflush(conn);
+		if (left < 0)
+			Fail(conn, "lost the connection");
+		if (left > 0)
+			events |= WL_SOCKET_WRITEABLE;
+		WaitSocket(conn, events);
+		Advance(); // conn included: what came is read above, in the next turn
+	}
+	// The COMMIT's answer: it must have committed (an aborted transaction answers COMMIT with
+	// ROLLBACK).
+	bool ok = true, committed = false;
 	PGresult *res;
 	while ((res = NextResult(conn)) != nullptr) {
 		ExecStatusType status = PQresultStatus(res);
-		if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
-			ok = false;
-			const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-			moved_under = moved_under || (state != nullptr && strcmp(state, kMovedUnder) == 0);
-		}
+		ok = ok && status == PGRES_COMMAND_OK;
 		committed = status == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0;
 		PQclear(res);
-	}
-	if (moved_under) {
-		Disconnect(); // the next run reads the destination's progress again
-		throw Error(ERRCODE_T_R_SERIALIZATION_FAILURE,
-		            "bemi: this source's progress on the destination moved under the worker",
-		            fmt::format("bemi.source_progress there no longer holds what this worker wrote last for "
-		                        "source {}, database \"{}\".",
-		                        source_system_id_, database_),
-		            "Another worker writes there as this source (a copy of this server?). This worker "
-		            "starts again from what the destination holds.");
 	}
 	if (!ok || !committed)
 		Fail(conn, "refused the batch");

@@ -53,13 +53,13 @@ class RemoteDestination {
 	// Remembered: each batch's progress update checks that nobody moved it meanwhile.
 	std::optional<Progress> LoadProgress();
 	// Sends a batch as one transaction on the next connection, which must be free (!Full()):
-	// the gaps, the rows by COPY, then, in the COPY's own query string, a wait for the batch
-	// before it, the progress check and update, and COMMIT with synchronous_commit = on. The rows
-	// are turned into COPY's binary format a few hundred at a time; what the socket does not take
-	// at once stays queued in libpq and goes out with Pump() and SettleOldest(), so the worker
-	// decodes the next batch while the destination parses and inserts this one. Throws on failure
-	// (every connection is then dropped, and made again next time). empty_context: the jsonb of a
-	// change without context.
+	// the gaps, the rows by COPY; then, once the COPY is done and the batch before holds the
+	// progress row (Advance), the progress check and update and COMMIT with synchronous_commit =
+	// on. The rows are turned into COPY's binary format a few hundred at a time; what the socket
+	// does not take at once stays queued in libpq and goes out with Pump() and SettleOldest(), so
+	// the worker decodes the next batch while the destination parses and inserts this one. Throws
+	// on failure (every connection is then dropped, and made again next time). empty_context: the
+	// jsonb of a change without context.
 	void Send(const Batch &batch, const std::vector<char> &empty_context, const Progress &reached,
 	          const std::vector<Gap> &gaps);
 	// Batches sent and their COMMIT's answer not yet read, oldest first.
@@ -70,9 +70,9 @@ class RemoteDestination {
 	// otherwise (and every batch in flight is then lost there: the next run resumes from the
 	// destination's progress).
 	void SettleOldest();
-	// Pushes queued COPY data towards the destination without waiting. Never throws: a broken
-	// connection is found by the next Send or SettleOldest.
-	void Pump();
+	// Pushes queued COPY data towards the destination and moves the batches in flight along
+	// (Advance), without waiting. Never throws: a failure is raised by the next Send or SettleOldest.
+	void Pump() noexcept;
 	// The last of this source's gaps the batches sent so far carry (bemi.source_progress.gaps_forwarded
 	// once they commit).
 	int64 GapsForwarded() const { return gaps_forwarded_; }
@@ -98,13 +98,16 @@ class RemoteDestination {
 	// nullptr if none. The caller PQclears it.
 	pg_result *Run(pg_conn *conn, const char *sql, int nparams = 0, const char *const *params = nullptr);
 	void Exec(pg_conn *conn, const char *sql);
-	// The ids of count rows, drawn from the destination's sequence in one statement.
-	std::vector<int64> DrawIds(pg_conn *conn, size_t count);
-	// The statements after the COPY: the wait for the batch before, the fenced progress
-	// update, COMMIT. Values as literals (one simple query with the COPY).
-	std::string AfterCopy(pg_conn *conn, const Progress &reached, int64 forwarded, bool wait_for_previous);
-	// The advisory lock a batch holds from its BEGIN, that the next batch waits for.
-	std::string LockOf(uint64 seq) const;
+	// BEGIN (begin) and the ids of count rows, drawn from the destination's sequence in one statement.
+	std::vector<int64> DrawIds(pg_conn *conn, size_t count, bool begin);
+	// The statements that end a batch: the fenced progress update and COMMIT, values as literals.
+	std::string Fence(pg_conn *conn, const Progress &reached, int64 forwarded);
+	// Reads what has come back for the batches in flight and sends each one's fence once its COPY
+	// is done and the batch before holds the progress row; never waits, never throws (a failure is
+	// kept in failed_). skip: a connection whose results the caller reads itself.
+	void Advance(pg_conn *skip = nullptr);
+	// Throws the failure Advance found, if any.
+	void RaiseFailure();
 
 	std::string conninfo_;
 	std::string source_system_id_;
@@ -115,13 +118,20 @@ class RemoteDestination {
 	bool progress_known_ = false;    // LoadProgress ran since the connections were made
 	std::optional<Progress> remote_; // what the destination holds for us once every batch sent commits
 	int64 gaps_forwarded_ = 0;       // likewise
-	uint64 seq_ = 0;                 // batches sent (lock keys)
-	int32 lock_class_;               // the first half of the lock keys: this source's
 	struct Sent {
 		size_t link;
-		uint64 seq;
+		std::string fence; // sent once the batch before holds the progress row
+		enum class Stage {
+			kCopying,   // its COPY (if any) is on its way: its result not read
+			kCopied,    // waiting for the batch before to hold the progress row
+			kFenceSent, // its fence and COMMIT are on their way
+			kLocked,    // the fence moved the progress row: only the COMMIT's answer is left
+		} stage;
 	};
 	std::deque<Sent> in_flight_; // sent, their COMMIT's answer not read
+	pg_conn *failed_conn_ = nullptr; // what Advance found: the connection and why
+	std::string failed_;
+	bool moved_under_ = false; // the fence found the progress row moved by another
 };
 
 // This server's system identifier, as text (pg_control_system().system_identifier).

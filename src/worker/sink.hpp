@@ -111,7 +111,7 @@ class BatchWriter {
 	uint64 SentCount() const { return sent_count_; }
 	// With a destination: pushes the batches in flight towards it without waiting (see
 	// RemoteDestination::Pump); called while the worker decodes. Never throws.
-	void Pump();
+	void Pump() noexcept;
 	uint64 SettledCount() const { return settled_count_; }
 	const std::string &Database() const { return database_; }
 	// turns: the batch's place in the writers' order (writers.hpp); nullptr when the worker
@@ -224,7 +224,7 @@ class Sink {
 	// With a destination: see BatchWriter::Settle.
 	bool Remote() const { return writer_.Remote(); }
 	void Settle(BemiDatabase *db) { writer_.Settle(db); }
-	void Pump() { writer_.Pump(); }
+	void Pump() noexcept { writer_.Pump(); }
 	uint64 RemoteSent() const { return writer_.SentCount(); }
 	uint64 RemoteSettled() const { return writer_.SettledCount(); }
 

@@ -11,6 +11,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(usleep);
 use IPC::Run;
 use BemiTest;
 
@@ -191,6 +192,21 @@ ok($dest->poll_query_until('trail',
 kill 'KILL', $src1->safe_psql('postgres', 'SELECT worker_pid FROM bemi_status()');
 $src1->poll_query_until('postgres', 'SELECT true') or die;
 check_ledger($src1, 'src1', 'kill -9 of the worker mid-drain on three connections');
+
+# 4c. The progress row moved under the worker (as a second writer as this source would move it):
+# the batch is rolled back there, the worker says why, and starts again from what both hold.
+$dest->safe_psql('trail', qq{UPDATE bemi.source_progress SET txn_end_lsn = '0/1' WHERE source_system_id = '$sid{src1}'});
+$load = start_load($src1, 3);
+$load->finish;
+my $moved = 0;
+for (1 .. 600)
+{
+	$moved = PostgreSQL::Test::Utils::slurp_file($src1->logfile) =~ /progress on the destination moved under the worker/;
+	last if $moved;
+	usleep(100_000);
+}
+ok($moved, 'a progress row moved under the worker fails its batch');
+check_ledger($src1, 'src1', 'the progress moved under the worker');
 
 # 5. A second source cluster into the same destination, both under load at once.
 my $src2 = source('src2');
