@@ -620,7 +620,9 @@ std::string RemoteDestination::Fence(pg_conn *conn, const Progress &reached, int
 void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_context, const Progress &reached,
                              const std::vector<Gap> &gaps) {
 	constexpr size_t kChunkRows = 200;
+	constexpr size_t kQueuedBytes = 8 * 1024 * 1024; // per connection, beyond what the socket holds
 	size_t rows = batch.Rows().size();
+	size_t queued = 0; // COPY data queued in libpq since it last had nothing left to send
 	RaiseFailure();
 	if (Full())
 		SettleOldest();
@@ -672,9 +674,18 @@ void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_
 				throw;
 			}
 			// Queued in libpq (non-blocking: it grows its buffer) and sent as far as the socket
-			// takes it now; the rest goes with Pump() while the worker decodes.
-			if (PQputCopyData(conn, text.data(), static_cast<int>(text.size())) != 1 || PQflush(conn) < 0)
+			// takes it now; the rest goes with Pump() while the worker decodes. What stays queued
+			// is bounded (libpq keeps its buffer at the largest size it reached).
+			queued += text.size();
+			if (PQputCopyData(conn, text.data(), static_cast<int>(text.size())) != 1)
 				Fail(conn, "did not take the batch");
+			int left = PQflush(conn);
+			if (left < 0)
+				Fail(conn, "did not take the batch");
+			if (left == 0 || queued > kQueuedBytes) {
+				Flush(conn);
+				queued = 0;
+			}
 		}
 		if (PQputCopyEnd(conn, nullptr) != 1 || PQflush(conn) < 0)
 			Fail(conn, "did not take the batch");

@@ -208,6 +208,17 @@ for (1 .. 600)
 ok($moved, 'a progress row moved under the worker fails its batch');
 check_ledger($src1, 'src1', 'the progress moved under the worker');
 
+# 4d. Large rows: a batch's COPY data beyond what the worker keeps queued for a connection (8 MB)
+# waits for the socket instead of growing the queue, and arrives whole.
+$src1->safe_psql('postgres', q{
+	CREATE TABLE big (id int PRIMARY KEY, body text);
+	INSERT INTO big SELECT g, repeat(md5(g::text), 100000) FROM generate_series(1, 4) g});
+wait_bemi($src1);
+is($dest->safe_psql('trail', qq{
+	SELECT count(*), sum(length("after"->>'body')) FROM bemi.changes
+	 WHERE source_system_id = '$sid{src1}' AND "table" = 'big' AND operation = 'CREATE'}),
+	'4|12800000', 'four rows of 3.2 MB each arrive whole');
+
 # 5. A second source cluster into the same destination, both under load at once.
 my $src2 = source('src2');
 isnt($sid{src1}, $sid{src2}, 'two sources, two system identifiers');
