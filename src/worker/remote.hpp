@@ -21,7 +21,7 @@ namespace bemi {
 std::string ConninfoProblem(const char *conninfo);
 
 // Thrown by a wait for the destination when DROP DATABASE or DROP EXTENSION of the source database
-// asks the worker to let go (the connection is closed, the batch in flight rolled back there): the
+// asks the worker to let go (the connections are closed, the batches in flight rolled back there): the
 // worker then lets go as it would between batches.
 struct LetGoRequested : std::exception {
 	const char *what() const noexcept override { return "bemi: the worker was asked to let go"; }

@@ -105,7 +105,8 @@ class BatchWriter {
 	std::optional<Progress> UseRemote(BemiDatabase *db, std::unique_ptr<RemoteDestination> remote);
 	bool Remote() const { return remote_ != nullptr; }
 	// With a destination, Write sends a batch and returns before the destination's COMMIT
-	// answers: Settle() waits for it and writes its progress here. Batches sent and settled so
+	// answers (up to bemi.destination_connections batches are in flight): Settle() waits for
+	// them all and writes their progress here. Batches sent and settled so
 	// far (the worker applies and confirms what is settled).
 	void Settle(BemiDatabase *db);
 	uint64 SentCount() const { return sent_count_; }
@@ -186,7 +187,7 @@ class BatchWriter {
 		int count;
 	};
 	std::deque<Sent> sent_; // the batches in flight to the destination, oldest first
-	// Waits for the oldest batch in flight and writes its progress here.
+	// Waits for the oldest batch in flight (all: for every one) and writes its progress here.
 	void SettleOldest(BemiDatabase *db, bool all);
 	uint64 sent_count_ = 0, settled_count_ = 0;
 };

@@ -599,7 +599,7 @@ void DatabaseRun::Loop() {
 		pending_since = 0;
 		if (sink_->Remote()) {
 			// The end of a round (a backlog drained, or a steady load's few transactions): the
-			// batch in flight to the destination is waited for, so that bemi_wait and the slot
+			// batches in flight to the destination are waited for, so that bemi_wait and the slot
 			// follow within the round. Within a backlog, batches overlap with decoding.
 			sink_->Settle(db_);
 			Advance();
