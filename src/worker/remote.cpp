@@ -707,9 +707,11 @@ void RemoteDestination::SettleOldest() {
 	// Its COPY done and its fence answered (it is the oldest: no batch before it to wait for).
 	for (;;) {
 		Advance();
-		RaiseFailure();
+		// Locked: its COMMIT's answer is read first, so that a failure of a later batch (which
+		// Advance may have found meanwhile) is not blamed for this one's.
 		if (in_flight_.front().stage == Sent::Stage::kLocked)
 			break;
+		RaiseFailure();
 		int events = WL_SOCKET_READABLE;
 		int left = PQflush(conn);
 		if (left < 0)
