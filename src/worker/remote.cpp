@@ -375,11 +375,8 @@ void RemoteDestination::Advance(pg_conn *skip) {
 				if (!ok) {
 					const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 					moved_under_ = state != nullptr && strcmp(state, kMovedUnder) == 0;
-					failed_conn_ = conn;
-					failed_ = fmt::format("refused the batch ({})", PQresultErrorMessage(res));
-					while (!failed_.empty() && (failed_.back() == '\n' || failed_.back() == ')'))
-						failed_.pop_back();
-					failed_ += ")";
+					failed_conn_ = conn; // PQerrorMessage(conn) holds the result's message: Fail quotes it
+					failed_ = "refused the batch";
 					PQclear(res);
 					return false;
 				}
@@ -467,7 +464,7 @@ void RemoteDestination::Exec(pg_conn *conn, const char *sql) {
 	PGresult *res = Run(conn, sql);
 	ExecStatusType status = res != nullptr ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 	PQclear(res);
-	if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)
+	if (status != PGRES_COMMAND_OK)
 		Fail(conn, fmt::format("refused \"{:.40}\"", sql));
 }
 
