@@ -21,6 +21,7 @@ extern "C" {
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
+#include "utils/snapmgr.h"
 }
 
 namespace bemi {
@@ -167,15 +168,33 @@ void Rules::OnRelcache(Oid relid) noexcept {
 		stale_ = true;
 }
 
-void Rules::Refresh() {
-	if (!stale_)
-		return;
-	Load();
-	stale_ = false;
-	generation_++;
+// Per change: a few comparisons, and one of the snapshot's committed list (short: the
+// catalog-changing transactions since the oldest running one).
+bool Rules::SameSnapshot() {
+	if (!HistoricSnapshotActive())
+		return true; // not decoding: nothing to compare (every caller decodes)
+	Snapshot snapshot = GetCatalogSnapshot(InvalidOid); // the historic snapshot, when one is active
+	ReadUnder &last = read_under_;
+	if (snapshot->xmin == last.xmin && snapshot->xmax == last.xmax && snapshot->xcnt == last.committed.size() &&
+	    std::equal(last.committed.begin(), last.committed.end(), snapshot->xip))
+		return true;
+	last.xmin = snapshot->xmin;
+	last.xmax = snapshot->xmax;
+	last.committed.assign(snapshot->xip, snapshot->xip + snapshot->xcnt);
+	return false;
 }
 
-void Rules::Load() {
+void Rules::Refresh(TransactionId xid) {
+	bool same = SameSnapshot();
+	if (!stale_ && same && (read_in_ == InvalidTransactionId || read_in_ == xid))
+		return;
+	if (Load())
+		generation_++;
+	stale_ = false;
+	read_in_ = changed_in_ == xid ? xid : InvalidTransactionId;
+}
+
+bool Rules::Load() {
 	MemoryContext context = load_context_;
 	RawRules raw = PgCall([&]() {
 		MemoryContextReset(context);
@@ -215,9 +234,11 @@ void Rules::Load() {
 		tables.push_back(std::move(rule));
 	}
 	PgCall([&]() { MemoryContextReset(context); });
+	bool changed = raw.relid != relid_ || tables != tables_ || writers != writers_;
 	tables_ = std::move(tables);
 	writers_ = std::move(writers);
 	relid_ = raw.relid;
+	return changed;
 }
 
 bool Rules::TableRule::MatchesColumn(std::string_view column) const noexcept {

@@ -436,21 +436,21 @@ bool Session::WriterIgnored(const Rules &rules) {
 // The rules in force for this change, and its relation's entry under them. A change of bemi.rules
 // drops the rules: the next change reads them as of its own snapshot, so a rule applies from
 // exactly the change after it, even in a transaction already written (skipped) by an earlier run.
-const RecordedRelation &Session::Plan(Relation rel, Rules **rules) {
+const RecordedRelation &Session::Plan(ReorderBufferTXN *txn, Relation rel, Rules **rules) {
 	RelationCache &cache = RelationCache::Get();
 	cache.Sweep();
 	Rules &current = Rules::Get();
-	current.Refresh();
+	current.Refresh(txn->xid);
 	const RecordedRelation &plan = cache.Lookup(rel, &current);
 	if (plan.rules_table())
-		current.Drop();
+		current.Drop(txn->xid);
 	*rules = &current;
 	return plan;
 }
 
 void Session::Change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *change) {
 	Rules *rules = nullptr;
-	const RecordedRelation &plan = Plan(rel, &rules);
+	const RecordedRelation &plan = Plan(txn, rel, &rules);
 	if (skip_txn_ || plan.own())
 		return;
 	if (plan.ignored()) {
@@ -531,7 +531,7 @@ void Session::Truncate(ReorderBufferTXN *txn, int nrelations, Relation relations
 	RelationCache &cache = RelationCache::Get();
 	cache.Sweep();
 	Rules &rules = Rules::Get();
-	rules.Refresh();
+	rules.Refresh(txn->xid);
 	std::vector<const RecordedRelation *> plans;
 	plans.reserve(nrelations);
 	bool rules_truncated = false;
@@ -540,7 +540,7 @@ void Session::Truncate(ReorderBufferTXN *txn, int nrelations, Relation relations
 		rules_truncated |= plans.back()->rules_table();
 	}
 	if (rules_truncated)
-		rules.Drop();
+		rules.Drop(txn->xid);
 	if (skip_txn_)
 		return;
 	bool writer_ignored = WriterIgnored(rules);

@@ -64,7 +64,7 @@ class Session {
 	void ClearContext();
 	Jsonb *Image(Relation rel, const RecordedRelation &plan, HeapTuple tuple, HeapTuple old_tuple);
 	void Emit(ReorderBufferTXN *txn, XLogRecPtr lsn, const BemiChange *change);
-	const RecordedRelation &Plan(Relation rel, Rules **rules);
+	const RecordedRelation &Plan(ReorderBufferTXN *txn, Relation rel, Rules **rules);
 	bool WriterIgnored(const Rules &rules);
 
 	LogicalDecodingContext *ctx_;

@@ -71,7 +71,7 @@ void Session::Ddl(ReorderBufferTXN *txn, XLogRecPtr lsn, Size size, const char *
 		return;
 
 	Rules &rules = Rules::Get();
-	rules.Refresh();
+	rules.Refresh(txn->xid);
 	// Everything the change builds lives in its context, reset once it is emitted (left switched
 	// on an error, as a C callback would leave it: PostgreSQL's error recovery resets it).
 	MemoryContext old = PgCall([&]() { return MemoryContextSwitchTo(change_context_); });

@@ -56,7 +56,7 @@ void Session::SnapshotMessage(ReorderBufferTXN *txn, XLogRecPtr lsn, Size size, 
 		return;
 	try {
 		Rules *rules = nullptr;
-		const RecordedRelation &plan = Plan(rel, &rules);
+		const RecordedRelation &plan = Plan(txn, rel, &rules);
 		if (uint32(RelationGetDescr(rel)->natts) != natts)
 			throw Error(ERRCODE_DATA_CORRUPTED,
 			            fmt::format("bemi: a snapshot chunk of table {} does not match its columns", relid));

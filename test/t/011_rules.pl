@@ -67,6 +67,32 @@ is($node->safe_psql('postgres', q{SELECT string_agg(operation || ':' || (CASE op
 	'CREATE:ignore,DELETE:ignore,CREATE:mask,CREATE:ignore_columns', 'every change of a rule is in the trail');
 
 
+# A rule committed while another transaction is open: that transaction's earlier changes are
+# decoded after the rule's commit, under the snapshot they were made in, which does not hold the
+# rule. The changes made after the rule, in later transactions, must still follow it, in the
+# trail and in the plugin's own output (the rules read for the older snapshot are not kept).
+$node->safe_psql('postgres', q{
+	CREATE TABLE concurrent_noise (id int PRIMARY KEY);
+	CREATE TABLE concurrent_secret (id int PRIMARY KEY, token text);
+	SELECT 'init' FROM pg_create_logical_replication_slot('concurrent_slot', 'bemi');
+});
+my $open = $node->background_psql('postgres');
+$open->query_safe('BEGIN');
+$open->query_safe('INSERT INTO concurrent_noise VALUES (1)');
+$node->safe_psql('postgres', q{SELECT bemi_mask('public.concurrent_secret', '{token}')});
+$open->query_safe('COMMIT');
+$open->quit;
+$node->safe_psql('postgres', q{INSERT INTO concurrent_secret VALUES (1, 'tok-concurrent')});
+wait_bemi($node);
+is($node->safe_psql('postgres', q{SELECT after->>'token' FROM bemi.changes WHERE "table" = 'concurrent_secret' AND operation = 'CREATE'}),
+	'[masked]', 'a rule committed while another transaction was open applies to the changes after it (trail)');
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FILTER (WHERE data ~ 'tok-concurrent') || '|' ||
+	       count(*) FILTER (WHERE data::jsonb->>'table' = 'concurrent_secret' AND data::jsonb->>'operation' = 'CREATE')
+	  FROM pg_logical_slot_get_changes('concurrent_slot', NULL, NULL)}),
+	'0|1', 'and in the plugin\'s own output');
+$node->safe_psql('postgres', q{SELECT pg_drop_replication_slot('concurrent_slot')});
+
 # A partition's rules are its root's at the time of each change. DETACH PARTITION ... CONCURRENTLY
 # from an ignored root records its gap in its first transaction; interrupted there (a reader holds
 # the root), it leaves the partition "detach pending", already recorded under its own name, and
