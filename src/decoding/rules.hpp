@@ -8,6 +8,10 @@
 
 #include "bemi/glob.h"
 
+extern "C" {
+#include "access/transam.h"
+}
+
 #include <string>
 #include <string_view>
 #include <vector>
