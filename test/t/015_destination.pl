@@ -68,6 +68,29 @@ is($dest->safe_psql('trail', qq{
 	  FROM bemi.changes WHERE source_system_id = '$sid{src1}' AND "after"->>'task' = 'every column'}),
 	't|t|t|t|2|public|CREATE|t|object', 'every column of a change arrives as the source wrote it');
 
+# Values that are hard to write as JSON text arrive as the source holds them: quotes, backslashes,
+# every control character, non-ASCII, numerics large, small and negative, nested and empty
+# containers, jsonb scalars, booleans and NULLs.
+$src1->safe_psql('postgres', q{
+	CREATE TABLE awkward (id int PRIMARY KEY, t text, n numeric, b boolean, j jsonb);
+	INSERT INTO awkward
+	SELECT i, CASE WHEN i % 7 = 0 THEN NULL ELSE
+	            'q"b\\s/' || chr(1 + i % 31) || E'\t\n\r\b\f' || 'é€😀' || repeat('x', i) || chr(31) END,
+	       CASE i % 5 WHEN 0 THEN -i * 1.5 WHEN 1 THEN 1e300 + i WHEN 2 THEN 0.000000001 * i
+	                  WHEN 3 THEN 0 ELSE 12345678901234567890.0123456789 END,
+	       CASE WHEN i % 3 = 0 THEN NULL ELSE i % 2 = 0 END,
+	       CASE i % 6 WHEN 0 THEN '{"a": [1, 2.50, {"b": null}], "": {}, "c": []}'
+	                  WHEN 1 THEN '"just a string é \\""' WHEN 2 THEN '-0.0'
+	                  WHEN 3 THEN 'null' WHEN 4 THEN '[true, false, "x\\u0001y"]' ELSE NULL END::jsonb
+	  FROM generate_series(1, 60) i;
+});
+wait_bemi($src1);
+is($dest->safe_psql('trail', qq{
+	SELECT count(*), md5(string_agg("after"::text, E'\n' ORDER BY primary_key::int))
+	  FROM bemi.changes WHERE source_system_id = '$sid{src1}' AND "table" = 'awkward' AND operation = 'CREATE'}),
+	$src1->safe_psql('postgres', q{SELECT count(*), md5(string_agg(to_jsonb(a)::text, E'\n' ORDER BY id)) FROM awkward a}),
+	'values hard to write as JSON arrive as the source holds them');
+
 # A gap of the source (a table taken out of capture) is recorded there too, with the next batch.
 $src1->safe_psql('postgres', q{
 	CREATE TABLE scratch (id int PRIMARY KEY);
