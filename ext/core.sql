@@ -147,6 +147,9 @@ CREATE TABLE bemi.source_progress (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     -- The last of the source's own bemi.gaps rows (its id there) copied into bemi.gaps here.
     gaps_forwarded   bigint NOT NULL DEFAULT 0,
+    -- The role that made the row (the source's login role): only it may read or move the row
+    -- (row level security, set up with bemi_ingest in the destination's section).
+    ingest_role      name NOT NULL DEFAULT CURRENT_USER,
     PRIMARY KEY (source_system_id, database)
 );
 REVOKE ALL ON bemi.source_progress FROM PUBLIC;

@@ -91,6 +91,32 @@ SELECT count(*) AS progress_rows,
        bool_and(txn_end_lsn <= pg_current_wal_lsn()) AS sane
   FROM bemi.source_progress WHERE source_system_id = (SELECT system_identifier::text FROM pg_control_system());
 SELECT destination_reachable, destination_lag_bytes IS NOT NULL AS lag_known FROM bemi_status();
+-- That progress row is dest_ingest's. The login role of another source can neither read nor move
+-- it (moved ahead, this server's worker would skip its changes at its next start), nor make a row
+-- in another role's name; it keeps its own.
+SELECT ingest_role FROM bemi.source_progress WHERE source_system_id = (SELECT system_identifier::text FROM pg_control_system());
+CREATE ROLE dest_other_source LOGIN IN ROLE bemi_ingest;
+SET ROLE dest_other_source;
+SELECT count(*) AS visible FROM bemi.source_progress;
+WITH moved AS (UPDATE bemi.source_progress SET txn_end_lsn = 'FFFFFFFF/0' RETURNING 1) SELECT count(*) AS moved FROM moved;
+INSERT INTO bemi.source_progress AS p (source_system_id, database, txn_end_lsn, txn_records, txn_complete)
+SELECT system_identifier::text, current_database(), 'FFFFFFFF/0', 0, true FROM pg_control_system()
+    ON CONFLICT (source_system_id, database) DO UPDATE SET txn_end_lsn = excluded.txn_end_lsn;
+INSERT INTO bemi.source_progress (source_system_id, database, txn_end_lsn, txn_records, txn_complete, ingest_role)
+VALUES ('1', 'in another name', '0/1', 0, true, 'dest_ingest');
+INSERT INTO bemi.source_progress (source_system_id, database, txn_end_lsn, txn_records, txn_complete)
+VALUES ('1', 'its own', '0/1', 0, true);
+SELECT source_system_id, database, ingest_role FROM bemi.source_progress;
+RESET ROLE;
+SELECT database = current_database() AS this_database, txn_end_lsn <= pg_current_wal_lsn() AS unmoved, ingest_role
+  FROM bemi.source_progress ORDER BY ingest_role;
+SET ROLE bemi_reader;
+SELECT count(*) AS readers_see FROM bemi.source_progress;
+RESET ROLE;
+-- The worker still writes there as dest_ingest.
+INSERT INTO dest_items VALUES (3, 'after the probe');
+SELECT bemi_wait();
+SELECT count(*) AS arrived FROM bemi.changes WHERE "table" = 'dest_items' AND "after"->>'name' = 'after the probe';
 
 -- 6. Back to the trail here: the next change is written by the worker itself again (no source).
 SELECT bemi_set_destination(NULL);
@@ -125,5 +151,7 @@ RESET bemi.source;
 SELECT count(*) FROM bemi_table_history('dest_items');
 
 DROP TABLE dest_items;
+DELETE FROM bemi.source_progress WHERE ingest_role = 'dest_other_source';
 DROP ROLE dest_mallory;
 DROP ROLE dest_ingest;
+DROP ROLE dest_other_source;

@@ -461,6 +461,9 @@ CREATE TABLE bemi.source_progress (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     -- The last of the source's own bemi.gaps rows (its id there) copied into bemi.gaps here.
     gaps_forwarded   bigint NOT NULL DEFAULT 0,
+    -- The role that made the row (the source's login role): only it may read or move the row
+    -- (row level security, set up with bemi_ingest in the destination's section).
+    ingest_role      name NOT NULL DEFAULT CURRENT_USER,
     PRIMARY KEY (source_system_id, database)
 );
 REVOKE ALL ON bemi.source_progress FROM PUBLIC;
@@ -561,6 +564,15 @@ GRANT INSERT ON bemi.changes TO bemi_ingest;
 GRANT USAGE ON SEQUENCE bemi.changes_id_seq TO bemi_ingest;
 GRANT INSERT ON bemi.gaps TO bemi_ingest;
 GRANT SELECT, INSERT, UPDATE ON bemi.source_progress TO bemi_ingest;
+-- A source's progress row is its login role's: the role of another source can neither read nor
+-- move it. Moved ahead, it would make that source's worker skip its changes at its next start;
+-- moved elsewhere, fail. One login role per source keeps the sources apart (docs/security.md).
+-- Trail readers read every row; the owner and superusers are not subject to the policies.
+ALTER TABLE bemi.source_progress ENABLE ROW LEVEL SECURITY;
+CREATE POLICY source_progress_own ON bemi.source_progress TO bemi_ingest
+    USING (ingest_role OPERATOR(pg_catalog.=) CURRENT_USER)
+    WITH CHECK (ingest_role OPERATOR(pg_catalog.=) CURRENT_USER);
+CREATE POLICY source_progress_readers ON bemi.source_progress FOR SELECT TO bemi_reader USING (true);
 
 -- 0.5.0 (issue 16): the readers of the trail narrowed to one source by the setting bemi.source
 -- (ext/access.sql).
