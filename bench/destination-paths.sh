@@ -74,7 +74,7 @@ COPY stage_src TO '$DIR/stage.bin' (FORMAT binary);
 SQL
 
 now() { date +%s.%N; }
-per_row() { echo "($2 - $1) * 1000000 / $CHANGES" | bc -l; }
+per_row() { echo "($2 - $1) * 1000000 / $CHANGES" | bc -l | xargs printf "%.2f"; }
 results=""
 for r in $(seq 1 "$ROUNDS"); do
 	for way in copy insert stage; do
@@ -101,5 +101,6 @@ stage=$(median stage)
 echo "| way rows reach the destination ($CHANGES changes, median of $ROUNDS) | µs per change | × copy |"
 echo "| --- | --- | --- |"
 echo "| copy, jsonb as text (today) | $copy | 1.00 |"
-echo "| insert ... select, jsonb built (binary ingest's ceiling) | $insert | $(echo "$insert / $copy" | bc -l | cut -c1-4) |"
-echo "| copy into a temp stage, jsonb as bytea (a staging table's extra) | $stage | $(echo "$stage / $copy" | bc -l | cut -c1-4) |"
+ratio() { echo "$1 / $copy" | bc -l | xargs printf "%.2f"; }
+echo "| insert ... select, jsonb built (binary ingest's ceiling) | $insert | $(ratio "$insert") |"
+echo "| copy into a temp stage, jsonb as bytea (a staging table's extra) | $stage | $(ratio "$stage") |"
