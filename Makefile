@@ -22,6 +22,7 @@ MODULE_big = bemi
 #                 of bemi.snapshot_on_create with bemi._user_tables (core.sql). Before start.sql,
 #                 so that the worker finds them when it starts.
 #  destination.sql bemi_set_destination and the role bemi_ingest of a destination, with its grants
+#                 and bemi._ingest_rows (the rows its sources send, src/fn/ingest_shim.c)
 #                 on core.sql's tables (after rules.sql: the grants on schema bemi come in the order
 #                 the upgrade step makes them).
 #  chain.sql      the hash chain's anchors (written by retention.sql's functions when they run),
@@ -61,7 +62,7 @@ PG_CPPFLAGS += -isystem $(libpq_srcdir)
 # it out on servers without output_plugin_libraries, so a file after it would start from a
 # different trail on different servers. Last, it changes nothing any other file sees. (Today's
 # files do pass with it second: none relies on the trail before it; keep it that way anyway.)
-REGRESS = boundary context comment comment_messages capture images images_xml ddl partitions truncate plugin status bemi_trigger security history as_of primary_key revert retention security_decoding security_ddl security_identity security_names security_history security_time_travel rules rules_revert rules_rename hmac protect snapshot destination ddl_events ddl_time_travel chain misconfig
+REGRESS = boundary context comment comment_messages capture images images_xml ddl partitions truncate plugin status bemi_trigger security history as_of primary_key revert retention security_decoding security_ddl security_identity security_names security_history security_time_travel rules rules_revert rules_rename hmac protect snapshot destination ingest ddl_events ddl_time_travel chain misconfig
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/regress.conf --load-extension=bemi
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl

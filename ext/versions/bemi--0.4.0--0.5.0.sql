@@ -574,6 +574,22 @@ CREATE POLICY source_progress_own ON bemi.source_progress TO bemi_ingest
     WITH CHECK (ingest_role OPERATOR(pg_catalog.=) CURRENT_USER);
 CREATE POLICY source_progress_readers ON bemi.source_progress FOR SELECT TO bemi_reader USING (true);
 
+-- On a destination: the rows of a batch a source's worker sends, with their jsonb in
+-- PostgreSQL's own format, each checked before it is returned (src/fn/ingest_shim.c,
+-- src/fn/jsonb_check.cpp); the worker inserts them with INSERT INTO bemi.changes ... SELECT, so
+-- the destination parses no JSON. For bemi_ingest. bemi._jsonb_internal gives a document in that
+-- format (the tests build batches with it).
+CREATE FUNCTION bemi._ingest_rows(batch bytea)
+    RETURNS TABLE (id bigint, primary_key text, "before" jsonb, "after" jsonb, context jsonb, database text,
+                   schema text, "table" text, operation text, committed_at timestamptz, transaction_id bigint,
+                   "position" pg_lsn, source_system_id text, created_at timestamptz)
+    AS 'MODULE_PATHNAME', 'bemi_ingest_rows' LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION bemi._ingest_rows(bytea) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi._ingest_rows(bytea) TO bemi_ingest;
+CREATE FUNCTION bemi._jsonb_internal(jsonb) RETURNS bytea
+    AS 'MODULE_PATHNAME', 'bemi_jsonb_internal' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+REVOKE ALL ON FUNCTION bemi._jsonb_internal(jsonb) FROM PUBLIC;
+
 -- 0.5.0 (issue 16): the readers of the trail narrowed to one source by the setting bemi.source
 -- (ext/access.sql).
 -- The source the readers below are narrowed to, from the setting bemi.source (issue 16: a

@@ -33,6 +33,12 @@ extern Datum BemiReadableTable(const Oid *relid, TupleDesc row);
 extern bool BemiMayRead(Oid reader, Oid relid, const char *schema, const char *table, void **cache,
 						MemoryContext cache_context);
 
+/*
+ * jsonb_check.cpp: NULL if root..root+len is a jsonb document (its root container) as PostgreSQL
+ * builds it, in the database's encoding; else what is wrong. Never raises, allocates nothing.
+ */
+extern const char *BemiJsonbProblem(const char *root, size_t len);
+
 /* key.cpp: the primary-key text of a row image of table `relid`, as bemi.changes holds it. */
 extern text *BemiKeyText(Oid relid, Jsonb *image);
 

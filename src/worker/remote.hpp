@@ -81,8 +81,9 @@ class RemoteDestination {
 	// Rows first .. first + count - 1 of a batch in COPY's binary format, in the column order of
 	// Send's COPY (with the format's header before the first row, its trailer after the last);
 	// ids: the rows' ids, drawn there.
+	// internal_jsonb: each jsonb in PostgreSQL's own format (for bemi._ingest_rows), not as text.
 	std::string CopyData(const Batch &batch, size_t first, size_t count, const std::vector<char> &empty_context,
-	                     const std::vector<int64> &ids) const;
+	                     const std::vector<int64> &ids, bool internal_jsonb) const;
 	// Connection i, connected (and set up) if it was not.
 	pg_conn *Connect(size_t i);
 	void Disconnect(); // every connection: what is in flight is rolled back there, or committed
@@ -114,6 +115,7 @@ class RemoteDestination {
 	std::string database_;
 	const BemiDatabase *db_;
 	std::vector<pg_conn *> links_;   // the connections; nullptr: not connected
+	std::vector<bool> internal_jsonb_; // per connection: its batches go through bemi._ingest_rows
 	size_t next_link_ = 0;           // the one the next batch goes to
 	bool progress_known_ = false;    // LoadProgress ran since the connections were made
 	std::optional<Progress> remote_; // what the destination holds for us once every batch sent commits

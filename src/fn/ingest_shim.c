@@ -1,0 +1,226 @@
+/*
+ * ingest_shim.c: bemi._ingest_rows(batch bytea), on a destination: the rows of a batch a source's
+ * worker sends (src/worker/remote.cpp), in COPY's binary format but with each jsonb in
+ * PostgreSQL's own format rather than as text, so that the destination does not parse JSON. The
+ * worker inserts them with INSERT INTO bemi.changes (...) SELECT * FROM bemi._ingest_rows($1): the
+ * executor checks the caller's rights, the constraints and the trail's protection as for any
+ * INSERT. Runs as the caller, a role with bemi_ingest only: nothing it sends is trusted. Every
+ * length is checked against what was sent, text against the database's encoding, times against
+ * their range, and every jsonb by BemiJsonbProblem (jsonb_check.cpp) before a value is returned;
+ * anything else is an error naming the row and the column. C-style: PostgreSQL's errors leave as
+ * they are raised, and nothing here owns a destructor.
+ */
+#include "postgres.h"
+
+#include "fn.h"
+
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "port/pg_bswap.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/pg_lsn.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(bemi_ingest_rows);
+PG_FUNCTION_INFO_V1(bemi_jsonb_internal);
+
+/* The columns, in the order the worker writes them (remote.cpp's kIngest). */
+typedef enum IngestType
+{
+	INGEST_INT8,
+	INGEST_TEXT,
+	INGEST_JSONB,
+	INGEST_TIMESTAMPTZ,
+	INGEST_LSN
+} IngestType;
+
+static const IngestType ingest_columns[] = {
+	INGEST_INT8,				/* id */
+	INGEST_TEXT,				/* primary_key */
+	INGEST_JSONB,				/* before */
+	INGEST_JSONB,				/* after */
+	INGEST_JSONB,				/* context */
+	INGEST_TEXT,				/* database */
+	INGEST_TEXT,				/* schema */
+	INGEST_TEXT,				/* table */
+	INGEST_TEXT,				/* operation */
+	INGEST_TIMESTAMPTZ,			/* committed_at */
+	INGEST_INT8,				/* transaction_id */
+	INGEST_LSN,					/* position */
+	INGEST_TEXT,				/* source_system_id */
+	INGEST_TIMESTAMPTZ,			/* created_at */
+};
+
+#define INGEST_NCOLUMNS lengthof(ingest_columns)
+
+static const char ingest_signature[] = "PGCOPY\n\377\r\n\0";
+
+typedef struct IngestReader
+{
+	const char *data;
+	size_t		len;
+	size_t		at;
+	int64		row;			/* 1-based, for errors */
+} IngestReader;
+
+static void
+IngestRefuse(const IngestReader *r, const char *what)
+{
+	ereport(ERROR, (errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+					errmsg("bemi: a batch sent to the trail is refused: %s", what),
+					r->row > 0 ? errdetail("In row %lld of the batch.", (long long) r->row) : 0));
+}
+
+static const char *
+IngestTake(IngestReader *r, size_t n)
+{
+	const char *p;
+
+	if (n > r->len - r->at)
+		IngestRefuse(r, "it is cut short");
+	p = r->data + r->at;
+	r->at += n;
+	return p;
+}
+
+static uint32
+IngestUint32(IngestReader *r)
+{
+	uint32		v;
+
+	memcpy(&v, IngestTake(r, sizeof(v)), sizeof(v));
+	return pg_ntoh32(v);
+}
+
+static uint16
+IngestUint16(IngestReader *r)
+{
+	uint16		v;
+
+	memcpy(&v, IngestTake(r, sizeof(v)), sizeof(v));
+	return pg_ntoh16(v);
+}
+
+static int64
+IngestInt64(IngestReader *r, const char *p, int32 len)
+{
+	uint64		v;
+
+	if (len != sizeof(v))
+		IngestRefuse(r, "an 8-byte value has another length");
+	memcpy(&v, p, sizeof(v));
+	return (int64) pg_ntoh64(v);
+}
+
+static Datum
+IngestValue(IngestReader *r, IngestType type, const char *p, int32 len)
+{
+	switch (type)
+	{
+		case INGEST_INT8:
+			return Int64GetDatum(IngestInt64(r, p, len));
+		case INGEST_LSN:
+			return LSNGetDatum((XLogRecPtr) IngestInt64(r, p, len));
+		case INGEST_TIMESTAMPTZ:
+			{
+				TimestampTz t = IngestInt64(r, p, len);
+
+				/* timestamptz_recv's check */
+				if (!TIMESTAMP_NOT_FINITE(t) && !IS_VALID_TIMESTAMP(t))
+					IngestRefuse(r, "a time is out of range");
+				return TimestampTzGetDatum(t);
+			}
+		case INGEST_TEXT:
+			/* raises on a byte sequence invalid in the database's encoding, NUL included */
+			(void) pg_verify_mbstr(GetDatabaseEncoding(), p, len, false);
+			return PointerGetDatum(cstring_to_text_with_len(p, len));
+		case INGEST_JSONB:
+			{
+				const char *problem = BemiJsonbProblem(p, (size_t) len);
+				Jsonb	   *jb;
+
+				if (problem != NULL)
+					IngestRefuse(r, problem);
+				jb = (Jsonb *) palloc(VARHDRSZ + len);
+				SET_VARSIZE(jb, VARHDRSZ + len);
+				memcpy(VARDATA(jb), p, len);
+				return JsonbPGetDatum(jb);
+			}
+	}
+	pg_unreachable();
+}
+
+/*
+ * bemi._ingest_rows(batch bytea) → SETOF (the bemi.changes columns the worker writes, in its
+ * order). The format: COPY's binary header (no flags, no extension), then per row its field
+ * count and each field's length (-1: NULL) and bytes, integers in network order, jsonb as its
+ * varlena's data; the trailer (-1) ends it, and nothing may follow.
+ */
+Datum
+bemi_ingest_rows(PG_FUNCTION_ARGS)
+{
+	bytea	   *batch = PG_GETARG_BYTEA_PP(0);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	IngestReader r = {VARDATA_ANY(batch), VARSIZE_ANY_EXHDR(batch), 0, 0};
+	MemoryContext row_context;
+	Datum		values[INGEST_NCOLUMNS];
+	bool		nulls[INGEST_NCOLUMNS];
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (rsinfo->setDesc->natts != (int) INGEST_NCOLUMNS)
+		elog(ERROR, "bemi._ingest_rows: declared with %d columns, not %d", rsinfo->setDesc->natts,
+			 (int) INGEST_NCOLUMNS);
+	if (memcmp(IngestTake(&r, sizeof(ingest_signature) - 1), ingest_signature, sizeof(ingest_signature) - 1) != 0)
+		IngestRefuse(&r, "it does not start with COPY's binary signature");
+	if (IngestUint32(&r) != 0 || IngestUint32(&r) != 0)
+		IngestRefuse(&r, "its header has flags or an extension");
+	row_context = AllocSetContextCreate(CurrentMemoryContext, "bemi ingest row", ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		int16		fields = (int16) IngestUint16(&r);
+		MemoryContext caller;
+
+		if (fields == -1)
+			break;
+		r.row++;
+		if (fields != (int16) INGEST_NCOLUMNS)
+			IngestRefuse(&r, "a row has another number of columns");
+		caller = MemoryContextSwitchTo(row_context);
+		for (int i = 0; i < (int) INGEST_NCOLUMNS; i++)
+		{
+			int32		len = (int32) IngestUint32(&r);
+
+			nulls[i] = len == -1;
+			if (nulls[i])
+				continue;
+			if (len < 0)
+				IngestRefuse(&r, "a column has a negative length");
+			values[i] = IngestValue(&r, ingest_columns[i], IngestTake(&r, len), len);
+		}
+		MemoryContextSwitchTo(caller);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		MemoryContextReset(row_context);
+	}
+	r.row = 0;
+	if (r.at != r.len)
+		IngestRefuse(&r, "it has data past its trailer");
+	MemoryContextDelete(row_context);
+	return (Datum) 0;
+}
+
+/*
+ * bemi._jsonb_internal(jsonb) → bytea: the document in PostgreSQL's own format, as
+ * bemi._ingest_rows takes it (for tests: sql/ingest.sql builds batches with it).
+ */
+Datum
+bemi_jsonb_internal(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *jb = PG_GETARG_JSONB_P(0);
+	Size		len = VARSIZE(jb) - VARHDRSZ;
+	bytea	   *out = (bytea *) palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(out, VARHDRSZ + len);
+	memcpy(VARDATA(out), VARDATA(jb), len);
+	PG_RETURN_BYTEA_P(out);
+}
