@@ -7,8 +7,11 @@
 //      the batch in one statement after the batch before it drew its own (the worker has that
 //      answer before it sends the next batch): ids follow change order across batches, as in a
 //      local trail;
-//   2. the rows, by COPY bemi.changes (...) FROM STDIN in binary format;
-//   3. once the COPY is done and the batch before holds the source's row of bemi.source_progress
+//   2. the rows: INSERT INTO bemi.changes ... SELECT * FROM bemi._ingest_rows($1), the batch in one
+//      bytea with each jsonb in PostgreSQL's own format, checked there (src/fn/ingest_shim.c), so
+//      the destination parses no JSON; where a connection finds that function unusable, by
+//      COPY bemi.changes (...) FROM STDIN in binary format, jsonb as text;
+//   3. once that statement is done and the batch before holds the source's row of bemi.source_progress
 //      (its fence has answered: the row stays locked until it ends), that row moved from what
 //      the batch before left to this batch's progress, fenced (INSERT ... ON CONFLICT DO UPDATE
 //      ... WHERE it is still that, or a division by zero rolls the batch back), and COMMIT with

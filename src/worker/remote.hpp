@@ -53,10 +53,11 @@ class RemoteDestination {
 	// Remembered: each batch's progress update checks that nobody moved it meanwhile.
 	std::optional<Progress> LoadProgress();
 	// Sends a batch as one transaction on the next connection, which must be free (!Full()):
-	// the gaps, the rows by COPY; then, once the COPY is done and the batch before holds the
-	// progress row (Advance), the progress check and update and COMMIT with synchronous_commit =
-	// on. The rows are turned into COPY's binary format a few hundred at a time; what the socket
-	// does not take at once stays queued in libpq and goes out with Pump() and SettleOldest(), so
+	// the gaps, the rows (through bemi._ingest_rows, or by COPY); then, once that is done and the
+	// batch before holds the progress row (Advance), the progress check and update and COMMIT with
+	// synchronous_commit = on. The rows are turned into COPY's binary format (a few hundred at a
+	// time for COPY, at once for bemi._ingest_rows); what the socket does not take at once stays
+	// queued in libpq and goes out with Pump() and SettleOldest(), so
 	// the worker decodes the next batch while the destination parses and inserts this one. Throws
 	// on failure (every connection is then dropped, and made again next time). empty_context: the
 	// jsonb of a change without context.
