@@ -85,11 +85,16 @@ $src1->safe_psql('postgres', q{
 	  FROM generate_series(1, 60) i;
 });
 wait_bemi($src1);
-is($dest->safe_psql('trail', qq{
-	SELECT count(*), md5(string_agg("after"::text, E'\n' ORDER BY primary_key::int))
-	  FROM bemi.changes WHERE source_system_id = '$sid{src1}' AND "table" = 'awkward' AND operation = 'CREATE'}),
-	$src1->safe_psql('postgres', q{SELECT count(*), md5(string_agg(to_jsonb(a)::text, E'\n' ORDER BY id)) FROM awkward a}),
-	'values hard to write as JSON arrive as the source holds them');
+# The rows of a table on the destination, as the source holds them: their count and a digest.
+sub arrived_as_held {
+	my ($table, $what) = @_;
+	is($dest->safe_psql('trail', qq{
+		SELECT count(*), md5(string_agg("after"::text, E'\\n' ORDER BY primary_key::int))
+		  FROM bemi.changes WHERE source_system_id = '$sid{src1}' AND "table" = '$table' AND operation = 'CREATE'}),
+		$src1->safe_psql('postgres', qq{SELECT count(*), md5(string_agg(to_jsonb(a)::text, E'\\n' ORDER BY id)) FROM $table a}),
+		$what);
+}
+arrived_as_held('awkward', 'values hard to write as JSON arrive as the source holds them');
 
 # The batches above went through bemi._ingest_rows (jsonb in PostgreSQL's format). A destination
 # that stops letting the role run it refuses the next batch; the worker connects again and sends
@@ -100,11 +105,7 @@ $src1->safe_psql('postgres', q{
 	INSERT INTO awkward_copy SELECT * FROM awkward;
 });
 wait_bemi($src1);
-is($dest->safe_psql('trail', qq{
-	SELECT count(*), md5(string_agg("after"::text, E'\n' ORDER BY primary_key::int))
-	  FROM bemi.changes WHERE source_system_id = '$sid{src1}' AND "table" = 'awkward_copy' AND operation = 'CREATE'}),
-	$src1->safe_psql('postgres', q{SELECT count(*), md5(string_agg(to_jsonb(a)::text, E'\n' ORDER BY id)) FROM awkward_copy a}),
-	'without bemi._ingest_rows, the same rows arrive by COPY');
+arrived_as_held('awkward_copy', 'without bemi._ingest_rows, the same rows arrive by COPY');
 $dest->safe_psql('trail', 'GRANT EXECUTE ON FUNCTION bemi._ingest_rows(bytea) TO bemi_ingest');
 
 # A gap of the source (a table taken out of capture) is recorded there too, with the next batch.
