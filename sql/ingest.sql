@@ -129,7 +129,7 @@ INSERT INTO bemi.changes (id, primary_key, "before", "after", context, database,
                           transaction_id, position, source_system_id, created_at) OVERRIDING SYSTEM VALUE
 SELECT r.* FROM ingest_batch, bemi._ingest_rows(b) r;
 RESET ROLE;
-SELECT "after", "table", source_system_id FROM bemi.changes WHERE "table" = 'ingest_probe';
+SELECT "after", "table", source_system_id FROM bemi.changes WHERE "table" = 'ingest_probe' AND source_system_id IS NOT NULL;
 ROLLBACK;
 DROP TABLE ingest_batch;
 DROP ROLE ingest_outsider, ingest_member;
