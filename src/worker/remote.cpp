@@ -9,8 +9,9 @@
 //      local trail;
 //   2. the rows: INSERT INTO bemi.changes ... SELECT * FROM bemi._ingest_rows($1), the batch in one
 //      bytea with each jsonb in PostgreSQL's own format, checked there (src/fn/ingest_shim.c), so
-//      the destination parses no JSON; where a connection finds that function unusable, by
-//      COPY bemi.changes (...) FROM STDIN in binary format, jsonb as text;
+//      the destination parses no JSON; where a connection finds that function unusable, or the
+//      batch is larger than what may be queued for a connection (8 MB), by COPY bemi.changes
+//      (...) FROM STDIN in binary format, jsonb as text, streamed;
 //   3. once that statement is done and the batch before holds the source's row of bemi.source_progress
 //      (its fence has answered: the row stays locked until it ends), that row moved from what
 //      the batch before left to this batch's progress, fenced (INSERT ... ON CONFLICT DO UPDATE
@@ -653,18 +654,13 @@ std::optional<Progress> RemoteDestination::LoadProgress() {
 	return remote_;
 }
 
-std::string RemoteDestination::CopyData(const Batch &batch, size_t first, size_t count,
-                                        const std::vector<char> &empty_context, const std::vector<int64> &ids,
-                                        bool internal_jsonb) const {
-	struct Built {
-		const char *data;
-		int len;
-		MemoryContext context; // holds data
-	};
+RemoteDestination::BuiltRows RemoteDestination::BuildRows(const Batch &batch, size_t first, size_t count,
+                                                          const std::vector<char> &empty_context,
+                                                          const std::vector<int64> &ids, bool internal_jsonb) const {
 	const char *source = source_system_id_.c_str();
 	const char *database = database_.c_str();
 	size_t rows = batch.Rows().size();
-	Built built = PgCall([&]() {
+	return PgCall([&]() {
 		StringInfoData out;
 		MemoryContext context = AllocSetContextCreate(CurrentMemoryContext, "bemi copy", ALLOCSET_DEFAULT_SIZES);
 		MemoryContext caller = MemoryContextSwitchTo(context);
@@ -700,16 +696,25 @@ std::string RemoteDestination::CopyData(const Batch &batch, size_t first, size_t
 		if (first + count == rows)
 			pq_sendint16(&out, static_cast<uint16>(-1)); // the trailer
 		MemoryContextSwitchTo(caller);
-		return Built{out.data, out.len, context};
+		return BuiltRows{out.data, out.len, context};
 	});
+}
+
+void RemoteDestination::FreeRows(const BuiltRows &built) const {
+	PgCall([&]() { MemoryContextDelete(built.context); });
+}
+
+std::string RemoteDestination::CopyData(const Batch &batch, size_t first, size_t count,
+                                        const std::vector<char> &empty_context, const std::vector<int64> &ids) const {
+	BuiltRows built = BuildRows(batch, first, count, empty_context, ids, false);
 	std::string data;
 	try {
 		data.assign(built.data, built.len);
 	} catch (...) {
-		PgCall([&]() { MemoryContextDelete(built.context); });
+		FreeRows(built);
 		throw;
 	}
-	PgCall([&]() { MemoryContextDelete(built.context); });
+	FreeRows(built);
 	return data;
 }
 
@@ -809,22 +814,24 @@ void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_
 	Sent sent{link, Fence(conn, reached, forwarded), Sent::Stage::kCopied};
 	if (rows > 0) {
 		std::vector<int64> ids = DrawIds(conn, rows, !begun);
-		if (internal_jsonb_[link]) {
-			// The whole batch in one statement: its bytes are queued in libpq at once (the batch
-			// is in memory already) and go out as the socket takes them, with Pump().
-			std::string data;
+		if (internal_jsonb_[link] && batch.Bytes() <= kQueuedBytes) {
+			// The whole batch in one statement: its bytes are queued in libpq at once and go out
+			// as the socket takes them, with Pump(). A batch past the queue's bound goes by COPY,
+			// streamed, so that what libpq holds stays bounded (it keeps its buffer's size).
+			BuiltRows built;
 			try {
-				data = CopyData(batch, 0, rows, empty_context, ids, true);
+				built = BuildRows(batch, 0, rows, empty_context, ids, true);
 			} catch (...) {
 				Disconnect();
 				throw;
 			}
 			const Oid types[1] = {BYTEAOID};
-			const char *values[1] = {data.data()};
-			const int lengths[1] = {static_cast<int>(data.size())};
+			const char *values[1] = {built.data};
+			const int lengths[1] = {built.len};
 			const int formats[1] = {1};
-			if (data.size() > static_cast<size_t>(INT_MAX) ||
-			    PQsendQueryParams(conn, kIngest, 1, types, values, lengths, formats, 0) != 1 || PQflush(conn) < 0)
+			bool taken = PQsendQueryParams(conn, kIngest, 1, types, values, lengths, formats, 0) == 1;
+			FreeRows(built);
+			if (!taken || PQflush(conn) < 0)
 				Fail(conn, "did not take the batch");
 			sent.stage = Sent::Stage::kCopying;
 			in_flight_.push_back(std::move(sent));
@@ -843,7 +850,7 @@ void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_
 		for (size_t first = 0; first < rows; first += kChunkRows) {
 			std::string text;
 			try {
-				text = CopyData(batch, first, std::min(kChunkRows, rows - first), empty_context, ids, false);
+				text = CopyData(batch, first, std::min(kChunkRows, rows - first), empty_context, ids);
 			} catch (...) {
 				Disconnect(); // the COPY and its transaction are rolled back with the connection
 				throw;

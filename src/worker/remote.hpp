@@ -82,9 +82,18 @@ class RemoteDestination {
 	// Rows first .. first + count - 1 of a batch in COPY's binary format, in the column order of
 	// Send's COPY (with the format's header before the first row, its trailer after the last);
 	// ids: the rows' ids, drawn there.
-	// internal_jsonb: each jsonb in PostgreSQL's own format (for bemi._ingest_rows), not as text.
 	std::string CopyData(const Batch &batch, size_t first, size_t count, const std::vector<char> &empty_context,
-	                     const std::vector<int64> &ids, bool internal_jsonb) const;
+	                     const std::vector<int64> &ids) const;
+	// The same, in a memory context of its own (FreeRows deletes it); internal_jsonb: each jsonb
+	// in PostgreSQL's own format (for bemi._ingest_rows), not as text.
+	struct BuiltRows {
+		const char *data = nullptr;
+		int len = 0;
+		MemoryContext context = nullptr;
+	};
+	BuiltRows BuildRows(const Batch &batch, size_t first, size_t count, const std::vector<char> &empty_context,
+	                    const std::vector<int64> &ids, bool internal_jsonb) const;
+	void FreeRows(const BuiltRows &built) const;
 	// Connection i, connected (and set up) if it was not.
 	pg_conn *Connect(size_t i);
 	void Disconnect(); // every connection: what is in flight is rolled back there, or committed
