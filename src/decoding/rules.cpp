@@ -188,6 +188,7 @@ void Rules::Refresh(TransactionId xid) {
 	bool same = SameSnapshot();
 	if (!stale_ && same && (read_in_ == InvalidTransactionId || read_in_ == xid))
 		return;
+	stale_ = true; // until Load() succeeds: a failed read is tried again, whatever the snapshot
 	if (Load())
 		generation_++;
 	stale_ = false;
