@@ -66,6 +66,12 @@ CREATE FUNCTION bemi._ingest_rows(batch bytea)
     AS 'MODULE_PATHNAME', 'bemi_ingest_rows' LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION bemi._ingest_rows(bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bemi._ingest_rows(bytea) TO bemi_ingest;
+-- The worker's way in: the batch written by the table-level batch insert (src/fn/ingest_shim.c),
+-- for a role granted bemi_ingest only (checked inside as well: a superuser is not let through).
+CREATE FUNCTION bemi._ingest(batch bytea) RETURNS bigint
+    AS 'MODULE_PATHNAME', 'bemi_ingest' LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION bemi._ingest(bytea) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi._ingest(bytea) TO bemi_ingest;
 CREATE FUNCTION bemi._jsonb_internal(jsonb) RETURNS bytea
     AS 'MODULE_PATHNAME', 'bemi_jsonb_internal' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
 REVOKE ALL ON FUNCTION bemi._jsonb_internal(jsonb) FROM PUBLIC;

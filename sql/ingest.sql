@@ -1,7 +1,7 @@
--- bemi._ingest_rows (issue 16): on a destination, the rows a source's worker sends with their
--- jsonb in PostgreSQL's own format. What it takes back exactly, what it refuses with a clear
--- error, and that nothing it is sent is trusted: a fuzz of broken documents must never be taken
--- unless it reads back as itself. Who may call it.
+-- bemi._ingest_rows and bemi._ingest (issue 16): on a destination, the rows a source's worker
+-- sends with their jsonb in PostgreSQL's own format. What it takes back exactly, what it refuses
+-- with a clear error, and that nothing it is sent is trusted: a fuzz of broken documents must
+-- never be taken unless it reads back as itself. Who may call it. bemi._ingest's own write.
 CREATE FUNCTION pg_temp.try(sql text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE sql;
@@ -132,4 +132,70 @@ RESET ROLE;
 SELECT "after", "table", source_system_id FROM bemi.changes WHERE "table" = 'ingest_probe' AND source_system_id IS NOT NULL;
 ROLLBACK;
 DROP TABLE ingest_batch;
+DROP ROLE ingest_outsider, ingest_member;
+
+-- 5. bemi._ingest, the worker's way in: the rows land in bemi.changes as given, written by the
+-- table-level batch insert with their index entries (found through the id and context indexes)
+-- and under the table's constraints (a repeated id, a NULL id refused); a refused batch leaves
+-- nothing. Only a bemi_ingest member: not an outsider, not a superuser outside it. With a trigger
+-- on bemi.changes the rows go by INSERT instead, and the trigger sees them.
+CREATE ROLE ingest_outsider;
+CREATE ROLE ingest_member IN ROLE bemi_ingest;
+CREATE TEMP TABLE ingest_batches (name text, b bytea);
+INSERT INTO ingest_batches VALUES
+    ('three', pg_temp.batch(pg_temp.r(bemi._jsonb_internal('{"id": 1, "note": "one"}'), id => 9000000000001),
+                            pg_temp.r(bemi._jsonb_internal('{"id": 2, "note": "two"}'), id => 9000000000002, pk => NULL),
+                            pg_temp.r(bemi._jsonb_internal((SELECT doc FROM corpus WHERE n = 15)), id => 9000000000003))),
+    ('repeated_id', pg_temp.batch(pg_temp.r(bemi._jsonb_internal('{}'), id => 9000000000004),
+                                  pg_temp.r(bemi._jsonb_internal('{}'), id => 9000000000001))),
+    ('null_id', pg_temp.batch(pg_temp.r(bemi._jsonb_internal('{}'), id => 9000000000005),
+                              pg_temp.r(bemi._jsonb_internal('{}'), id => NULL))),
+    ('broken_second', pg_temp.batch(pg_temp.r(bemi._jsonb_internal('{}'), id => 9000000000006),
+                                    pg_temp.r('\x0100000001', id => 9000000000007))),
+    ('trigger', pg_temp.batch(pg_temp.r(bemi._jsonb_internal('{"via": "insert"}'), id => 9000000000008)));
+GRANT SELECT ON ingest_batches TO ingest_outsider, ingest_member;
+SET ROLE ingest_outsider;
+SELECT pg_temp.try($$SELECT bemi._ingest(b) FROM ingest_batches WHERE name = 'three'$$) AS outsider;
+RESET ROLE;
+SELECT pg_temp.try($$SELECT bemi._ingest(b) FROM ingest_batches WHERE name = 'three'$$) AS superuser;
+BEGIN;
+SET LOCAL ROLE ingest_member;
+SELECT bemi._ingest(b) AS written FROM ingest_batches WHERE name = 'three';
+SELECT bemi._ingest(pg_temp.batch(VARIADIC '{}'::bytea[])) AS written_of_none;
+SELECT pg_temp.try($$SELECT bemi._ingest(b) FROM ingest_batches WHERE name = 'repeated_id'$$) AS repeated_id;
+SELECT pg_temp.try($$SELECT bemi._ingest(b) FROM ingest_batches WHERE name = 'null_id'$$) AS null_id;
+SELECT pg_temp.try($$SELECT bemi._ingest(b) FROM ingest_batches WHERE name = 'broken_second'$$) AS broken_second;
+RESET ROLE;
+SELECT (SELECT count(*) FROM ingest_batches, bemi._ingest_rows(b) r
+          JOIN bemi.changes c ON c.id = r.id
+         WHERE name = 'three' AND (c.primary_key, c."before", c."after", c.context, c.database, c.schema, c."table",
+                                   c.operation, c.committed_at, c.transaction_id, c."position", c.source_system_id,
+                                   c.created_at)
+                                  IS NOT DISTINCT FROM
+                                  (r.primary_key, r."before", r."after", r.context, r.database, r.schema, r."table",
+                                   r.operation, r.committed_at, r.transaction_id, r."position", r.source_system_id,
+                                   r.created_at)) AS as_sent,
+       (SELECT count(*) FROM bemi.changes WHERE id > 9000000000000) AS rows_in_trail;
+SET LOCAL enable_seqscan = off;
+SET LOCAL enable_bitmapscan = off;
+EXPLAIN (COSTS OFF) SELECT id FROM bemi.changes WHERE id = 9000000000002;
+SELECT id, primary_key, "after" ->> 'note' AS note FROM bemi.changes WHERE id = 9000000000002;
+RESET enable_bitmapscan;
+SELECT count(*) AS by_context FROM bemi.changes WHERE context @> '{"user_id": 1}' AND id > 9000000000000;
+ROLLBACK;
+CREATE FUNCTION public.ingest_seen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'the trigger saw change %', NEW.id;
+    RETURN NEW;
+END
+$$;
+BEGIN;
+CREATE TRIGGER ingest_seen BEFORE INSERT ON bemi.changes FOR EACH ROW EXECUTE FUNCTION public.ingest_seen();
+SET LOCAL ROLE ingest_member;
+SELECT bemi._ingest(b) AS written FROM ingest_batches WHERE name = 'trigger';
+RESET ROLE;
+SELECT "after" FROM bemi.changes WHERE id = 9000000000008;
+ROLLBACK;
+DROP FUNCTION public.ingest_seen();
+DROP TABLE ingest_batches;
 DROP ROLE ingest_outsider, ingest_member;

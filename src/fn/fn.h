@@ -39,6 +39,13 @@ extern bool BemiMayRead(Oid reader, Oid relid, const char *schema, const char *t
  */
 extern const char *BemiJsonbProblem(const char *root, size_t len);
 
+/*
+ * ingest.cpp: rows a source sent (ingest_shim.c's order, row-major, checked) into bemi.changes by
+ * the table-level batch insert; false, nothing written, where that does not apply (triggers, and
+ * so on: then an INSERT). The caller has checked the rights.
+ */
+extern bool BemiIngestWrite(int count, const Datum *values, const bool *nulls);
+
 /* key.cpp: the primary-key text of a row image of table `relid`, as bemi.changes holds it. */
 extern text *BemiKeyText(Oid relid, Jsonb *image);
 

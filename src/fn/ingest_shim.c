@@ -14,14 +14,24 @@
 
 #include "fn.h"
 
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "mb/pg_wchar.h"
 #include "port/pg_bswap.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rls.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
 #include "utils/timestamp.h"
 
+PG_FUNCTION_INFO_V1(bemi_ingest);
 PG_FUNCTION_INFO_V1(bemi_ingest_rows);
 PG_FUNCTION_INFO_V1(bemi_jsonb_internal);
 
@@ -152,10 +162,54 @@ IngestValue(IngestReader *r, IngestType type, const char *p, int32 len)
 }
 
 /*
+ * The format: COPY's binary header (no flags, no extension), then per row its field count and
+ * each field's length (-1: NULL) and bytes, integers in network order, jsonb as its varlena's
+ * data; the trailer (-1) ends it, and nothing may follow.
+ */
+static void
+IngestBegin(IngestReader *r)
+{
+	if (memcmp(IngestTake(r, sizeof(ingest_signature) - 1), ingest_signature, sizeof(ingest_signature) - 1) != 0)
+		IngestRefuse(r, "it does not start with COPY's binary signature");
+	if (IngestUint32(r) != 0 || IngestUint32(r) != 0)
+		IngestRefuse(r, "its header has flags or an extension");
+}
+
+/* The next row's values (allocated in the current memory context); false at the trailer. */
+static bool
+IngestNextRow(IngestReader *r, Datum *values, bool *nulls)
+{
+	int16		fields = (int16) IngestUint16(r);
+
+	if (fields == -1)
+	{
+		r->row = 0;
+		if (r->at != r->len)
+			IngestRefuse(r, "it has data past its trailer");
+		return false;
+	}
+	r->row++;
+	if (fields != (int16) INGEST_NCOLUMNS)
+		IngestRefuse(r, "a row has another number of columns");
+	for (int i = 0; i < (int) INGEST_NCOLUMNS; i++)
+	{
+		int32		len = (int32) IngestUint32(r);
+
+		nulls[i] = len == -1;
+		values[i] = (Datum) 0;
+		if (nulls[i])
+			continue;
+		if (len < 0)
+			IngestRefuse(r, "a column has a negative length");
+		values[i] = IngestValue(r, ingest_columns[i], IngestTake(r, len), len);
+	}
+	return true;
+}
+
+/*
  * bemi._ingest_rows(batch bytea) → SETOF (the bemi.changes columns the worker writes, in its
- * order). The format: COPY's binary header (no flags, no extension), then per row its field
- * count and each field's length (-1: NULL) and bytes, integers in network order, jsonb as its
- * varlena's data; the trailer (-1) ends it, and nothing may follow.
+ * order): the rows of a batch, for an INSERT ... SELECT (bemi._ingest's way where its own does
+ * not apply).
  */
 Datum
 bemi_ingest_rows(PG_FUNCTION_ARGS)
@@ -164,6 +218,7 @@ bemi_ingest_rows(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	IngestReader r = {VARDATA_ANY(batch), VARSIZE_ANY_EXHDR(batch), 0, 0};
 	MemoryContext row_context;
+	MemoryContext caller;
 	Datum		values[INGEST_NCOLUMNS];
 	bool		nulls[INGEST_NCOLUMNS];
 
@@ -171,42 +226,87 @@ bemi_ingest_rows(PG_FUNCTION_ARGS)
 	if (rsinfo->setDesc->natts != (int) INGEST_NCOLUMNS)
 		elog(ERROR, "bemi._ingest_rows: declared with %d columns, not %d", rsinfo->setDesc->natts,
 			 (int) INGEST_NCOLUMNS);
-	if (memcmp(IngestTake(&r, sizeof(ingest_signature) - 1), ingest_signature, sizeof(ingest_signature) - 1) != 0)
-		IngestRefuse(&r, "it does not start with COPY's binary signature");
-	if (IngestUint32(&r) != 0 || IngestUint32(&r) != 0)
-		IngestRefuse(&r, "its header has flags or an extension");
+	IngestBegin(&r);
 	row_context = AllocSetContextCreate(CurrentMemoryContext, "bemi ingest row", ALLOCSET_DEFAULT_SIZES);
-	for (;;)
+	caller = MemoryContextSwitchTo(row_context);
+	while (IngestNextRow(&r, values, nulls))
 	{
-		int16		fields = (int16) IngestUint16(&r);
-		MemoryContext caller;
-
-		if (fields == -1)
-			break;
-		r.row++;
-		if (fields != (int16) INGEST_NCOLUMNS)
-			IngestRefuse(&r, "a row has another number of columns");
-		caller = MemoryContextSwitchTo(row_context);
-		for (int i = 0; i < (int) INGEST_NCOLUMNS; i++)
-		{
-			int32		len = (int32) IngestUint32(&r);
-
-			nulls[i] = len == -1;
-			if (nulls[i])
-				continue;
-			if (len < 0)
-				IngestRefuse(&r, "a column has a negative length");
-			values[i] = IngestValue(&r, ingest_columns[i], IngestTake(&r, len), len);
-		}
 		MemoryContextSwitchTo(caller);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 		MemoryContextReset(row_context);
+		MemoryContextSwitchTo(row_context);
 	}
-	r.row = 0;
-	if (r.at != r.len)
-		IngestRefuse(&r, "it has data past its trailer");
+	MemoryContextSwitchTo(caller);
 	MemoryContextDelete(row_context);
 	return (Datum) 0;
+}
+
+/* The rows by INSERT ... SELECT FROM bemi._ingest_rows: the executor fires and checks everything. */
+static int64
+IngestByInsert(Datum batch)
+{
+	Oid			types[1] = {BYTEAOID};
+	Datum		args[1] = {batch};
+	int64		written;
+
+	SPI_connect();
+	if (SPI_execute_with_args("INSERT INTO bemi.changes (id, primary_key, \"before\", \"after\", context, database,"
+							  " schema, \"table\", operation, committed_at, transaction_id, position, source_system_id,"
+							  " created_at) OVERRIDING SYSTEM VALUE SELECT * FROM bemi._ingest_rows($1)",
+							  1, types, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "bemi._ingest: the INSERT into bemi.changes failed");
+	written = (int64) SPI_processed;
+	SPI_finish();
+	return written;
+}
+
+/*
+ * bemi._ingest(batch bytea) → bigint, the rows written: a batch of a source's worker (the format
+ * above) appended to bemi.changes. Only a role granted bemi_ingest, as the trail's protection
+ * lets it append (protect.cpp), and with the rights an INSERT takes. Where the rows may go by
+ * the table-level batch insert (no triggers, no row level security, and no Citus, which routes
+ * writes through its own executor), they do: one WAL record per page of rows rather than one per
+ * row, no tuplestore, no plan. Else by INSERT ... SELECT FROM bemi._ingest_rows.
+ */
+Datum
+bemi_ingest(PG_FUNCTION_ARGS)
+{
+	Datum		arg = PG_GETARG_DATUM(0);
+	bytea	   *batch = PG_GETARG_BYTEA_PP(0);
+	Oid			ingest = get_role_oid("bemi_ingest", true);
+	Oid			schema = get_namespace_oid("bemi", true);
+	Oid			relid = OidIsValid(schema) ? get_relname_relid("changes", schema) : InvalidOid;
+	IngestReader r = {VARDATA_ANY(batch), VARSIZE_ANY_EXHDR(batch), 0, 0};
+	int			capacity = 256;
+	int			count = 0;
+	Datum	   *values;
+	bool	   *nulls;
+
+	if (!OidIsValid(ingest) || !is_member_of_role_nosuper(GetUserId(), ingest))
+		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						errmsg("bemi: only a role granted bemi_ingest appends a source's batch to the trail")));
+	if (!OidIsValid(relid) || pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK ||
+		check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED ||
+		OidIsValid(get_extension_oid("citus", true)))
+		PG_RETURN_INT64(IngestByInsert(arg));
+	values = palloc(sizeof(Datum) * INGEST_NCOLUMNS * capacity);
+	nulls = palloc(sizeof(bool) * INGEST_NCOLUMNS * capacity);
+	IngestBegin(&r);
+	for (;;)
+	{
+		if (count == capacity)
+		{
+			capacity *= 2;
+			values = repalloc_huge(values, sizeof(Datum) * INGEST_NCOLUMNS * capacity);
+			nulls = repalloc_huge(nulls, sizeof(bool) * INGEST_NCOLUMNS * capacity);
+		}
+		if (!IngestNextRow(&r, values + (size_t) count * INGEST_NCOLUMNS, nulls + (size_t) count * INGEST_NCOLUMNS))
+			break;
+		count++;
+	}
+	if (BemiIngestWrite(count, values, nulls))
+		PG_RETURN_INT64(count);
+	PG_RETURN_INT64(IngestByInsert(arg));
 }
 
 /*

@@ -56,10 +56,14 @@ namespace {
 constexpr int kGroupSize = 128;
 constexpr size_t kGroupBytes = 65536;
 
-// The columns the worker supplies, in this order in Supplied(), and their types. The last three
-// only with the chain (created_at is drawn in the ids turn then, as the links cover it).
-constexpr int kSupplied = 15;
-constexpr int kPrimaryKey = 0, kDatabase = 4, kTableOid = 11, kCreatedAt = 12, kHash = 13, kPreviousId = 14;
+// The columns a writer may supply, and their types. The worker supplies the first twelve, and
+// created_at, hash and previous_id with the chain (created_at is drawn in the ids turn then, as the
+// links cover it); a destination's rows (MultiInsertSent) come with every column but table_oid and
+// the chain's. A column not supplied takes its default.
+constexpr int kSupplied = 17;
+constexpr int kPrimaryKey = 0, kBefore = 1, kAfter = 2, kContext = 3, kDatabase = 4, kSchema = 5, kTable = 6,
+              kOperation = 7, kCommitted = 8, kXid = 9, kPosition = 10, kTableOid = 11, kCreatedAt = 12,
+              kHash = 13, kPreviousId = 14, kSourceSystemId = 15, kId = 16;
 struct SuppliedColumn {
 	const char *name;
 	Oid type;
@@ -69,7 +73,13 @@ const SuppliedColumn kColumns[kSupplied] = {
     {"context", JSONBOID},       {"database", TEXTOID},   {"schema", TEXTOID},
     {"table", TEXTOID},          {"operation", TEXTOID},  {"committed_at", TIMESTAMPTZOID},
     {"transaction_id", INT8OID}, {"position", PG_LSNOID}, {"table_oid", OIDOID},
-    {"created_at", TIMESTAMPTZOID}, {"hash", BYTEAOID},   {"previous_id", INT8OID}};
+    {"created_at", TIMESTAMPTZOID}, {"hash", BYTEAOID},   {"previous_id", INT8OID},
+    {"source_system_id", TEXTOID},  {"id", INT8OID}};
+
+// MultiInsertSent's column order (a destination's batch, src/fn/ingest_shim.c).
+const int kSentOrder[kSentColumns] = {kId,        kPrimaryKey, kBefore,    kAfter,    kContext,
+                                      kDatabase,  kSchema,     kTable,     kOperation, kCommitted,
+                                      kXid,       kPosition,   kSourceSystemId, kCreatedAt};
 
 // The rows bound for one partition, written together.
 struct Group {
@@ -89,24 +99,29 @@ struct Target {
 	ResultRelInfo *root;
 	PartitionTupleRouting *proute; // NULL if bemi.changes is not partitioned
 	TupleTableSlot *root_slot;     // a row in bemi.changes' own form, for routing
-	AttrNumber attnum[kSupplied];  // InvalidAttrNumber: no such column (table_oid on an old schema)
-	const Datum *values[kSupplied];
-	Datum database;
+	AttrNumber attnum[kSupplied];  // InvalidAttrNumber: not supplied, or no such column (table_oid on an old schema)
+	const Datum *values[kSupplied]; // row i's value at [i * stride]; NULL: not supplied (but see database)
+	const bool *nulls[kSupplied];   // the same, true for SQL NULL; NULL: never null
+	int stride;
+	Datum database; // every row's database when values[kDatabase] is NULL
 	int ndefaults;
 	AttrNumber *default_attnum;
 	ExprState **default_expr;
 	int id_default; // the default of column id among them, -1 if none
 	Datum *ids;     // ids drawn ahead, one per row, when writing in the writers' order or chained
-	bool chained;   // created_at, hash and previous_id are supplied
+	bool chained;   // the worker's rows, linked: hash and previous_id are supplied
 	Group *groups;
 	int ngroups;
 	int groups_capacity;
 	CommandId cid;
 };
 
-// Finds the columns the worker supplies; false if one is missing (table_oid may be, and the
-// chain's when the batch is not chained) or has another type, or a column is generated.
-// C-style, inside PgCall only.
+bool Supplied(const Target *t, int k) {
+	return t->values[k] != nullptr || k == kDatabase;
+}
+
+// Finds the columns supplied; false if one is missing (table_oid may be) or has another type, or
+// a column is generated. C-style, inside PgCall only.
 bool MapColumns(Target *t, TupleDesc desc) {
 	for (int k = 0; k < kSupplied; k++)
 		t->attnum[k] = InvalidAttrNumber;
@@ -118,17 +133,15 @@ bool MapColumns(Target *t, TupleDesc desc) {
 		if (att->attgenerated != '\0')
 			return false;
 		for (int k = 0; k < kSupplied; k++) {
-			if (strcmp(NameStr(att->attname), kColumns[k].name) != 0)
+			if (!Supplied(t, k) || strcmp(NameStr(att->attname), kColumns[k].name) != 0)
 				continue;
 			if (att->atttypid != kColumns[k].type)
 				return false;
 			t->attnum[k] = att->attnum;
 		}
 	}
-	if (!t->chained)
-		t->attnum[kCreatedAt] = t->attnum[kHash] = t->attnum[kPreviousId] = InvalidAttrNumber;
 	for (int k = 0; k < kSupplied; k++)
-		if (t->attnum[k] == InvalidAttrNumber && k != kTableOid && (k < kCreatedAt || !t->chained))
+		if (t->attnum[k] == InvalidAttrNumber && Supplied(t, k) && k != kTableOid)
 			return false;
 	return true;
 }
@@ -262,7 +275,7 @@ void Close(Target *t) {
 
 // Puts row i in the root slot: the supplied values, and the defaults if `defaults` (else NULL
 // there, for routing only). C-style, inside PgCall only.
-void FillRow(Target *t, const BatchWriter::Columns &c, int i, bool defaults) {
+void FillRow(Target *t, int i, bool defaults) {
 	TupleTableSlot *slot = t->root_slot;
 	Datum *values = slot->tts_values;
 	bool *nulls = slot->tts_isnull;
@@ -277,8 +290,9 @@ void FillRow(Target *t, const BatchWriter::Columns &c, int i, bool defaults) {
 		AttrNumber attnum = t->attnum[k];
 		if (attnum == InvalidAttrNumber)
 			continue;
-		values[attnum - 1] = k == kDatabase ? t->database : t->values[k][i];
-		nulls[attnum - 1] = (k == kPrimaryKey && c.pk_null[i]) || (k == kPreviousId && c.previous_null[i]);
+		size_t at = static_cast<size_t>(i) * t->stride;
+		values[attnum - 1] = t->values[k] == nullptr ? t->database : t->values[k][at];
+		nulls[attnum - 1] = t->nulls[k] != nullptr && t->nulls[k][at];
 	}
 	if (defaults) {
 		ExprContext *econtext = GetPerTupleExprContext(t->estate);
@@ -357,12 +371,12 @@ void Flush(Target *t, Group *group) {
 
 // Routes every row (defaults not drawn yet) and checks each partition met; false if one cannot
 // be written here. targets[i]: row i's partition. C-style, inside PgCall only.
-bool Route(Target *t, const BatchWriter::Columns &c, ResultRelInfo **targets) {
+bool Route(Target *t, int count, ResultRelInfo **targets) {
 	ResultRelInfo *last = nullptr;
 
-	for (int i = 0; i < c.count; i++) {
+	for (int i = 0; i < count; i++) {
 		ResetPerTupleExprContext(t->estate);
-		FillRow(t, c, i, false);
+		FillRow(t, i, false);
 		targets[i] = t->proute == nullptr
 		                 ? t->root
 		                 : ExecFindPartition(t->mtstate, t->root, t->proute, t->root_slot, t->estate);
@@ -376,8 +390,8 @@ bool Route(Target *t, const BatchWriter::Columns &c, ResultRelInfo **targets) {
 // Builds each row with its defaults (ids in the batch's order), checks its constraints, and
 // queues it in its partition's group; a full group is written at once, the rest at the end.
 // C-style, inside PgCall only.
-void InsertRouted(Target *t, const BatchWriter::Columns &c, ResultRelInfo *const *targets) {
-	for (int i = 0; i < c.count; i++) {
+void InsertRouted(Target *t, int count, ResultRelInfo *const *targets) {
+	for (int i = 0; i < count; i++) {
 		ResultRelInfo *partition = targets[i];
 		Group *group = GroupOf(t, partition);
 		TupleConversionMap *map = RootToPartition(partition, t->estate);
@@ -389,7 +403,7 @@ void InsertRouted(Target *t, const BatchWriter::Columns &c, ResultRelInfo *const
 		TupleTableSlot *slot = group->slots[group->used];
 		ResetPerTupleExprContext(t->estate);
 		MemoryContext query = MemoryContextSwitchTo(GetPerTupleMemoryContext(t->estate));
-		FillRow(t, c, i, true);
+		FillRow(t, i, true);
 		if (map != nullptr) {
 			execute_attr_map_slot(map->attrMap, t->root_slot, slot);
 			ExecMaterializeSlot(slot); // the values point into per-row memory
@@ -437,27 +451,68 @@ void DrawIds(Target *t, BatchWriter &writer, const BatchWriter::Columns &c, cons
 
 } // namespace
 
-bool MultiInsertChanges(BatchWriter &writer, const BatchWriter::Columns &c, Datum database, const Turns *turns) {
+namespace {
+
+Oid ChangesRelid() {
 	Oid schema = get_namespace_oid("bemi", true);
-	Oid relid = OidIsValid(schema) ? get_relname_relid("changes", schema) : InvalidOid;
+	return OidIsValid(schema) ? get_relname_relid("changes", schema) : InvalidOid;
+}
+
+} // namespace
+
+bool MultiInsertChanges(BatchWriter &writer, const BatchWriter::Columns &c, Datum database, const Turns *turns) {
+	Oid relid = ChangesRelid();
 	Target target;
 	bool written = false;
 
 	if (!OidIsValid(relid))
 		return false; // the SPI INSERT reports it
 	memset(&target, 0, sizeof(target));
+	target.chained = writer.ChainOfBatch() != nullptr;
 	const Datum *values[kSupplied] = {c.pk,       c.before,    c.after,     c.context, nullptr,
 	                                  c.schema,   c.table,     c.operation, c.committed, c.xid,
-	                                  c.position, c.table_oid, c.created,   c.hash,      c.previous_id};
+	                                  c.position, c.table_oid, nullptr,     nullptr,     nullptr,
+	                                  nullptr,    nullptr};
+	if (target.chained) {
+		values[kCreatedAt] = c.created;
+		values[kHash] = c.hash;
+		values[kPreviousId] = c.previous_id;
+		target.nulls[kPreviousId] = c.previous_null;
+	}
 	memcpy(target.values, values, sizeof(values));
+	target.nulls[kPrimaryKey] = c.pk_null;
+	target.stride = 1;
 	target.database = database;
-	target.chained = writer.ChainOfBatch() != nullptr;
 	if (Open(&target, relid)) {
 		auto **targets = static_cast<ResultRelInfo **>(palloc(sizeof(ResultRelInfo *) * c.count));
-		if (Route(&target, c, targets) && (!target.chained || target.id_default >= 0)) {
+		if (Route(&target, c.count, targets) && (!target.chained || target.id_default >= 0)) {
 			if (turns != nullptr || target.chained)
 				DrawIds(&target, writer, c, turns);
-			InsertRouted(&target, c, targets);
+			InsertRouted(&target, c.count, targets);
+			written = true;
+		}
+	}
+	Close(&target);
+	return written;
+}
+
+bool MultiInsertSent(int count, const Datum *values, const bool *nulls) {
+	Oid relid = ChangesRelid();
+	Target target;
+	bool written = false;
+
+	if (!OidIsValid(relid))
+		return false;
+	memset(&target, 0, sizeof(target));
+	for (int j = 0; j < kSentColumns; j++) {
+		target.values[kSentOrder[j]] = values + j;
+		target.nulls[kSentOrder[j]] = nulls + j;
+	}
+	target.stride = kSentColumns;
+	if (Open(&target, relid)) {
+		auto **targets = static_cast<ResultRelInfo **>(palloc(sizeof(ResultRelInfo *) * Max(count, 1)));
+		if (Route(&target, count, targets)) {
+			InsertRouted(&target, count, targets);
 			written = true;
 		}
 	}

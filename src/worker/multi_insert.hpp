@@ -1,5 +1,6 @@
 // multi_insert.hpp: writing a batch's rows into bemi.changes with PostgreSQL's table-level batch
-// insert, the way COPY FROM does (multi_insert.cpp). Worker code only.
+// insert, the way COPY FROM does (multi_insert.cpp): the worker's batches, and a destination's
+// (bemi._ingest). C-style, inside PgCall only.
 #pragma once
 
 #include "sink.hpp"
@@ -18,5 +19,15 @@ namespace bemi {
 // writer.ChainOfBatch(), if not null: the rows are chained; their ids are drawn first (turns or
 // not), then linked (writer.LinkRows), then created_at, hash and previous_id are written as given.
 bool MultiInsertChanges(BatchWriter &writer, const BatchWriter::Columns &c, Datum database, const Turns *turns);
+
+// On a destination (bemi._ingest, src/fn/ingest.cpp): rows a source's worker sent, already checked,
+// row-major: row i's column j at values[i * kSentColumns + j] (nulls alike), the columns in the
+// order id, primary_key, before, after, context, database, schema, table, operation, committed_at,
+// transaction_id, position, source_system_id, created_at (remote.cpp's batch). Written as above,
+// every column as given (ids included); table_oid and the chain's columns left NULL. Returns
+// false, having written nothing, where MultiInsertChanges would. The caller checks the rights.
+// C-style, inside PgCall only.
+constexpr int kSentColumns = 14;
+bool MultiInsertSent(int count, const Datum *values, const bool *nulls);
 
 } // namespace bemi

@@ -7,9 +7,9 @@
 //      the batch in one statement after the batch before it drew its own (the worker has that
 //      answer before it sends the next batch): ids follow change order across batches, as in a
 //      local trail;
-//   2. the rows: INSERT INTO bemi.changes ... SELECT * FROM bemi._ingest_rows($1), the batch in one
-//      bytea with each jsonb in PostgreSQL's own format, checked there (src/fn/ingest_shim.c), so
-//      the destination parses no JSON; where a connection finds that function unusable, or the
+//   2. the rows: SELECT bemi._ingest($1), the batch in one bytea with each jsonb in PostgreSQL's
+//      own format, checked there and written by the table-level batch insert (src/fn/ingest_shim.c),
+//      so the destination parses no JSON; where a connection finds that function unusable, or the
 //      batch is larger than what may be queued for a connection (8 MB), by COPY bemi.changes
 //      (...) FROM STDIN in binary format, jsonb as text, streamed;
 //   3. once that statement is done and the batch before holds the source's row of bemi.source_progress
@@ -81,17 +81,16 @@ const char *const kCopy =
     "COPY bemi.changes (id, primary_key, \"before\", \"after\", context, database, schema, \"table\", operation,"
     " committed_at, transaction_id, position, source_system_id, created_at) FROM STDIN (FORMAT binary)";
 
-// The same rows with their jsonb in PostgreSQL's own format, checked there by bemi._ingest_rows
-// (src/fn/ingest_shim.c): the destination parses no JSON text (a quarter of its time on a COPY:
-// bench/destination-paths.sh). Used on a connection whose destination has the function, lets the
-// role run it and has this database's encoding (nothing is converted on the way). The ids are the
-// worker's, drawn as for COPY (which takes an identity column's values as given).
-const char *const kIngest =
-    "INSERT INTO bemi.changes (id, primary_key, \"before\", \"after\", context, database, schema, \"table\","
-    " operation, committed_at, transaction_id, position, source_system_id, created_at) OVERRIDING SYSTEM VALUE"
-    " SELECT * FROM bemi._ingest_rows($1)";
+// The same rows with their jsonb in PostgreSQL's own format, checked and written there by
+// bemi._ingest (src/fn/ingest_shim.c): the destination parses no JSON text (a quarter of its time
+// on a COPY: bench/destination-paths.sh), and writes by the table-level batch insert. Used on a
+// connection whose destination has the function, lets the role run it and has this database's
+// encoding (nothing is converted on the way). The ids are the worker's, drawn as for COPY. A
+// statement prepared once per connection, its plan generic: the batch is not copied into a plan.
+const char *const kIngestStatement = "bemi_ingest";
+const char *const kIngest = "SELECT bemi._ingest($1)";
 const char *const kIngestUsable =
-    "SELECT coalesce(has_function_privilege(to_regprocedure('bemi._ingest_rows(bytea)')::oid, 'EXECUTE'), false)"
+    "SELECT coalesce(has_function_privilege(to_regprocedure('bemi._ingest(bytea)')::oid, 'EXECUTE'), false)"
     " AND current_setting('server_encoding') = current_setting('client_encoding')";
 
 // Fenced: the row moves only from what the batch before left ({5}..{7}; NULL: no row), else the
@@ -253,7 +252,7 @@ void AppendJsonText(StringInfo out, const Jsonb *jb) {
 	}
 }
 
-// The document in PostgreSQL's own format (its varlena's data), for bemi._ingest_rows.
+// The document in PostgreSQL's own format (its varlena's data), for bemi._ingest.
 void AppendJsonbInternalField(StringInfo out, const char *varlena) {
 	AppendBytesField(out, VARDATA_ANY(varlena), VARSIZE_ANY_EXHDR(varlena));
 }
@@ -427,13 +426,25 @@ pg_conn *RemoteDestination::Connect(size_t i) {
 	// batch may wait for the one before it as long as that one takes.
 	Exec(conn, "SET synchronous_commit = on; SET search_path = pg_catalog, pg_temp; SET DateStyle = ISO;"
 	           " SET TimeZone = UTC; SET statement_timeout = 0; SET lock_timeout = 0;"
-	           " SET idle_in_transaction_session_timeout = 0");
+	           " SET idle_in_transaction_session_timeout = 0; SET plan_cache_mode = force_generic_plan");
 	PGresult *res = Run(conn, kIngestUsable);
 	bool ok = res != nullptr && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
 	internal_jsonb_[i] = ok && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
 	PQclear(res);
 	if (!ok)
 		Fail(conn, "cannot be read");
+	if (internal_jsonb_[i]) {
+		const Oid types[1] = {BYTEAOID};
+		if (PQsendPrepare(conn, kIngestStatement, kIngest, 1, types) != 1)
+			Fail(conn, "did not prepare bemi._ingest");
+		bool prepared = true;
+		while ((res = NextResult(conn)) != nullptr) {
+			prepared = prepared && PQresultStatus(res) == PGRES_COMMAND_OK;
+			PQclear(res);
+		}
+		if (!prepared)
+			Fail(conn, "did not prepare bemi._ingest");
+	}
 	return conn;
 }
 
@@ -825,11 +836,10 @@ void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_
 				Disconnect();
 				throw;
 			}
-			const Oid types[1] = {BYTEAOID};
 			const char *values[1] = {built.data};
 			const int lengths[1] = {built.len};
 			const int formats[1] = {1};
-			bool taken = PQsendQueryParams(conn, kIngest, 1, types, values, lengths, formats, 0) == 1;
+			bool taken = PQsendQueryPrepared(conn, kIngestStatement, 1, values, lengths, formats, 0) == 1;
 			FreeRows(built);
 			if (!taken || PQflush(conn) < 0)
 				Fail(conn, "did not take the batch");

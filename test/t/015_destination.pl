@@ -96,17 +96,17 @@ sub arrived_as_held {
 }
 arrived_as_held('awkward', 'values hard to write as JSON arrive as the source holds them');
 
-# The batches above went through bemi._ingest_rows (jsonb in PostgreSQL's format). A destination
+# The batches above went through bemi._ingest (jsonb in PostgreSQL's format). A destination
 # that stops letting the role run it refuses the next batch; the worker connects again and sends
 # by COPY (jsonb as text): the same rows arrive, nothing lost or doubled. Then back.
-$dest->safe_psql('trail', 'REVOKE EXECUTE ON FUNCTION bemi._ingest_rows(bytea) FROM bemi_ingest');
+$dest->safe_psql('trail', 'REVOKE EXECUTE ON FUNCTION bemi._ingest(bytea) FROM bemi_ingest');
 $src1->safe_psql('postgres', q{
 	CREATE TABLE awkward_copy (LIKE awkward);
 	INSERT INTO awkward_copy SELECT * FROM awkward;
 });
 wait_bemi($src1);
-arrived_as_held('awkward_copy', 'without bemi._ingest_rows, the same rows arrive by COPY');
-$dest->safe_psql('trail', 'GRANT EXECUTE ON FUNCTION bemi._ingest_rows(bytea) TO bemi_ingest');
+arrived_as_held('awkward_copy', 'without bemi._ingest, the same rows arrive by COPY');
+$dest->safe_psql('trail', 'GRANT EXECUTE ON FUNCTION bemi._ingest(bytea) TO bemi_ingest');
 
 # A gap of the source (a table taken out of capture) is recorded there too, with the next batch.
 $src1->safe_psql('postgres', q{
