@@ -22,7 +22,7 @@ MODULE_big = bemi
 #                 of bemi.snapshot_on_create with bemi._user_tables (core.sql). Before start.sql,
 #                 so that the worker finds them when it starts.
 #  destination.sql bemi_set_destination and the role bemi_ingest of a destination, with its grants
-#                 and bemi._ingest_rows (the rows its sources send, src/fn/ingest_shim.c)
+#                 and bemi._ingest, bemi._ingest_rows (the rows its sources send, src/fn/ingest_shim.c)
 #                 on core.sql's tables (after rules.sql: the grants on schema bemi come in the order
 #                 the upgrade step makes them).
 #  chain.sql      the hash chain's anchors (written by retention.sql's functions when they run),

@@ -576,9 +576,9 @@ CREATE POLICY source_progress_readers ON bemi.source_progress FOR SELECT TO bemi
 
 -- On a destination: the rows of a batch a source's worker sends, with their jsonb in
 -- PostgreSQL's own format, each checked before it is returned (src/fn/ingest_shim.c,
--- src/fn/jsonb_check.cpp); the worker inserts them with INSERT INTO bemi.changes ... SELECT, so
--- the destination parses no JSON. For bemi_ingest. bemi._jsonb_internal gives a document in that
--- format (the tests build batches with it).
+-- src/fn/jsonb_check.cpp), for INSERT INTO bemi.changes ... SELECT where bemi._ingest does not
+-- write them itself; the destination parses no JSON. For bemi_ingest. bemi._jsonb_internal gives a
+-- document in that format (the tests build batches with it).
 CREATE FUNCTION bemi._ingest_rows(batch bytea)
     RETURNS TABLE (id bigint, primary_key text, "before" jsonb, "after" jsonb, context jsonb, database text,
                    schema text, "table" text, operation text, committed_at timestamptz, transaction_id bigint,

@@ -1,14 +1,15 @@
 /*
- * ingest_shim.c: bemi._ingest_rows(batch bytea), on a destination: the rows of a batch a source's
- * worker sends (src/worker/remote.cpp), in COPY's binary format but with each jsonb in
- * PostgreSQL's own format rather than as text, so that the destination does not parse JSON. The
- * worker inserts them with INSERT INTO bemi.changes (...) SELECT * FROM bemi._ingest_rows($1): the
- * executor checks the caller's rights, the constraints and the trail's protection as for any
- * INSERT. Runs as the caller, a role with bemi_ingest only: nothing it sends is trusted. Every
- * length is checked against what was sent, text against the database's encoding, times against
- * their range, and every jsonb by BemiJsonbProblem (jsonb_check.cpp) before a value is returned;
- * anything else is an error naming the row and the column. C-style: PostgreSQL's errors leave as
- * they are raised, and nothing here owns a destructor.
+ * ingest_shim.c: bemi._ingest(batch bytea) and bemi._ingest_rows(batch bytea), on a destination:
+ * the rows of a batch a source's worker sends (src/worker/remote.cpp), in COPY's binary format but
+ * with each jsonb in PostgreSQL's own format rather than as text, so that the destination does not
+ * parse JSON. The worker calls bemi._ingest, which writes the rows itself by the table-level batch
+ * insert (src/fn/ingest.cpp) after the checks an INSERT and the trail's protection would make, or
+ * where that does not apply runs INSERT INTO bemi.changes (...) SELECT * FROM bemi._ingest_rows($1),
+ * whose executor checks everything as for any INSERT. Runs as the caller, a role with bemi_ingest
+ * only: nothing it sends is trusted. Every length is checked against what was sent, text against
+ * the database's encoding, times against their range, and every jsonb by BemiJsonbProblem
+ * (jsonb_check.cpp) before a value is used; anything else is an error naming the row and the
+ * column. C-style: PostgreSQL's errors leave as they are raised, and nothing here owns a destructor.
  */
 #include "postgres.h"
 
