@@ -137,8 +137,9 @@ DROP ROLE ingest_outsider, ingest_member;
 -- 5. bemi._ingest, the worker's way in: the rows land in bemi.changes as given, written by the
 -- table-level batch insert with their index entries (found through the id and context indexes)
 -- and under the table's constraints (a repeated id, a NULL id refused); a refused batch leaves
--- nothing. Only a bemi_ingest member: not an outsider, not a superuser outside it. With a trigger
--- on bemi.changes the rows go by INSERT instead, and the trigger sees them.
+-- nothing; each row to its partition. Only a bemi_ingest member: not an outsider, not a superuser
+-- outside it. With a trigger on bemi.changes the rows go by INSERT instead, and the trigger sees
+-- them.
 CREATE ROLE ingest_outsider;
 CREATE ROLE ingest_member IN ROLE bemi_ingest;
 CREATE TEMP TABLE ingest_batches (name text, b bytea);
@@ -152,7 +153,9 @@ INSERT INTO ingest_batches VALUES
                               pg_temp.r(bemi._jsonb_internal('{}'), id => NULL))),
     ('broken_second', pg_temp.batch(pg_temp.r(bemi._jsonb_internal('{}'), id => 9000000000006),
                                     pg_temp.r('\x0100000001', id => 9000000000007))),
-    ('trigger', pg_temp.batch(pg_temp.r(bemi._jsonb_internal('{"via": "insert"}'), id => 9000000000008)));
+    ('trigger', pg_temp.batch(pg_temp.r(bemi._jsonb_internal('{"via": "insert"}'), id => 9000000000008))),
+    ('later_day', pg_temp.batch(pg_temp.r(bemi._jsonb_internal('{}'), id => 9000000000009,
+                                          committed => timestamptz_send('2026-12-03 08:00:00+00'))));
 GRANT SELECT ON ingest_batches TO ingest_outsider, ingest_member;
 SET ROLE ingest_outsider;
 SELECT pg_temp.try($$SELECT bemi._ingest(b) FROM ingest_batches WHERE name = 'three'$$) AS outsider;
@@ -182,6 +185,16 @@ EXPLAIN (COSTS OFF) SELECT id FROM bemi.changes WHERE id = 9000000000002;
 SELECT id, primary_key, "after" ->> 'note' AS note FROM bemi.changes WHERE id = 9000000000002;
 RESET enable_bitmapscan;
 SELECT count(*) AS by_context FROM bemi.changes WHERE context @> '{"user_id": 1}' AND id > 9000000000000;
+ROLLBACK;
+-- A partitioned trail (retention made a partition for the day the batch's first rows were
+-- committed): each row is routed to its partition, the others to the default one.
+BEGIN;
+SELECT bemi._make_partition('2026-12-01 00:00+00', '2026-12-02 00:00+00') IS NOT NULL AS partition_made;
+SET LOCAL ROLE ingest_member;
+SELECT bemi._ingest(b) AS written FROM ingest_batches WHERE name = 'three';
+SELECT bemi._ingest(b) AS written FROM ingest_batches WHERE name = 'later_day';
+RESET ROLE;
+SELECT tableoid::regclass AS partition, count(*) FROM bemi.changes WHERE id > 9000000000000 GROUP BY 1 ORDER BY 1;
 ROLLBACK;
 CREATE FUNCTION public.ingest_seen() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
