@@ -232,6 +232,7 @@ bemi_ingest_rows(PG_FUNCTION_ARGS)
 	caller = MemoryContextSwitchTo(row_context);
 	while (IngestNextRow(&r, values, nulls))
 	{
+		CHECK_FOR_INTERRUPTS();
 		MemoryContextSwitchTo(caller);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 		MemoryContextReset(row_context);
@@ -295,6 +296,7 @@ bemi_ingest(PG_FUNCTION_ARGS)
 	IngestBegin(&r);
 	for (;;)
 	{
+		CHECK_FOR_INTERRUPTS();
 		if (count == capacity)
 		{
 			capacity *= 2;
