@@ -138,8 +138,8 @@ DROP ROLE ingest_outsider, ingest_member;
 -- table-level batch insert with their index entries (found through the id and context indexes)
 -- and under the table's constraints (a repeated id, a NULL id refused); a refused batch leaves
 -- nothing; each row to its partition. Only a bemi_ingest member: not an outsider, not a superuser
--- outside it. With a trigger on bemi.changes the rows go by INSERT instead, and the trigger sees
--- them.
+-- outside it, not in a read-only transaction. With a trigger on bemi.changes the rows go by INSERT
+-- instead, and the trigger sees them.
 CREATE ROLE ingest_outsider;
 CREATE ROLE ingest_member IN ROLE bemi_ingest;
 CREATE TEMP TABLE ingest_batches (name text, b bytea);
@@ -161,6 +161,10 @@ SET ROLE ingest_outsider;
 SELECT pg_temp.try($$SELECT bemi._ingest(b) FROM ingest_batches WHERE name = 'three'$$) AS outsider;
 RESET ROLE;
 SELECT pg_temp.try($$SELECT bemi._ingest(b) FROM ingest_batches WHERE name = 'three'$$) AS superuser;
+BEGIN READ ONLY;
+SET LOCAL ROLE ingest_member;
+SELECT pg_temp.try($$SELECT bemi._ingest(b) FROM ingest_batches WHERE name = 'three'$$) AS read_only;
+ROLLBACK;
 BEGIN;
 SET LOCAL ROLE ingest_member;
 SELECT bemi._ingest(b) AS written FROM ingest_batches WHERE name = 'three';

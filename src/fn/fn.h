@@ -44,6 +44,7 @@ extern const char *BemiJsonbProblem(const char *root, size_t len);
  * the table-level batch insert; false, nothing written, where that does not apply (triggers, and
  * so on: then an INSERT). The caller has checked the rights.
  */
+#define BEMI_INGEST_COLUMNS 14
 extern bool BemiIngestWrite(int count, const Datum *values, const bool *nulls);
 
 /* key.cpp: the primary-key text of a row image of table `relid`, as bemi.changes holds it. */

@@ -7,6 +7,8 @@
 
 #include "bemi/guard.hpp"
 
+static_assert(bemi::kSentColumns == BEMI_INGEST_COLUMNS, "the batch's columns, as read and as written");
+
 extern "C" bool BemiIngestWrite(int count, const Datum *values, const bool *nulls) {
 	return bemi::Enter([&] { return bemi::PgCall([&] { return bemi::MultiInsertSent(count, values, nulls); }); });
 }

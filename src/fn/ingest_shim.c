@@ -22,6 +22,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "tcop/utility.h"
 #include "mb/pg_wchar.h"
 #include "port/pg_bswap.h"
 #include "utils/acl.h"
@@ -64,6 +65,7 @@ static const IngestType ingest_columns[] = {
 };
 
 #define INGEST_NCOLUMNS lengthof(ingest_columns)
+StaticAssertDecl(INGEST_NCOLUMNS == BEMI_INGEST_COLUMNS, "the batch's columns, as read and as written");
 
 static const char ingest_signature[] = "PGCOPY\n\377\r\n\0";
 
@@ -287,6 +289,8 @@ bemi_ingest(PG_FUNCTION_ARGS)
 	if (!OidIsValid(ingest) || !is_member_of_role_nosuper(GetUserId(), ingest))
 		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 						errmsg("bemi: only a role granted bemi_ingest appends a source's batch to the trail")));
+	/* called in a SELECT: the executor's own check for a write is not made */
+	PreventCommandIfReadOnly("bemi._ingest()");
 	if (!OidIsValid(relid) || pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK ||
 		check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED ||
 		OidIsValid(get_extension_oid("citus", true)))

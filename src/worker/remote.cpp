@@ -539,6 +539,15 @@ void RemoteDestination::Advance(pg_conn *skip) {
 					PQclear(res);
 					return false;
 				}
+				// bemi._ingest answers the rows it wrote: all of them, or the batch is not committed.
+				if (sent.stage == Stage::kCopying && status == PGRES_TUPLES_OK && sent.rows >= 0 &&
+				    (PQntuples(res) != 1 || PQgetisnull(res, 0, 0) ||
+				     strtoll(PQgetvalue(res, 0, 0), nullptr, 10) != sent.rows)) {
+					failed_conn_ = conn;
+					failed_ = "wrote another number of rows than were sent";
+					PQclear(res);
+					return false;
+				}
 				if (sent.stage == Stage::kFenceSent && status == PGRES_TUPLES_OK) {
 					sent.stage = Stage::kLocked; // the COMMIT's answer is read by SettleOldest
 					PQclear(res);
@@ -844,6 +853,7 @@ void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_
 			if (!taken || PQflush(conn) < 0)
 				Fail(conn, "did not take the batch");
 			sent.stage = Sent::Stage::kCopying;
+			sent.rows = static_cast<int64>(rows);
 			in_flight_.push_back(std::move(sent));
 			next_link_ = (link + 1) % links_.size();
 			remote_ = reached;

@@ -139,6 +139,7 @@ class RemoteDestination {
 			kFenceSent, // its fence and COMMIT are on their way
 			kLocked,    // the fence moved the progress row: only the COMMIT's answer is left
 		} stage;
+		int64 rows = -1; // what bemi._ingest must answer it wrote (-1: sent by COPY, or no rows)
 	};
 	std::deque<Sent> in_flight_; // sent, their COMMIT's answer not read
 	pg_conn *failed_conn_ = nullptr; // what Advance found: the connection and why
