@@ -1,6 +1,6 @@
 // jsonb_check.cpp: is this a jsonb document in PostgreSQL's own format, whole and as PostgreSQL
 // itself would have built it? A destination takes the changes a source's worker sends with their
-// jsonb in that format (bemi._ingest_rows, fn_shim.c), so that it does not parse JSON text; the
+// jsonb in that format (bemi._ingest, ingest_shim.c), so that it does not parse JSON text; the
 // sender is a role with bemi_ingest only, so nothing it sends is stored, or read by jsonb's
 // functions, before this says it is sound (docs/security.md). The layout is utils/jsonb.h's:
 //   a container: a header (count and kind), one JEntry per element (per key, then per value, for

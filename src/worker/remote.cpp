@@ -72,6 +72,8 @@ constexpr long kConnectTimeoutMs = 10 * 1000;
 // How often a wait on one connection pushes on what the others still hold to send: a unix
 // socket's buffer holds a few hundred changes, some 10 ms of the destination's work.
 constexpr long kPumpMs = 2;
+// What a batch may queue in libpq per connection, beyond what the socket holds.
+constexpr size_t kQueuedBytes = 8 * 1024 * 1024;
 
 // ids are sent: the batch draws them in order (Send). created_at is sent (the time the worker made
 // the rows): with its volatile default (clock_timestamp()) left to the destination, COPY would
@@ -792,12 +794,67 @@ std::string RemoteDestination::Fence(pg_conn *conn, const Progress &reached, int
 	                   remote_ ? (remote_->txn_complete ? "true" : "false") : "NULL", forwarded);
 }
 
-void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_context, const Progress &reached,
-                             const std::vector<Gap> &gaps) {
+void RemoteDestination::SendIngest(pg_conn *conn, const Batch &batch, const std::vector<char> &empty_context,
+                                   const std::vector<int64> &ids) {
+	// The whole batch in one statement: its bytes are queued in libpq at once and go out as the
+	// socket takes them, with Pump(). Send sends a batch past the queue's bound by COPY, streamed,
+	// so that what libpq holds stays bounded (it keeps its buffer's size).
+	BuiltRows built;
+	try {
+		built = BuildRows(batch, 0, batch.Rows().size(), empty_context, ids, true);
+	} catch (...) {
+		Disconnect();
+		throw;
+	}
+	const char *values[1] = {built.data};
+	const int lengths[1] = {built.len};
+	const int formats[1] = {1};
+	bool taken = PQsendQueryPrepared(conn, kIngestStatement, 1, values, lengths, formats, 0) == 1;
+	FreeRows(built);
+	if (!taken || PQflush(conn) < 0)
+		Fail(conn, "did not take the batch");
+}
+
+void RemoteDestination::SendCopy(pg_conn *conn, const Batch &batch, const std::vector<char> &empty_context,
+                                 const std::vector<int64> &ids) {
 	constexpr size_t kChunkRows = 200;
-	constexpr size_t kQueuedBytes = 8 * 1024 * 1024; // per connection, beyond what the socket holds
 	size_t rows = batch.Rows().size();
 	size_t queued = 0; // COPY data queued in libpq since it last had nothing left to send
+	// Run returns when the destination waits for rows.
+	PGresult *res = Run(conn, kCopy);
+	bool copying = res != nullptr && PQresultStatus(res) == PGRES_COPY_IN;
+	PQclear(res);
+	if (!copying)
+		Fail(conn, "refused COPY into bemi.changes");
+	for (size_t first = 0; first < rows; first += kChunkRows) {
+		std::string text;
+		try {
+			text = CopyData(batch, first, std::min(kChunkRows, rows - first), empty_context, ids);
+		} catch (...) {
+			Disconnect(); // the COPY and its transaction are rolled back with the connection
+			throw;
+		}
+		// Queued in libpq (non-blocking: it grows its buffer) and sent as far as the socket
+		// takes it now; the rest goes with Pump() while the worker decodes. What stays queued
+		// is bounded (libpq keeps its buffer at the largest size it reached).
+		queued += text.size();
+		if (PQputCopyData(conn, text.data(), static_cast<int>(text.size())) != 1)
+			Fail(conn, "did not take the batch");
+		int left = PQflush(conn);
+		if (left < 0)
+			Fail(conn, "did not take the batch");
+		if (left == 0 || queued > kQueuedBytes) {
+			Flush(conn);
+			queued = 0;
+		}
+	}
+	if (PQputCopyEnd(conn, nullptr) != 1 || PQflush(conn) < 0)
+		Fail(conn, "did not take the batch");
+}
+
+void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_context, const Progress &reached,
+                             const std::vector<Gap> &gaps) {
+	size_t rows = batch.Rows().size();
 	RaiseFailure();
 	if (Full())
 		SettleOldest();
@@ -835,62 +892,11 @@ void RemoteDestination::Send(const Batch &batch, const std::vector<char> &empty_
 	if (rows > 0) {
 		std::vector<int64> ids = DrawIds(conn, rows, !begun);
 		if (internal_jsonb_[link] && batch.Bytes() <= kQueuedBytes) {
-			// The whole batch in one statement: its bytes are queued in libpq at once and go out
-			// as the socket takes them, with Pump(). A batch past the queue's bound goes by COPY,
-			// streamed, so that what libpq holds stays bounded (it keeps its buffer's size).
-			BuiltRows built;
-			try {
-				built = BuildRows(batch, 0, rows, empty_context, ids, true);
-			} catch (...) {
-				Disconnect();
-				throw;
-			}
-			const char *values[1] = {built.data};
-			const int lengths[1] = {built.len};
-			const int formats[1] = {1};
-			bool taken = PQsendQueryPrepared(conn, kIngestStatement, 1, values, lengths, formats, 0) == 1;
-			FreeRows(built);
-			if (!taken || PQflush(conn) < 0)
-				Fail(conn, "did not take the batch");
-			sent.stage = Sent::Stage::kCopying;
+			SendIngest(conn, batch, empty_context, ids);
 			sent.rows = static_cast<int64>(rows);
-			in_flight_.push_back(std::move(sent));
-			next_link_ = (link + 1) % links_.size();
-			remote_ = reached;
-			gaps_forwarded_ = forwarded;
-			Advance();
-			return;
+		} else {
+			SendCopy(conn, batch, empty_context, ids);
 		}
-		// Run returns when the destination waits for rows.
-		PGresult *res = Run(conn, kCopy);
-		bool copying = res != nullptr && PQresultStatus(res) == PGRES_COPY_IN;
-		PQclear(res);
-		if (!copying)
-			Fail(conn, "refused COPY into bemi.changes");
-		for (size_t first = 0; first < rows; first += kChunkRows) {
-			std::string text;
-			try {
-				text = CopyData(batch, first, std::min(kChunkRows, rows - first), empty_context, ids);
-			} catch (...) {
-				Disconnect(); // the COPY and its transaction are rolled back with the connection
-				throw;
-			}
-			// Queued in libpq (non-blocking: it grows its buffer) and sent as far as the socket
-			// takes it now; the rest goes with Pump() while the worker decodes. What stays queued
-			// is bounded (libpq keeps its buffer at the largest size it reached).
-			queued += text.size();
-			if (PQputCopyData(conn, text.data(), static_cast<int>(text.size())) != 1)
-				Fail(conn, "did not take the batch");
-			int left = PQflush(conn);
-			if (left < 0)
-				Fail(conn, "did not take the batch");
-			if (left == 0 || queued > kQueuedBytes) {
-				Flush(conn);
-				queued = 0;
-			}
-		}
-		if (PQputCopyEnd(conn, nullptr) != 1 || PQflush(conn) < 0)
-			Fail(conn, "did not take the batch");
 		sent.stage = Sent::Stage::kCopying;
 	} else if (!begun) {
 		Exec(conn, "BEGIN");

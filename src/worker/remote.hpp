@@ -53,10 +53,10 @@ class RemoteDestination {
 	// Remembered: each batch's progress update checks that nobody moved it meanwhile.
 	std::optional<Progress> LoadProgress();
 	// Sends a batch as one transaction on the next connection, which must be free (!Full()):
-	// the gaps, the rows (through bemi._ingest_rows, or by COPY); then, once that is done and the
+	// the gaps, the rows (through bemi._ingest, or by COPY); then, once that is done and the
 	// batch before holds the progress row (Advance), the progress check and update and COMMIT with
 	// synchronous_commit = on. The rows are turned into COPY's binary format (a few hundred at a
-	// time for COPY, at once for bemi._ingest_rows); what the socket does not take at once stays
+	// time for COPY, at once for bemi._ingest); what the socket does not take at once stays
 	// queued in libpq and goes out with Pump() and SettleOldest(), so
 	// the worker decodes the next batch while the destination parses and inserts this one. Throws
 	// on failure (every connection is then dropped, and made again next time). empty_context: the
@@ -85,7 +85,7 @@ class RemoteDestination {
 	std::string CopyData(const Batch &batch, size_t first, size_t count, const std::vector<char> &empty_context,
 	                     const std::vector<int64> &ids) const;
 	// The same, in a memory context of its own (FreeRows deletes it); internal_jsonb: each jsonb
-	// in PostgreSQL's own format (for bemi._ingest_rows), not as text.
+	// in PostgreSQL's own format (for bemi._ingest), not as text.
 	struct BuiltRows {
 		const char *data = nullptr;
 		int len = 0;
@@ -94,6 +94,12 @@ class RemoteDestination {
 	BuiltRows BuildRows(const Batch &batch, size_t first, size_t count, const std::vector<char> &empty_context,
 	                    const std::vector<int64> &ids, bool internal_jsonb) const;
 	void FreeRows(const BuiltRows &built) const;
+	// The batch's rows on conn, in its transaction: by bemi._ingest (one statement, its answer
+	// read by Advance), or by COPY, streamed; the connections are dropped on failure.
+	void SendIngest(pg_conn *conn, const Batch &batch, const std::vector<char> &empty_context,
+	                const std::vector<int64> &ids);
+	void SendCopy(pg_conn *conn, const Batch &batch, const std::vector<char> &empty_context,
+	              const std::vector<int64> &ids);
 	// Connection i, connected (and set up) if it was not.
 	pg_conn *Connect(size_t i);
 	void Disconnect(); // every connection: what is in flight is rolled back there, or committed
@@ -125,7 +131,7 @@ class RemoteDestination {
 	std::string database_;
 	const BemiDatabase *db_;
 	std::vector<pg_conn *> links_;   // the connections; nullptr: not connected
-	std::vector<bool> internal_jsonb_; // per connection: its batches go through bemi._ingest_rows
+	std::vector<bool> internal_jsonb_; // per connection: its batches go through bemi._ingest
 	size_t next_link_ = 0;           // the one the next batch goes to
 	bool progress_known_ = false;    // LoadProgress ran since the connections were made
 	std::optional<Progress> remote_; // what the destination holds for us once every batch sent commits
