@@ -87,3 +87,28 @@ DELETE FROM bemi.rules WHERE id IN (:r_table, :r_columns, :r_writer);
 DROP TABLE status_skipped, status_ignored;
 DROP OWNED BY status_etl;
 DROP ROLE status_etl;
+-- The trail's rows are counted in the cumulative statistics like any backend's writes: autovacuum
+-- vacuums and analyzes bemi.changes by these counts (left at zero, the trail was never
+-- auto-analyzed, never marked all-visible and left to an anti-wraparound vacuum).
+CREATE FUNCTION pg_temp.trail_inserts() RETURNS bigint LANGUAGE sql AS $$
+    SELECT coalesce(sum(n_tup_ins), 0) FROM pg_stat_user_tables
+     WHERE schemaname = 'bemi' AND relname LIKE 'changes%' $$;
+CREATE FUNCTION pg_temp.wait_trail_inserts(want bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1 .. 300 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        IF pg_temp.trail_inserts() >= want THEN
+            RETURN true;
+        END IF;
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+    RETURN false;
+END $$;
+SELECT pg_temp.trail_inserts() AS ins0 \gset
+CREATE TABLE status_counted (id int PRIMARY KEY);
+INSERT INTO status_counted SELECT generate_series(1, 100);
+SELECT bemi_wait();
+SELECT pg_temp.wait_trail_inserts(:ins0 + 100) AS trail_rows_counted;
+SELECT n_mod_since_analyze > 0 AS analyze_sees_them, n_ins_since_vacuum > 0 AS vacuum_sees_them
+  FROM pg_stat_user_tables WHERE relid = 'bemi.changes_default'::regclass;
+DROP TABLE status_counted;

@@ -708,6 +708,9 @@ void BatchWriter::WriteColumns(BemiDatabase *db, const Columns &columns, const P
 			}
 		});
 		pgstat_report_activity(STATE_IDLE, nullptr);
+		// The rows count in the cumulative statistics, by which autovacuum vacuums and analyzes
+		// the trail (a background worker reports them itself; at most once a second).
+		(void)pgstat_report_stat(false);
 
 		if (replaced > 0)
 			BemiReportError(db, note); // for bemi_status().last_error; the failure count resets below

@@ -615,6 +615,7 @@ void DatabaseRun::Loop() {
 			if (ctx_->reader->EndRecPtr >= GetFlushRecPtr(NULL)) {
 				ConfirmDurable(true); // idle: make our last batch durable and confirm it
 				pgstat_report_activity(STATE_IDLE, nullptr);
+				(void)pgstat_report_stat(false); // what the last batches wrote, within a nap or two
 				(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kNaptimeMs,
 				                PG_WAIT_EXTENSION);
 				ResetLatch(MyLatch);

@@ -491,7 +491,12 @@ namespace {
 		Size size = 0;
 		void *data = nullptr;
 		shm_mq_result result = PgCall([&]() {
+			shm_mq_result r = shm_mq_receive(setup.queue, &size, &data, true);
+			if (r != SHM_MQ_WOULD_BLOCK)
+				return r;
+			// Idle: what this writer wrote counts in the statistics before it waits.
 			pgstat_report_activity(STATE_IDLE, nullptr);
+			(void)pgstat_report_stat(true);
 			return shm_mq_receive(setup.queue, &size, &data, false);
 		});
 		if (result != SHM_MQ_SUCCESS)
