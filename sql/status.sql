@@ -106,9 +106,10 @@ BEGIN
 END $$;
 SELECT pg_temp.trail_inserts() AS ins0 \gset
 CREATE TABLE status_counted (id int PRIMARY KEY);
-INSERT INTO status_counted SELECT generate_series(1, 100);
+-- 5000 changes in one transaction: full batches, which the writers write (bemi.writers).
+INSERT INTO status_counted SELECT generate_series(1, 5000);
 SELECT bemi_wait();
-SELECT pg_temp.wait_trail_inserts(:ins0 + 100) AS trail_rows_counted;
+SELECT pg_temp.wait_trail_inserts(:ins0 + 5000) AS trail_rows_counted;
 SELECT n_mod_since_analyze > 0 AS analyze_sees_them, n_ins_since_vacuum > 0 AS vacuum_sees_them
   FROM pg_stat_user_tables WHERE relid = 'bemi.changes_default'::regclass;
 DROP TABLE status_counted;
