@@ -188,8 +188,10 @@ check_ledger($src1, 'src1', 'steady load');
 $load = start_load($src1, 12);
 sleep 4;
 my $pid = $src1->safe_psql('postgres', 'SELECT worker_pid FROM bemi_status()');
+my $crash_at = -s $src1->logfile;
 kill 'KILL', $pid;
 $load->finish;
+$src1->wait_for_log(qr/database system is ready to accept connections/, $crash_at);
 $src1->poll_query_until('postgres', 'SELECT true') or die;
 check_ledger($src1, 'src1', 'kill -9 of the worker');
 
@@ -229,7 +231,11 @@ my $before = $dest->safe_psql('trail', qq{SELECT count(*) FROM bemi.changes WHER
 ok($dest->poll_query_until('trail',
 	qq{SELECT count(*) > $before FROM bemi.changes WHERE source_system_id = '$sid{src1}'}),
 	'the drain after the destination came back started');
+# The server restarts after the crash: wait for the restart to be over, not only for a connection
+# (one can succeed before the postmaster has noticed the crash).
+$crash_at = -s $src1->logfile;
 kill 'KILL', $src1->safe_psql('postgres', 'SELECT worker_pid FROM bemi_status()');
+$src1->wait_for_log(qr/database system is ready to accept connections/, $crash_at);
 $src1->poll_query_until('postgres', 'SELECT true') or die;
 check_ledger($src1, 'src1', 'kill -9 of the worker mid-drain on three connections');
 
