@@ -68,6 +68,7 @@ namespace {
 
 constexpr long kNaptimeMs = 1000;
 constexpr long kGatherMs = 20; // longest sleep while a batch gathers (see Loop)
+constexpr int kStatsFlushMs = 1000; // idle: statistics flushed at most this often
 constexpr long kMaxBackoffS = 60;
 
 BemiDatabase *claimed = nullptr;
@@ -177,6 +178,7 @@ class DatabaseRun {
 
 	BemiDatabase *db_;
 	MemoryContext context_; // long-lived; transactions leave TopMemoryContext current
+	TimestampTz stats_flushed_at_ = 0;
 	char slot_[NAMEDATALEN];
 	LogicalDecodingContext *ctx_ = nullptr;
 	std::unique_ptr<Sink> sink_;
@@ -615,7 +617,14 @@ void DatabaseRun::Loop() {
 			if (ctx_->reader->EndRecPtr >= GetFlushRecPtr(NULL)) {
 				ConfirmDurable(true); // idle: make our last batch durable and confirm it
 				pgstat_report_activity(STATE_IDLE, nullptr);
-				(void)pgstat_report_stat(false); // what the last batches wrote, within a nap or two
+				// What the last batches wrote, in the statistics within about a second. Forced:
+				// unforced, PostgreSQL dates the flush by the last transaction's end, which
+				// does not move while the worker is idle.
+				TimestampTz now = GetCurrentTimestamp();
+				if (TimestampDifferenceExceeds(stats_flushed_at_, now, kStatsFlushMs)) {
+					(void)pgstat_report_stat(true);
+					stats_flushed_at_ = now;
+				}
 				(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kNaptimeMs,
 				                PG_WAIT_EXTENSION);
 				ResetLatch(MyLatch);
