@@ -189,9 +189,22 @@ DECLARE
     s record;
 BEGIN
     SELECT * INTO s FROM bemi._source();
+    IF p_context OPERATOR(pg_catalog.=) '{}'::jsonb THEN
+        -- Every context contains {}: every change, also those with an empty context.
+        RETURN QUERY
+            SELECT c.* FROM bemi.changes c, bemi.tracking k
+             WHERE bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table")
+               AND (NOT s.narrowed OR (c.source_system_id IS NOT DISTINCT FROM s.system_id
+                                       AND (s.database IS NULL OR c.database = s.database)));
+        RETURN;
+    END IF;
+    -- The transactions with such a context (bemi.contexts' index), then their changes whose own
+    -- context contains it (committed_at leads each transaction to its partition).
     RETURN QUERY
         SELECT c.* FROM bemi.changes c, bemi.tracking k
-         WHERE c.context @> p_context
+         WHERE (c.transaction_id, c.committed_at) IN (SELECT x.transaction_id, x.committed_at FROM bemi.contexts x
+                                                       WHERE x.context @> p_context)
+           AND c.context @> p_context
            AND bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table")
            AND (NOT s.narrowed OR (c.source_system_id IS NOT DISTINCT FROM s.system_id
                                    AND (s.database IS NULL OR c.database = s.database)));
@@ -215,13 +228,24 @@ END $$;
 -- half a job. It tells nothing of those changes but their number.
 CREATE FUNCTION bemi._unreadable_count(p_reader oid, p_transaction_id bigint, p_context jsonb) RETURNS bigint
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
 BEGIN
-    RETURN (SELECT count(*) FROM bemi.changes c, bemi.tracking k
-             WHERE c.transaction_id = p_transaction_id
-               AND NOT bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table"))
-         + (SELECT count(*) FROM bemi.changes c, bemi.tracking k
-             WHERE c.context @> p_context
-               AND NOT bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table"));
+    n := (SELECT count(*) FROM bemi.changes c, bemi.tracking k
+           WHERE c.transaction_id = p_transaction_id
+             AND NOT bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table"));
+    IF p_context OPERATOR(pg_catalog.=) '{}'::jsonb THEN
+        n := n + (SELECT count(*) FROM bemi.changes c, bemi.tracking k
+                   WHERE NOT bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table"));
+    ELSIF p_context IS NOT NULL THEN
+        -- As bemi._context_trail finds them.
+        n := n + (SELECT count(*) FROM bemi.changes c, bemi.tracking k
+                   WHERE (c.transaction_id, c.committed_at) IN (SELECT x.transaction_id, x.committed_at
+                                                                  FROM bemi.contexts x WHERE x.context @> p_context)
+                     AND c.context @> p_context
+                     AND NOT bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table"));
+    END IF;
+    RETURN n;
 END $$;
 
 CREATE FUNCTION bemi._tracking() RETURNS bemi.tracking

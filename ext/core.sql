@@ -53,7 +53,6 @@ CREATE TABLE bemi.changes_default PARTITION OF bemi.changes (PRIMARY KEY (id)) D
 CREATE INDEX changes_default_row_history ON bemi.changes_default ("table", primary_key, schema, id);
 CREATE INDEX changes_default_committed_at ON bemi.changes_default USING brin (committed_at);
 CREATE INDEX changes_default_transaction ON bemi.changes_default (transaction_id, position);
-CREATE INDEX changes_default_context ON bemi.changes_default USING gin (context pg_catalog.jsonb_path_ops);
 REVOKE ALL ON bemi.changes FROM PUBLIC;
 -- pg_dump skips extension tables unless told: the trail must survive a dump and restore.
 SELECT pg_catalog.pg_extension_config_dump('bemi.changes', '');
@@ -87,6 +86,43 @@ BEGIN
 END $$;
 GRANT USAGE ON SCHEMA bemi TO bemi_reader;
 GRANT SELECT ON bemi.changes TO bemi_reader;
+
+-- The contexts of the trail, each once per transaction: a transaction's changes usually share
+-- one context, and indexing it with every change cost the writer more than any other index
+-- (bench/results-capture.md). A row for each (transaction_id, committed_at, context) of
+-- bemi.changes whose context is not {} (duplicates allowed); bemi.changes keeps each change's own
+-- context, read as before. Lookups by context (bemi_context_history, bemi_revert_context) find
+-- the transactions here and their changes by bemi.changes' transaction index, then check each
+-- change's own context. Written with the changes, in their transaction: by the worker's batch
+-- insert (src/worker/multi_insert.cpp), else by the trigger below, which sees every INSERT
+-- statement into bemi.changes. Rows of transactions retention took are deleted after them
+-- (ext/retention.sql); a row whose changes are gone only costs its space.
+CREATE TABLE bemi.contexts (
+    transaction_id bigint NOT NULL,
+    committed_at   timestamptz NOT NULL,
+    context        jsonb NOT NULL
+);
+CREATE INDEX contexts_context ON bemi.contexts USING gin (context pg_catalog.jsonb_path_ops);
+CREATE INDEX contexts_committed_at ON bemi.contexts USING brin (committed_at);
+REVOKE ALL ON bemi.contexts FROM PUBLIC;
+GRANT SELECT ON bemi.contexts TO bemi_reader;
+SELECT pg_catalog.pg_extension_config_dump('bemi.contexts', '');
+
+-- The contexts of the rows an INSERT statement put into bemi.changes (a destination's rows by
+-- INSERT, the worker's when bemi.changes has triggers of its own, a superuser's repair): the
+-- worker's batch insert, which fires no trigger, writes them itself and lets this trigger be.
+-- Runs as the inserting role (bemi_ingest is granted INSERT on bemi.contexts).
+CREATE FUNCTION bemi._note_contexts() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO bemi.contexts (transaction_id, committed_at, context)
+    SELECT DISTINCT a.transaction_id, a.committed_at, a.context FROM added a
+     WHERE a.context OPERATOR(pg_catalog.<>) '{}'::pg_catalog.jsonb;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION bemi._note_contexts() FROM PUBLIC;
+CREATE TRIGGER changes_contexts AFTER INSERT ON bemi.changes REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION bemi._note_contexts();
 
 -- The worker's progress, written in the same transaction as the rows it covers.
 -- All transactions whose commit record ends before txn_end_lsn are written; of the transaction

@@ -40,7 +40,7 @@ BEGIN
     END IF;
 END $$;
 GRANT USAGE ON SCHEMA bemi TO bemi_ingest;
-GRANT INSERT ON bemi.changes TO bemi_ingest;
+GRANT INSERT ON bemi.changes, bemi.contexts TO bemi_ingest;
 GRANT USAGE ON SEQUENCE bemi.changes_id_seq TO bemi_ingest;
 GRANT INSERT ON bemi.gaps TO bemi_ingest;
 GRANT SELECT, INSERT, UPDATE ON bemi.source_progress TO bemi_ingest;

@@ -168,6 +168,10 @@ BEGIN
                 next_in := '1 second';
             END IF;
         END IF;
+        -- The contexts of what retention took (bemi.contexts), once no change before the cutoff is left.
+        IF NOT EXISTS (SELECT 1 FROM bemi.changes WHERE committed_at < cutoff) THEN
+            DELETE FROM bemi.contexts WHERE committed_at < cutoff;
+        END IF;
     END IF;
 END $$;
 

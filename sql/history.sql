@@ -117,3 +117,52 @@ DROP VIEW hist_view;
 REVOKE ALL ON hist_todo, hist_members FROM hist_reader;
 DROP OWNED BY hist_reader;
 DROP ROLE hist_reader;
+
+-- Contexts are kept once per transaction (bemi.contexts) and found there; each change keeps its
+-- own context in bemi.changes, as ever (issue 14).
+CREATE TABLE hist_ctx (id int PRIMARY KEY, v int NOT NULL);
+BEGIN;
+SELECT bemi_set_context('{"request_id": "ctx-a", "user_id": 1}');
+INSERT INTO hist_ctx SELECT g, 0 FROM generate_series(1, 300) g;
+SELECT bemi_set_context('{"request_id": "ctx-b", "user_id": 1}');
+UPDATE hist_ctx SET v = 1 WHERE id <= 5;
+COMMIT;
+INSERT INTO hist_ctx VALUES (1000, 0);
+SELECT bemi_wait();
+SELECT context - '_bemi' AS context, operation, count(*) FROM bemi.changes WHERE "table" = 'hist_ctx' GROUP BY 1, 2 ORDER BY 3;
+-- One row per run of a transaction's changes with one context (here with bemi's own keys, _bemi,
+-- taken out for the listing); none for {}.
+SELECT x.context - '_bemi' AS context, count(*)
+  FROM bemi.contexts x WHERE x.transaction_id IN (SELECT transaction_id FROM bemi.changes WHERE "table" = 'hist_ctx')
+ GROUP BY 1 ORDER BY 2, 1;
+SELECT count(*) AS contexts_of_no_context FROM bemi.contexts WHERE context = '{}';
+SELECT count(*) AS a FROM bemi_context_history('{"request_id": "ctx-a"}');
+SELECT count(*) AS b FROM bemi_context_history('{"request_id": "ctx-b"}');
+SELECT count(*) AS user_1 FROM bemi_context_history('{"user_id": 1}') WHERE "table" = 'hist_ctx';
+SELECT count(*) AS every_change FROM bemi_context_history('{}') WHERE "table" = 'hist_ctx';
+SELECT count(*) AS none FROM bemi_context_history('{"request_id": "ctx-z"}');
+SELECT bemi_unreadable_changes(NULL, '{"user_id": 1}');
+-- The same when the worker writes through INSERT statements (a trigger of the user's on
+-- bemi.changes): bemi's own trigger notes the contexts then.
+CREATE FUNCTION hist_ctx_seen() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+CREATE TRIGGER hist_ctx_seen BEFORE INSERT ON bemi.changes FOR EACH ROW EXECUTE FUNCTION hist_ctx_seen();
+BEGIN;
+SELECT bemi_set_context('{"request_id": "ctx-c"}');
+UPDATE hist_ctx SET v = 2 WHERE id <= 3;
+COMMIT;
+SELECT bemi_wait();
+DROP TRIGGER hist_ctx_seen ON bemi.changes;
+DROP FUNCTION hist_ctx_seen();
+SELECT count(*) AS c FROM bemi_context_history('{"request_id": "ctx-c"}');
+SELECT count(*) AS c_contexts FROM bemi.contexts WHERE context @> '{"request_id": "ctx-c"}';
+-- bemi.changes indexes no context itself any more: its writer's dearest index (bench/results-capture.md).
+SELECT count(*) AS gin_on_changes FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+ WHERE i.indrelid = 'bemi.changes_default'::regclass AND a.amname = 'gin';
+-- The contexts are the trail's: closed to other roles, which cannot write them either.
+CREATE ROLE hist_ctx_role;
+SET ROLE hist_ctx_role;
+SELECT count(*) FROM bemi.contexts;
+INSERT INTO bemi.contexts VALUES (1, now(), '{"forged": true}');
+RESET ROLE;
+DROP ROLE hist_ctx_role;
+DROP TABLE hist_ctx;

@@ -89,16 +89,21 @@ COMMIT;
 -- partition are deleted.
 BEGIN;
 SELECT count(*) AS made FROM unnest((bemi._maintain_changes(now() - interval '20 days')).actions);
-INSERT INTO bemi.changes (database, schema, "table", operation, committed_at, transaction_id, position)
-SELECT current_database(), 'public', 'old', 'CREATE', date_trunc('day', now()) - interval '20 days' + g * interval '1 hour', 1, '0/1'
+INSERT INTO bemi.changes (database, schema, "table", operation, committed_at, transaction_id, position, context)
+SELECT current_database(), 'public', 'old', 'CREATE', date_trunc('day', now()) - interval '20 days' + g * interval '1 hour', 1, '0/1',
+       '{"request": "old"}'
   FROM generate_series(0, 23) g;
-INSERT INTO bemi.changes (database, schema, "table", operation, committed_at, transaction_id, position)
-VALUES (current_database(), 'public', 'old', 'CREATE', now() - interval '40 days', 1, '0/1');
+INSERT INTO bemi.changes (database, schema, "table", operation, committed_at, transaction_id, position, context)
+VALUES (current_database(), 'public', 'old', 'CREATE', now() - interval '40 days', 1, '0/1', '{"request": "old"}');
 SELECT regexp_replace(tableoid::regclass::text, '\d{8}', 'N') AS stored_in, count(*)
   FROM bemi.changes WHERE "table" = 'old' GROUP BY 1 ORDER BY 1;
+-- Their contexts, once per transaction and commit time (bemi.contexts).
+SELECT count(*) AS old_contexts FROM bemi.contexts WHERE context @> '{"request": "old"}';
 COMMIT;
 SELECT count(*) >= 0 FROM bemi_maintain_changes();
 SELECT count(*) AS old_changes_left FROM bemi.changes WHERE "table" = 'old';
+-- Their contexts went with them.
+SELECT count(*) AS old_contexts_left FROM bemi.contexts WHERE context @> '{"request": "old"}';
 SELECT count(*) AS kept_changes_left FROM bemi.changes WHERE "table" = 'kept';
 SELECT * FROM pg_temp.parts();
 -- Tracking began today, after what was dropped: time travel still starts there.

@@ -694,9 +694,22 @@ DECLARE
     s record;
 BEGIN
     SELECT * INTO s FROM bemi._source();
+    IF p_context OPERATOR(pg_catalog.=) '{}'::jsonb THEN
+        -- Every context contains {}: every change, also those with an empty context.
+        RETURN QUERY
+            SELECT c.* FROM bemi.changes c, bemi.tracking k
+             WHERE bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table")
+               AND (NOT s.narrowed OR (c.source_system_id IS NOT DISTINCT FROM s.system_id
+                                       AND (s.database IS NULL OR c.database = s.database)));
+        RETURN;
+    END IF;
+    -- The transactions with such a context (bemi.contexts' index), then their changes whose own
+    -- context contains it (committed_at leads each transaction to its partition).
     RETURN QUERY
         SELECT c.* FROM bemi.changes c, bemi.tracking k
-         WHERE c.context @> p_context
+         WHERE (c.transaction_id, c.committed_at) IN (SELECT x.transaction_id, x.committed_at FROM bemi.contexts x
+                                                       WHERE x.context @> p_context)
+           AND c.context @> p_context
            AND bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table")
            AND (NOT s.narrowed OR (c.source_system_id IS NOT DISTINCT FROM s.system_id
                                    AND (s.database IS NULL OR c.database = s.database)));
@@ -969,6 +982,10 @@ BEGIN
             IF n = 100000 THEN
                 next_in := '1 second';
             END IF;
+        END IF;
+        -- The contexts of what retention took (bemi.contexts), once no change before the cutoff is left.
+        IF NOT EXISTS (SELECT 1 FROM bemi.changes WHERE committed_at < cutoff) THEN
+            DELETE FROM bemi.contexts WHERE committed_at < cutoff;
         END IF;
     END IF;
 END $$;
@@ -1398,3 +1415,87 @@ BEGIN ATOMIC
      GROUP BY 1
      ORDER BY max(c.id) DESC;
 END;
+
+------------------------------------------------------------------------------------------------
+-- Contexts once per transaction (issue 14): bemi.contexts holds each transaction's context once
+-- and is what lookups by context search; bemi.changes keeps every change's own context but no
+-- longer indexes it (its GIN index, on bemi.changes_default and on every partition retention
+-- made, is dropped). The contexts of the trail so far are copied in first.
+------------------------------------------------------------------------------------------------
+-- The contexts of the trail, each once per transaction: a transaction's changes usually share
+-- one context, and indexing it with every change cost the writer more than any other index
+-- (bench/results-capture.md). A row for each (transaction_id, committed_at, context) of
+-- bemi.changes whose context is not {} (duplicates allowed); bemi.changes keeps each change's own
+-- context, read as before. Lookups by context (bemi_context_history, bemi_revert_context) find
+-- the transactions here and their changes by bemi.changes' transaction index, then check each
+-- change's own context. Written with the changes, in their transaction: by the worker's batch
+-- insert (src/worker/multi_insert.cpp), else by the trigger below, which sees every INSERT
+-- statement into bemi.changes. Rows of transactions retention took are deleted after them
+-- (ext/retention.sql); a row whose changes are gone only costs its space.
+CREATE TABLE bemi.contexts (
+    transaction_id bigint NOT NULL,
+    committed_at   timestamptz NOT NULL,
+    context        jsonb NOT NULL
+);
+CREATE INDEX contexts_context ON bemi.contexts USING gin (context pg_catalog.jsonb_path_ops);
+CREATE INDEX contexts_committed_at ON bemi.contexts USING brin (committed_at);
+REVOKE ALL ON bemi.contexts FROM PUBLIC;
+GRANT SELECT ON bemi.contexts TO bemi_reader;
+SELECT pg_catalog.pg_extension_config_dump('bemi.contexts', '');
+
+-- The contexts of the rows an INSERT statement put into bemi.changes (a destination's rows by
+-- INSERT, the worker's when bemi.changes has triggers of its own, a superuser's repair): the
+-- worker's batch insert, which fires no trigger, writes them itself and lets this trigger be.
+-- Runs as the inserting role (bemi_ingest is granted INSERT on bemi.contexts).
+CREATE FUNCTION bemi._note_contexts() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO bemi.contexts (transaction_id, committed_at, context)
+    SELECT DISTINCT a.transaction_id, a.committed_at, a.context FROM added a
+     WHERE a.context OPERATOR(pg_catalog.<>) '{}'::pg_catalog.jsonb;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION bemi._note_contexts() FROM PUBLIC;
+CREATE TRIGGER changes_contexts AFTER INSERT ON bemi.changes REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION bemi._note_contexts();
+GRANT INSERT ON bemi.contexts TO bemi_ingest;
+INSERT INTO bemi.contexts (transaction_id, committed_at, context)
+SELECT DISTINCT c.transaction_id, c.committed_at, c.context FROM bemi.changes c
+ WHERE c.context OPERATOR(pg_catalog.<>) '{}'::pg_catalog.jsonb;
+DO $$
+DECLARE
+    idx regclass;
+BEGIN
+    FOR idx IN SELECT i.indexrelid::regclass
+                 FROM pg_catalog.pg_index i
+                 JOIN pg_catalog.pg_class ic ON ic.oid OPERATOR(pg_catalog.=) i.indexrelid
+                 JOIN pg_catalog.pg_am a ON a.oid OPERATOR(pg_catalog.=) ic.relam
+                WHERE a.amname OPERATOR(pg_catalog.=) 'gin'
+                  AND i.indrelid IN (SELECT t.relid FROM pg_catalog.pg_partition_tree('bemi.changes') t)
+                  AND i.indkey::text OPERATOR(pg_catalog.=)
+                      (SELECT att.attnum::text FROM pg_catalog.pg_attribute att
+                        WHERE att.attrelid OPERATOR(pg_catalog.=) i.indrelid AND att.attname OPERATOR(pg_catalog.=) 'context') LOOP
+        EXECUTE pg_catalog.format('DROP INDEX %s', idx);
+    END LOOP;
+END $$;
+CREATE OR REPLACE FUNCTION bemi._unreadable_count(p_reader oid, p_transaction_id bigint, p_context jsonb) RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    n := (SELECT count(*) FROM bemi.changes c, bemi.tracking k
+           WHERE c.transaction_id = p_transaction_id
+             AND NOT bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table"));
+    IF p_context OPERATOR(pg_catalog.=) '{}'::jsonb THEN
+        n := n + (SELECT count(*) FROM bemi.changes c, bemi.tracking k
+                   WHERE NOT bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table"));
+    ELSIF p_context IS NOT NULL THEN
+        -- As bemi._context_trail finds them.
+        n := n + (SELECT count(*) FROM bemi.changes c, bemi.tracking k
+                   WHERE (c.transaction_id, c.committed_at) IN (SELECT x.transaction_id, x.committed_at
+                                                                  FROM bemi.contexts x WHERE x.context @> p_context)
+                     AND c.context @> p_context
+                     AND NOT bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table"));
+    END IF;
+    RETURN n;
+END $$;

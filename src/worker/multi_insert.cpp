@@ -9,8 +9,12 @@
 // worker does not supply (id, created_at) from their defaults, per row and in order, as the
 // INSERT drew them. Plain C-style code: no destructors, PostgreSQL's errors leave through PgCall.
 //
+// The contexts of the rows go to bemi.contexts (ext/core.sql) in the same transaction, one row
+// per run of changes with the same transaction and context: what bemi's trigger on bemi.changes
+// does for an INSERT statement, which this path does not fire.
+//
 // Only bemi.changes as bemi makes it is written this way. Triggers (row or statement, on the
-// table or a partition), a partition that is a foreign table or not a plain table, generated
+// table or a partition; bemi's own changes_contexts aside), a partition that is a foreign table or not a plain table, generated
 // columns, a partition key on a column the worker does not supply, or columns of another type:
 // the batch goes through the SPI INSERT instead, which fires and checks all of that (COPY's own
 // multi-insert steps aside for triggers too). That is decided before any id is drawn or row written.
@@ -27,8 +31,11 @@ extern "C" {
 #include "access/tableam.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "catalog/pg_trigger.h"
+#include "commands/trigger.h"
 #include "executor/execPartition.h"
 #include "executor/executor.h"
+#include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
@@ -37,6 +44,8 @@ extern "C" {
 #include "rewrite/rewriteHandler.h"
 #include "storage/lmgr.h"
 #include "utils/lsyscache.h"
+#include "utils/array.h"
+#include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/partcache.h"
 #include "utils/rel.h"
@@ -192,6 +201,20 @@ bool KeyIsSupplied(const Target *t, Relation rel) {
 	return true;
 }
 
+// bemi's own trigger on bemi.changes (ext/core.sql): it notes the contexts of an INSERT
+// statement's rows, which this path notes itself. Any other trigger, or this one changed, sends
+// the batch through the INSERT statement.
+bool OnlyContextsTrigger(const TriggerDesc *triggers) {
+	if (triggers == nullptr)
+		return true;
+	if (triggers->numtriggers != 1)
+		return false;
+	const Trigger &t = triggers->triggers[0];
+	return strcmp(t.tgname, "changes_contexts") == 0 && !TRIGGER_FOR_ROW(t.tgtype) &&
+	       TRIGGER_FOR_AFTER(t.tgtype) && TRIGGER_FOR_INSERT(t.tgtype) && !TRIGGER_FOR_UPDATE(t.tgtype) &&
+	       !TRIGGER_FOR_DELETE(t.tgtype) && !TRIGGER_FOR_TRUNCATE(t.tgtype);
+}
+
 // Can rows go into this partition (or the unpartitioned table) by table_multi_insert?
 // C-style, inside PgCall only.
 bool Writable(ResultRelInfo *partition) {
@@ -240,7 +263,7 @@ bool Open(Target *t, Oid relid) {
 	t->mtstate->resultRelInfo = t->root;
 	t->mtstate->rootResultRelInfo = t->root;
 
-	if (t->root->ri_TrigDesc != nullptr || !MapColumns(t, RelationGetDescr(rel)))
+	if (!OnlyContextsTrigger(t->root->ri_TrigDesc) || !MapColumns(t, RelationGetDescr(rel)))
 		return false;
 	if (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE) {
 		if (!KeyIsSupplied(t, rel))
@@ -449,6 +472,92 @@ void DrawIds(Target *t, BatchWriter &writer, const BatchWriter::Columns &c, cons
 		PassIdsTurn(turns);
 }
 
+// Is this jsonb value {}? Only a small value can be: others are not looked into.
+bool EmptyObject(Datum value) {
+	if (VARATT_IS_EXTENDED(DatumGetPointer(value)) && !VARATT_IS_SHORT(DatumGetPointer(value)))
+		return false;
+	if (VARSIZE_ANY_EXHDR(DatumGetPointer(value)) != sizeof(uint32))
+		return false;
+	uint32 header;
+	memcpy(&header, VARDATA_ANY(DatumGetPointer(value)), sizeof(header));
+	return (header & JB_FOBJECT) != 0 && (header & JB_CMASK) == 0;
+}
+
+// The same jsonb value, byte for byte? (A transaction's changes usually share one.)
+bool SameValue(Datum a, Datum b) {
+	if (a == b)
+		return true;
+	const void *pa = DatumGetPointer(a), *pb = DatumGetPointer(b);
+	if ((VARATT_IS_EXTENDED(pa) && !VARATT_IS_SHORT(pa)) || (VARATT_IS_EXTENDED(pb) && !VARATT_IS_SHORT(pb)))
+		return false;
+	return VARSIZE_ANY_EXHDR(pa) == VARSIZE_ANY_EXHDR(pb) &&
+	       memcmp(VARDATA_ANY(pa), VARDATA_ANY(pb), VARSIZE_ANY_EXHDR(pa)) == 0;
+}
+
+// The statement that writes a batch's contexts, kept for the process's life (PostgreSQL's plan
+// cache plans it again after DDL on bemi.contexts).
+SPIPlanPtr contexts_plan = nullptr;
+
+// Writes a row to bemi.contexts for each run of rows with the same transaction, commit time and
+// context, but for an empty context. Nothing if bemi.contexts does not exist (an older schema,
+// whose bemi.changes indexes the context itself). C-style, inside PgCall only.
+void NoteContexts(const Target *t, int count, Oid schema) {
+	if (!OidIsValid(get_relname_relid("contexts", schema)) || t->values[kContext] == nullptr ||
+	    t->values[kXid] == nullptr || t->values[kCommitted] == nullptr)
+		return;
+	Datum *xids = static_cast<Datum *>(palloc(sizeof(Datum) * Max(count, 1)));
+	Datum *times = static_cast<Datum *>(palloc(sizeof(Datum) * Max(count, 1)));
+	Datum *contexts = static_cast<Datum *>(palloc(sizeof(Datum) * Max(count, 1)));
+	int runs = 0;
+	bool have_last = false;
+	Datum last_xid = 0, last_time = 0, last_context = 0;
+
+	for (int i = 0; i < count; i++) {
+		size_t at = static_cast<size_t>(i) * t->stride;
+		auto null = [&](int k) { return t->nulls[k] != nullptr && t->nulls[k][at]; };
+		if (null(kContext) || null(kXid) || null(kCommitted))
+			continue;
+		Datum xid = t->values[kXid][at], time = t->values[kCommitted][at], context = t->values[kContext][at];
+		if (have_last && DatumGetInt64(xid) == DatumGetInt64(last_xid) &&
+		    DatumGetTimestampTz(time) == DatumGetTimestampTz(last_time) && SameValue(context, last_context))
+			continue;
+		have_last = true;
+		last_xid = xid;
+		last_time = time;
+		last_context = context;
+		if (EmptyObject(context))
+			continue;
+		xids[runs] = xid;
+		times[runs] = time;
+		contexts[runs] = context;
+		runs++;
+	}
+	if (runs == 0)
+		return;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "bemi: SPI_connect failed");
+	if (contexts_plan == nullptr) {
+		Oid types[3] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, JSONBARRAYOID};
+		SPIPlanPtr plan = SPI_prepare("INSERT INTO bemi.contexts (transaction_id, committed_at, context)"
+		                              " SELECT x, t, c FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+		                              " pg_catalog.unnest($3)) AS u(x, t, c)",
+		                              3, types);
+		if (plan == nullptr || SPI_keepplan(plan) != 0)
+			elog(ERROR, "bemi: could not prepare the statement for bemi.contexts: %s",
+			     SPI_result_code_string(SPI_result));
+		contexts_plan = plan;
+	}
+	Datum args[3] = {
+	    PointerGetDatum(construct_array(xids, runs, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)),
+	    PointerGetDatum(construct_array(times, runs, TIMESTAMPTZOID, sizeof(TimestampTz), FLOAT8PASSBYVAL,
+	                                    TYPALIGN_DOUBLE)),
+	    PointerGetDatum(construct_array(contexts, runs, JSONBOID, -1, false, TYPALIGN_INT))};
+	int rc = SPI_execute_plan(contexts_plan, args, nullptr, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "bemi: writing the contexts of a batch failed: %s", SPI_result_code_string(rc));
+	SPI_finish();
+}
+
 } // namespace
 
 namespace {
@@ -489,6 +598,7 @@ bool MultiInsertChanges(BatchWriter &writer, const BatchWriter::Columns &c, Datu
 			if (turns != nullptr || target.chained)
 				DrawIds(&target, writer, c, turns);
 			InsertRouted(&target, c.count, targets);
+			NoteContexts(&target, c.count, get_rel_namespace(relid));
 			written = true;
 		}
 	}
@@ -513,6 +623,7 @@ bool MultiInsertSent(int count, const Datum *values, const bool *nulls) {
 		auto **targets = static_cast<ResultRelInfo **>(palloc(sizeof(ResultRelInfo *) * Max(count, 1)));
 		if (Route(&target, count, targets)) {
 			InsertRouted(&target, count, targets);
+			NoteContexts(&target, count, get_rel_namespace(relid));
 			written = true;
 		}
 	}
