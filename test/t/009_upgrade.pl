@@ -187,6 +187,13 @@ is($node->safe_psql('shop', 'SELECT count(*) FROM public.pwned'), '0', 'no look-
 like($node->safe_psql('shop', $all_sql), qr/^\Q$trail_before_protect\E/, 'the trail is kept by the update to 0.5.0');
 my ($rc, $out, $err) = $node->psql('shop', 'DELETE FROM bemi.changes');
 like($err, qr/refused: it is bemi's audit trail/, 'after the update to 0.5.0, the trail cannot be edited');
+# Contexts are kept once per transaction from 0.5.0 (bemi.contexts): the update copied the old
+# ones there, so context history still finds changes recorded before it, as it did before.
+is($node->safe_psql('shop', q{SET ROLE clerk;
+	SELECT count(*) FROM bemi_context_history('{"request": "r2"}')}), '3',
+	'after the update to 0.5.0, context history finds the changes recorded before it');
+is($node->safe_psql('shop', q{SELECT count(*) FROM bemi.contexts WHERE context @> '{"request": "r2"}'}), '1',
+	'the update copied each transaction\'s context once');
 
 # 8. The upgraded schemas are a fresh install's: every member of the extension with its definition,
 # ACL and comment; the tables' columns, defaults, constraints, indexes; every dependency.
