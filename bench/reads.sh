@@ -72,7 +72,7 @@ BEGIN
         lo := lo + 1000000;
     END LOOP;
 END \$\$;
-VACUUM ANALYZE bemi.changes;
+VACUUM ANALYZE bemi.changes, bemi.contexts;
 -- The worker decodes (and skips) the load's WAL too: let it catch up before timing anything.
 SELECT bemi_wait(timeout => '1 hour');
 SQL

@@ -692,6 +692,8 @@ CREATE OR REPLACE FUNCTION bemi._context_trail(p_reader oid, p_context jsonb) RE
 LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s record;
+    xids bigint[];
+    times timestamptz[];
 BEGIN
     SELECT * INTO s FROM bemi._source();
     IF p_context OPERATOR(pg_catalog.=) '{}'::jsonb THEN
@@ -703,13 +705,15 @@ BEGIN
                                        AND (s.database IS NULL OR c.database = s.database)));
         RETURN;
     END IF;
-    -- The transactions with such a context (bemi.contexts' index), then their changes whose own
-    -- context contains it (committed_at leads each transaction to its partition).
+    -- The transactions with such a context and their commit times, from bemi.contexts' index;
+    -- then their changes by bemi.changes' transaction index (the commit times prune partitions),
+    -- each change's own context checked. Two statements, not a join: without statistics (a fresh
+    -- restore, bemi.contexts not analyzed yet) the planner would join the whole trail.
+    SELECT array_agg(DISTINCT x.transaction_id), array_agg(DISTINCT x.committed_at) INTO xids, times
+      FROM bemi.contexts x WHERE x.context @> p_context;
     RETURN QUERY
         SELECT c.* FROM bemi.changes c, bemi.tracking k
-         WHERE (c.transaction_id, c.committed_at) IN (SELECT x.transaction_id, x.committed_at FROM bemi.contexts x
-                                                       WHERE x.context @> p_context)
-           AND c.context @> p_context
+         WHERE c.transaction_id = ANY (xids) AND c.committed_at = ANY (times) AND c.context @> p_context
            AND bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table")
            AND (NOT s.narrowed OR (c.source_system_id IS NOT DISTINCT FROM s.system_id
                                    AND (s.database IS NULL OR c.database = s.database)));
@@ -1459,6 +1463,7 @@ REVOKE ALL ON FUNCTION bemi._note_contexts() FROM PUBLIC;
 CREATE TRIGGER changes_contexts AFTER INSERT ON bemi.changes REFERENCING NEW TABLE AS added
     FOR EACH STATEMENT EXECUTE FUNCTION bemi._note_contexts();
 GRANT INSERT ON bemi.contexts TO bemi_ingest;
+
 INSERT INTO bemi.contexts (transaction_id, committed_at, context)
 SELECT DISTINCT c.transaction_id, c.committed_at, c.context FROM bemi.changes c
  WHERE c.context OPERATOR(pg_catalog.<>) '{}'::pg_catalog.jsonb;
@@ -1482,6 +1487,8 @@ CREATE OR REPLACE FUNCTION bemi._unreadable_count(p_reader oid, p_transaction_id
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n bigint;
+    xids bigint[];
+    times timestamptz[];
 BEGIN
     n := (SELECT count(*) FROM bemi.changes c, bemi.tracking k
            WHERE c.transaction_id = p_transaction_id
@@ -1491,10 +1498,10 @@ BEGIN
                    WHERE NOT bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table"));
     ELSIF p_context IS NOT NULL THEN
         -- As bemi._context_trail finds them.
+        SELECT array_agg(DISTINCT x.transaction_id), array_agg(DISTINCT x.committed_at) INTO xids, times
+          FROM bemi.contexts x WHERE x.context @> p_context;
         n := n + (SELECT count(*) FROM bemi.changes c, bemi.tracking k
-                   WHERE (c.transaction_id, c.committed_at) IN (SELECT x.transaction_id, x.committed_at
-                                                                  FROM bemi.contexts x WHERE x.context @> p_context)
-                     AND c.context @> p_context
+                   WHERE c.transaction_id = ANY (xids) AND c.committed_at = ANY (times) AND c.context @> p_context
                      AND NOT bemi._may_read(p_reader, bemi._recorded_oid(c, k), c.schema, c."table"));
     END IF;
     RETURN n;
