@@ -14,10 +14,10 @@
 // does for an INSERT statement, which this path does not fire.
 //
 // Only bemi.changes as bemi makes it is written this way. Triggers (row or statement, on the
-// table or a partition; bemi's own changes_contexts aside), a partition that is a foreign table or not a plain table, generated
-// columns, a partition key on a column the worker does not supply, or columns of another type:
-// the batch goes through the SPI INSERT instead, which fires and checks all of that (COPY's own
-// multi-insert steps aside for triggers too). That is decided before any id is drawn or row written.
+// table or a partition; bemi's own changes_contexts aside), a partition that is a foreign table
+// or not a plain table, generated columns, a partition key on a column the worker does not
+// supply, or columns of another type: the batch goes through the SPI INSERT instead, which fires
+// and checks all of that (COPY's own multi-insert steps aside for triggers too). That is decided before any id is drawn or row written.
 // Defaults are evaluated per row before the rows of a group are written: a default that read
 // bemi.changes would not see the rows of its own group (ours are nextval and clock_timestamp).
 #include "multi_insert.hpp"
