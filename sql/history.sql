@@ -163,6 +163,14 @@ CREATE ROLE hist_ctx_role;
 SET ROLE hist_ctx_role;
 SELECT count(*) FROM bemi.contexts;
 INSERT INTO bemi.contexts VALUES (1, now(), '{"forged": true}');
+SELECT bemi_rebuild_contexts();
 RESET ROLE;
 DROP ROLE hist_ctx_role;
+-- bemi.contexts filled again from the trail (a dump made before 0.5.0 has none): superuser only.
+DELETE FROM bemi.contexts WHERE context @> '{"request_id": "ctx-a"}';
+SELECT count(*) AS a_lost FROM bemi_context_history('{"request_id": "ctx-a"}');
+SELECT bemi_rebuild_contexts() > 0 AS rebuilt;
+SELECT count(*) AS a_found FROM bemi_context_history('{"request_id": "ctx-a"}');
+SELECT count(*) AS no_doubles FROM (SELECT transaction_id, committed_at, context FROM bemi.contexts
+                                     GROUP BY 1, 2, 3 HAVING count(*) > 1) d;
 DROP TABLE hist_ctx;

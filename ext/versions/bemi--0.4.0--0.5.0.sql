@@ -1462,6 +1462,25 @@ END $$;
 REVOKE ALL ON FUNCTION bemi._note_contexts() FROM PUBLIC;
 CREATE TRIGGER changes_contexts AFTER INSERT ON bemi.changes REFERENCING NEW TABLE AS added
     FOR EACH STATEMENT EXECUTE FUNCTION bemi._note_contexts();
+
+-- Fills bemi.contexts again from bemi.changes: after restoring a trail dumped before 0.5.0 (whose
+-- dump has no bemi.contexts), or if its rows were deleted. Superuser only. Rows the worker adds
+-- meanwhile are kept (a context noted twice only costs its space).
+CREATE FUNCTION @extschema@.bemi_rebuild_contexts() RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    DELETE FROM bemi.contexts;
+    INSERT INTO bemi.contexts (transaction_id, committed_at, context)
+    SELECT DISTINCT c.transaction_id, c.committed_at, c.context FROM bemi.changes c
+     WHERE c.context OPERATOR(pg_catalog.<>) '{}'::pg_catalog.jsonb;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION @extschema@.bemi_rebuild_contexts() IS
+    'Fill bemi.contexts again from bemi.changes (after restoring a dump made before 0.5.0); returns the rows written';
+REVOKE ALL ON FUNCTION @extschema@.bemi_rebuild_contexts() FROM PUBLIC;
 GRANT INSERT ON bemi.contexts TO bemi_ingest;
 
 INSERT INTO bemi.contexts (transaction_id, committed_at, context)
