@@ -47,6 +47,8 @@ size_t Aligned(size_t size) {
 	return MAXALIGN(size);
 }
 
+} // namespace
+
 // C-style, inside PgCall only.
 Datum MakeArray(Datum *values, bool *nulls, int count, Oid type) {
 	int16 typlen;
@@ -58,6 +60,8 @@ Datum MakeArray(Datum *values, bool *nulls, int count, Oid type) {
 	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
 	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs, type, typlen, typbyval, typalign));
 }
+
+namespace {
 
 void PutHashDatum(Datum d, const uint8 *hash) {
 	std::memcpy(VARDATA(DatumGetPointer(d)), hash, kChainHashLen);

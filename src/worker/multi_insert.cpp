@@ -44,7 +44,6 @@ extern "C" {
 #include "rewrite/rewriteHandler.h"
 #include "storage/lmgr.h"
 #include "utils/lsyscache.h"
-#include "utils/array.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/partcache.h"
@@ -547,11 +546,8 @@ void NoteContexts(const Target *t, int count, Oid schema) {
 			     SPI_result_code_string(SPI_result));
 		contexts_plan = plan;
 	}
-	Datum args[3] = {
-	    PointerGetDatum(construct_array(xids, runs, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)),
-	    PointerGetDatum(construct_array(times, runs, TIMESTAMPTZOID, sizeof(TimestampTz), FLOAT8PASSBYVAL,
-	                                    TYPALIGN_DOUBLE)),
-	    PointerGetDatum(construct_array(contexts, runs, JSONBOID, -1, false, TYPALIGN_INT))};
+	Datum args[3] = {MakeArray(xids, nullptr, runs, INT8OID), MakeArray(times, nullptr, runs, TIMESTAMPTZOID),
+	                 MakeArray(contexts, nullptr, runs, JSONBOID)};
 	int rc = SPI_execute_plan(contexts_plan, args, nullptr, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "bemi: writing the contexts of a batch failed: %s", SPI_result_code_string(rc));

@@ -28,6 +28,10 @@ bool MultiInsertChanges(BatchWriter &writer, const BatchWriter::Columns &c, Datu
 // false, having written nothing, where MultiInsertChanges would. The caller checks the rights.
 // C-style, inside PgCall only.
 constexpr int kSentColumns = 14;
+
+// A one-dimensional array of `type` from count values (nulls: NULL for none), for a statement's
+// argument (batch.cpp). C-style, inside PgCall only.
+Datum MakeArray(Datum *values, bool *nulls, int count, Oid type);
 bool MultiInsertSent(int count, const Datum *values, const bool *nulls);
 
 } // namespace bemi
