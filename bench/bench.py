@@ -821,7 +821,13 @@ END $$;""")
             out["bsql_s"] = time.monotonic() - t0
             srv.psql("SELECT pg_drop_replication_slot('bench_bemi_sql')")
         out["before"] = int(srv.one("SELECT count(*) FROM bemi.changes"))
-        perf = self.start_perf(pid, "ingest") if self.args.profile and writers == 0 else None
+        # With --profile: the worker doing everything (writers = 0), and the one writer of the
+        # default (writers = 1), where the drain is bound by the writer.
+        perf = None
+        if self.args.profile and writers == 0:
+            perf = self.start_perf(pid, "ingest")
+        elif self.args.profile and writers == 1 and wpids:
+            perf = self.start_perf(wpids[0], "ingest-writer")
         cpu0 = proc_cpu_seconds(pid)
         wcpu0 = [proc_cpu_seconds(w) for w in wpids]
         t0 = time.monotonic()
@@ -1173,7 +1179,7 @@ END $$;""")
         chain = [line for line in every.stdout.splitlines()
                  if re.search(r"ChainDigest|ChainLink|Batch::Digest|LinkRows|LinkRange|AdvanceHead", line)]
         with open(dest, "w") as f:
-            f.write(f"# perf profile of the bemi worker during {tag} (cpu-clock, 999 Hz)\n\n## self time\n")
+            f.write(f"# perf profile of the bemi {'writer' if tag.endswith('-writer') else 'worker'} during {tag} (cpu-clock, 999 Hz)\n\n## self time\n")
             f.write(self_r.stdout)
             f.write("\n\n## including callees (children)\n")
             f.write(children.stdout)
