@@ -1053,6 +1053,9 @@ END $$;""")
         self.wait_bemi(timeout="120 s")
         pid = self.worker_pid()
         start = proc_status_kb(pid)
+        # The writers of this worker (bemi.writers): their private memory is the worker's too.
+        wpids = self.writer_pids()
+        wpeak = {w: 0 for w in wpids}
         lsn0 = srv.one("SELECT pg_current_wal_lsn()")
         t0 = time.monotonic()
         loader = subprocess.Popen([f"{BINDIR}/psql", *srv.conninfo(), "-XAtq", "-v", "ON_ERROR_STOP=1", "-c",
@@ -1067,6 +1070,8 @@ END $$;""")
             st = proc_status_kb(pid)
             for k in peak:
                 peak[k] = max(peak[k], st.get(k, 0))
+            for w in wpids:
+                wpeak[w] = max(wpeak[w], (proc_status_kb(w) or {}).get("RssAnon", 0))
             spool = 0
             for d in tmpdirs:
                 try:
@@ -1097,9 +1102,12 @@ END $$;""")
         srv.psql("DROP TABLE bench_huge")
         mb = lambda kb: kb / 1024.0
         private_peak = mb(peak["RssAnon"])
+        writer_peak = mb(max(wpeak.values(), default=0))
         rows = [["peak RSS (VmHWM, includes shared buffers the worker touched)", fmt(mb(peak["VmHWM"]), 0, " MB")],
                 ["peak private memory (RssAnon, sampled every 0.1 s)", fmt(private_peak, 0, " MB")],
                 ["peak shared memory mapped (RssShmem, sampled)", fmt(mb(peak["RssShmem"]), 0, " MB")],
+                [f"peak private memory of each of its {len(wpids)} writers (RssAnon, sampled; the largest)",
+                 fmt(writer_peak, 0, " MB")],
                 ["RSS of the fresh worker before the transaction", fmt(mb(start.get("VmRSS", 0)), 0, " MB")],
                 ["peak size of the worker's spool file", fmt(spool_peak / 2**20, 0, " MB")],
                 ["time from COMMIT to all rows visible", fmt(done_t - commit_t, 1, " s")],
@@ -1107,16 +1115,16 @@ END $$;""")
         self.summary.append(("memory: worker peak RSS < 256 MB while draining one "
                              f"{n / 1e6:g}M-change transaction (private memory; VmHWM also counts shared buffers)",
                              private_peak < 256,
-                             f"private {private_peak:.0f} MB; VmHWM {mb(peak['VmHWM']):.0f} MB of which shared "
-                             f"≤ {mb(peak['RssShmem']):.0f} MB"))
+                             f"private {private_peak:.0f} MB (each of {len(wpids)} writers ≤ {writer_peak:.0f} MB); "
+                             f"VmHWM {mb(peak['VmHWM']):.0f} MB of which shared ≤ {mb(peak['RssShmem']):.0f} MB"))
         if got != n:
             self.notes.append(f"memory: expected {n:,} rows in bemi.changes, found {got:,}")
         self.sections.append("\n".join([
             "## 4. Memory\n",
             f"One transaction: `INSERT … SELECT … generate_series(1, {n:,})` into the same 10-column table "
             f"({wal / 1e6:,.0f} MB of WAL), with a fresh worker process (terminated and restarted before, so "
-            "its high-water mark covers this transaction only). Sampled from /proc/<worker pid>/status "
-            "while the transaction was loaded, decoded and written. The goal is checked against private "
+            "its high-water mark covers this transaction only). Sampled from /proc/<pid>/status of the worker "
+            "and of each of its writers while the transaction was loaded, decoded and written. The goal is checked against private "
             "memory: VmHWM also counts every page of shared buffers the worker touched (up to "
             "shared_buffers = 512MB here), which is the server's memory, not the worker's"
             + ("" if same_pid else " — **the worker restarted during the run**") + ".\n",

@@ -6,6 +6,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use BemiTest;
+use List::Util ();
 
 my $slow = $ENV{BEMI_SLOW_TESTS} ? 1 : 0;
 my $node = bemi_node('faults', conf => q{
@@ -69,14 +70,21 @@ $node->safe_psql('postgres', qq{
 	INSERT INTO big SELECT g, md5(g::text), g * 1.5 FROM generate_series(1, $rows) g;
 });
 my $pid = $node->safe_psql('postgres', 'SELECT worker_pid FROM bemi_status()');
-my $peak = 0;
+# Its writers (bemi.writers, 2 by default) hold batches too: their memory is bounded alike.
+my @writers = split /\n/, $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'bemi writer' ORDER BY pid});
+my ($peak, $writer_peak) = (0, 0);
+# Private memory: RSS also counts the shared buffers a process touched.
+sub rss_anon {
+	my ($p) = @_;
+	open(my $fh, '<', "/proc/$p/status") or return 0;
+	my ($kb) = join('', <$fh>) =~ /^RssAnon:\s+(\d+)/m;
+	return $kb // 0;
+}
 while (1) {
 	my ($waited) = $node->psql('postgres', q{SELECT bemi_wait(pg_current_wal_lsn(), '200 milliseconds')});
-	if (open(my $fh, '<', "/proc/$pid/status")) {
-		# Private memory: RSS also counts the shared buffers the worker touched.
-		while (<$fh>) { $peak = $1 if /^RssAnon:\s+(\d+)/ && $1 > $peak; }
-		close $fh;
-	}
+	$peak = List::Util::max($peak, rss_anon($pid));
+	$writer_peak = List::Util::max($writer_peak, map { rss_anon($_) } @writers);
 	last if $waited == 0;
 }
 is($node->safe_psql('postgres', q{
@@ -84,6 +92,9 @@ is($node->safe_psql('postgres', q{
 	  FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'big'}), "$rows|$rows|t", "$rows-change transaction captured completely");
 diag(sprintf('worker peak private RSS while draining %d changes: %.1f MB', $rows, $peak / 1024));
 ok($peak > 0 && $peak < 256 * 1024, 'worker peak private RSS under 256 MB');
+diag(sprintf('largest peak private RSS of its %d writers: %.1f MB', scalar @writers, $writer_peak / 1024));
+is(scalar @writers, $ENV{BEMI_WRITERS} // 2, 'two writers by default (or BEMI_WRITERS)');
+ok($writer_peak > 0 && $writer_peak < 256 * 1024, 'each writer\'s peak private RSS under 256 MB');
 
 # 3b. Slow: more than 1 GB in one transaction, one value past jsonb's 256 MB limit. The oversized
 # image is replaced by the reason; nothing else is lost and capture goes on.
