@@ -1071,7 +1071,7 @@ END $$;""")
             for k in peak:
                 peak[k] = max(peak[k], st.get(k, 0))
             for w in wpids:
-                wpeak[w] = max(wpeak[w], (proc_status_kb(w) or {}).get("RssAnon", 0))
+                wpeak[w] = max(wpeak[w], proc_status_kb(w).get("RssAnon", 0))
             spool = 0
             for d in tmpdirs:
                 try:

@@ -9,7 +9,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use Exporter 'import';
 
-our @EXPORT = qw(bemi_node wait_bemi);
+our @EXPORT = qw(bemi_node wait_bemi rss_anon);
 
 # A new node with logical WAL and bemi's settings: bemi preloaded, named as an output plugin
 # library on servers that have that setting (checked with the node's own postgres binary, since
@@ -43,6 +43,16 @@ sub wait_bemi
 	my ($node, $db, $timeout) = @_;
 	return $node->safe_psql($db // 'postgres',
 		sprintf(q{SELECT bemi_wait(pg_current_wal_lsn(), '%d seconds')}, $timeout // 300));
+}
+
+# A process's private memory in kB (RssAnon; RSS also counts the shared buffers it touched), or 0
+# when the process is gone.
+sub rss_anon
+{
+	my ($pid) = @_;
+	open(my $fh, '<', "/proc/$pid/status") or return 0;
+	my ($kb) = join('', <$fh>) =~ /^RssAnon:\s+(\d+)/m;
+	return $kb // 0;
 }
 
 1;

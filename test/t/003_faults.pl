@@ -74,13 +74,6 @@ my $pid = $node->safe_psql('postgres', 'SELECT worker_pid FROM bemi_status()');
 my @writers = split /\n/, $node->safe_psql('postgres',
 	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'bemi writer' ORDER BY pid});
 my ($peak, $writer_peak) = (0, 0);
-# Private memory: RSS also counts the shared buffers a process touched.
-sub rss_anon {
-	my ($p) = @_;
-	open(my $fh, '<', "/proc/$p/status") or return 0;
-	my ($kb) = join('', <$fh>) =~ /^RssAnon:\s+(\d+)/m;
-	return $kb // 0;
-}
 while (1) {
 	my ($waited) = $node->psql('postgres', q{SELECT bemi_wait(pg_current_wal_lsn(), '200 milliseconds')});
 	$peak = List::Util::max($peak, rss_anon($pid));
@@ -259,6 +252,7 @@ for my $fault ('kill -9 of a writer', 'kill -9 of the worker', 'an immediate sto
 				PERFORM pg_sleep(0.002);
 			END LOOP;
 		END \$\$;
+		-- Keys of seven digits: their text order is their numeric order.
 		SELECT count(*) FROM bemi.changes
 		 WHERE "table" = 'ledger' AND primary_key BETWEEN '$first' AND '$last' AND length(primary_key) = 7});
 	ok($seen > 0, "round $round: the drain started");

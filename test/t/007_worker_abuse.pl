@@ -108,10 +108,8 @@ $node->safe_psql('postgres', q{
 my $peak = 0;
 for (1 .. 240) {
 	my ($waited) = $node->psql('postgres', q{SELECT bemi_wait(pg_current_wal_lsn(), '500 milliseconds')});
-	if (open(my $fh, '<', "/proc/$pid/status")) {
-		while (<$fh>) { $peak = $1 if /^RssAnon:\s+(\d+)/ && $1 > $peak; }
-		close $fh;
-	}
+	my $rss = rss_anon($pid);
+	$peak = $rss if $rss > $peak;
 	last if $waited == 0;
 }
 my $took = time() - $started;
