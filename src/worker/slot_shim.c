@@ -10,6 +10,8 @@
 #include "nodes/makefuncs.h"
 #include "replication/logical.h"
 #include "replication/slot.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
 #include "utils/memutils.h"
 
 /* Is the slot there, and has PostgreSQL invalidated it (max_slot_wal_keep_size exceeded)? */
@@ -118,6 +120,18 @@ BemiStartDecoding(const char *name)
 										   .segment_open = wal_segment_open,
 										   .segment_close = wal_segment_close),
 								NoWrite, NoWrite, NULL);
+
+	/*
+	 * Decoding outside a transaction, PostgreSQL marks this process as a walsender's kind, and
+	 * every other snapshot leaves its transactions out (it expects no writes from it). Ours writes
+	 * the trail: left out, a batch still open looked aborted to a concurrent reader, which marked
+	 * its rows dead for good and bemi.progress's previous row alive. Decoding inside a transaction
+	 * (pg_logical_slot_get_changes) never has the mark: neither do we (test/t/016).
+	 */
+	LWLockAcquire(ProcArrayLock, LW_EXCLUSIVE);
+	MyProc->statusFlags &= ~PROC_IN_LOGICAL_DECODING;
+	ProcGlobal->statusFlags[MyProc->pgxactoff] = MyProc->statusFlags;
+	LWLockRelease(ProcArrayLock);
 	XLogBeginRead(ctx->reader, MyReplicationSlot->data.restart_lsn);
 	return ctx;
 }
