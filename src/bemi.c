@@ -39,7 +39,7 @@ bool bemi_partitions_as_root = true;
 int bemi_flush_delay_ms = 10;
 bool bemi_allow_drop = false;
 bool bemi_allow_trail_changes = false;
-int bemi_writers = 1;
+int bemi_writers = 2;
 int bemi_destination_connections = 2;
 char *bemi_source = NULL;
 bool bemi_snapshot_on_create = false;
@@ -94,7 +94,7 @@ DefineSettings(void)
 							"background workers write them in parallel with decoding a backlog, in order (small "
 							"batches under a steady load the worker still writes itself); each counts against "
 							"max_worker_processes. Read when the worker (re)starts.",
-							&bemi_writers, 1, 0, 16, PGC_SIGHUP, 0, NULL, NULL, NULL);
+							&bemi_writers, 2, 0, 16, PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("bemi.destination_connections",
 							"Connections per database that the worker writes to its destination through.",
 							"With bemi_set_destination: N batches are written there at once, each in its own "

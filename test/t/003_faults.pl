@@ -70,7 +70,7 @@ $node->safe_psql('postgres', qq{
 	INSERT INTO big SELECT g, md5(g::text), g * 1.5 FROM generate_series(1, $rows) g;
 });
 my $pid = $node->safe_psql('postgres', 'SELECT worker_pid FROM bemi_status()');
-# Its writers (bemi.writers, 1 by default) hold batches too: their memory is bounded alike.
+# Its writers (bemi.writers, 2 by default) hold batches too: their memory is bounded alike.
 my @writers = split /\n/, $node->safe_psql('postgres',
 	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'bemi writer' ORDER BY pid});
 my ($peak, $writer_peak) = (0, 0);
@@ -86,7 +86,7 @@ is($node->safe_psql('postgres', q{
 diag(sprintf('worker peak private RSS while draining %d changes: %.1f MB', $rows, $peak / 1024));
 ok($peak > 0 && $peak < 256 * 1024, 'worker peak private RSS under 256 MB');
 diag(sprintf('largest peak private RSS of its %d writers: %.1f MB', scalar @writers, $writer_peak / 1024));
-is(scalar @writers, $ENV{BEMI_WRITERS} // 1, 'one writer by default (or BEMI_WRITERS)');
+is(scalar @writers, $ENV{BEMI_WRITERS} // 2, 'two writers by default (or BEMI_WRITERS)');
 ok(!@writers || ($writer_peak > 0 && $writer_peak < 256 * 1024), 'each writer\'s peak private RSS under 256 MB');
 
 # 3b. Slow: more than 1 GB in one transaction, one value past jsonb's 256 MB limit. The oversized
