@@ -52,5 +52,13 @@ for my $round (1 .. 2) {
 	$node->restart if $round == 1;
 }
 
+# Now in everybody's snapshots, the worker must not hold back vacuum while it only decodes: an
+# idle worker has no snapshot of its own.
+$node->safe_psql('postgres', 'INSERT INTO t SELECT g FROM generate_series(10, 1000) g');
+wait_bemi($node);
+ok($node->poll_query_until('postgres', q{
+	SELECT bool_and(backend_xmin IS NULL AND backend_xid IS NULL) FROM pg_stat_activity
+	 WHERE backend_type IN ('bemi worker', 'bemi writer')}), 'an idle worker holds no xmin');
+
 $node->stop;
 done_testing();
