@@ -120,6 +120,7 @@ class BatchWriter {
 	void Write(BemiDatabase *db, const Batch &batch, const Progress &reached, TimestampTz last_commit,
 	           const Turns *turns = nullptr);
 	size_t EmptyContextSize() const { return empty_context_.size(); }
+	void ForgetChainHead() { head_.valid = false; }
 	const std::vector<char> &EmptyContext() const { return empty_context_; }
 
 	// The batch's columns as PostgreSQL reads them; plain pointers into the writer's buffers.
@@ -217,7 +218,12 @@ class Sink {
 	// Writes everything the spool holds, in batches of bemi.batch_size changes: hands them to
 	// the writers if UseWriters() gave some.
 	void Drain(BemiDatabase *db);
-	void UseWriters(Writers *writers) { writers_ = writers; }
+	// Writers started (or gone: nullptr). Either way the chain's head moves elsewhere meanwhile:
+	// the worker's own batches read it again.
+	void UseWriters(Writers *writers) {
+		writers_ = writers;
+		writer_.ForgetChainHead();
+	}
 	// Writes to another database's trail (bemi.destination): what that destination already holds
 	// of this source is skipped. Throws if it cannot be reached.
 	void UseDestination(BemiDatabase *db, const std::string &conninfo);

@@ -70,6 +70,10 @@ constexpr long kNaptimeMs = 1000;
 constexpr long kGatherMs = 20; // longest sleep while a batch gathers (see Loop)
 constexpr int kStatsFlushMs = 1000; // idle: statistics flushed at most this often
 constexpr long kMaxBackoffS = 60;
+// Writers start with a backlog and leave after this long without one: an idle database holds
+// no worker slots but its worker's. After a failed start (no free slot), this long before trying again.
+constexpr int kWritersIdleMs = 10000;
+constexpr int kWritersRetryMs = 60000;
 
 BemiDatabase *claimed = nullptr;
 
@@ -172,6 +176,8 @@ class DatabaseRun {
 	void Advance();
 	void ConfirmDurable(bool flush_now);
 	void Applied(XLogRecPtr reached);
+	void StartWriters();
+	void StopIdleWriters();
 	[[noreturn]] void Retire();
 	[[noreturn]] void LetGo();
 	[[noreturn]] void NewDestination();
@@ -183,6 +189,8 @@ class DatabaseRun {
 	LogicalDecodingContext *ctx_ = nullptr;
 	std::unique_ptr<Sink> sink_;
 	std::unique_ptr<Writers> writers_; // none: the worker writes its batches itself
+	int writers_wanted_ = 0;            // bemi.writers, or 0 with a destination
+	TimestampTz writers_retry_at_ = 0;  // after a start that got no writer
 	// Batches handed to the writers: (the last batch sent, the WAL position decoded when it was
 	// sent). A position counts as applied once that batch is committed.
 	std::deque<std::pair<uint64, XLogRecPtr>> in_flight_;
@@ -241,16 +249,13 @@ void DatabaseRun::Stream(const std::string &conninfo) {
 			db_->destination_reachable = 0;
 			SpinLockRelease(&db_->mutex);
 		});
-	if (writers > 0) {
-		writers_ = Writers::Start(db_, writers);
-		sink_->UseWriters(writers_.get());
-	}
+	writers_wanted_ = writers; // started by the first backlog (StartWriters)
 	PgCall([&]() {
 		MemoryContextSwitchTo(context_);
 		ctx_ = BemiStartDecoding(slot_);
-		ereport(LOG, (errmsg("bemi: worker decoding database %u from %X/%X (written up to %X/%X), %d writers%s",
+		ereport(LOG, (errmsg("bemi: worker decoding database %u from %X/%X (written up to %X/%X), up to %d writers%s",
 		                     db_->dboid, BEMI_LSN_ARGS(MyReplicationSlot->data.confirmed_flush),
-		                     BEMI_LSN_ARGS(sink_->Done().txn_end_lsn), writers_ ? writers_->Count() : 0,
+		                     BEMI_LSN_ARGS(sink_->Done().txn_end_lsn), writers_wanted_,
 		                     conninfo.empty() ? "" : ", the trail in another database")));
 	});
 	Loop();
@@ -501,6 +506,35 @@ void DatabaseRun::Advance() {
 	});
 }
 
+// A full batch is decoded: a backlog. The writers start, if bemi.writers wants some and none run.
+// Nothing is in flight (without writers the worker commits each batch before it decodes on), so
+// the writers' order starts afresh; the first batch with rows reads the chain's head from the trail.
+void DatabaseRun::StartWriters() {
+	if (writers_ || writers_wanted_ <= 0 || PgCall([&]() { return GetCurrentTimestamp() < writers_retry_at_; }))
+		return;
+	PgCall([&]() { MemoryContextSwitchTo(context_); }); // the handles live as long as the run
+	writers_ = Writers::Start(db_, writers_wanted_);
+	if (!writers_) {
+		writers_retry_at_ = PgCall([]() { return TimestampTzPlusMilliseconds(GetCurrentTimestamp(), kWritersRetryMs); });
+		return;
+	}
+	sink_->UseWriters(writers_.get());
+}
+
+// Idle: writers that had no batch for kWritersIdleMs leave, once all they wrote is applied.
+void DatabaseRun::StopIdleWriters() {
+	if (!writers_ || !PgCall([&]() {
+		    return TimestampDifferenceExceeds(writers_->LastSentAt(), GetCurrentTimestamp(), kWritersIdleMs);
+	    }))
+		return;
+	writers_->Drain();
+	Advance();
+	writers_->Close();
+	writers_.reset();
+	in_flight_.clear(); // all applied: Advance() saw every batch committed
+	sink_->UseWriters(nullptr);
+}
+
 // Decodes WAL up to end_of_wal while the worker may; true if it stopped for a full batch.
 // C-style, inside PgCall only: one PgCall for a whole round of WAL records.
 bool DatabaseRun::Decode(XLogRecPtr end_of_wal) {
@@ -571,6 +605,7 @@ void DatabaseRun::Loop() {
 			NewDestination();
 
 		while (PgCall([&]() { return Decode(end_of_wal); })) {
+			StartWriters();
 			Flush();
 			PgCall([&]() {
 				MemoryContextSwitchTo(context_);
@@ -612,6 +647,8 @@ void DatabaseRun::Loop() {
 			Advance();
 		}
 		upkeep_.RunIfDue(db_);
+		if (PgCall([&]() { return ctx_->reader->EndRecPtr >= GetFlushRecPtr(NULL); }))
+			StopIdleWriters();
 
 		PgCall([&]() {
 			if (ctx_->reader->EndRecPtr >= GetFlushRecPtr(NULL)) {

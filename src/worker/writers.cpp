@@ -294,6 +294,7 @@ std::unique_ptr<Writers> Writers::Start(BemiDatabase *db, int n) {
 	});
 	if (!started)
 		writers->Fail("a writer process did not start");
+	writers->last_sent_at_ = PgCall([]() { return GetCurrentTimestamp(); });
 	return writers;
 }
 
@@ -348,6 +349,7 @@ void Writers::Send(const Batch &batch, const Progress &reached, TimestampTz last
 	shm_mq_handle *queue = queues_[pick];
 	shm_mq_result result = PgCall([&]() {
 		shm_mq_result r = shm_mq_sendv(queue, parts, 3, false, true);
+		last_sent_at_ = GetCurrentTimestamp();
 		SpinLockAcquire(&db_->mutex);
 		db_->batches_sent = sent_;
 		SpinLockRelease(&db_->mutex);
@@ -401,6 +403,28 @@ void Writers::Stop() {
 		db_->writers = 0;
 		SpinLockRelease(&db_->mutex);
 	});
+}
+
+void Writers::Close() {
+	PgCall([&]() {
+		SpinLockAcquire(&shared_->mutex);
+		shared_->stop = true; // a writer's exit is then no failure
+		SpinLockRelease(&shared_->mutex);
+		ConditionVariableBroadcast(&shared_->cv);
+		// Idle, they wait on their queues: detached, each leaves with exit code 0.
+		for (shm_mq_handle *queue : queues_)
+			shm_mq_detach(queue);
+		for (BackgroundWorkerHandle *handle : handles_)
+			(void)WaitForBackgroundWorkerShutdown(handle);
+		SpinLockAcquire(&db_->mutex);
+		db_->writers = 0;
+		db_->writers_dsm = 0;
+		SpinLockRelease(&db_->mutex);
+		dsm_detach(segment_);
+	});
+	queues_.clear();
+	handles_.clear();
+	assigned_.clear();
 }
 
 void WaitForOldWriters(BemiDatabase *db) {

@@ -53,6 +53,8 @@ class Writers {
 
 	int Count() const { return static_cast<int>(queues_.size()); }
 	uint64 Sent() const { return sent_; }
+	// When the last batch was handed to a writer (or the writers started).
+	TimestampTz LastSentAt() const { return last_sent_at_; }
 	// Hands the batch to the next writer; blocks while that writer's queue is full.
 	void Send(const Batch &batch, const Progress &reached, TimestampTz last_commit, const BemiSkipped &skipped);
 	// The last batch committed in order and the end of its commit record; throws if a writer failed.
@@ -63,6 +65,9 @@ class Writers {
 	Turns OwnTurn() { return Turns{shared_, ++sent_, true, {}}; }
 	// DROP EXTENSION, DROP DATABASE: the writers are stopped and gone when this returns.
 	void Stop();
+	// Idle, every batch committed (Drain()): the writers leave quietly (their queues are detached)
+	// and are gone when this returns, with the run's segment. The object is done.
+	void Close();
 
   private:
 	Writers(BemiDatabase *db, dsm_segment *segment, WritersShared *shared)
@@ -76,6 +81,7 @@ class Writers {
 	std::vector<BackgroundWorkerHandle *> handles_;
 	std::vector<std::deque<uint64>> assigned_; // per writer: batches sent to it, not known committed
 	uint64 sent_ = 0;
+	TimestampTz last_sent_at_ = 0;
 };
 
 // Before a run reads bemi.progress: the writers of the database's previous run (if any still

@@ -70,16 +70,19 @@ $node->safe_psql('postgres', qq{
 	INSERT INTO big SELECT g, md5(g::text), g * 1.5 FROM generate_series(1, $rows) g;
 });
 my $pid = $node->safe_psql('postgres', 'SELECT worker_pid FROM bemi_status()');
-# Its writers (bemi.writers, 2 by default) hold batches too: their memory is bounded alike.
-my @writers = split /\n/, $node->safe_psql('postgres',
-	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'bemi writer' ORDER BY pid});
+# Its writers (bemi.writers, 2 by default; started by the backlog) hold batches too: their memory
+# is bounded alike.
+my %writers;
 my ($peak, $writer_peak) = (0, 0);
 while (1) {
 	my ($waited) = $node->psql('postgres', q{SELECT bemi_wait(pg_current_wal_lsn(), '200 milliseconds')});
+	$writers{$_} = 1 for split /\n/, $node->safe_psql('postgres',
+		q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'bemi writer'});
 	$peak = List::Util::max($peak, rss_anon($pid));
-	$writer_peak = List::Util::max($writer_peak, map { rss_anon($_) } @writers);
+	$writer_peak = List::Util::max($writer_peak, map { rss_anon($_) } keys %writers);
 	last if $waited == 0;
 }
+my @writers = keys %writers;
 is($node->safe_psql('postgres', q{
 	SELECT count(*), count(DISTINCT primary_key), min(position) <= max(position)
 	  FROM bemi.changes WHERE operation <> 'DDL' AND "table" = 'big'}), "$rows|$rows|t", "$rows-change transaction captured completely");
@@ -220,8 +223,7 @@ $node->safe_psql('postgres', q{
 	CREATE TABLE ledger (id int PRIMARY KEY, round int, v int);
 });
 $node->safe_psql('postgres', 'SELECT pg_terminate_backend(worker_pid) FROM bemi_status()');
-ok($node->poll_query_until('postgres', q{
-	SELECT count(*) = 3 FROM pg_stat_activity WHERE backend_type = 'bemi writer'}), 'three writers running');
+ok($node->poll_query_until('postgres', q{SELECT worker_state = 'running' FROM bemi_status()}), 'the worker runs again');
 my $per_round = 30_000;
 my $round = 0;
 for my $fault ('kill -9 of a writer', 'kill -9 of the worker', 'an immediate stop') {
@@ -239,6 +241,9 @@ for my $fault ('kill -9 of a writer', 'kill -9 of the worker', 'an immediate sto
 			DELETE FROM ledger WHERE id BETWEEN $from AND $to AND id % 20 = 5;
 			COMMIT;});
 	}
+	# The backlog started the writers; they wait for the lock.
+	ok($node->poll_query_until('postgres', q{
+		SELECT count(*) = 3 FROM pg_stat_activity WHERE backend_type = 'bemi writer'}), "round $round: three writers running");
 	$hold->query_safe('ROLLBACK');
 	$hold->quit;
 	# Wait for the drain's first commit and count, in one call: a drain of this size takes a few
