@@ -1,8 +1,8 @@
 // writers.cpp: the worker's writer processes (bemi.writers), and the decoder's side of them.
 //
-// Runs in two kinds of processes. The database's worker (the decoder) makes one DSM segment per
-// run: the shared state below plus one shm_mq per writer (kQueueBytes each), starts the writers as
-// dynamic background workers, and sends each batch (a header, the rows, the arena's bytes) to the
+// Runs in two kinds of processes. The database's worker (the decoder), when a backlog comes, makes
+// a DSM segment: the shared state below plus one shm_mq per writer (kQueueBytes each), starts the
+// writers as dynamic background workers (Start), and sends each batch (a header, the rows, the arena's bytes) to the
 // writer with the fewest batches not yet committed (ties: the one whose oldest is oldest, as it is
 // free first: commits go in order); a full queue blocks it until that writer takes more, so what is decoded
 // ahead of what is committed is bounded: per writer the batch it writes plus kQueueBytes, and the
@@ -10,6 +10,9 @@
 // (BemiWriterRun, entered from writer_shim.c) receives batches and writes each in one transaction
 // through BatchWriter::Write, which takes the turnstiles: ids in batch order, then the rows in
 // parallel with the other writers, then bemi.progress and commit in batch order.
+//
+// Idle again, the decoder closes them (Close): every batch committed, it detaches the queues, each
+// writer leaves quietly, and the segment goes; the next backlog starts a new set.
 //
 // Failures: a writer that errors or exits marks the shared state failed; the decoder notices it
 // (the flag, a detached queue, a stopped worker handle) and fails the run like a failed batch. The

@@ -2,7 +2,7 @@
 // (writers.cpp; bemi.writers). Worker code only.
 //
 // The worker (the decoder) fills batches as before and hands each, numbered, to the next writer
-// (the least busy one) through a shm_mq in a DSM segment of its run. Writers commit in batch order through
+// (the least busy one) through a shm_mq in a DSM segment of the writers' start. Writers commit in batch order through
 // two turnstiles in that segment: ids (a batch draws its ids only after the previous batch drew
 // its own) and commit (a batch updates bemi.progress and commits only after the previous batch
 // committed), so bemi.progress stays a prefix of what is written and ids follow change order.
