@@ -393,34 +393,13 @@ void Writers::Drain() {
 }
 
 void Writers::Stop() {
-	PgCall([&]() {
-		SpinLockAcquire(&shared_->mutex);
-		shared_->stop = true;
-		SpinLockRelease(&shared_->mutex);
-		ConditionVariableBroadcast(&shared_->cv);
-		for (BackgroundWorkerHandle *handle : handles_)
-			TerminateBackgroundWorker(handle);
-		for (BackgroundWorkerHandle *handle : handles_)
-			(void)WaitForBackgroundWorkerShutdown(handle);
-		SpinLockAcquire(&db_->mutex);
-		db_->writers = 0;
-		SpinLockRelease(&db_->mutex);
-	});
+	Finish(false);
 }
 
 void Writers::Close() {
+	Finish(true);
 	PgCall([&]() {
-		SpinLockAcquire(&shared_->mutex);
-		shared_->stop = true; // a writer's exit is then no failure
-		SpinLockRelease(&shared_->mutex);
-		ConditionVariableBroadcast(&shared_->cv);
-		// Idle, they wait on their queues: detached, each leaves with exit code 0.
-		for (shm_mq_handle *queue : queues_)
-			shm_mq_detach(queue);
-		for (BackgroundWorkerHandle *handle : handles_)
-			(void)WaitForBackgroundWorkerShutdown(handle);
 		SpinLockAcquire(&db_->mutex);
-		db_->writers = 0;
 		db_->writers_dsm = 0;
 		SpinLockRelease(&db_->mutex);
 		dsm_detach(segment_);
@@ -428,6 +407,27 @@ void Writers::Close() {
 	queues_.clear();
 	handles_.clear();
 	assigned_.clear();
+}
+
+void Writers::Finish(bool quietly) {
+	PgCall([&]() {
+		SpinLockAcquire(&shared_->mutex);
+		shared_->stop = true; // a writer's exit is then no failure
+		SpinLockRelease(&shared_->mutex);
+		ConditionVariableBroadcast(&shared_->cv);
+		// Quietly: idle, they wait on their queues; detached, each leaves with exit code 0.
+		if (quietly)
+			for (shm_mq_handle *queue : queues_)
+				shm_mq_detach(queue);
+		else
+			for (BackgroundWorkerHandle *handle : handles_)
+				TerminateBackgroundWorker(handle);
+		for (BackgroundWorkerHandle *handle : handles_)
+			(void)WaitForBackgroundWorkerShutdown(handle);
+		SpinLockAcquire(&db_->mutex);
+		db_->writers = 0;
+		SpinLockRelease(&db_->mutex);
+	});
 }
 
 void WaitForOldWriters(BemiDatabase *db) {

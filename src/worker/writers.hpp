@@ -73,6 +73,9 @@ class Writers {
 	Writers(BemiDatabase *db, dsm_segment *segment, WritersShared *shared)
 	    : db_(db), segment_(segment), shared_(shared) {}
 	[[noreturn]] void Fail(const char *what);
+	// Stop's and Close's common part: stop, the writers told to go (quietly: their queues
+	// detached; else SIGTERM), and waited for.
+	void Finish(bool quietly);
 
 	BemiDatabase *db_;
 	dsm_segment *segment_;
