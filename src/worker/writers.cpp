@@ -283,8 +283,16 @@ std::unique_ptr<Writers> Writers::Start(BemiDatabase *db, int n) {
 		writers->handles_.push_back(handle);
 		writers->assigned_.emplace_back();
 	}
-	if (writers->queues_.empty())
+	if (writers->queues_.empty()) {
+		// No slot for any: the segment goes now (the worker tries again later, in the same process).
+		PgCall([&]() {
+			SpinLockAcquire(&db->mutex);
+			db->writers_dsm = 0;
+			SpinLockRelease(&db->mutex);
+			dsm_detach(made.segment);
+		});
 		return nullptr;
+	}
 	bool started = PgCall([&]() {
 		pid_t pid;
 		for (BackgroundWorkerHandle *handle : writers->handles_)

@@ -53,4 +53,20 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM bemi_verify()'), '0', 'the
 unlike(slurp_file($node->logfile), qr/exited with exit code 1|bemi: a writer/, 'the writers left quietly');
 
 $node->stop;
+
+# No free slot for writers (max_worker_processes: the logical replication launcher, bemi's launcher
+# and worker): a backlog of many full batches is written by the worker itself, with one warning,
+# not one per batch (the next start waits a minute).
+my $tight = bemi_node('tight', conf => "bemi.writers = 2\nbemi.batch_size = 500\nmax_worker_processes = 3\n");
+$tight->safe_psql('postgres', 'CREATE EXTENSION bemi; CREATE TABLE t (id int PRIMARY KEY)');
+wait_bemi($tight);
+$tight->safe_psql('postgres', 'INSERT INTO t SELECT g FROM generate_series(1, 10000) g');
+wait_bemi($tight);
+is($tight->safe_psql('postgres', q{SELECT count(*), count(DISTINCT primary_key) FROM bemi.changes WHERE "table" = 't' AND operation = 'CREATE'}),
+	'10000|10000', 'no writer could start: the worker wrote the backlog itself');
+my @warned = slurp_file($tight->logfile) =~ /could start only 0 of 2 writer processes/g;
+is(scalar @warned, 1, 'one warning for the backlog\'s twenty full batches');
+is($tight->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'bemi writer'}), '0',
+	'and no writer');
+$tight->stop;
 done_testing();
