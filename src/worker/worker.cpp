@@ -530,8 +530,7 @@ void DatabaseRun::StopIdleWriters() {
 	writers_->Drain();
 	Advance();
 	writers_->Close();
-	writers_.reset();
-	in_flight_.clear(); // all applied: Advance() saw every batch committed
+	writers_.reset(); // in_flight_ is empty: Advance() saw every batch committed
 	sink_->UseWriters(nullptr);
 }
 
@@ -647,11 +646,13 @@ void DatabaseRun::Loop() {
 			Advance();
 		}
 		upkeep_.RunIfDue(db_);
-		if (PgCall([&]() { return ctx_->reader->EndRecPtr >= GetFlushRecPtr(NULL); }))
+		bool idle = PgCall([&]() { return ctx_->reader->EndRecPtr >= GetFlushRecPtr(NULL); });
+		if (idle)
 			StopIdleWriters();
 
 		PgCall([&]() {
-			if (ctx_->reader->EndRecPtr >= GetFlushRecPtr(NULL)) {
+			// A writing commit meanwhile has set our latch: the wait below returns at once.
+			if (idle) {
 				ConfirmDurable(true); // idle: make our last batch durable and confirm it
 				pgstat_report_activity(STATE_IDLE, nullptr);
 				// What the last batches wrote, in the statistics within about a second. Forced:

@@ -51,7 +51,6 @@ class Writers {
 	// Starts up to n writers for db; nullptr if none could start (the worker then writes itself).
 	static std::unique_ptr<Writers> Start(BemiDatabase *db, int n);
 
-	int Count() const { return static_cast<int>(queues_.size()); }
 	uint64 Sent() const { return sent_; }
 	// When the last batch was handed to a writer (or the writers started).
 	TimestampTz LastSentAt() const { return last_sent_at_; }
