@@ -8,6 +8,8 @@
 
 #include "postgres.h"
 
+#include "bemi/registry.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -15,6 +17,13 @@ extern "C" {
 extern void BemiRegisterLauncher(void);
 extern void BemiLaunchWorker(Oid dboid);
 extern void BemiStopCapture(Oid dboid);
+extern void BemiHoldForDrop(void);
+extern bool BemiHoldsWorker(void);
+extern void BemiEndHold(void);
+extern void BemiEndHoldAtLevel(int level);
+extern bool BemiHoldRequested(BemiDatabase *db);
+extern void BemiHoldStill(BemiDatabase *db);
+extern void BemiAckHold(BemiDatabase *db);
 extern Oid BemiPauseForDropDatabase(const char *dbname);
 extern void BemiFinishDropDatabase(Oid dboid, bool dropped);
 

@@ -29,8 +29,12 @@ extern "C" {
 #include "bemi/secret.h"
 #include "bemi/settings.h"
 
+#include "access/genam.h"
+#include "access/stratnum.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/pg_extension.h"
 #include "commands/extension.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -40,6 +44,8 @@ extern "C" {
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 }
 
@@ -210,16 +216,49 @@ bool UtilityWritesRows(const Node *stmt) {
 	       IsA(stmt, TruncateStmt) || IsA(stmt, CreateTableAsStmt);
 }
 
-bool MayDropExtension(const Node *stmt) {
-	if (IsA(stmt, DropStmt)) {
-		ObjectType type = castNode(DropStmt, const_cast<Node *>(stmt))->removeType;
-		return type == OBJECT_EXTENSION || type == OBJECT_SCHEMA;
-	}
-	return IsA(stmt, DropOwnedStmt);
-}
-
 bool BemiInstalled() {
 	return PgCall([]() { return OidIsValid(get_extension_oid("bemi", true)); });
+}
+
+// The schema an extension is installed in (get_extension_schema is static before PostgreSQL 16).
+// C-style, inside PgCall only.
+Oid ExtensionSchema(Oid extension) {
+	Relation rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyData key;
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(extension));
+	SysScanDesc scan = systable_beginscan(rel, ExtensionOidIndexId, true, nullptr, 1, &key);
+	HeapTuple tuple = systable_getnext(scan);
+	Oid schema = HeapTupleIsValid(tuple) ? reinterpret_cast<Form_pg_extension>(GETSTRUCT(tuple))->extnamespace : InvalidOid;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return schema;
+}
+
+// May this statement drop the extension, here installed? DROP EXTENSION, DROP OWNED, and DROP
+// SCHEMA ... CASCADE of schema bemi or of the extension's schema.
+bool MayDropExtension(const Node *stmt) {
+	if (IsA(stmt, DropOwnedStmt))
+		return BemiInstalled();
+	if (!IsA(stmt, DropStmt))
+		return false;
+	const DropStmt *drop = castNode(DropStmt, const_cast<Node *>(stmt));
+	if (drop->removeType == OBJECT_EXTENSION)
+		return BemiInstalled();
+	if (drop->removeType != OBJECT_SCHEMA || drop->behavior != DROP_CASCADE)
+		return false;
+	return PgCall([&]() {
+		Oid extension = get_extension_oid("bemi", true);
+		if (!OidIsValid(extension))
+			return false;
+		const char *home = get_namespace_name(ExtensionSchema(extension));
+		ListCell *cell;
+		foreach (cell, drop->objects) {
+			const char *name = strVal(lfirst(cell));
+			if (strcmp(name, "bemi") == 0 || (home != nullptr && strcmp(name, home) == 0))
+				return true;
+		}
+		return false;
+	});
 }
 
 bool BeforeUtility(PlannedStmt *pstmt, const char *query_string, bool top_level) {
@@ -235,7 +274,7 @@ bool BeforeUtility(PlannedStmt *pstmt, const char *query_string, bool top_level)
 	}
 	GuardTrailUtility(pstmt, query_string);
 	GuardDdl(pstmt, query_string);
-	return MayDropExtension(stmt) && BemiInstalled();
+	return MayDropExtension(stmt);
 }
 
 void TransactionEvent(XactEvent event) {
@@ -255,13 +294,19 @@ void TransactionEvent(XactEvent event) {
 			});
 		if (state.DropIsPending())
 			PgCall([]() { BemiStopCapture(MyDatabaseId); });
+		if (BemiHoldsWorker())
+			PgCall([]() { BemiEndHold(); });
 		state.TransactionEnded(false);
 		break;
 	case XACT_EVENT_PREPARE:
+		if (BemiHoldsWorker())
+			PgCall([]() { BemiEndHold(); });
 		state.TransactionEnded(false);
 		break;
 	case XACT_EVENT_ABORT:
 	case XACT_EVENT_PARALLEL_ABORT:
+		if (BemiHoldsWorker())
+			PgCall([]() { BemiEndHold(); });
 		state.TransactionEnded(true);
 		break;
 	default:
@@ -317,8 +362,11 @@ extern "C" void BemiTransactionEvent(XactEvent event) {
 extern "C" void BemiSubtransactionEvent(SubXactEvent event) {
 	bemi::Enter([&]() {
 		int level = GetCurrentTransactionNestLevel();
-		if (event == SUBXACT_EVENT_ABORT_SUB)
+		if (event == SUBXACT_EVENT_ABORT_SUB) {
 			bemi::state.SubtransactionAborted(level);
+			if (BemiHoldsWorker())
+				bemi::PgCall([&]() { BemiEndHoldAtLevel(level); });
+		}
 		else if (event == SUBXACT_EVENT_COMMIT_SUB)
 			bemi::state.SubtransactionCommitted(level);
 	});

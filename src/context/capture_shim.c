@@ -82,6 +82,9 @@ run_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 		BemiGuardDropDatabase(((DropdbStmt *) pstmt->utilityStmt)->dbname);
 	if (IsA(pstmt->utilityStmt, DropdbStmt))
 		paused_database = BemiPauseForDropDatabase(((DropdbStmt *) pstmt->utilityStmt)->dbname);
+	/* A drop that may take the extension: the worker holds still until this transaction ends. */
+	if (may_drop_bemi)
+		BemiHoldForDrop();
 	PG_TRY();
 	{
 		if (prev_process_utility)

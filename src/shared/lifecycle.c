@@ -5,13 +5,25 @@
 #include "bemi/registry.h"
 #include "bemi/lifecycle.h"
 
+#include "access/xact.h"
+#include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
+#include "commands/extension.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "replication/origin.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "utils/acl.h"
 #include "utils/timestamp.h"
 
 #define LET_GO_TIMEOUT_MS 10000
+#define HOLD_CHECK_MS 1000
+
+/* The database whose worker holds still for this backend's transaction, if any, and the
+ * transaction nesting level that asked. */
+static Oid held_database = InvalidOid;
+static int held_level = 0;
 
 typedef struct ExitWait
 {
@@ -46,8 +58,202 @@ BemiStopCapture(Oid dboid)
 {
 	BemiDatabase *db = BemiFindDatabase(dboid);
 
+	if (db == NULL)
+		return;
+	BemiSetState(db, BEMI_STOPPING);
+	BemiEndHold();
+	AskWorkerToExit(db, dboid, BEMI_STOPPING);
+}
+
+/*
+ * Holding the worker still for a drop.
+ *
+ * DROP EXTENSION locks the trail's objects one by one in its own order (the id sequence before
+ * bemi.changes); a batch holds bemi.changes, then draws its ids. Met in the middle, the two
+ * deadlock and one fails. So before a statement that may drop the extension runs, the backend
+ * asks the worker to hold still between batches (its writers drained, no transaction open, no
+ * lock held) until the backend's transaction ends: committed with the extension gone, the worker
+ * retires (BemiStopCapture); otherwise it goes on from where it was, having lost nothing.
+ * The backend waits for the worker (bounded): a batch blocked by a lock that this transaction
+ * already holds would never end, and then the drop goes ahead as before.
+ */
+
+/* The worker holds still for us, or there is nothing to wait for. */
+static bool
+WorkerHolds(BemiDatabase *db, void *arg)
+{
+	return db->holding || db->hold_pid != MyProcPid || db->pid == 0 ||
+		(db->state != BEMI_RUNNING && db->state != BEMI_FAILING && db->state != BEMI_STARTING);
+}
+
+/* Does backend `pid` still run transaction `vxid`? */
+static bool
+HolderRunning(int pid, VirtualTransactionId vxid)
+{
+	PGPROC	   *proc = BackendPidGetProc(pid);
+	VirtualTransactionId now;
+
+	if (proc == NULL)
+		return false;
+	GET_VXID_FROM_PGPROC(now, *proc);
+	return VirtualTransactionIdEquals(now, vxid);
+}
+
+/* May the current user drop the extension (its owner, or a superuser)? */
+static bool
+MayDropIt(void)
+{
+	Oid			extension = get_extension_oid("bemi", true);
+
+	if (!OidIsValid(extension))
+		return false;
+#if PG_VERSION_NUM >= 160000
+	return object_ownercheck(ExtensionRelationId, extension, GetUserId());
+#else
+	return pg_extension_ownercheck(extension, GetUserId());
+#endif
+}
+
+/*
+ * Before a drop that may take the extension, in its transaction. Only for a role that may drop
+ * it: anyone else's DROP OWNED, or a failed DROP EXTENSION in a transaction left open, would
+ * otherwise stop the capture for as long as they like.
+ */
+void
+BemiHoldForDrop(void)
+{
+	BemiDatabase *db = BemiFindDatabase(MyDatabaseId);
+	VirtualTransactionId vxid;
+	bool		taken = false;
+
+	if (db == NULL || OidIsValid(held_database) || !MayDropIt())
+		return;
+	GET_VXID_FROM_PGPROC(vxid, *MyProc);
+	SpinLockAcquire(&db->mutex);
+	if (db->hold_pid == 0)
+	{
+		db->hold_pid = MyProcPid;
+		db->hold_vxid = vxid;
+		db->holding = false;
+		taken = true;
+	}
+	SpinLockRelease(&db->mutex);
+	/* Another drop holds the worker already: ours waits for that transaction's locks anyway. */
+	if (!taken)
+		return;
+	held_database = MyDatabaseId;
+	held_level = GetCurrentTransactionNestLevel();
+	(void) BemiWaitFor(db, WorkerHolds, NULL,
+					   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LET_GO_TIMEOUT_MS), true);
+}
+
+/* Does the worker hold still for this backend's transaction? (Read at every transaction end.) */
+bool
+BemiHoldsWorker(void)
+{
+	return OidIsValid(held_database);
+}
+
+/* This backend's transaction ends: the worker it held goes on. */
+void
+BemiEndHold(void)
+{
+	BemiDatabase *db;
+
+	if (!OidIsValid(held_database))
+		return;
+	db = BemiFindDatabase(held_database);
 	if (db != NULL)
-		AskWorkerToExit(db, dboid, BEMI_STOPPING);
+	{
+		SpinLockAcquire(&db->mutex);
+		if (db->hold_pid == MyProcPid)
+		{
+			db->hold_pid = 0;
+			db->holding = false;
+		}
+		SpinLockRelease(&db->mutex);
+		BemiWakeWorker(held_database);
+	}
+	held_database = InvalidOid;
+}
+
+/* A subtransaction at `level` is rolled back: so is a drop it held the worker for. */
+void
+BemiEndHoldAtLevel(int level)
+{
+	if (OidIsValid(held_database) && held_level >= level)
+		BemiEndHold();
+}
+
+/* The worker, between batches: has a drop asked it to hold still? */
+bool
+BemiHoldRequested(BemiDatabase *db)
+{
+	bool		requested;
+
+	SpinLockAcquire(&db->mutex);
+	requested = db->hold_pid != 0;
+	SpinLockRelease(&db->mutex);
+	return requested;
+}
+
+/* The worker, waiting with nothing held (its backoff): a drop need not wait for it. */
+void
+BemiAckHold(BemiDatabase *db)
+{
+	bool		told;
+
+	SpinLockAcquire(&db->mutex);
+	told = db->hold_pid != 0 && !db->holding;
+	if (told)
+		db->holding = true;
+	SpinLockRelease(&db->mutex);
+	if (told)
+		ConditionVariableBroadcast(&db->progress_cv);
+}
+
+/*
+ * The worker, outside any transaction and with nothing in flight: holds still until the
+ * dropping transaction ends (or its backend is gone), or the drop committed (BEMI_STOPPING).
+ */
+void
+BemiHoldStill(BemiDatabase *db)
+{
+	pgstat_report_activity(STATE_IDLE, "bemi: holding still for a drop of the extension");
+	for (;;)
+	{
+		int			pid;
+		VirtualTransactionId vxid;
+		bool		told;
+
+		SpinLockAcquire(&db->mutex);
+		pid = db->hold_pid;
+		vxid = db->hold_vxid;
+		told = pid != 0 && !db->holding;
+		if (told)
+			db->holding = true;
+		SpinLockRelease(&db->mutex);
+		if (told)
+			ConditionVariableBroadcast(&db->progress_cv);
+		if (pid == 0 || db->state == BEMI_STOPPING || db->state == BEMI_PAUSED)
+			break;
+		if (!HolderRunning(pid, vxid))
+		{
+			/* Gone without ending the hold (it always does at its transaction's end). */
+			SpinLockAcquire(&db->mutex);
+			if (db->hold_pid == pid)
+			{
+				db->hold_pid = 0;
+				db->holding = false;
+			}
+			SpinLockRelease(&db->mutex);
+			break;
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, HOLD_CHECK_MS,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
 }
 
 /*

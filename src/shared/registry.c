@@ -91,6 +91,8 @@ BemiAddDatabase(Oid dboid, bool fresh)
 			found->latch = NULL;
 			found->fresh = false;
 			found->state = BEMI_STARTING;
+			found->hold_pid = 0;
+			found->holding = false;
 			ResetProgress(found);
 		}
 	if (found && fresh)

@@ -20,6 +20,7 @@
 #include <utility>
 
 extern "C" {
+#include "bemi/lifecycle.h"
 #include "bemi/worker.h"
 #include "bemi/snapshot.h"
 #include "access/xlog.h"
@@ -137,6 +138,7 @@ void Backoff(BemiDatabase *db) {
 		}
 		if (remaining <= 0 || db->state == BEMI_STOPPING || db->fresh)
 			break; // DROP EXTENSION, or a new CREATE EXTENSION waiting for its slot
+		BemiAckHold(db); // a drop may go ahead: we hold nothing (the run holds still before a batch)
 		(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, Min(remaining, 1000L),
 		                PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
@@ -178,6 +180,7 @@ class DatabaseRun {
 	void Applied(XLogRecPtr reached);
 	void StartWriters();
 	void StopIdleWriters();
+	bool HoldForDrop();
 	[[noreturn]] void Retire();
 	[[noreturn]] void LetGo();
 	[[noreturn]] void NewDestination();
@@ -506,6 +509,27 @@ void DatabaseRun::Advance() {
 	});
 }
 
+// A statement that may drop the extension is about to run (src/shared/lifecycle.c): with nothing
+// in flight and no transaction open, hold still until its transaction ends. The changes decoded
+// and not yet written stay in the sink. False if no drop asked.
+bool DatabaseRun::HoldForDrop() {
+	if (!PgCall([&]() { return BemiHoldRequested(db_); }))
+		return false;
+	if (writers_) {
+		writers_->Drain();
+		Advance();
+	}
+	if (sink_->Remote()) {
+		sink_->Settle(db_);
+		Advance();
+	}
+	PgCall([&]() {
+		BemiHoldStill(db_);
+		MemoryContextSwitchTo(context_);
+	});
+	return true;
+}
+
 // A full batch is decoded: a backlog. The writers start, if bemi.writers wants some and none run.
 // Nothing is in flight (without writers the worker commits each batch before it decodes on), so
 // the writers' order starts afresh; the first batch with rows reads the chain's head from the trail.
@@ -602,8 +626,10 @@ void DatabaseRun::Loop() {
 			LetGo();
 		if (next == Next::kNewDestination)
 			NewDestination();
+		if (HoldForDrop())
+			continue; // the drop committed (retire) or not (decode on)
 
-		while (PgCall([&]() { return Decode(end_of_wal); })) {
+		while (!PgCall([&]() { return BemiHoldRequested(db_); }) && PgCall([&]() { return Decode(end_of_wal); })) {
 			StartWriters();
 			Flush();
 			PgCall([&]() {
@@ -645,7 +671,8 @@ void DatabaseRun::Loop() {
 			writers_->Drain();
 			Advance();
 		}
-		upkeep_.RunIfDue(db_);
+		if (!PgCall([&]() { return BemiHoldRequested(db_); }))
+			upkeep_.RunIfDue(db_);
 		bool idle = PgCall([&]() { return ctx_->reader->EndRecPtr >= GetFlushRecPtr(NULL); });
 		if (idle)
 			StopIdleWriters();

@@ -1,0 +1,121 @@
+# DROP EXTENSION while the worker writes a batch. The drop locks the trail's objects in its own
+# order (the id sequence before bemi.changes); a batch that held bemi.changes and then wanted
+# the sequence made one of the two fail with "deadlock detected" (met by CI in sql/misconfig).
+# The drop now asks the worker to hold still, between batches, until its transaction ends.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run;
+use BemiTest;
+
+my $node = bemi_node('drop_batch', conf => "deadlock_timeout = '100ms'\n");
+
+sub install {
+	$node->safe_psql('postgres', 'CREATE EXTENSION bemi; CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY)');
+	wait_bemi($node);
+}
+
+# Starts $sql in its own psql; returns a handle for finish_psql.
+sub start_psql {
+	my ($sql) = @_;
+	my %run = (out => '', err => '');
+	$run{h} = IPC::Run::start(['psql', '-X', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres'), '-c', $sql],
+		'>', \$run{out}, '2>', \$run{err});
+	return \%run;
+}
+
+sub finish_psql {
+	my ($run) = @_;
+	$run->{h}->finish;
+	return ($run->{h}->result(0), $run->{err});
+}
+
+# The worker's batch, held open with bemi.changes locked: a session holds a lock on its partition,
+# which the batch takes after bemi.changes and before the ids of its rows (nextval of the
+# sequence). A DROP started meanwhile and given time to take the locks it can.
+sub batch_held_then {
+	my ($round, $sql) = @_;
+	my $holder = $node->background_psql('postgres');
+	$holder->query_safe('BEGIN; LOCK TABLE bemi.changes_default IN SHARE MODE');
+	$node->safe_psql('postgres', "INSERT INTO t VALUES ($round)");
+	ok($node->poll_query_until('postgres', q{
+		SELECT count(*) = 1 FROM pg_stat_activity
+		 WHERE backend_type IN ('bemi worker', 'bemi writer') AND wait_event = 'relation'}),
+		"round $round: the worker's batch holds bemi.changes");
+	my $drop = start_psql($sql);
+	ok($node->poll_query_until('postgres', q{
+		SELECT count(*) = 1 FROM pg_stat_activity WHERE query LIKE '%DROP EXTENSION bemi%' AND wait_event IS NOT NULL
+		   AND pid <> pg_backend_pid()}), "round $round: the drop waits");
+	sleep(1); # long enough for any deadlock check
+	$holder->query_safe('COMMIT');
+	$holder->quit;
+	return finish_psql($drop);
+}
+
+# 1. The drop commits: it succeeds, the worker wrote its batch first, then stopped and dropped
+#    its slot.
+install();
+my $log_from = -s $node->logfile;
+my ($rc, $err) = batch_held_then(1, 'SET bemi.allow_drop = on; DROP EXTENSION bemi');
+is($rc, 0, 'DROP EXTENSION during a batch succeeds') or diag($err);
+unlike(slurp_file($node->logfile, $log_from), qr/deadlock detected/, 'no deadlock, in the drop or in the worker');
+ok($node->poll_query_until('postgres', q{
+	SELECT count(*) = 0 FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'}), 'the slot is dropped');
+ok($node->poll_query_until('postgres', q{
+	SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type IN ('bemi worker', 'bemi writer')}),
+	'the worker is gone');
+
+# 2. The drop is rolled back: the worker goes on from where it was, losing nothing.
+install();
+$log_from = -s $node->logfile;
+($rc, $err) = batch_held_then(2, 'SET bemi.allow_drop = on; BEGIN; DROP EXTENSION bemi; SELECT pg_sleep(0.5); ROLLBACK');
+is($rc, 0, 'a DROP EXTENSION rolled back') or diag($err);
+$node->safe_psql('postgres', 'INSERT INTO t VALUES (3)');
+wait_bemi($node);
+is($node->safe_psql('postgres', q{SELECT string_agg(primary_key, ',' ORDER BY id) FROM bemi.changes WHERE "table" = 't' AND operation = 'CREATE'}),
+	'2,3', 'capture goes on after the rollback: the held batch and a later change, once each');
+unlike(slurp_file($node->logfile, $log_from), qr/deadlock detected/, 'no deadlock');
+
+# 3. A drop that fails (a view depends on the trail): the worker is not held after it.
+$node->safe_psql('postgres', 'CREATE VIEW my_changes AS SELECT id FROM bemi.changes');
+my ($ret, $stdout, $stderr) = $node->psql('postgres', 'SET bemi.allow_drop = on; DROP EXTENSION bemi');
+like($stderr, qr/depend/, 'a DROP EXTENSION that fails');
+$node->safe_psql('postgres', 'INSERT INTO t VALUES (4)');
+is($node->safe_psql('postgres', q{SELECT bemi_wait(pg_current_wal_lsn(), '30 seconds')}), 't',
+	'capture goes on after a failed drop');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM bemi.changes WHERE "table" = 't' AND primary_key = '4'}), '1',
+	'the change after it is recorded');
+
+# 4. A drop that fails in a savepoint, its transaction left open: capture goes on meanwhile.
+my $open = $node->background_psql('postgres', on_error_stop => 0);
+$open->query_safe('SET bemi.allow_drop = on');
+$open->query_safe('BEGIN');
+$open->query_safe('SAVEPOINT s');
+$open->query('DROP EXTENSION bemi');
+# (query, not query_safe: this BackgroundPsql keeps the error above in its stderr)
+$open->query('ROLLBACK TO s');
+$node->safe_psql('postgres', 'INSERT INTO t VALUES (5)');
+is($node->safe_psql('postgres', q{SELECT bemi_wait(pg_current_wal_lsn(), '30 seconds')}), 't',
+	'a drop rolled back to its savepoint holds the worker no longer');
+$open->query('COMMIT');
+$open->quit;
+
+# 5. An ordinary role cannot hold the worker: its DROP OWNED (which could drop the extension
+#    were it the owner) in a transaction left open.
+$node->safe_psql('postgres', 'CREATE ROLE mallory LOGIN');
+$open = $node->background_psql('postgres', extra_params => ['-U', 'mallory']);
+$open->query_safe('BEGIN');
+is($open->query_safe('SELECT current_user'), 'mallory', 'connected as mallory');
+$open->query_safe('DROP OWNED BY mallory');
+$node->safe_psql('postgres', 'INSERT INTO t VALUES (6)');
+is($node->safe_psql('postgres', q{SELECT bemi_wait(pg_current_wal_lsn(), '30 seconds')}), 't',
+	"an ordinary role's DROP OWNED in an open transaction does not hold the worker");
+$open->query_safe('COMMIT');
+$open->quit;
+is($node->safe_psql('postgres', q{SELECT string_agg(primary_key, ',' ORDER BY id) FROM bemi.changes WHERE "table" = 't' AND operation = 'CREATE'}),
+	'2,3,4,5,6', 'every change once');
+
+$node->stop;
+done_testing();
