@@ -508,6 +508,62 @@ class Bench:
         res["with_context"] = state.get("with_context")
         return res
 
+    def section_wal(self):
+        """1e: where the WAL of a write-path run goes, per relation (pg_waldump of the run)."""
+        p = self.p
+        secs = p["write_secs"]
+        log(f"1e. WAL by relation: (a) and (b), {secs} s each, then pg_waldump")
+        tables = {}
+        for key in ("a", "b"):
+            state = self.start_config(key)
+            lsn0 = self.server.one("SELECT pg_current_wal_lsn()")
+            res = self.pgbench(CONFIGS[key][1], secs, p["clients"], p["threads"], f"x{key}")
+            lsn1 = self.server.one("SELECT pg_current_wal_lsn()")
+            if key == "b":
+                self.wait_bemi(lsn1)
+                lsn1 = self.server.one("SELECT pg_current_wal_lsn()")  # the trail's rows of the run too
+            names = dict(line.split("|", 1) for line in self.server.psql(
+                "SELECT relfilenode, relname FROM pg_class WHERE relfilenode <> 0").splitlines())
+            dump = self.server.as_user([f"{BINDIR}/pg_waldump", "-p", os.path.join(self.server.data, "pg_wal"),
+                                        "-s", lsn0, "-e", lsn1]).stdout
+            self.stop_config(key, state, lsn1)
+            per = {}
+            for line in dump.splitlines():
+                m = re.search(r"rmgr: (\S+)\s+len \(rec/tot\):\s*\d+/\s*(\d+),.*?desc: (\S+)", line)
+                if not m:
+                    continue
+                rel = re.search(r"blkref #0: rel \d+/\d+/(\d+)", line)
+                what = names.get(rel.group(1), f"relfilenode {rel.group(1)}") if rel else f"({m.group(1)} {m.group(3)})"
+                n, size, fpi = per.get(what, (0, 0, 0))
+                per[what] = (n + 1, size + int(m.group(2)), fpi + (1 if " FPW" in line else 0))
+            tables[key] = (res["n"], per)
+        rows = []
+        keys = sorted(set(tables["a"][1]) | set(tables["b"][1]),
+                      key=lambda w: -tables["b"][1].get(w, (0, 0, 0))[1])
+        for what in keys:
+            cells = [what]
+            for key in ("a", "b"):
+                n_txn, per = tables[key]
+                n, size, fpi = per.get(what, (0, 0, 0))
+                cells += [fmt(size / max(n_txn, 1)), fmt(n / max(n_txn, 1), 2), fmt(fpi / max(n_txn, 1), 3)]
+            rows.append(cells)
+        totals = ["total"]
+        for key in ("a", "b"):
+            n_txn, per = tables[key]
+            totals += [fmt(sum(v[1] for v in per.values()) / max(n_txn, 1)),
+                       fmt(sum(v[0] for v in per.values()) / max(n_txn, 1), 2),
+                       fmt(sum(v[2] for v in per.values()) / max(n_txn, 1), 3)]
+        rows.append(totals)
+        self.sections.append("\n".join([
+            "### 1e. Where the WAL goes\n",
+            f"One run of (a) and one of (b) as in section 1 ({secs} s each, a CHECKPOINT before each, as "
+            "there), their WAL read back with `pg_waldump` (for (b) up to the point where the worker had "
+            "written the run's changes), each record counted under the relation of its first block "
+            "(records without one by their kind). Per pgbench transaction: bytes (full-page images "
+            "included), records, and records carrying a full-page image.\n",
+            md_table(["relation", "(a) B/txn", "(a) records/txn", "(a) FPI/txn", "(b) B/txn", "(b) records/txn",
+                      "(b) FPI/txn"], rows), ""]))
+
     def section_comment_context(self):
         """1c: the context as the Python package sends it by default (a comment), simple protocol."""
         p = self.p
@@ -1553,13 +1609,15 @@ END $$;""")
 
     def run(self):
         started = time.monotonic()
-        only = set(self.args.only.split(",")) if self.args.only else {"write", "decomp", "lag", "ingest",
+        only = set(self.args.only.split(",")) if self.args.only else {"write", "wal", "decomp", "lag", "ingest",
                                                                        "memory", "reads", "rules", "dest", "verify"}
         try:
             self.setup()
             if "write" in only:
                 self.section_write_path()
                 self.section_comment_context()
+            if "wal" in only:
+                self.section_wal()
             if "decomp" in only:
                 self.section_decomposition()
                 self.section_load_decomposition()
@@ -1595,7 +1653,7 @@ def main():
     ap = argparse.ArgumentParser(description="bemi benchmark suite (see bench/README.md)")
     ap.add_argument("--quick", action="store_true", help="smaller and shorter: under 5 minutes")
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--only", help="comma-separated sections: write,decomp,ingest,lag,memory,reads,rules,dest,verify")
+    ap.add_argument("--only", help="comma-separated sections: write,wal,decomp,ingest,lag,memory,reads,rules,dest,verify")
     ap.add_argument("--profile", action="store_true",
                     help="also record perf profiles (worker during ingest; whole machine during pgbench) into "
                          "bench/profile-*.txt; the ingest rate is then perturbed")

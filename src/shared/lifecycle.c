@@ -62,6 +62,13 @@ BemiStopCapture(Oid dboid)
 		return;
 	BemiSetState(db, BEMI_STOPPING);
 	BemiEndHold();
+	/* A worker still making its slot may be waiting for this very transaction (CREATE EXTENSION
+	 * in it too): it retires once its slot is made. */
+	if (db->fresh)
+	{
+		BemiWakeWorker(dboid);
+		return;
+	}
 	AskWorkerToExit(db, dboid, BEMI_STOPPING);
 }
 
@@ -78,11 +85,12 @@ BemiStopCapture(Oid dboid)
  * already holds would never end, and then the drop goes ahead as before.
  */
 
-/* The worker holds still for us, or there is nothing to wait for. */
+/* The worker holds still for us, or there is nothing to wait for (no worker, or one still making
+ * its slot: it may be waiting for this very transaction, and holds nothing of the trail). */
 static bool
 WorkerHolds(BemiDatabase *db, void *arg)
 {
-	return db->holding || db->hold_pid != MyProcPid || db->pid == 0 ||
+	return db->holding || db->hold_pid != MyProcPid || db->pid == 0 || db->fresh ||
 		(db->state != BEMI_RUNNING && db->state != BEMI_FAILING && db->state != BEMI_STARTING);
 }
 

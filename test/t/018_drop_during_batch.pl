@@ -117,5 +117,16 @@ $open->quit;
 is($node->safe_psql('postgres', q{SELECT string_agg(primary_key, ',' ORDER BY id) FROM bemi.changes WHERE "table" = 't' AND operation = 'CREATE'}),
 	'2,3,4,5,6', 'every change once');
 
+# 6. Installed and dropped in one transaction: the worker, still making its slot, waits for that
+#    transaction; the drop waits neither to hold it nor, at commit, for it to go (it waited 10 s).
+$node->safe_psql('postgres', 'CREATE DATABASE once');
+my $began = time();
+$node->safe_psql('once', 'BEGIN; CREATE EXTENSION bemi; DROP EXTENSION bemi; COMMIT');
+ok(time() - $began < 5, 'CREATE and DROP EXTENSION in one transaction do not wait for the worker');
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM pg_replication_slots WHERE database = 'once'}),
+	'and its worker drops the slot it made');
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = 'once'}),
+	'and goes');
+
 $node->stop;
 done_testing();
