@@ -21,6 +21,7 @@ extern void BemiHoldForDrop(void);
 extern bool BemiHoldsWorker(void);
 extern void BemiEndHold(void);
 extern void BemiEndHoldAtLevel(int level);
+extern void BemiHoldToParent(int level);
 extern bool BemiHoldRequested(BemiDatabase *db);
 extern void BemiHoldStill(BemiDatabase *db);
 extern void BemiAckHold(BemiDatabase *db);

@@ -66,8 +66,9 @@ typedef struct BemiDatabase
 	XLogRecPtr destination_from_lsn; /* the end of that commit: transactions that end after it go
 	                                  * to the new destination, those before to the old */
 	int destination_reachable;     /* the worker's last attempt there: 0 none, 1 worked, 2 failed */
-	/* A drop that may take the extension (DROP EXTENSION, DROP SCHEMA ... CASCADE, DROP OWNED):
-	 * the worker holds still, between batches, until that transaction ends (lifecycle.c).
+	/* A drop that may take the extension (DROP EXTENSION, DROP SCHEMA ... CASCADE, DROP OWNED), or
+	 * its update: the worker holds still, between batches, until that transaction ends
+	 * (lifecycle.c).
 	 * Under mutex. */
 	int hold_pid;                  /* the dropping backend, 0 when none */
 	VirtualTransactionId hold_vxid; /* its transaction */

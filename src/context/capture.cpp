@@ -234,11 +234,15 @@ Oid ExtensionSchema(Oid extension) {
 	return schema;
 }
 
-// May this statement drop the extension, here installed? DROP EXTENSION, DROP OWNED, and DROP
-// SCHEMA ... CASCADE of schema bemi or of the extension's schema.
+// May this statement drop the extension, here installed, or rebuild its tables? DROP EXTENSION,
+// DROP OWNED, DROP SCHEMA ... CASCADE of schema bemi or of the extension's schema, and ALTER
+// EXTENSION bemi UPDATE (whose script locks the trail's tables in its own order too).
 bool MayDropExtension(const Node *stmt) {
 	if (IsA(stmt, DropOwnedStmt))
 		return BemiInstalled();
+	if (IsA(stmt, AlterExtensionStmt))
+		return strcmp(castNode(AlterExtensionStmt, const_cast<Node *>(stmt))->extname, "bemi") == 0 &&
+		       BemiInstalled();
 	if (!IsA(stmt, DropStmt))
 		return false;
 	const DropStmt *drop = castNode(DropStmt, const_cast<Node *>(stmt));
@@ -367,7 +371,9 @@ extern "C" void BemiSubtransactionEvent(SubXactEvent event) {
 			if (BemiHoldsWorker())
 				bemi::PgCall([&]() { BemiEndHoldAtLevel(level); });
 		}
-		else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		else if (event == SUBXACT_EVENT_COMMIT_SUB) {
 			bemi::state.SubtransactionCommitted(level);
+			BemiHoldToParent(level);
+		}
 	});
 }

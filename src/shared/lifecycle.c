@@ -77,7 +77,8 @@ BemiStopCapture(Oid dboid)
  *
  * DROP EXTENSION locks the trail's objects one by one in its own order (the id sequence before
  * bemi.changes); a batch holds bemi.changes, then draws its ids. Met in the middle, the two
- * deadlock and one fails. So before a statement that may drop the extension runs, the backend
+ * deadlock and one fails (so could ALTER EXTENSION bemi UPDATE, whose script rebuilds tables of
+ * the trail). So before a statement that may drop or update the extension runs, the backend
  * asks the worker to hold still between batches (its writers drained, no transaction open, no
  * lock held) until the backend's transaction ends: committed with the extension gone, the worker
  * retires (BemiStopCapture); otherwise it goes on from where it was, having lost nothing.
@@ -193,6 +194,14 @@ BemiEndHoldAtLevel(int level)
 		BemiEndHold();
 }
 
+/* A subtransaction at `level` is committed: a drop it held the worker for is now its parent's. */
+void
+BemiHoldToParent(int level)
+{
+	if (OidIsValid(held_database) && held_level >= level)
+		held_level = level - 1;
+}
+
 /* The worker, between batches: has a drop asked it to hold still? */
 bool
 BemiHoldRequested(BemiDatabase *db)
@@ -227,7 +236,7 @@ BemiAckHold(BemiDatabase *db)
 void
 BemiHoldStill(BemiDatabase *db)
 {
-	pgstat_report_activity(STATE_IDLE, "bemi: holding still for a drop of the extension");
+	pgstat_report_activity(STATE_IDLE, "bemi: holding still for a drop or update of the extension");
 	for (;;)
 	{
 		int			pid;

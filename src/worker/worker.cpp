@@ -181,6 +181,7 @@ class DatabaseRun {
 	void StartWriters();
 	void StopIdleWriters();
 	bool HoldForDrop();
+	void LandInFlight();
 	[[noreturn]] void Retire();
 	[[noreturn]] void LetGo();
 	[[noreturn]] void NewDestination();
@@ -398,11 +399,8 @@ void DatabaseRun::LetGo() {
 	pg_unreachable();
 }
 
-// bemi_set_destination committed: what is decoded is written where it was going, then the
-// worker exits to be started again (a second later) with the new destination. The new run starts
-// from the later of bemi.progress and the new destination's progress for this source.
-void DatabaseRun::NewDestination() {
-	Flush();
+// Every batch handed over (to the writers, or to the destination) is committed and applied.
+void DatabaseRun::LandInFlight() {
 	if (writers_) {
 		writers_->Drain();
 		Advance();
@@ -411,6 +409,14 @@ void DatabaseRun::NewDestination() {
 		sink_->Settle(db_);
 		Advance();
 	}
+}
+
+// bemi_set_destination committed: what is decoded is written where it was going, then the
+// worker exits to be started again (a second later) with the new destination. The new run starts
+// from the later of bemi.progress and the new destination's progress for this source.
+void DatabaseRun::NewDestination() {
+	Flush();
+	LandInFlight();
 	PgCall([&]() {
 		MemoryContextSwitchTo(context_);
 		ConfirmDurable(true);
@@ -515,14 +521,7 @@ void DatabaseRun::Advance() {
 bool DatabaseRun::HoldForDrop() {
 	if (!PgCall([&]() { return BemiHoldRequested(db_); }))
 		return false;
-	if (writers_) {
-		writers_->Drain();
-		Advance();
-	}
-	if (sink_->Remote()) {
-		sink_->Settle(db_);
-		Advance();
-	}
+	LandInFlight();
 	PgCall([&]() {
 		BemiHoldStill(db_);
 		MemoryContextSwitchTo(context_);

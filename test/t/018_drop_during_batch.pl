@@ -102,6 +102,23 @@ is($node->safe_psql('postgres', q{SELECT bemi_wait(pg_current_wal_lsn(), '30 sec
 $open->query('COMMIT');
 $open->quit;
 
+# 4b. A drop in a savepoint that is released, then a later savepoint rolled back: the drop stands,
+#     and so does the hold, until the transaction ends.
+$open = $node->background_psql('postgres');
+$open->query_safe('SET bemi.allow_drop = on');
+$open->query_safe('BEGIN');
+$open->query_safe('SAVEPOINT a');
+$open->query_safe('DROP VIEW my_changes; DROP EXTENSION bemi');
+$open->query_safe('RELEASE a');
+$open->query_safe('SAVEPOINT b');
+$open->query_safe('ROLLBACK TO b');
+sleep(1);
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'bemi worker' AND query LIKE '%holding still%'}), '1',
+	'a drop in a released savepoint still holds the worker after a later savepoint is rolled back');
+$open->query_safe('ROLLBACK');
+$open->quit;
+
 # 5. An ordinary role cannot hold the worker: its DROP OWNED (which could drop the extension
 #    were it the owner) in a transaction left open.
 $node->safe_psql('postgres', 'CREATE ROLE mallory LOGIN');
