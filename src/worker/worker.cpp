@@ -349,7 +349,10 @@ void DatabaseRun::RecreateLostSlot() {
 
 // DROP EXTENSION (or a database without it): drop slot and origin, free the entry, exit.
 void DatabaseRun::Retire() {
-	if (writers_)
+	// After a drop's hold nothing is in flight: the writers leave quietly, as when idle.
+	if (writers_ && in_flight_.empty())
+		writers_->Close();
+	else if (writers_)
 		writers_->Stop();
 	PgCall([&]() {
 		pgstat_report_activity(STATE_RUNNING, "bemi: dropping capture slot");

@@ -145,5 +145,27 @@ ok($node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM pg_replication
 ok($node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = 'once'}),
 	'and goes');
 
+# 7. A drop in the middle of a backlog that the writers are writing: they finish the batches they
+#    have, the worker holds, the drop goes through.
+$node->safe_psql('postgres', 'DROP VIEW my_changes');
+my $lock = $node->background_psql('postgres');
+$lock->query_safe('BEGIN; LOCK TABLE bemi.changes IN EXCLUSIVE MODE');
+$node->safe_psql('postgres', 'INSERT INTO t SELECT g FROM generate_series(100, 200099) g');
+$lock->query_safe('ROLLBACK');
+$lock->quit;
+ok($node->poll_query_until('postgres', q{
+	SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'bemi writer' AND state = 'active'}),
+	'the writers write the backlog');
+$log_from = -s $node->logfile;
+($ret, $stdout, $stderr) = $node->psql('postgres', 'SET bemi.allow_drop = on; DROP EXTENSION bemi');
+is($ret, 0, 'DROP EXTENSION in the middle of a drain') or diag($stderr);
+ok($node->poll_query_until('postgres', q{
+	SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type IN ('bemi worker', 'bemi writer')}),
+	'the worker and its writers are gone');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_slots WHERE database = 'postgres'}), '0',
+	'the slot is dropped');
+unlike(slurp_file($node->logfile, $log_from), qr/deadlock detected|"bemi (worker|writer)" \(PID \d+\) exited with exit code 1/,
+	'no deadlock; the writers left quietly, their batches written');
+
 $node->stop;
 done_testing();
