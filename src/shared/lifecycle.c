@@ -40,16 +40,23 @@ WorkerGone(BemiDatabase *db, void *arg)
 	return db->dboid != wait->dboid || db->state != (int) wait->state || db->pid == 0;
 }
 
+/* Wakes the worker, which acts on `state` (already set), and waits (bounded) until it has exited. */
+static void
+WaitForWorkerExit(BemiDatabase *db, Oid dboid, BemiWorkerState state)
+{
+	ExitWait wait = {dboid, state};
+
+	BemiWakeWorker(dboid);
+	(void) BemiWaitFor(db, WorkerGone, &wait,
+					   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LET_GO_TIMEOUT_MS), false);
+}
+
 /* Sets a state the worker acts on, wakes it, and waits (bounded) until it has exited. */
 static void
 AskWorkerToExit(BemiDatabase *db, Oid dboid, BemiWorkerState state)
 {
-	ExitWait wait = {dboid, state};
-
 	BemiSetState(db, state);
-	BemiWakeWorker(dboid);
-	(void) BemiWaitFor(db, WorkerGone, &wait,
-					   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LET_GO_TIMEOUT_MS), false);
+	WaitForWorkerExit(db, dboid, state);
 }
 
 /* After DROP EXTENSION commits: the worker drops its slot and origin, then exits. */
@@ -69,7 +76,7 @@ BemiStopCapture(Oid dboid)
 		BemiWakeWorker(dboid);
 		return;
 	}
-	AskWorkerToExit(db, dboid, BEMI_STOPPING);
+	WaitForWorkerExit(db, dboid, BEMI_STOPPING);
 }
 
 /*
@@ -163,6 +170,19 @@ BemiHoldsWorker(void)
 	return OidIsValid(held_database);
 }
 
+/* The hold of backend `pid`, if it is still the one, ends. */
+static void
+ClearHold(BemiDatabase *db, int pid)
+{
+	SpinLockAcquire(&db->mutex);
+	if (db->hold_pid == pid)
+	{
+		db->hold_pid = 0;
+		db->holding = false;
+	}
+	SpinLockRelease(&db->mutex);
+}
+
 /* This backend's transaction ends: the worker it held goes on. */
 void
 BemiEndHold(void)
@@ -174,13 +194,7 @@ BemiEndHold(void)
 	db = BemiFindDatabase(held_database);
 	if (db != NULL)
 	{
-		SpinLockAcquire(&db->mutex);
-		if (db->hold_pid == MyProcPid)
-		{
-			db->hold_pid = 0;
-			db->holding = false;
-		}
-		SpinLockRelease(&db->mutex);
+		ClearHold(db, MyProcPid);
 		BemiWakeWorker(held_database);
 	}
 	held_database = InvalidOid;
@@ -214,7 +228,7 @@ BemiHoldRequested(BemiDatabase *db)
 	return requested;
 }
 
-/* The worker, waiting with nothing held (its backoff): a drop need not wait for it. */
+/* The worker holds nothing (its backoff, or between batches): a drop need not wait for it. */
 void
 BemiAckHold(BemiDatabase *db)
 {
@@ -241,29 +255,18 @@ BemiHoldStill(BemiDatabase *db)
 	{
 		int			pid;
 		VirtualTransactionId vxid;
-		bool		told;
 
+		BemiAckHold(db);
 		SpinLockAcquire(&db->mutex);
 		pid = db->hold_pid;
 		vxid = db->hold_vxid;
-		told = pid != 0 && !db->holding;
-		if (told)
-			db->holding = true;
 		SpinLockRelease(&db->mutex);
-		if (told)
-			ConditionVariableBroadcast(&db->progress_cv);
 		if (pid == 0 || db->state == BEMI_STOPPING || db->state == BEMI_PAUSED)
 			break;
 		if (!HolderRunning(pid, vxid))
 		{
 			/* Gone without ending the hold (it always does at its transaction's end). */
-			SpinLockAcquire(&db->mutex);
-			if (db->hold_pid == pid)
-			{
-				db->hold_pid = 0;
-				db->holding = false;
-			}
-			SpinLockRelease(&db->mutex);
+			ClearHold(db, pid);
 			break;
 		}
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, HOLD_CHECK_MS,

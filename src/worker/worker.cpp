@@ -553,8 +553,7 @@ void DatabaseRun::StopIdleWriters() {
 		    return TimestampDifferenceExceeds(writers_->LastSentAt(), GetCurrentTimestamp(), kWritersIdleMs);
 	    }))
 		return;
-	writers_->Drain();
-	Advance();
+	LandInFlight();
 	writers_->Close();
 	writers_.reset(); // in_flight_ is empty: Advance() saw every batch committed
 	sink_->UseWriters(nullptr);
@@ -563,6 +562,8 @@ void DatabaseRun::StopIdleWriters() {
 // Decodes WAL up to end_of_wal while the worker may; true if it stopped for a full batch.
 // C-style, inside PgCall only: one PgCall for a whole round of WAL records.
 bool DatabaseRun::Decode(XLogRecPtr end_of_wal) {
+	if (BemiHoldRequested(db_))
+		return false; // a drop waits: the round ends, and the loop holds still
 	bool remote = sink_->Remote();
 	uint32 records = 0;
 	// A bemi_set_destination committing meanwhile stops the round: Loop() caps the next one.
@@ -631,7 +632,7 @@ void DatabaseRun::Loop() {
 		if (HoldForDrop())
 			continue; // the drop committed (retire) or not (decode on)
 
-		while (!PgCall([&]() { return BemiHoldRequested(db_); }) && PgCall([&]() { return Decode(end_of_wal); })) {
+		while (PgCall([&]() { return Decode(end_of_wal); })) {
 			StartWriters();
 			Flush();
 			PgCall([&]() {
