@@ -235,8 +235,9 @@ Oid ExtensionSchema(Oid extension) {
 }
 
 // May this statement drop the extension, here installed, or rebuild its tables? DROP EXTENSION,
-// DROP OWNED, DROP SCHEMA ... CASCADE of schema bemi or of the extension's schema, and ALTER
-// EXTENSION bemi UPDATE (whose script locks the trail's tables in its own order too).
+// DROP OWNED, DROP SCHEMA ... CASCADE of the extension's schema (schema bemi cannot be dropped:
+// the extension requires it), and ALTER EXTENSION bemi UPDATE (whose script locks the trail's
+// tables in its own order too).
 bool MayDropExtension(const Node *stmt) {
 	if (IsA(stmt, DropOwnedStmt))
 		return BemiInstalled();
@@ -258,7 +259,7 @@ bool MayDropExtension(const Node *stmt) {
 		ListCell *cell;
 		foreach (cell, drop->objects) {
 			const char *name = strVal(lfirst(cell));
-			if (strcmp(name, "bemi") == 0 || (home != nullptr && strcmp(name, home) == 0))
+			if (home != nullptr && strcmp(name, home) == 0)
 				return true;
 		}
 		return false;

@@ -46,7 +46,7 @@ sub batch_held_then {
 		"round $round: the worker's batch holds bemi.changes");
 	my $drop = start_psql($sql);
 	ok($node->poll_query_until('postgres', q{
-		SELECT count(*) = 1 FROM pg_stat_activity WHERE query LIKE '%DROP EXTENSION bemi%' AND wait_event IS NOT NULL
+		SELECT count(*) = 1 FROM pg_stat_activity WHERE query LIKE '%allow_drop = on%DROP %' AND wait_event IS NOT NULL
 		   AND pid <> pg_backend_pid()}), "round $round: the drop waits");
 	sleep(1); # long enough for any deadlock check
 	$holder->query_safe('COMMIT');
@@ -166,6 +166,16 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_slots WHER
 	'the slot is dropped');
 unlike(slurp_file($node->logfile, $log_from), qr/deadlock detected|"bemi (worker|writer)" \(PID \d+\) exited with exit code 1/,
 	'no deadlock; the writers left quietly, their batches written');
+
+# 8. DROP SCHEMA ... CASCADE of the extension's schema takes the extension too: the same hold.
+#    (Schema bemi itself cannot be dropped: the extension requires it.)
+install();
+$log_from = -s $node->logfile;
+($rc, $err) = batch_held_then(8, 'SET bemi.allow_drop = on; DROP SCHEMA public CASCADE');
+is($rc, 0, 'DROP SCHEMA public CASCADE (the extension\'s schema) during a batch succeeds') or diag($err);
+unlike(slurp_file($node->logfile, $log_from), qr/deadlock detected/, 'no deadlock');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_extension WHERE extname = 'bemi'}), '0',
+	'the extension went with its schema');
 
 $node->stop;
 done_testing();
