@@ -155,6 +155,42 @@ DROP TRIGGER hist_ctx_seen ON bemi.changes;
 DROP FUNCTION hist_ctx_seen();
 SELECT count(*) AS c FROM bemi_context_history('{"request_id": "ctx-c"}');
 SELECT count(*) AS c_contexts FROM bemi.contexts WHERE context @> '{"request_id": "ctx-c"}';
+-- The worker writes bemi.contexts directly, as bemi.changes, only while it is as bemi made it.
+-- A trigger of the user's on it: the contexts go through an INSERT statement, which fires it.
+CREATE TABLE hist_ctx_log (context jsonb);
+CREATE FUNCTION hist_ctx_logged() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.hist_ctx_log VALUES (NEW.context - '_bemi'); RETURN NULL; END $$;
+CREATE TRIGGER hist_ctx_logged AFTER INSERT ON bemi.contexts FOR EACH ROW EXECUTE FUNCTION hist_ctx_logged();
+BEGIN;
+SELECT bemi_set_context('{"request_id": "ctx-d"}');
+UPDATE hist_ctx SET v = 3 WHERE id <= 3;
+SELECT bemi_set_context('{"request_id": "ctx-e"}');
+UPDATE hist_ctx SET v = 3 WHERE id = 4;
+COMMIT;
+SELECT bemi_wait();
+SELECT context FROM hist_ctx_log WHERE context ? 'request_id' ORDER BY 1;
+DROP TRIGGER hist_ctx_logged ON bemi.contexts;
+DROP FUNCTION hist_ctx_logged();
+DROP TABLE hist_ctx_log;
+-- A column added to it: the INSERT statement fills it with its default.
+ALTER TABLE bemi.contexts ADD COLUMN noted_by text DEFAULT 'by statement';
+BEGIN;
+SELECT bemi_set_context('{"request_id": "ctx-f"}');
+UPDATE hist_ctx SET v = 4 WHERE id <= 2;
+COMMIT;
+SELECT bemi_wait();
+SELECT context - '_bemi' AS context, noted_by FROM bemi.contexts WHERE context @> '{"request_id": "ctx-f"}';
+-- Dropped again (a dropped column stays in its row form), written directly again.
+SET bemi.allow_drop = on;
+ALTER TABLE bemi.contexts DROP COLUMN noted_by;
+RESET bemi.allow_drop;
+BEGIN;
+SELECT bemi_set_context('{"request_id": "ctx-g"}');
+UPDATE hist_ctx SET v = 5 WHERE id <= 2;
+COMMIT;
+SELECT bemi_wait();
+SELECT count(*) AS g FROM bemi_context_history('{"request_id": "ctx-g"}');
+SELECT context - '_bemi' AS context FROM bemi.contexts WHERE context @> '{"request_id": "ctx-g"}';
 -- bemi.changes indexes no context itself any more: its writer's dearest index (bench/results-capture.md).
 SELECT count(*) AS gin_on_changes FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
  WHERE i.indrelid = 'bemi.changes_default'::regclass AND a.amname = 'gin';

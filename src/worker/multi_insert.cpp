@@ -29,6 +29,7 @@
 extern "C" {
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "catalog/pg_trigger.h"
@@ -44,10 +45,12 @@ extern "C" {
 #include "rewrite/rewriteHandler.h"
 #include "storage/lmgr.h"
 #include "utils/lsyscache.h"
+#include "utils/acl.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/partcache.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 #if PG_VERSION_NUM >= 160000
 #include "parser/parse_relation.h"
 #endif
@@ -493,16 +496,116 @@ bool SameValue(Datum a, Datum b) {
 	       memcmp(VARDATA_ANY(pa), VARDATA_ANY(pb), VARSIZE_ANY_EXHDR(pa)) == 0;
 }
 
-// The statement that writes a batch's contexts, kept for the process's life (PostgreSQL's plan
-// cache plans it again after DDL on bemi.contexts).
+// The statement that writes a batch's contexts when they cannot be written directly (see
+// WriteContexts), kept for the process's life (PostgreSQL's plan cache plans it again after DDL
+// on bemi.contexts).
 SPIPlanPtr contexts_plan = nullptr;
+
+void InsertContextsBySpi(int runs, Datum *xids, Datum *times, Datum *contexts) {
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "bemi: SPI_connect failed");
+	if (contexts_plan == nullptr) {
+		Oid types[3] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, JSONBARRAYOID};
+		SPIPlanPtr plan = SPI_prepare("INSERT INTO bemi.contexts (transaction_id, committed_at, context)"
+		                              " SELECT x, t, c FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+		                              " pg_catalog.unnest($3)) AS u(x, t, c)",
+		                              3, types);
+		if (plan == nullptr || SPI_keepplan(plan) != 0)
+			elog(ERROR, "bemi: could not prepare the statement for bemi.contexts: %s",
+			     SPI_result_code_string(SPI_result));
+		contexts_plan = plan;
+	}
+	Datum args[3] = {MakeArray(xids, nullptr, runs, INT8OID), MakeArray(times, nullptr, runs, TIMESTAMPTZOID),
+	                 MakeArray(contexts, nullptr, runs, JSONBOID)};
+	int rc = SPI_execute_plan(contexts_plan, args, nullptr, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "bemi: writing the contexts of a batch failed: %s", SPI_result_code_string(rc));
+	SPI_finish();
+}
+
+// bemi.contexts' three columns, as ext/core.sql makes them, in its row form: their attribute
+// numbers, or false if the table is not that one (a column added, renamed or of another type).
+bool ContextColumns(TupleDesc desc, AttrNumber attnum[3]) {
+	static const SuppliedColumn kContextColumns[3] = {
+	    {"transaction_id", INT8OID}, {"committed_at", TIMESTAMPTZOID}, {"context", JSONBOID}};
+	attnum[0] = attnum[1] = attnum[2] = InvalidAttrNumber;
+	for (int a = 0; a < desc->natts; a++) {
+		Form_pg_attribute att = TupleDescAttr(desc, a);
+		if (att->attisdropped)
+			continue;
+		int k = 0;
+		while (k < 3 && strcmp(NameStr(att->attname), kContextColumns[k].name) != 0)
+			k++;
+		if (k == 3 || att->atttypid != kContextColumns[k].type || attnum[k] != InvalidAttrNumber)
+			return false;
+		attnum[k] = att->attnum;
+	}
+	return attnum[0] != InvalidAttrNumber && attnum[1] != InvalidAttrNumber && attnum[2] != InvalidAttrNumber;
+}
+
+// Writes the contexts with one table_multi_insert and their index entries (the GIN on context,
+// the BRIN on committed_at), as the rows of bemi.changes: an INSERT statement through SPI, with
+// its parse, plan and executor start for a few rows, cost the worker more than the rows did
+// (bench/profile-write.txt). bemi.contexts as ext/core.sql makes it only, written by a role that
+// may insert into it without row security; anything else (a trigger, another column, a rule, a
+// foreign or partitioned table) goes through the INSERT statement, which checks it all.
+// C-style, inside PgCall only.
+void WriteContexts(const Target *t, Oid relid, int runs, Datum *xids, Datum *times, Datum *contexts) {
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK ||
+	    check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED) {
+		InsertContextsBySpi(runs, xids, times, contexts);
+		return;
+	}
+	Relation rel = table_open(relid, RowExclusiveLock);
+	AttrNumber attnum[3];
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_tableam == nullptr || rel->trigdesc != nullptr ||
+	    rel->rd_rules != nullptr || !ContextColumns(RelationGetDescr(rel), attnum)) {
+		table_close(rel, NoLock);
+		InsertContextsBySpi(runs, xids, times, contexts);
+		return;
+	}
+	ResultRelInfo *info = makeNode(ResultRelInfo);
+	InitResultRelInfo(info, rel, 0, nullptr, 0);
+	ExecOpenIndices(info, false);
+	auto **slots = static_cast<TupleTableSlot **>(palloc(sizeof(TupleTableSlot *) * runs));
+	for (int r = 0; r < runs; r++) {
+		TupleTableSlot *slot = slots[r] = table_slot_create(rel, nullptr);
+		ExecClearTuple(slot);
+		for (int a = 0; a < slot->tts_tupleDescriptor->natts; a++)
+			slot->tts_isnull[a] = true;
+		const Datum row[3] = {xids[r], times[r], contexts[r]};
+		for (int k = 0; k < 3; k++) {
+			slot->tts_values[attnum[k] - 1] = row[k];
+			slot->tts_isnull[attnum[k] - 1] = false;
+		}
+		ExecStoreVirtualTuple(slot);
+		if (rel->rd_att->constr != nullptr)
+			ExecConstraints(info, slot, t->estate);
+	}
+	table_multi_insert(rel, slots, runs, t->cid, 0, nullptr);
+	for (int r = 0; r < runs; r++) {
+		if (info->ri_NumIndices > 0) {
+#if PG_VERSION_NUM >= 160000
+			list_free(ExecInsertIndexTuples(info, slots[r], t->estate, false, false, nullptr, NIL, false));
+#else
+			list_free(ExecInsertIndexTuples(info, slots[r], t->estate, false, false, nullptr, NIL));
+#endif
+		}
+		ResetPerTupleExprContext(t->estate);
+		ExecDropSingleTupleTableSlot(slots[r]);
+	}
+	table_finish_bulk_insert(rel, 0);
+	ExecCloseIndices(info);
+	table_close(rel, NoLock); // the lock is kept to the end of the transaction, as an INSERT's
+}
 
 // Writes a row to bemi.contexts for each run of rows with the same transaction, commit time and
 // context, but for an empty context. Nothing if bemi.contexts does not exist (an older schema,
 // whose bemi.changes indexes the context itself). C-style, inside PgCall only.
 void NoteContexts(const Target *t, int count, Oid schema) {
-	if (!OidIsValid(get_relname_relid("contexts", schema)) || t->values[kContext] == nullptr ||
-	    t->values[kXid] == nullptr || t->values[kCommitted] == nullptr)
+	Oid relid = get_relname_relid("contexts", schema);
+	if (!OidIsValid(relid) || t->values[kContext] == nullptr || t->values[kXid] == nullptr ||
+	    t->values[kCommitted] == nullptr)
 		return;
 	Datum *xids = static_cast<Datum *>(palloc(sizeof(Datum) * Max(count, 1)));
 	Datum *times = static_cast<Datum *>(palloc(sizeof(Datum) * Max(count, 1)));
@@ -531,27 +634,8 @@ void NoteContexts(const Target *t, int count, Oid schema) {
 		contexts[runs] = context;
 		runs++;
 	}
-	if (runs == 0)
-		return;
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "bemi: SPI_connect failed");
-	if (contexts_plan == nullptr) {
-		Oid types[3] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, JSONBARRAYOID};
-		SPIPlanPtr plan = SPI_prepare("INSERT INTO bemi.contexts (transaction_id, committed_at, context)"
-		                              " SELECT x, t, c FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-		                              " pg_catalog.unnest($3)) AS u(x, t, c)",
-		                              3, types);
-		if (plan == nullptr || SPI_keepplan(plan) != 0)
-			elog(ERROR, "bemi: could not prepare the statement for bemi.contexts: %s",
-			     SPI_result_code_string(SPI_result));
-		contexts_plan = plan;
-	}
-	Datum args[3] = {MakeArray(xids, nullptr, runs, INT8OID), MakeArray(times, nullptr, runs, TIMESTAMPTZOID),
-	                 MakeArray(contexts, nullptr, runs, JSONBOID)};
-	int rc = SPI_execute_plan(contexts_plan, args, nullptr, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "bemi: writing the contexts of a batch failed: %s", SPI_result_code_string(rc));
-	SPI_finish();
+	if (runs > 0)
+		WriteContexts(t, relid, runs, xids, times, contexts);
 }
 
 } // namespace
