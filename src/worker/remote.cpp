@@ -72,6 +72,11 @@ constexpr long kConnectTimeoutMs = 10 * 1000;
 // How often a wait on one connection pushes on what the others still hold to send: a unix
 // socket's buffer holds a few hundred changes, some 10 ms of the destination's work.
 constexpr long kPumpMs = 2;
+// A drop or update of the extension asked the worker to hold still (src/shared/lifecycle.c): a
+// destination that has not answered within this long is let go of (as for DROP DATABASE below)
+// rather than making the statement wait out its 10 s; waits meanwhile wake this often to check.
+constexpr long kHoldPatienceMs = 1000;
+constexpr long kHoldCheckMs = 100;
 // What a batch may queue in libpq per connection, beyond what the socket holds.
 constexpr size_t kQueuedBytes = 8 * 1024 * 1024;
 
@@ -464,6 +469,9 @@ bool RemoteDestination::WaitSocket(pg_conn *conn, int events, long timeout_ms) {
 	Advance(conn);
 	if (pending && (timeout_ms < 0 || timeout_ms > kPumpMs))
 		timeout_ms = kPumpMs;
+	bool hold = db_->hold_pid != 0; // read unlocked: a hint, checked again below
+	if (hold && (timeout_ms < 0 || timeout_ms > kHoldCheckMs))
+		timeout_ms = kHoldCheckMs;
 	bool ready = PgCall([&]() {
 		int rc = WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | events |
 		                                        (timeout_ms >= 0 ? WL_TIMEOUT : 0),
@@ -476,11 +484,24 @@ bool RemoteDestination::WaitSocket(pg_conn *conn, int events, long timeout_ms) {
 	// DROP DATABASE and DROP EXTENSION wait for the worker (a bounded wait, then the drop fails or
 	// leaves the slot behind): they must not wait for a destination that hangs. The batches in
 	// flight are rolled back there; the destination's progress says where a next run resumes.
-	if (db_->state == BEMI_PAUSED || db_->state == BEMI_STOPPING) {
+	if (db_->state == BEMI_PAUSED || db_->state == BEMI_STOPPING || HoldOverdue(ready)) {
 		Disconnect();
 		throw LetGoRequested();
 	}
 	return ready;
+}
+
+bool RemoteDestination::HoldOverdue(bool answered) {
+	if (db_->hold_pid == 0 || answered) {
+		hold_seen_at_ = 0;
+		return false;
+	}
+	return PgCall([&]() {
+		TimestampTz now = GetCurrentTimestamp();
+		if (hold_seen_at_ == 0)
+			hold_seen_at_ = now;
+		return TimestampDifferenceExceeds(hold_seen_at_, now, kHoldPatienceMs);
+	});
 }
 
 void RemoteDestination::Flush(pg_conn *conn) {

@@ -21,8 +21,9 @@ namespace bemi {
 std::string ConninfoProblem(const char *conninfo);
 
 // Thrown by a wait for the destination when DROP DATABASE or DROP EXTENSION of the source database
-// asks the worker to let go (the connections are closed, the batches in flight rolled back there): the
-// worker then lets go as it would between batches.
+// asks the worker to let go, or a statement that may drop the extension asked it to hold still and
+// the destination has not answered for a second (the connections are closed, the batches in flight
+// rolled back there): the worker then lets go as it would between batches.
 struct LetGoRequested : std::exception {
 	const char *what() const noexcept override { return "bemi: the worker was asked to let go"; }
 };
@@ -107,6 +108,9 @@ class RemoteDestination {
 	// Waits for conn's socket (WL_SOCKET_* events) or timeout_ms (-1: none), serving interrupts:
 	// true if the socket is ready. Throws if the source database asks the worker to let go.
 	bool WaitSocket(pg_conn *conn, int events, long timeout_ms = -1);
+	// A hold for a drop (src/shared/lifecycle.c) is asked and the destination has not answered
+	// (answered: this wait's socket was ready) for kHoldPatienceMs: the worker lets go of it.
+	bool HoldOverdue(bool answered);
 	// Sends what libpq holds for conn (non-blocking connection), waiting as the socket allows.
 	void Flush(pg_conn *conn);
 	// PQgetResult, waiting interruptibly for it.
@@ -136,6 +140,7 @@ class RemoteDestination {
 	bool progress_known_ = false;    // LoadProgress ran since the connections were made
 	std::optional<Progress> remote_; // what the destination holds for us once every batch sent commits
 	int64 gaps_forwarded_ = 0;       // likewise
+	TimestampTz hold_seen_at_ = 0;   // a hold was first seen asked while waiting (HoldOverdue); 0: none
 	struct Sent {
 		size_t link;
 		std::string fence; // sent once the batch before holds the progress row

@@ -234,6 +234,18 @@ void DatabaseRun::Run() {
 		AbortOutOfAnyTransaction();
 		ereport(LOG, (errmsg("bemi: worker for database %u stopped waiting for its destination", db_->dboid)));
 	});
+	// Or a statement that may drop the extension asked the worker to hold still: with nothing in
+	// flight any more (rolled back there), it holds still here. Then it retires if the extension
+	// went, else starts again, a second later, from the destination's progress.
+	if (db_->state != BEMI_STOPPING && db_->state != BEMI_PAUSED && PgCall([&]() { return BemiHoldRequested(db_); })) {
+		PgCall([&]() { BemiHoldStill(db_); });
+		if (db_->state != BEMI_STOPPING && db_->state != BEMI_PAUSED)
+			PgCall([&]() {
+				ereport(LOG, (errmsg("bemi: worker for database %u held still for a statement that kept the extension; it starts again",
+				                     db_->dboid)));
+				proc_exit(1);
+			});
+	}
 	if (db_->state == BEMI_STOPPING)
 		Retire();
 	LetGo();

@@ -366,7 +366,22 @@ my $drop_started = time;
 ($ret, $out, $err) = $src1->psql('postgres', 'SET bemi.allow_drop = on; DROP DATABASE doomed');
 is($ret, 0, 'DROP DATABASE goes ahead while the destination hangs') or diag($err);
 ok(time - $drop_started < 10, 'without waiting for the destination');
+# DROP EXTENSION asks the worker to hold still first (src/shared/lifecycle.c); a worker waiting
+# for a destination that does not answer lets go of it within a second or so (its batch rolled
+# back there), rather than the statement waiting out the hold's 10 s. A drop that rolls back: the
+# worker starts again, and waits for the destination again (on new connections: the sessions it
+# left there wait for the lock until it goes, as a lock wait does not notice a client gone).
+my $before_rollback = $dest->safe_psql('trail', 'SELECT now()');
+$drop_started = time;
+$src1->safe_psql('retired', 'SET bemi.allow_drop = on; BEGIN; DROP EXTENSION bemi; ROLLBACK;');
+ok(time - $drop_started < 7, 'a DROP EXTENSION rolled back does not wait out the hold either');
+ok($dest->poll_query_until('trail', qq{
+	SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = 'bemi worker' AND wait_event_type = 'Lock'
+	   AND backend_start > '$before_rollback'}),
+	'the worker of the database that kept its extension waits for the destination again');
+$drop_started = time;
 $src1->safe_psql('retired', 'SET bemi.allow_drop = on; DROP EXTENSION bemi');
+ok(time - $drop_started < 7, 'DROP EXTENSION does not wait out the hold while the destination hangs');
 ok($src1->poll_query_until('postgres', q{
 	SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name LIKE 'bemi%'}),
 	'DROP EXTENSION: its slot is dropped while the destination still hangs');
