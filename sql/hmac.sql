@@ -50,3 +50,15 @@ SELECT u.id, c.after->>'token' = 'hmac:' || encode(pg_temp.hmac(mask.k, convert_
  WHERE c."table" = 'hmac_users' ORDER BY u.id;
 SELECT bemi_drop_rule(id) IS NOT NULL AS dropped FROM bemi.rules WHERE target = 'public.hmac_users';
 DROP TABLE hmac_users, hmac_notes;
+
+-- SHA-256 itself, computed both ways bemi computes it (the CPU's SHA instructions where it has
+-- them, portable code): sha256()'s bytes for every length up to five blocks. The library's test
+-- entry is installed in no database; the fast way answers NULL on a CPU without the instructions.
+CREATE FUNCTION pg_temp.bemi_sha256(data bytea, portable boolean) RETURNS bytea
+    AS '$libdir/bemi', 'bemi_sha256_test' LANGUAGE C STRICT;
+WITH data AS (SELECT substring(decode(repeat(md5(n::text), 20), 'hex') FROM 1 FOR n) AS d
+                FROM generate_series(0, 320) n)
+SELECT count(*) AS lengths,
+       count(*) FILTER (WHERE pg_temp.bemi_sha256(d, true) = sha256(d)) AS portable_agrees,
+       count(*) FILTER (WHERE coalesce(pg_temp.bemi_sha256(d, false) = sha256(d), true)) AS fast_agrees_or_absent
+  FROM data;

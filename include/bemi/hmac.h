@@ -10,6 +10,7 @@
 #ifndef BEMI_HMAC_H
 #define BEMI_HMAC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,6 +32,12 @@ extern void BemiHmacKeyInit(BemiHmacKey *key, const uint8_t *secret, size_t len)
 /* HMAC-SHA256 of the concatenation of nparts parts. */
 extern void BemiHmac(const BemiHmacKey *key, int nparts, const void *const *parts, const size_t *lens,
 					 uint8_t mac[BEMI_HMAC_LEN]);
+
+/*
+ * SHA-256 of one buffer, by the portable code or by the CPU's SHA instructions: for the tests,
+ * which compare both with PostgreSQL's sha256(). False (nothing written) when the CPU has none.
+ */
+extern bool BemiSha256(const uint8_t *data, size_t len, bool portable, uint8_t digest[BEMI_HMAC_LEN]);
 
 #ifdef __cplusplus
 }

@@ -1,11 +1,13 @@
 /*
- * fn_shim.c: the SQL-callable entry points of src/fn (and the boundary test's), in C. Each reads
+ * fn_shim.c: the SQL-callable entry points of src/fn (and the tests' own), in C. Each reads
  * its arguments, hands plain values to the C++ core (fn.h) and returns its answer: nothing else
  * happens here. Runs in the backend of whoever calls the SQL function.
  */
 #include "postgres.h"
 
 #include "fn.h"
+
+#include "bemi/hmac.h"
 
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -22,6 +24,7 @@ PG_FUNCTION_INFO_V1(bemi_key_text);
 PG_FUNCTION_INFO_V1(bemi_wait);
 PG_FUNCTION_INFO_V1(bemi_worker_state);
 PG_FUNCTION_INFO_V1(bemi_boundary_test);
+PG_FUNCTION_INFO_V1(bemi_sha256_test);
 PG_FUNCTION_INFO_V1(bemi_set_destination);
 PG_FUNCTION_INFO_V1(bemi_destination_reachable);
 PG_FUNCTION_INFO_V1(bemi_verify);
@@ -139,6 +142,24 @@ bemi_boundary_test(PG_FUNCTION_ARGS)
 	const char *function = quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)), get_func_name(fn));
 
 	PG_RETURN_TEXT_P(BemiBoundaryTest(text_to_cstring(PG_GETARG_TEXT_PP(0)), function));
+}
+
+/*
+ * bemi_sha256_test(data bytea, portable boolean) → bytea: SHA-256 as bemi's MACs compute it, by the
+ * portable code or by the CPU's SHA instructions (NULL if it has none). Installed in no database:
+ * sql/hmac.sql declares it and compares both with sha256().
+ */
+Datum
+bemi_sha256_test(PG_FUNCTION_ARGS)
+{
+	bytea	   *data = PG_GETARG_BYTEA_PP(0);
+	bytea	   *digest = (bytea *) palloc(VARHDRSZ + BEMI_HMAC_LEN);
+
+	SET_VARSIZE(digest, VARHDRSZ + BEMI_HMAC_LEN);
+	if (!BemiSha256((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), PG_GETARG_BOOL(1),
+					(uint8_t *) VARDATA(digest)))
+		PG_RETURN_NULL();
+	PG_RETURN_BYTEA_P(digest);
 }
 
 /*
