@@ -434,6 +434,11 @@ pg_conn *RemoteDestination::Connect(size_t i) {
 	Exec(conn, "SET synchronous_commit = on; SET search_path = pg_catalog, pg_temp; SET DateStyle = ISO;"
 	           " SET TimeZone = UTC; SET statement_timeout = 0; SET lock_timeout = 0;"
 	           " SET idle_in_transaction_session_timeout = 0; SET plan_cache_mode = force_generic_plan");
+	// A session the worker leaves behind (it let go of a destination that does not answer, or
+	// was stopped) ends within a second even while it waits for a lock there, rather than
+	// holding a connection slot until the lock goes. PostgreSQL 14 and later.
+	if (PQserverVersion(conn) >= 140000)
+		Exec(conn, "SET client_connection_check_interval = 1000");
 	PGresult *res = Run(conn, kIngestUsable);
 	bool ok = res != nullptr && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
 	internal_jsonb_[i] = ok && strcmp(PQgetvalue(res, 0, 0), "t") == 0;

@@ -369,8 +369,7 @@ ok(time - $drop_started < 10, 'without waiting for the destination');
 # DROP EXTENSION asks the worker to hold still first (src/shared/lifecycle.c); a worker waiting
 # for a destination that does not answer lets go of it within a second or so (its batch rolled
 # back there), rather than the statement waiting out the hold's 10 s. A drop that rolls back: the
-# worker starts again, and waits for the destination again (on new connections: the sessions it
-# left there wait for the lock until it goes, as a lock wait does not notice a client gone).
+# worker starts again, and waits for the destination again, on new connections.
 my $before_rollback = $dest->safe_psql('trail', 'SELECT now()');
 $drop_started = time;
 $src1->safe_psql('retired', 'SET bemi.allow_drop = on; BEGIN; DROP EXTENSION bemi; ROLLBACK;');
@@ -379,6 +378,12 @@ ok($dest->poll_query_until('trail', qq{
 	SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = 'bemi worker' AND wait_event_type = 'Lock'
 	   AND backend_start > '$before_rollback'}),
 	'the worker of the database that kept its extension waits for the destination again');
+# The sessions the workers left there (the dropped database's, the one that let go) end by
+# themselves though the lock is still held: they check every second that their client is there.
+ok($dest->poll_query_until('trail', qq{
+	SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = 'bemi worker' AND wait_event_type = 'Lock'
+	   AND backend_start < '$before_rollback'}),
+	'the sessions a worker left on the hanging destination end while the lock is held');
 $drop_started = time;
 $src1->safe_psql('retired', 'SET bemi.allow_drop = on; DROP EXTENSION bemi');
 ok(time - $drop_started < 7, 'DROP EXTENSION does not wait out the hold while the destination hangs');
